@@ -1,0 +1,91 @@
+"""Benchmark: napari_shiftseg.meanshift against scikit-learn's MeanShift(bin_seeding=True).
+
+The data imitate trained embeddings: tight Gaussian blobs (one per instance) in 3-D whose
+centres are at least ``2 * delta_d``-ish apart. Both methods get the same bandwidth; the
+table reports run times, the agreement of the two labelings (ARI) and each one's ARI
+against the true blob labels.
+
+Run: ``python benchmarks/bench_meanshift.py [--n 200000] [--clusters 30] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.cluster import MeanShift
+from sklearn.metrics import adjusted_rand_score
+
+from napari_shiftseg.meanshift import assign_to_modes, mean_shift
+
+
+def make_blobs(n_points, n_clusters, dim=3, std=0.3, min_separation=4.0, seed=0):
+    """Blobs with centres drawn uniformly in a cube, rejecting centres that come too close."""
+    rng = np.random.default_rng(seed)
+    side = min_separation * n_clusters ** (1 / dim) * 1.5
+    centres = []
+    while len(centres) < n_clusters:
+        candidate = rng.uniform(0, side, dim)
+        if all(np.linalg.norm(candidate - c) >= min_separation for c in centres):
+            centres.append(candidate)
+    truth = rng.integers(0, n_clusters, n_points)
+    points = np.asarray(centres)[truth] + rng.normal(scale=std, size=(n_points, dim))
+    return points.astype(np.float32), truth
+
+
+def timed(function, *args, **kwargs):
+    """Return (result, seconds)."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def run(n_points, n_clusters, bandwidth, seed=0):
+    """Time both methods on one data set; return a dict of the table's columns."""
+    points, truth = make_blobs(n_points, n_clusters, seed=seed)
+
+    def ours():
+        return assign_to_modes(points, mean_shift(points, bandwidth, seed=seed))
+
+    ours_labels, t_ours = timed(ours)
+    sklearn_labels, t_sklearn = timed(
+        lambda: MeanShift(bandwidth=bandwidth, bin_seeding=True).fit(points).labels_
+    )
+    return {
+        "N": n_points,
+        "clusters": n_clusters,
+        "modes ours": int(ours_labels.max()),
+        "modes sklearn": int(sklearn_labels.max() + 1),
+        "t ours [s]": t_ours,
+        "t sklearn [s]": t_sklearn,
+        "speed-up": t_sklearn / t_ours,
+        "ARI ours/sklearn": adjusted_rand_score(sklearn_labels, ours_labels),
+        "ARI ours/truth": adjusted_rand_score(truth, ours_labels),
+        "ARI sklearn/truth": adjusted_rand_score(truth, sklearn_labels),
+    }
+
+
+def main(argv=None):
+    """Parse arguments, run the benchmark and print a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[200_000])
+    parser.add_argument("--clusters", type=int, default=30)
+    parser.add_argument("--bandwidth", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = [run(n, args.clusters, args.bandwidth) for n in args.n]
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nbandwidth {args.bandwidth}, torch threads {args.threads}, "
+          f"torch {torch.__version__}, device cpu")
+
+
+if __name__ == "__main__":
+    main()

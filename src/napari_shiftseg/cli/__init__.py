@@ -1,0 +1,53 @@
+"""The ``shiftseg`` command line.
+
+Each subcommand lives in its own module of this package with ``add_parser(subparsers)`` and
+``run(args) -> int``; modules are discovered, and heavy imports (torch, dask) happen inside
+``run`` so that ``shiftseg --help`` is instant. User errors (:class:`ShiftSegError`) are printed
+as one line, without a traceback, and give exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from .. import __version__
+from .._errors import ShiftSegError
+
+
+def _commands():
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            yield importlib.import_module(f"{__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shiftseg",
+        description="Exact tile-and-stitch instance segmentation with shift-equivariant U-Nets.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-shiftseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _commands():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ShiftSegError as err:
+        print(f"shiftseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shiftseg {args.command}: interrupted; finished work is kept, run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

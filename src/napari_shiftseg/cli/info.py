@@ -1,0 +1,32 @@
+"""``shiftseg info [MODEL]``: geometry, context, f^l, capacity and valid tile sizes of a model."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("info", help="show a model's geometry, context, f^l, capacity and tile sizes")
+    p.add_argument("model", nargs="?", help="model file (.safetensors); default: the bundled 2D model")
+    p.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="bundled model to show without MODEL")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..modelio import bundled_model_path, read_metadata
+
+    path = args.model or bundled_model_path(args.ndim)
+    info = read_metadata(path)
+    config, meta = info["config"], info["meta"]
+    g = config.geometry
+    rows = {"model": str(path), **g.describe(),
+            "upsampling": config.upsampling, "embedding channels": config.embed_dim,
+            "foreground head": config.foreground_head, "base channels": config.base_channels}
+    for key in ("training_window", "normalization", "metrics", "command"):
+        if key in meta:
+            rows[key.replace("_", " ")] = meta[key]
+    tiles = [n * g.grid for n in (4, 8, 16, 32)]
+    rows["output tiles (input, cost)"] = ", ".join(
+        f"{t} ({g.tile_input_size(t)}, {g.amplification((t,) * g.ndim):.2f}x)" for t in tiles)
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
+    return 0

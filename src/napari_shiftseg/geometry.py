@@ -1,0 +1,264 @@
+"""Every size rule of the U-Net family, in one immutable value object.
+
+Per axis, a U-Net with ``levels`` (l) max-pool levels of factor ``factor`` (f) and
+``convs_per_level`` (c) convolutions of width ``kernel_size`` (k) per level and side::
+
+    in ──c convs──┐                                ┌──c convs──> out
+                  pool f        skip (centre crop) up f
+                  └──c convs──┐ ............... ┌──┘
+                              ...   bottom   ...
+
+Each valid conv removes ``k - 1`` voxels, so with ``r = c·(k-1)``
+
+- context (input − output)  = r·(2·(f^l − 1)/(f − 1) + f^l)   (f = 2, r = 4: 4·(3·2^l − 2))
+- valid inputs:  x ≡ r·(f^l − 1)/(f − 1)  (mod f^l), so every pooling divides evenly
+- raw outputs are ≡ −r·(f^l − 1)/(f − 1) (mod f^l), e.g. ≡ 4 (mod 8) for l = 3: never a
+  multiple of f^l. To get an ``n·f^l`` output tile we compute ``n·f^l + extra`` outputs and
+  crop the same ``extra`` voxels in every tile (``crop_front`` before, the rest after).
+
+Output voxel ``j`` of a network whose input starts at ``a`` sits at ``a + context/2 + j``.
+Tile origins on the global f^l grid therefore give exact tile-and-stitch (THEORY.md, result 3).
+Same ("zero") padding keeps sizes (context 0) but breaks all of the above near borders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ._errors import ShiftSegError
+
+PADDINGS = ("valid", "same")
+
+
+def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
+    """Broadcast an int or a sequence to one int per axis, refusing mismatched lengths."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * ndim
+    values = tuple(int(v) for v in value)
+    if len(values) != ndim:
+        raise ShiftSegError(f"{name} {tuple(value)} has {len(values)} axes but the model is {ndim}D")
+    return values
+
+
+@dataclass(frozen=True)
+class UNetGeometry:
+    """Size rules of a U-Net with ``levels`` pooling levels of factor ``factor``.
+
+    Parameters
+    ----------
+    ndim : int
+        Spatial dimensionality d (2 or 3).
+    levels : int
+        Number of max-pool levels l (>= 1).
+    factor : int
+        Pooling factor f (kernel = stride = f), >= 2.
+    convs_per_level : int
+        Convolutions per level and side (the paper uses 2).
+    kernel_size : int
+        Odd width of each convolution (the paper uses 3).
+    padding : {"valid", "same"}
+        Valid convolutions (exact tiling) or zero "same" padding (for comparison only).
+    """
+
+    ndim: int = 2
+    levels: int = 3
+    factor: int = 2
+    convs_per_level: int = 2
+    kernel_size: int = 3
+    padding: str = "valid"
+
+    def __post_init__(self):
+        if self.ndim not in (2, 3):
+            raise ShiftSegError(f"ndim must be 2 or 3, got {self.ndim}")
+        if self.levels < 1:
+            raise ShiftSegError(f"levels must be >= 1, got {self.levels}")
+        if self.factor < 2:
+            raise ShiftSegError(f"pooling factor must be >= 2, got {self.factor}")
+        if self.convs_per_level < 1:
+            raise ShiftSegError(f"convs_per_level must be >= 1, got {self.convs_per_level}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ShiftSegError(f"kernel_size must be odd and positive, got {self.kernel_size}")
+        if self.padding not in PADDINGS:
+            raise ShiftSegError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+
+    # ---- the basic numbers -------------------------------------------------------------
+    @property
+    def valid(self) -> bool:
+        return self.padding == "valid"
+
+    @property
+    def grid(self) -> int:
+        """f^l: the period of shift equivariance and the tile grid spacing."""
+        return self.factor**self.levels
+
+    @property
+    def capacity(self) -> int:
+        """f^(d·l): most same-looking objects the network can tell apart (Lemma 1)."""
+        return self.grid**self.ndim
+
+    @property
+    def conv_loss(self) -> int:
+        """Voxels removed per level and side by the valid convolutions: c·(k − 1)."""
+        return self.convs_per_level * (self.kernel_size - 1) if self.valid else 0
+
+    @property
+    def _down_loss(self) -> int:
+        # r·(f^l − 1)/(f − 1): what the down path removes, in input voxels, before the bottom.
+        return self.conv_loss * (self.grid - 1) // (self.factor - 1)
+
+    @property
+    def context(self) -> int:
+        """Input minus output size per axis (both sides together)."""
+        return 2 * self._down_loss + self.conv_loss * self.grid
+
+    @property
+    def context_per_side(self) -> int:
+        return self.context // 2
+
+    @property
+    def input_residue(self) -> int:
+        """Valid input sizes are ≡ this value (mod f^l)."""
+        return self._down_loss % self.grid if self.valid else 0
+
+    @property
+    def output_residue(self) -> int:
+        """Raw output sizes are ≡ this (mod f^l): the ``extra`` cropped from each tile."""
+        return (self.input_residue - self.context) % self.grid
+
+    @property
+    def crop_front(self) -> int:
+        """Voxels cropped before an n·f^l tile (the rest of ``output_residue`` after)."""
+        return self.output_residue // 2
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest valid input: the bottom level keeps at least one voxel."""
+        return self.input_size(self.output_residue if self.output_residue else self.grid)
+
+    # ---- size conversions ------------------------------------------------------------
+    def is_valid_input(self, size: int) -> bool:
+        """Whether ``size`` passes every pooling evenly and leaves a positive output."""
+        size = int(size)
+        if not self.valid:
+            return size > 0 and size % self.grid == 0
+        return size % self.grid == self.input_residue and size - self.context > 0
+
+    def output_size(self, input_size: int | Sequence[int]):
+        """Network output size for a valid input size (per axis, or one int)."""
+        if not isinstance(input_size, (int, np.integer)):
+            return tuple(self.output_size(s) for s in input_size)
+        if not self.is_valid_input(input_size):
+            raise ShiftSegError(
+                f"input size {input_size} is not valid for this U-Net: sizes must be "
+                f"≡ {self.input_residue} (mod {self.grid}) and at least {self.min_input_size}"
+                f" (nearest valid: {self.nearest_valid_input(input_size)})"
+            )
+        return int(input_size) - self.context
+
+    def input_size(self, output_size: int | Sequence[int]):
+        """Input size that yields a raw output of ``output_size`` (must be a valid output)."""
+        if not isinstance(output_size, (int, np.integer)):
+            return tuple(self.input_size(s) for s in output_size)
+        size = int(output_size) + self.context
+        if not self.is_valid_input(size):
+            raise ShiftSegError(
+                f"no valid input gives an output of {output_size}: outputs must be "
+                f"≡ {self.output_residue} (mod {self.grid})"
+            )
+        return size
+
+    def nearest_valid_input(self, size: int) -> int:
+        """Smallest valid input size >= ``size``."""
+        size = max(int(size), self.min_input_size)
+        return size + (self.input_residue - size) % self.grid
+
+    def valid_input_sizes(self, low: int, high: int) -> list[int]:
+        """All valid input sizes in [low, high]."""
+        first = self.nearest_valid_input(low)
+        return list(range(first, int(high) + 1, self.grid))
+
+    # ---- tiles on the f^l grid -------------------------------------------------------
+    def snap_tile(self, tile: int | Sequence[int]):
+        """Round a requested output tile to the nearest multiple of f^l (at least f^l)."""
+        if not isinstance(tile, (int, np.integer)):
+            return tuple(self.snap_tile(t) for t in tile)
+        tile = int(tile)
+        if tile < 1:
+            raise ShiftSegError(f"tile size must be positive, got {tile}")
+        return max(1, round(tile / self.grid)) * self.grid
+
+    def check_tile(self, tile: Sequence[int]) -> tuple[int, ...]:
+        """Refuse an output tile that is not n·f^l per axis (the exact-tiling rule)."""
+        tile = _per_axis(tile, self.ndim, "tile")
+        bad = [t for t in tile if t < self.grid or t % self.grid]
+        if bad:
+            raise ShiftSegError(
+                f"output tile {tile} must be a multiple of f^l = {self.grid} per axis for exact "
+                f"stitching; try {self.snap_tile(tile)}"
+            )
+        return tile
+
+    def tile_compute_size(self, tile: int | Sequence[int]):
+        """Raw output computed for an n·f^l output tile: tile + output_residue."""
+        if not isinstance(tile, (int, np.integer)):
+            return tuple(self.tile_compute_size(t) for t in tile)
+        return int(tile) + self.output_residue
+
+    def tile_input_size(self, tile: int | Sequence[int]):
+        """Input window needed for an n·f^l output tile."""
+        if not isinstance(tile, (int, np.integer)):
+            return tuple(self.tile_input_size(t) for t in tile)
+        return self.input_size(self.tile_compute_size(tile))
+
+    @property
+    def input_offset(self) -> int:
+        """Input start minus output start for a tile (negative: the input reaches back)."""
+        return -(self.context_per_side + self.crop_front)
+
+    def amplification(self, tile: int | Sequence[int]) -> float:
+        """Compute per output voxel of a tile relative to one huge tile (input/output volume)."""
+        tile = _per_axis(tile, self.ndim, "tile")
+        return float(np.prod([self.tile_input_size(t) / t for t in tile]))
+
+    # ---- training windows -------------------------------------------------------------
+    def training_input_size(self, output_window: int) -> int:
+        """Valid input size whose raw output is the smallest valid one >= ``output_window``."""
+        out = int(output_window)
+        out += (self.output_residue - out) % self.grid
+        return self.input_size(max(out, self.output_residue or self.grid))
+
+    def check_training_window(self, output_window: Sequence[int], allow_small: bool = False):
+        """Refuse training output windows <= f^l (THEORY.md, result 4) unless asked for."""
+        window = _per_axis(output_window, self.ndim, "training window")
+        if self.valid and not allow_small and min(window) <= self.grid:
+            raise ShiftSegError(
+                f"training output window {window} must be larger than f^l = {self.grid} per "
+                "axis: with a smaller window some of the network's f^l phases are never trained "
+                "next to each other and the result shows seams on the f^l grid "
+                "(use allow_small_window to reproduce that failure on purpose)"
+            )
+        return window
+
+    # ---- phases -----------------------------------------------------------------------
+    def phase(self, position: Iterable[int]) -> int:
+        """Index (0 … f^(d·l) − 1) of the output function u_i that computes a voxel."""
+        pos = _per_axis(position, self.ndim, "position")
+        return int(np.ravel_multi_index([p % self.grid for p in pos], (self.grid,) * self.ndim))
+
+    def describe(self) -> dict:
+        """Human-readable summary used by `shiftseg info` and the widgets."""
+        return {
+            "ndim": self.ndim,
+            "levels": self.levels,
+            "factor": self.factor,
+            "padding": self.padding,
+            "f^l": self.grid,
+            "capacity f^(d*l)": self.capacity,
+            "context": self.context,
+            "valid inputs": f"≡ {self.input_residue} (mod {self.grid}), >= {self.min_input_size}",
+            "tile crop": f"{self.output_residue} ({self.crop_front} front)",
+        }
+

@@ -1,0 +1,50 @@
+"""Global intensity normalisation.
+
+Statistics are computed once per image (on a strided subsample, so a lazy dask or zarr volume is
+only partly read) and then applied identically to every tile. Per-tile normalisation would give
+each tile a different input function and break exact tile-and-stitch (THEORY.md, result 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._errors import ShiftSegError
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Map ``low`` → 0 and ``high`` → 1 (percentiles of the whole image)."""
+
+    low: float
+    high: float
+
+    def __call__(self, x):
+        scale = self.high - self.low
+        return (x - self.low) / (scale if scale > 0 else 1.0)
+
+
+def _subsample(image, max_samples: int):
+    """Strided view with at most ~``max_samples`` voxels (lazy for dask/zarr sources)."""
+    step = max(1, math.ceil((int(np.prod(image.shape)) / max_samples) ** (1 / image.ndim)))
+    sample = image[(slice(None, None, step),) * image.ndim]
+    if hasattr(sample, "compute"):
+        sample = sample.compute()
+    return np.asarray(sample, dtype=np.float64)
+
+
+def percentile_normalization(image, low: float = 1.0, high: float = 99.8,
+                             max_samples: int = 2_000_000) -> Normalization:
+    """Percentile statistics of ``image`` (numpy, dask or zarr), refusing NaN/inf and empty images."""
+    if int(np.prod(image.shape)) == 0:
+        raise ShiftSegError(f"the image is empty (shape {tuple(image.shape)})")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.issubdtype(image.dtype, np.complexfloating):
+        raise ShiftSegError(f"the image must hold real numbers, got dtype {image.dtype}")
+    sample = _subsample(image, max_samples)
+    if not np.isfinite(sample).all():
+        raise ShiftSegError("the image contains NaN or infinite values; replace them (e.g. with 0) first")
+    lo, hi = np.percentile(sample, [low, high])
+    return Normalization(float(lo), float(hi))

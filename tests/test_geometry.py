@@ -1,0 +1,96 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.geometry import UNetGeometry
+
+geometries = st.builds(
+    UNetGeometry,
+    ndim=st.sampled_from([2, 3]),
+    levels=st.integers(1, 4),
+    factor=st.integers(2, 3),
+    convs_per_level=st.integers(1, 3),
+    kernel_size=st.sampled_from([1, 3, 5]),
+)
+
+
+@pytest.mark.parametrize("levels, context, residue", [(2, 40, 0), (3, 88, 4), (4, 184, 12)])
+def test_context_matches_theory(levels, context, residue):
+    g = UNetGeometry(levels=levels)
+    assert g.context == 4 * (3 * 2**levels - 2) == context
+    assert g.input_residue == residue == (2**levels - 4) % 2**levels
+    assert g.capacity == 2 ** (2 * levels)
+
+
+def test_theory_examples():
+    g3, g4 = UNetGeometry(levels=3), UNetGeometry(levels=4)
+    assert (g3.output_size(108), g3.output_size(220)) == (20, 132)
+    assert (g4.output_size(204), g4.output_size(316)) == (20, 132)
+    assert g3.tile_input_size(128) == 220 and g3.crop_front == 2
+    assert UNetGeometry(ndim=3, levels=3).capacity == 512
+
+
+@given(geometries)
+def test_general_factor_context(g):
+    r = g.convs_per_level * (g.kernel_size - 1)
+    assert g.context == r * (2 * (g.grid - 1) // (g.factor - 1) + g.grid)
+
+
+@given(geometries, st.integers(1, 6))
+def test_tile_sizes_are_consistent(g, n):
+    tile = n * g.grid
+    size = g.tile_input_size(tile)
+    assert g.is_valid_input(size)
+    assert g.output_size(size) == tile + g.output_residue
+    assert 0 <= g.crop_front <= g.output_residue < g.grid
+    # the input window starts on a fixed offset from the output tile, the same for every tile
+    assert -g.input_offset == g.context_per_side + g.crop_front
+
+
+@given(geometries, st.integers(1, 500))
+def test_snap_tile_is_multiple_of_grid(g, tile):
+    snapped = g.snap_tile(tile)
+    assert snapped % g.grid == 0 and snapped >= g.grid
+    assert abs(snapped - tile) <= max(g.grid // 2, g.grid - tile)
+
+
+@given(geometries, st.integers(1, 300))
+def test_nearest_valid_input(g, size):
+    valid = g.nearest_valid_input(size)
+    assert g.is_valid_input(valid) and valid >= size
+    assert not any(g.is_valid_input(s) for s in range(size, valid))
+
+
+def test_check_tile_refuses_non_grid_tiles():
+    g = UNetGeometry(levels=3)
+    assert g.check_tile(64) == (64, 64)
+    with pytest.raises(ShiftSegError, match="multiple of f\\^l = 8"):
+        g.check_tile((60, 64))
+
+
+def test_training_window_rule():
+    g = UNetGeometry(levels=3)
+    with pytest.raises(ShiftSegError, match="larger than f\\^l = 8"):
+        g.check_training_window(8)
+    assert g.check_training_window(8, allow_small=True) == (8, 8)
+    assert g.check_training_window(12) == (12, 12)
+    assert g.output_size(g.training_input_size(12)) == 12
+    assert g.output_size(g.training_input_size(9)) == 12
+
+
+def test_phase_and_invalid_sizes():
+    g = UNetGeometry(levels=3)
+    assert g.phase((0, 0)) == 0 and g.phase((8, 16)) == 0
+    assert g.phase((1, 0)) == 8 and g.phase((7, 7)) == 63
+    with pytest.raises(ShiftSegError, match="not valid"):
+        g.output_size(101)
+    for bad in (dict(ndim=4), dict(levels=0), dict(factor=1), dict(kernel_size=2), dict(padding="full")):
+        with pytest.raises(ShiftSegError):
+            UNetGeometry(**bad)
+
+
+def test_same_padding_has_no_context():
+    g = UNetGeometry(levels=3, padding="same")
+    assert g.context == 0 and g.output_size(64) == 64 and g.tile_input_size(64) == 64
+    assert not g.is_valid_input(60)
