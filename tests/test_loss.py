@@ -51,7 +51,8 @@ def loss_inputs(draw):
     instances = rng.choice(id_pool, size=(batch, *spatial))
     empty = draw(st.lists(st.booleans(), min_size=batch, max_size=batch))
     instances[np.array(empty)] = 0
-    embeddings = rng.normal(scale=draw(st.sampled_from([0.5, 3.0])), size=(batch, n_channels, *spatial))
+    scale = draw(st.sampled_from([0.5, 3.0]))
+    embeddings = rng.normal(scale=scale, size=(batch, n_channels, *spatial))
     return torch.from_numpy(embeddings), torch.from_numpy(instances)
 
 
@@ -134,16 +135,20 @@ def test_float32_and_uint8_labels():
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
+EMB = torch.zeros(1, 2, 4, 4)
+LAB = torch.zeros(1, 4, 4, dtype=torch.long)
+
+
 @pytest.mark.parametrize(
     ("embeddings", "instances", "kwargs", "error", "match"),
     [
-        (torch.zeros(1, 2, 4), torch.zeros(1, 4, dtype=torch.long), {}, ShiftSegError, "shape"),
-        (torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long), {}, ShiftSegError, "shape"),
-        (torch.zeros(1, 2, 4, 4), -torch.ones(1, 4, 4, dtype=torch.long), {}, ShiftSegError, ">= 0"),
-        (torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4), {}, TypeError, "integer"),
-        (torch.zeros(1, 2, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long), {}, TypeError, "float"),
-        (np.zeros((1, 2, 4, 4)), torch.zeros(1, 4, 4, dtype=torch.long), {}, TypeError, "Tensor"),
-        (torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"delta_v": -1}, ShiftSegError, "delta_v"),
+        (EMB[..., 0], LAB[..., 0], {}, ShiftSegError, "shape"),
+        (EMB, torch.zeros(1, 4, 5, dtype=torch.long), {}, ShiftSegError, "shape"),
+        (EMB, LAB - 1, {}, ShiftSegError, ">= 0"),
+        (EMB, LAB.float(), {}, TypeError, "integer"),
+        (EMB.long(), LAB, {}, TypeError, "float"),
+        (EMB.numpy(), LAB, {}, TypeError, "Tensor"),
+        (EMB, LAB, {"delta_v": -1}, ShiftSegError, "delta_v"),
     ],
 )
 def test_discriminative_loss_rejects_bad_input(embeddings, instances, kwargs, error, match):

@@ -190,6 +190,12 @@ class UNetGeometry:
             raise ShiftSegError(f"tile size must be positive, got {tile}")
         return max(1, round(tile / self.grid)) * self.grid
 
+    def cover(self, size: int | Sequence[int]):
+        """Smallest n·f^l output tile (n >= 1) that covers ``size`` voxels: one tile per image."""
+        if not isinstance(size, (int, np.integer)):
+            return tuple(self.cover(s) for s in size)
+        return max(1, -(-int(size) // self.grid)) * self.grid
+
     def check_tile(self, tile: Sequence[int]) -> tuple[int, ...]:
         """Refuse an output tile that is not n·f^l per axis (the exact-tiling rule)."""
         tile = _per_axis(tile, self.ndim, "tile")

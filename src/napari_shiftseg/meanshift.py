@@ -20,10 +20,18 @@ __all__ = ["assign_to_modes", "mean_shift"]
 
 _KERNELS = ("flat", "gaussian")
 
-# Points per distance chunk. A chunk costs (seeds x chunk) floats: 1000 seeds x 16384 points
-# is 64 MB, small enough to sit beside a large embedding array and big enough to keep the
-# matrix products efficient.
-DEFAULT_CHUNK_SIZE = 16384
+# Points per distance chunk. A chunk costs (seeds x chunk) floats: 1000 seeds x 4096 points
+# is 16 MB, which stays in cache better than larger chunks (measured: 1024-8192 are equally
+# fast on CPU, 16384 is 25% slower) while keeping the matrix products efficient.
+DEFAULT_CHUNK_SIZE = 4096
+
+# Distances per chunk in assign_to_modes when no chunk size is given (16 MB of float32).
+# Few modes mean many points per chunk: every chunk costs a dozen small torch operations, and
+# on a busy machine each multi-threaded operation can wait a scheduler time slice.
+_ASSIGN_CHUNK_ELEMENTS = 2**22
+
+# Seeds closer than this (relative to the bandwidth, per grid cell) are merged while iterating.
+_DEDUPE_CELL = 1 / 16
 
 
 def _as_points(points, name: str, dtype=None) -> torch.Tensor:
@@ -35,14 +43,15 @@ def _as_points(points, name: str, dtype=None) -> torch.Tensor:
     if isinstance(points, torch.Tensor):
         tensor = points.detach()
     elif isinstance(points, np.ndarray):
-        # from_numpy warns on read-only arrays (dask and zarr chunks often are); copy those.
-        array = points if points.flags.writeable else points.copy()
-        tensor = torch.from_numpy(array) if array.dtype.kind in "biuf" else None
-        if tensor is None:
+        if points.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold numbers, got dtype {points.dtype}")
+        # from_numpy warns on read-only arrays (dask and zarr chunks often are); copy those.
+        tensor = torch.from_numpy(points if points.flags.writeable else points.copy())
     else:
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(points).__name__}")
-    if tensor.ndim != 2:
+        raise TypeError(
+            f"{name} must be a numpy array or torch tensor, got {type(points).__name__}"
+        )
+    if tensor.ndim != 2 or tensor.shape[1] == 0:
         raise ShiftSegError(
             f"{name} must be a 2-D array (N points, E embedding dimensions), "
             f"got shape {tuple(tensor.shape)}"
@@ -50,7 +59,9 @@ def _as_points(points, name: str, dtype=None) -> torch.Tensor:
     if dtype is None:
         dtype = tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
     tensor = tensor.to(dtype)
-    if not bool(torch.isfinite(tensor).all()):
+    # A finite sum proves every value finite and is several times cheaper than isfinite();
+    # only an infinite sum (NaN/inf, or an overflow) needs the element-wise check.
+    if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
         raise ShiftSegError(f"{name} contains NaN or infinite values")
     return tensor
 
@@ -77,31 +88,79 @@ def _chunks(n: int, chunk_size: int):
         yield slice(start, min(start + chunk_size, n))
 
 
-def _kernel_sums(
-    seeds: torch.Tensor, points: torch.Tensor, bandwidth: float, kernel: str, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel-weighted sums of ``points`` around every seed, and the total weights.
+def _cells(points: torch.Tensor, cell: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group points by the cell of a grid of spacing ``cell`` that they fall in.
 
-    Returns ``(sums, weights)`` of shapes (S, E) and (S,). For the flat kernel ``weights`` is
-    the number of points within ``bandwidth`` of each seed (the seed's support).
+    Returns ``(inverse, counts)``: the group (0..G-1) of every point, groups sorted by cell,
+    and the number of points per group.
     """
-    sums = seeds.new_zeros(seeds.shape)
-    weights = seeds.new_zeros(seeds.shape[0])
-    for part in _chunks(points.shape[0], chunk_size):
-        chunk = points[part]
-        sq_dist = torch.cdist(seeds, chunk).square_()
+    cells = torch.floor((points - points.min(dim=0).values) / cell).to(torch.int64)
+    extent = (cells.max(dim=0).values + 1).tolist()
+    if float(np.prod(extent, dtype=np.float64)) >= 2.0**62:
+        # Too many cells for a scalar key: sort the rows themselves (slower).
+        return torch.unique(cells, dim=0, return_inverse=True, return_counts=True)[1:]
+    # A scalar mixed-radix key makes unique() a fast 1-D sort.
+    key = cells[:, 0]
+    for axis in range(1, cells.shape[1]):
+        key = key * extent[axis] + cells[:, axis]
+    return torch.unique(key, return_inverse=True, return_counts=True)[1:]
+
+
+def _bin_points(points: torch.Tensor, bin_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace points by the means of the occupied cells of a grid, with their counts.
+
+    Returns ``(centres, counts)`` of shapes (M, E) and (M,), M <= N.
+    """
+    inverse, counts = _cells(points, bin_size)
+    # Summed in float64: a dense cell can hold 10^5 points, enough for float32 round-off
+    # in a sequential sum to move its mean visibly.
+    sums = torch.zeros(counts.shape[0], points.shape[1], dtype=torch.float64, device=points.device)
+    sums.index_add_(0, inverse, points.to(torch.float64))
+    return (sums / counts[:, None]).to(points.dtype), counts.to(points.dtype)
+
+
+def _kernel_sums(
+    seeds: torch.Tensor,
+    centres: torch.Tensor,
+    weighted: torch.Tensor,
+    bandwidth: float,
+    kernel: str,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel-weighted sums of the points around every seed, and the total weights.
+
+    ``centres`` (M, E) are the (binned) points and ``weighted`` (M, E + 1) holds
+    ``[count * centre, count]`` per centre, so that one matrix product gives both the weighted
+    sums and the total weights. Returns ``(sums, weights)`` of shapes (S, E) and (S,); for the
+    flat kernel ``weights`` is the number of points within ``bandwidth`` (the support).
+    """
+    seed_sq = seeds.square().sum(dim=1, keepdim=True)
+    # |s - c|^2 = |s|^2 + (-2 s.c + |c|^2): the bracket is one product of [s, 1] with
+    # [-2c, |c|^2], and |s|^2 moves to the other side of the comparison, so each chunk costs
+    # a single pass over the (seeds x chunk) matrix besides the products. The data are
+    # centred at their mean (see mean_shift), which keeps the cancellation error far below
+    # the bandwidth.
+    seeds_1 = torch.cat([seeds, torch.ones_like(seed_sq)], dim=1)
+    centres_q = torch.cat([-2.0 * centres, centres.square().sum(dim=1, keepdim=True)], dim=1)
+    threshold = bandwidth**2 - seed_sq
+    acc = seeds.new_zeros(seeds.shape[0], weighted.shape[1])
+    for part in _chunks(centres.shape[0], chunk_size):
+        partial = seeds_1 @ centres_q[part].T
         if kernel == "flat":
-            w = (sq_dist <= bandwidth**2).to(chunk.dtype)
+            # In-place comparison keeps the float dtype: 1.0 inside the window, 0.0 outside.
+            w = partial.le_(threshold)
         else:
-            w = sq_dist.mul_(-0.5 / bandwidth**2).exp_()
-        sums.addmm_(w, chunk)
-        weights += w.sum(dim=1)
-    return sums, weights
+            w = partial.add_(seed_sq).clamp_(min=0.0).mul_(-0.5 / bandwidth**2).exp_()
+        acc.addmm_(w, weighted[part])
+    return acc[:, :-1], acc[:, -1]
 
 
-def _support(modes: torch.Tensor, points: torch.Tensor, bandwidth: float, chunk_size: int):
-    """Number of points within ``bandwidth`` of every mode."""
-    return _kernel_sums(modes, points, bandwidth, "flat", chunk_size)[1]
+def _dedupe(seeds: torch.Tensor, active: torch.Tensor, cell: float):
+    """Keep one seed per grid cell of size ``cell`` (the first one, for determinism)."""
+    inverse, counts = _cells(seeds, cell)
+    index = torch.arange(seeds.shape[0], device=seeds.device)
+    first = torch.full_like(counts, seeds.shape[0]).scatter_reduce(0, inverse, index, "amin")
+    return seeds[first], active[first]
 
 
 def mean_shift(
@@ -114,6 +173,7 @@ def mean_shift(
     tol: float = 1e-3,
     merge_radius: float | None = None,
     min_cluster_size: int = 1,
+    bin_size: float | None = 0.25,
     seed: int = 0,
     device: str | torch.device = "cpu",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -139,7 +199,7 @@ def mean_shift(
     seeds : numpy.ndarray or torch.Tensor, optional
         (S, E) explicit starting points; overrides ``n_seeds`` and ``seed``.
     kernel : {'flat', 'gaussian'}
-        'flat' weights all points within ``bandwidth`` equally (the reference's choice);
+        'flat' weights all points within ``bandwidth`` equally (as scikit-learn does);
         'gaussian' weights every point by ``exp(-d^2 / (2 bandwidth^2))``.
     max_iter : int
         Maximum number of mean-shift steps.
@@ -151,12 +211,22 @@ def mean_shift(
         one is a plateau or a stalled seed rather than a separate cluster.
     min_cluster_size : int
         Modes with fewer than this many points within ``bandwidth`` are dropped.
+    bin_size : float or None
+        Grid cell size relative to ``bandwidth``. The points are first replaced by the means
+        of the occupied grid cells, weighted by their counts: tight embedding clusters
+        collapse into a few thousand cells, which makes the iterations many times cheaper
+        (6-20x measured on 200k 3-D points). Each point moves by less than a cell
+        diagonal, so only points near a window's edge can be counted on the wrong side; the
+        modes move by a small fraction of a cell and the support (hence
+        ``min_cluster_size``) is counted per cell. None uses every point exactly. In high
+        dimensions (E > 4) most cells hold a single point and binning gains little.
     seed : int
         Seed of the random choice of seeds; equal seeds give identical modes.
     device : str or torch.device
         Where to compute ('cpu', 'cuda', ...).
     chunk_size : int
-        Points per distance chunk; memory is about ``4 * n_seeds * chunk_size`` bytes.
+        Points (or cells) per distance chunk; the distance matrices take about
+        ``4 * n_seeds * chunk_size`` bytes.
 
     Returns
     -------
@@ -170,10 +240,28 @@ def mean_shift(
         For empty, non-finite or wrongly shaped points or seeds, and for invalid parameters.
     TypeError
         If ``points`` or ``seeds`` is not a numpy array or torch tensor.
+
+    Notes
+    -----
+    Three things make this fast without changing what is computed beyond the ``bin_size``
+    approximation: all active seeds move in one batched matrix product per chunk of points;
+    seeds that have converged stop; and seeds that fall into the same cell of a grid of
+    ``bandwidth / 16`` are merged before every step, since from there on they would climb to
+    the same mode (1000 random seeds on 30 clusters shrink to about 30 within three steps).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> points = np.concatenate([rng.normal(0, 0.3, (500, 3)), rng.normal(5, 0.3, (500, 3))])
+    >>> modes = mean_shift(points, bandwidth=1.0)
+    >>> modes.shape
+    (2, 3)
+    >>> labels = assign_to_modes(points, modes)  # 1 or 2 for every point
     """
     _check_positive(bandwidth, "bandwidth")
     _check_positive(tol, "tol")
     _check_positive(merge_radius, "merge_radius", allow_none=True)
+    _check_positive(bin_size, "bin_size", allow_none=True)
     _check_count(n_seeds, "n_seeds", 1)
     _check_count(max_iter, "max_iter", 1)
     _check_count(min_cluster_size, "min_cluster_size", 1)
@@ -197,11 +285,24 @@ def mean_shift(
     bandwidth = float(bandwidth)
     merge_radius = bandwidth if merge_radius is None else float(merge_radius)
 
-    # Identical seeds follow identical paths (embeddings of flat regions repeat a lot).
-    current = torch.unique(current, dim=0)
+    # Centring keeps |x|^2 small, so the addmm distances in _kernel_sums stay accurate.
+    origin = data.mean(dim=0)
+    data = data - origin
+    current = current - origin
+    if bin_size is None:
+        centres, counts = data, torch.ones_like(data[:, 0])
+    else:
+        centres, counts = _bin_points(data, bin_size * bandwidth)
+    weighted = torch.cat([centres * counts[:, None], counts[:, None]], dim=1)
+
     active = torch.ones(current.shape[0], dtype=torch.bool, device=data.device)
     for _ in range(max_iter):
-        sums, weights = _kernel_sums(current[active], data, bandwidth, kernel, chunk_size)
+        # Seeds that meet follow (almost) the same path from then on; keeping one per small
+        # cell turns the 1000 seeds into about one per cluster after a few steps.
+        current, active = _dedupe(current, active, _DEDUPE_CELL * bandwidth)
+        sums, weights = _kernel_sums(
+            current[active], centres, weighted, bandwidth, kernel, chunk_size
+        )
         # A seed with no point in its window (only possible for explicit seeds, or a Gaussian
         # underflow far from all data) has no mean to move to: keep it where it is, its
         # support of 0 drops it below.
@@ -213,31 +314,31 @@ def mean_shift(
         active[active.clone()] = shift >= tol * bandwidth
         if not bool(active.any()):
             break
-    return _merge_modes(current, data, bandwidth, merge_radius, min_cluster_size, chunk_size)
+    support = _kernel_sums(current, centres, weighted, bandwidth, "flat", chunk_size)[1]
+    modes = _merge_modes(current, support, merge_radius, min_cluster_size)
+    return (modes + origin).cpu().numpy().astype(np.float32)
 
 
-def _merge_modes(modes, data, bandwidth, merge_radius, min_cluster_size, chunk_size):
+def _merge_modes(modes, support, merge_radius, min_cluster_size):
     """Drop weak modes and those within ``merge_radius`` of a stronger one (greedy)."""
-    support = _support(modes, data, bandwidth, chunk_size)
-    keep = support >= max(min_cluster_size, 1)
+    keep = support >= min_cluster_size
     modes, support = modes[keep], support[keep]
     # Stable sort so that ties keep their (deterministic) order.
-    order = torch.sort(support, descending=True, stable=True).indices
-    modes = modes[order]
+    modes = modes[torch.sort(support, descending=True, stable=True).indices]
     close = (torch.cdist(modes, modes) < merge_radius).cpu().numpy()
     kept = np.zeros(modes.shape[0], dtype=bool)
     # Greedy suppression needs the decisions of all stronger modes first, hence the loop; it
     # runs over the few converged candidates, not over points.
     for i in range(modes.shape[0]):
         kept[i] = not close[i, :i][kept[:i]].any()
-    return modes[torch.from_numpy(kept).to(modes.device)].cpu().numpy().astype(np.float32)
+    return modes[torch.from_numpy(kept).to(modes.device)]
 
 
 def assign_to_modes(
     points,
     modes,
     max_distance: float | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Label every point with its nearest mode.
@@ -250,8 +351,9 @@ def assign_to_modes(
         (K, E) cluster centres, e.g. from :func:`mean_shift`.
     max_distance : float, optional
         Points further than this from their nearest mode get label 0.
-    chunk_size : int
-        Points per distance chunk.
+    chunk_size : int, optional
+        Points per distance chunk; by default as many as keep the (chunk x K) distance
+        matrix at about 16 MB.
     device : str or torch.device
         Where to compute.
 
@@ -269,7 +371,8 @@ def assign_to_modes(
         If ``points`` or ``modes`` is not a numpy array or torch tensor.
     """
     _check_positive(max_distance, "max_distance", allow_none=True)
-    _check_count(chunk_size, "chunk_size", 1)
+    if chunk_size is not None:
+        _check_count(chunk_size, "chunk_size", 1)
     data = _as_points(points, "points")
     centres = _as_points(modes, "modes", data.dtype).to(device)
     if centres.shape[1] != data.shape[1]:
@@ -279,15 +382,19 @@ def assign_to_modes(
     labels = np.zeros(data.shape[0], dtype=np.int64)
     if centres.shape[0] == 0:
         return labels
+    if chunk_size is None:
+        chunk_size = max(1, _ASSIGN_CHUNK_ELEMENTS // centres.shape[0])
     for part in _chunks(data.shape[0], chunk_size):
-        # Exact distances (no |a|^2 + |b|^2 - 2ab shortcut) so ties and near-ties agree with a
-        # brute-force argmin whatever the chunking.
-        dist = torch.cdist(
-            data[part].to(device), centres, compute_mode="donot_use_mm_for_euclid_dist"
-        )
-        nearest, index = dist.min(dim=1)
+        chunk = data[part].to(device)
+        # Squared distances summed axis by axis: the same arithmetic as a brute-force argmin
+        # (no |a|^2 + |b|^2 - 2ab shortcut, whose rounding could flip near-ties), and faster
+        # on CPU than cdist's exact mode.
+        sq_dist = (chunk[:, :1] - centres[:, 0]).square_()
+        for axis in range(1, chunk.shape[1]):
+            sq_dist += (chunk[:, axis : axis + 1] - centres[:, axis]).square_()
+        nearest, index = sq_dist.min(dim=1)
         chunk_labels = index + 1
         if max_distance is not None:
-            chunk_labels[nearest > max_distance] = 0
+            chunk_labels[nearest.sqrt() > max_distance] = 0
         labels[part] = chunk_labels.cpu().numpy()
     return labels

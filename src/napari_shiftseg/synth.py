@@ -70,7 +70,9 @@ def _per_axis_int(value, ndim: int, name: str, minimum: int | None) -> tuple[int
     low = -math.inf if minimum is None else minimum
     if len(values) != ndim or not all(_is_int(v) and v >= low for v in values):
         bound = "an integer" if minimum is None else f"an integer >= {minimum}"
-        raise ShiftSegError(f"{name} {value!r} must be {bound} or {ndim} such integers (one per axis)")
+        raise ShiftSegError(
+            f"{name} {value!r} must be {bound} or {ndim} such integers (one per axis)"
+        )
     return tuple(int(v) for v in values)
 
 
@@ -154,7 +156,7 @@ def _object_extent(radius: float) -> int:
 
 
 def _rngs(entropy) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
-    """Independent streams for placement, elastic field and noise (changing one leaves the others)."""
+    """Independent streams for placement, elastic field and noise (one change leaves the rest)."""
     children = np.random.SeedSequence(entropy).spawn(3)
     return tuple(np.random.default_rng(child) for child in children)
 
@@ -163,7 +165,9 @@ def _check_density(density) -> float:
     density = _real(density, "density")
     # Random non-overlapping disks jam at about 0.55 area fraction (spheres: 0.38), before gaps.
     if density > 0.5:
-        raise ShiftSegError(f"density {density:g} must be in (0, 0.5] (fraction of the image covered)")
+        raise ShiftSegError(
+            f"density {density:g} must be in (0, 0.5] (fraction of the image covered)"
+        )
     return density
 
 
@@ -248,7 +252,7 @@ def _lattice_labels(shape, spacing, offset, radius, partial) -> np.ndarray:
         x = np.arange(size)
         k = np.round((x - start) / step).astype(np.int64)
         centre = start + k * step
-        # Objects whose centre lies outside a row of pixels are partial in any case.
+        # k spans every lattice cell the image touches, partial border cells included.
         k_lo, k_hi = k.min(), k.max()
         broadcast = [1] * len(shape)
         broadcast[axis] = size
@@ -330,7 +334,8 @@ def lattice(
     radius = _real(radius, "radius")
     if min(spacing) <= 2 * radius:
         raise ShiftSegError(
-            f"spacing {spacing} must exceed 2 * radius = {2 * radius:g} so that objects do not overlap"
+            f"spacing {spacing} must exceed 2 * radius = {2 * radius:g} "
+            "so that objects do not overlap"
         )
     if offset is None:
         offset = tuple(step // 2 for step in spacing)
@@ -436,7 +441,9 @@ def random_objects(
 
     Radii are uniform in ``radius +- radius_jitter``, intensities uniform in
     ``intensity_range``. Centres are integer pixels, rejection-sampled so that any two objects'
-    centres are more than ``r1 + r2 + min_gap`` apart (objects never touch for ``min_gap >= 0``).
+    centres are more than ``r1 + r2 + min_gap`` apart: objects never overlap, and with
+    ``min_gap >= sqrt(ndim)`` (e.g. the default 2) they never touch, not even diagonally.
+    Objects may touch the image border but are never clipped by it.
 
     Parameters
     ----------
@@ -452,7 +459,7 @@ def random_objects(
     intensity_range : (float, float)
         Range of object intensities; background is 0.
     min_gap : float
-        Extra distance (pixels, >= 0) between object surfaces, measured between centres.
+        Extra distance (pixels, >= 0) required between centres beyond ``r1 + r2``.
     noise_std, elastic_alpha, elastic_sigma, seed
         As in :func:`lattice`; ``seed`` also drives placement.
 

@@ -1,0 +1,83 @@
+"""Exact tiled vs whole-image inference: time ratio and max abs difference.
+
+A random-weight 3D U-Net with l = 3 (f^l = 8, context 88), output tiles 64³, 128³, 256³.
+All tiles of a plan have the same shape and cost, so for plans with many tiles only the first
+``--max-tiles`` are timed and the time is scaled to the whole plan (the table says so); the
+difference is measured on the tiles that were computed. Both paths run one network call at a
+time on all threads (dask's synchronous scheduler), so the ratio compares work, not
+parallelism.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_tiling.py [--shape 256 256 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.predict import predict_embeddings, predict_plan, predict_whole
+from napari_shiftseg.unet import UNet, UNetConfig
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 512))
+    parser.add_argument("--tiles", type=int, nargs="+", default=(64, 128, 256))
+    parser.add_argument("--base", type=int, default=4, help="channels of the first level")
+    parser.add_argument("--max-tiles", type=int, default=4, help="tiles timed per plan")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=3, levels=3), base_channels=args.base))
+    shape = tuple(args.shape)
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    norm = (0.0, 1.0)
+
+    t0 = time.perf_counter()
+    whole = predict_whole(image, net, device="cpu", normalization=norm)
+    t_whole = time.perf_counter() - t0
+    peak = np.abs(whole).max()
+
+    rows = []
+    for tile in args.tiles:
+        plan = predict_plan(image, net, tile)
+        emb = predict_embeddings(image, net, tile, device="cpu", normalization=norm)
+        # the first k tiles along the last axis, then whole rows: a box of complete tiles
+        k = min(args.max_tiles, plan.n_tiles)
+        counts = list(plan.grid_shape)
+        box = [1] * len(counts)
+        left = k
+        for axis in reversed(range(len(counts))):
+            box[axis] = min(counts[axis], left)
+            left = max(1, left // box[axis])
+        n_timed = int(np.prod(box))
+        region = tuple(slice(0, a.write(b - 1).stop) for a, b in zip(plan.axes, box))
+        t0 = time.perf_counter()
+        part = emb[(slice(None),) + region].compute(scheduler="sync")
+        t_part = time.perf_counter() - t0
+        t_tiled = t_part * plan.n_tiles / n_timed
+        diff = float(np.abs(part - whole[(slice(None),) + region]).max())
+        rows.append((plan, n_timed, t_tiled, diff))
+
+    whole_amp = np.prod([net.config.geometry.tile_input_size(c) / s
+                         for c, s in zip(net.config.geometry.cover(shape), shape)])
+    print(f"# exact tiled vs whole image, 3D U-Net l=3 (f^l=8, context {net.config.geometry.context}), "
+          f"base {args.base} ch, image {shape}, {args.threads} threads, "
+          f"load avg {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
+    print("| tile | tiles | timed | input/output voxels | tiled (s) | whole (s) | ratio | max abs diff (rel) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| whole | 1 | 1 | {whole_amp:.2f} | - | {t_whole:.1f} | 1.00 | 0 |")
+    for plan, n_timed, t_tiled, diff in rows:
+        print(f"| {'x'.join(map(str, plan.tile))} | {plan.n_tiles} | {n_timed}"
+              f"{'' if n_timed == plan.n_tiles else ' (scaled)'} | {plan.amplification:.2f} | "
+              f"{t_tiled:.1f} | {t_whole:.1f} | {t_tiled / t_whole:.2f} | {diff:.1e} ({diff / peak:.1e}) |")
+
+
+if __name__ == "__main__":
+    main()

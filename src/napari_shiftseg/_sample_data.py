@@ -1,0 +1,54 @@
+"""napari sample data: synthetic disks and spheres, generated on the fly, with ground truth.
+
+Each sample is an image layer plus its ground-truth instance labels as a second layer.
+
+- ``lattice15``: radius-5 disks on a square lattice with spacing 15. The offsets between
+  disks are co-prime with f^l = 8, so a U-Net with l = 3 can give every disk its own embedding
+  (THEORY.md, result 2; the paper's Fig. 2b).
+- ``lattice16``: the same with spacing 16, a multiple of f^l: every disk sits at the same
+  phase, so the network *must* give all of them the same embedding (Fig. 2a).
+- ``spheres3d``: randomly placed spheres in a small volume.
+- ``large3d``: a 512 x 1024 x 1024 float32 volume (2 GiB if materialised) as a lazy dask
+  array; chunks are generated only when napari displays them.
+"""
+
+from __future__ import annotations
+
+from . import synth
+
+#: Shape of the 2D lattices: the paper's 220 x 220 training image for l = 3.
+LATTICE_SHAPE = (220, 220)
+SPHERES_SHAPE = (48, 128, 128)
+LARGE_SHAPE = (512, 1024, 1024)
+LARGE_CHUNKS = (32, 256, 256)  # thin in z: showing one slice generates 4 + 4 chunks
+
+
+def _pair(image, labels, name: str, **image_kwargs) -> list[tuple]:
+    return [
+        (image, {"name": name, "contrast_limits": (0.0, 1.0), **image_kwargs}, "image"),
+        (labels, {"name": f"{name} ground truth", "opacity": 0.4, "visible": False}, "labels"),
+    ]
+
+
+def separable_lattice() -> list[tuple]:
+    """Disks of radius 5 on a lattice with spacing 15 (separable for f^l = 8)."""
+    image, labels = synth.lattice(LATTICE_SHAPE, spacing=15, radius=5)
+    return _pair(image, labels, "lattice spacing 15")
+
+
+def inseparable_lattice() -> list[tuple]:
+    """Disks of radius 5 on a lattice with spacing 16 (f^l-periodic: inseparable)."""
+    image, labels = synth.lattice(LATTICE_SHAPE, spacing=16, radius=5)
+    return _pair(image, labels, "lattice spacing 16")
+
+
+def spheres_3d() -> list[tuple]:
+    """Randomly placed spheres (radius 5 +- 1) in a 48 x 128 x 128 volume."""
+    image, labels = synth.random_objects(SPHERES_SHAPE, radius=5, density=0.1, seed=0)
+    return _pair(image, labels, "spheres 3D")
+
+
+def large_lazy_volume() -> list[tuple]:
+    """A 2 GiB random-spheres volume as lazy dask arrays (nothing is computed up front)."""
+    image, labels = synth.lazy_random_objects(LARGE_SHAPE, LARGE_CHUNKS, radius=5, density=0.05)
+    return _pair(image, labels, "large lazy volume")

@@ -1,0 +1,7 @@
+"""napari widgets: the only part of the package that imports Qt and napari.
+
+One widget per module (``segment``, ``train``, ``inspect``); the manifest points at those
+modules directly, so importing ``napari_shiftseg`` never loads Qt. Shared pieces:
+``_worker`` (thread_worker + cancel + progress), ``_pipeline`` (the jobs, no Qt), ``_layers``
+(layer data tuples, no Qt), ``_model_choice`` and ``_common``.
+"""

@@ -1,0 +1,60 @@
+"""Small helpers shared by the widgets: layer choices, plugin settings, the busy button."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PLUGIN = "napari-shiftseg"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    device: str = "auto"
+    memory_budget_gb: float = 4.0
+    tile_size: int = 128
+
+
+def inference_settings() -> InferenceSettings:
+    """The plugin's ``inference`` settings (napari Preferences), or the defaults."""
+    try:
+        from napari.settings import get_plugin_settings
+
+        s = get_plugin_settings(PLUGIN).inference
+        return InferenceSettings(s.device, float(s.memory_budget_gb), int(s.tile_size))
+    except (ImportError, KeyError, AttributeError):  # older napari, or the plugin not discovered
+        return InferenceSettings()
+
+
+def layer_choices(viewer, kind: type):
+    """A magicgui ``choices`` callable listing the viewer's layers of ``kind`` by name."""
+
+    def choices(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+    return choices
+
+
+def watch_layers(viewer, widget) -> None:
+    """Refresh ``widget``'s layer combo boxes whenever layers are added or removed."""
+    # A bound method: napari holds it weakly, so a closed widget is not kept alive.
+    viewer.layers.events.inserted.connect(widget.reset_choices)
+    viewer.layers.events.removed.connect(widget.reset_choices)
+
+
+def devices() -> list[str]:
+    import torch
+
+    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def set_running(button, running: bool, idle_text: str, others=()) -> None:
+    """Turn ``button`` into a Cancel button while a job runs, and disable ``others``."""
+    button.text = "Cancel" if running else idle_text
+    for widget in others:
+        widget.enabled = not running
+
+
+def wrap(*labels) -> None:
+    """Let long info lines wrap instead of widening the dock (and shrinking the canvas)."""
+    for label in labels:
+        label.native.setWordWrap(True)

@@ -1,0 +1,98 @@
+"""Images whose results do not fit the memory budget: segmented into a zarr group on disk
+(:func:`napari_shiftseg.segment.segment_to_zarr`, resumable) and shown lazily from there.
+
+No Qt here. The group lives in a per-session temporary folder, named after the image and the
+settings that determine the embeddings, so running the same image again with the same model,
+tile and mode resumes (or reuses) the stored tiles; a cancelled run keeps its finished tiles.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+
+_SESSION_DIR: Path | None = None
+
+
+def session_dir() -> Path:
+    """A temporary folder for this napari session, removed when Python exits."""
+    global _SESSION_DIR
+    if _SESSION_DIR is None:
+        _SESSION_DIR = Path(tempfile.mkdtemp(prefix="shiftseg-"))
+        atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+    return _SESSION_DIR
+
+
+def output_path(image_name: str, model_path, tile: int, mode: str) -> Path:
+    key = hashlib.sha1(repr((image_name, str(model_path), tile, mode)).encode()).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() else "_" for c in image_name)[:40]
+    return session_dir() / f"{safe}-{key}.zarr"
+
+
+@dataclass
+class LargeResult:
+    """A finished zarr segmentation; ``embeddings``/``labels`` are lazy views of it."""
+
+    path: Path
+    embeddings: da.Array
+    labels: da.Array
+    diagnostics: dict
+    foreground: bool
+    origin: tuple | None = None
+
+
+def _open(path: Path, plan, geometry) -> LargeResult:
+    import zarr
+
+    from .. import diagnostics
+
+    group = zarr.open_group(str(path), mode="r")
+    embeddings = da.from_zarr(group["embeddings"])
+    shape = embeddings.shape[1:]
+    diag = {
+        "tile_boundaries": diagnostics.tile_boundaries(plan),
+        "seams": diagnostics.seam_map(embeddings, plan),
+        "grid": diagnostics.grid_lines(shape, geometry),
+        "phase": diagnostics.phase_map(shape, geometry),
+    }
+    return LargeResult(path, embeddings, da.from_zarr(group["labels"]), diag, "foreground" in group)
+
+
+def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:
+    """Tiles -> zarr (progress per tile), cluster, label; then lazy views of the results."""
+    from ..segment import segment_to_zarr
+    from ..tiling import tile_plan
+    from ._pipeline import ModelCache
+
+    stage = {"name": "tiles"}
+
+    def on_stage(name: str) -> None:
+        stage["name"] = name
+        report(0, 1, name)
+
+    model = ModelCache().get(model_path, params.device)
+    segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
+                    mode=params.mode, bandwidth=params.bandwidth, min_size=params.min_size,
+                    progress=lambda d, t: report(d, t, stage["name"]), cancel=cancel, stage=on_stage)
+    plan = tile_plan(image.shape, model.geometry, params.tile, params.mode)
+    return _open(out_path, plan, model.geometry)
+
+
+def recluster(report, cancel, result: LargeResult, params) -> da.Array:
+    """Mean-shift and labelling again from the stored embeddings (no network pass)."""
+    import zarr
+
+    from ..segment import recluster as recluster_zarr
+
+    recluster_zarr(result.path, bandwidth=params.bandwidth, min_size=params.min_size, cancel=cancel,
+                   stage=lambda name: report(0, 1, name))
+    # A new dask name, so nothing cached for the old labels is shown again.
+    labels = zarr.open_group(str(result.path), mode="r")["labels"]
+    return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}")

@@ -1,0 +1,162 @@
+"""Layer data tuples ``(data, kwargs, layer_type)`` for the results of the widgets.
+
+Pure numpy/dask: nothing here imports Qt or napari, so it is tested without a display. Every
+layer is named ``<image>_shiftseg_<kind>`` and placed with the source image's scale and
+translate (shifted by the crop origin for a preview of part of the image).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: kind -> (layer type, display settings). Diagnostic layers start hidden.
+KINDS = {
+    "embeddings": ("image", {"rgb": True}),
+    "foreground": ("image", {"colormap": "green", "blending": "additive", "contrast_limits": (0.0, 1.0),
+                             "visible": False}),
+    "instances": ("labels", {"opacity": 0.6}),
+    "tile_boundaries": ("image", {"colormap": "gray", "blending": "additive", "opacity": 0.5,
+                                  "visible": False}),
+    "seams": ("image", {"colormap": "inferno", "blending": "additive", "visible": False}),
+    "grid": ("image", {"colormap": "cyan", "blending": "additive", "opacity": 0.5, "visible": False}),
+    "phase": ("image", {"colormap": "twilight", "visible": False}),
+}
+
+#: Voxels sampled to fit the PCA and the colour range of the embedding layer.
+PCA_SAMPLES = 100_000
+
+
+def layer_name(image_name: str, kind: str) -> str:
+    return f"{image_name}_shiftseg_{kind}"
+
+
+def placement(scale, translate, origin=None) -> dict:
+    """``scale``/``translate`` for a result whose voxel 0 is voxel ``origin`` of the source."""
+    scale = tuple(float(s) for s in scale)
+    translate = tuple(float(t) for t in translate)
+    if origin is not None:
+        translate = tuple(t + o * s for t, o, s in zip(translate, origin, scale))
+    return {"scale": scale, "translate": translate}
+
+
+def fit_rgb(sample: np.ndarray, seed: int = 0) -> tuple:
+    """Colour mapping fitted on (E, N) sample embeddings: (mean, basis, low, high).
+
+    E > 3 is reduced to its first three principal components; E < 3 is padded with zeros.
+    Each colour channel is stretched between the 1st and 99th percentile of the sample.
+    """
+    points = np.asarray(sample, dtype=np.float32).reshape(sample.shape[0], -1).T  # (N, E)
+    if len(points) > PCA_SAMPLES:
+        points = points[np.random.default_rng(seed).choice(len(points), PCA_SAMPLES, replace=False)]
+    e = points.shape[1]
+    mean = points.mean(axis=0) if e > 3 else np.zeros(e, np.float32)
+    if e > 3:
+        basis = np.linalg.svd(points - mean, full_matrices=False)[2][:3].T      # (E, 3)
+    else:
+        basis = np.eye(e, 3, dtype=np.float32)
+    projected = (points - mean) @ basis
+    low, high = np.percentile(projected, [1, 99], axis=0)
+    return mean, basis.astype(np.float32), low, np.where(high > low, high, low + 1.0)
+
+
+def apply_rgb(block: np.ndarray, mapping: tuple) -> np.ndarray:
+    """(E, *spatial) embeddings -> (*spatial, 3) float32 colours in [0, 1] (dask-blockwise)."""
+    mean, basis, low, high = mapping
+    points = np.moveaxis(np.asarray(block, dtype=np.float32), 0, -1)
+    rgb = ((points - mean) @ basis - low) / (high - low)
+    return np.clip(rgb, 0, 1).astype(np.float32)
+
+
+def embeddings_to_rgb(embeddings, seed: int = 0):
+    """(E, *spatial) embeddings as (*spatial, 3) colours; lazy for dask input.
+
+    The mapping is fitted on a strided sample, so a lazy (zarr-backed) array is only read there.
+    """
+    step = max(1, int((np.prod(embeddings.shape[1:]) / PCA_SAMPLES) ** (1 / (embeddings.ndim - 1))))
+    sample = embeddings[(slice(None),) + (slice(None, None, step),) * (embeddings.ndim - 1)]
+    mapping = fit_rgb(np.asarray(sample.compute() if hasattr(sample, "compute") else sample), seed)
+    if not hasattr(embeddings, "map_blocks"):
+        return apply_rgb(embeddings, mapping)
+    emb = embeddings.rechunk({0: -1})
+    return emb.map_blocks(apply_rgb, mapping, dtype=np.float32, drop_axis=0,
+                          new_axis=emb.ndim - 1, chunks=emb.chunks[1:] + ((3,),))
+
+
+def sigmoid(logits):
+    """Foreground probability from the logit channel (lazy for dask input)."""
+    if hasattr(logits, "map_blocks"):
+        return logits.map_blocks(sigmoid, dtype=np.float32)
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)))).astype(np.float32)
+
+
+def result_layer(data, kind: str, image_name: str, where: dict, **extra) -> tuple:
+    """One layer data tuple of ``kind`` (see :data:`KINDS`)."""
+    layer_type, style = KINDS[kind]
+    if data.dtype == bool:  # tile borders and grid lines: show as 0/1 intensities
+        data = data.astype(np.uint8)
+    kwargs = {**style, **where, "name": layer_name(image_name, kind), **extra}
+    if layer_type == "image" and kind != "embeddings" and "contrast_limits" not in kwargs:
+        kwargs["contrast_limits"] = _contrast(data, kind)
+    return data, kwargs, layer_type
+
+
+#: Contrast limits of lazy results, which are never computed just to pick a colour range.
+LAZY_LIMITS = {"tile_boundaries": (0, 1), "grid": (0, 1), "seams": (0, 4)}
+
+
+def _contrast(data, kind: str) -> tuple[float, float]:
+    """Data range of an in-memory result; fixed limits for a lazy one."""
+    if hasattr(data, "compute"):
+        return LAZY_LIMITS.get(kind, (0, 1))
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def segmentation_layers(result, image_name: str, where: dict, embed_dim: int,
+                        capacity: int | None = None) -> list[tuple]:
+    """All layers of a segmentation run (see :class:`~._pipeline.SegmentResult`)."""
+    emb = result.embeddings
+    layers = [result_layer(embeddings_to_rgb(emb[:embed_dim]), "embeddings", image_name, where)]
+    if emb.shape[0] > embed_dim:
+        layers.append(result_layer(sigmoid(emb[embed_dim]), "foreground", image_name, where))
+    layers.append(result_layer(result.labels, "instances", image_name, where))
+    layers += diagnostic_layers(result.diagnostics, image_name, where, capacity)
+    return layers
+
+
+def diagnostic_layers(diagnostics: dict, image_name: str, where: dict,
+                      capacity: int | None = None) -> list[tuple]:
+    """Layers for ``{kind: array}`` with kinds among tile_boundaries, seams, grid, phase."""
+    return [result_layer(data, kind, image_name, where,
+                         **({"contrast_limits": (0, capacity - 1)} if kind == "phase" and capacity else {}))
+            for kind, data in diagnostics.items()]
+
+
+def show_layers(viewer, layer_tuples: list[tuple]) -> list:
+    """Add each layer, or update the existing layer of the same name in place.
+
+    Updating in place keeps the user's layer order, visibility and colours across reruns, and
+    is much cheaper than removing a layer (napari runs a full garbage collection then).
+    """
+    shown = []
+    for data, kwargs, layer_type in layer_tuples:
+        name = kwargs["name"]
+        old = viewer.layers[name] if name in viewer.layers else None
+        # ``__class__``, not ``type()``: plugins get layers wrapped in napari's PublicOnlyProxy.
+        same_kind = old is not None and old.__class__.__name__.lower() == layer_type and (
+            getattr(old, "rgb", False) == kwargs.get("rgb", False)) and old.ndim == _layer_ndim(data, kwargs)
+        if same_kind:
+            old.data = data
+            old.scale, old.translate = kwargs["scale"], kwargs["translate"]
+            if "contrast_limits" in kwargs:
+                old.contrast_limits = kwargs["contrast_limits"]
+            shown.append(old)
+            continue
+        if old is not None:
+            viewer.layers.remove(old)
+        shown.append(getattr(viewer, f"add_{layer_type}")(data, **kwargs))
+    return shown
+
+
+def _layer_ndim(data, kwargs) -> int:
+    return data.ndim - 1 if kwargs.get("rgb") else data.ndim

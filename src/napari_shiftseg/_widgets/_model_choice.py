@@ -1,0 +1,101 @@
+"""Model picker shared by the Segment and Inspect widgets.
+
+A combo box of the bundled defaults (2D, 3D) plus every model file opened in this session (file
+picker, the .safetensors reader, or the Train widget), and one line describing the chosen
+network: d, l, f, f^l, capacity f^(d·l) and context. Only the metadata is read here (cheap);
+the weights are loaded by the job that needs them, in a worker thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label
+from napari.utils.notifications import show_error
+
+from .._errors import ShiftSegError
+from ..modelio import bundled_model_path, read_metadata
+
+BUNDLED = {"default 2D": 2, "default 3D": 3}
+
+
+def describe_config(config) -> str:
+    """One line: the numbers of THEORY.md for this network."""
+    g = config.geometry
+    return (f"d={g.ndim}  l={g.levels}  f={g.factor}  f^l={g.grid}  capacity f^(d·l)={g.capacity}  "
+            f"context={g.context}  E={config.embed_dim}  ({config.upsampling} upsampling, {g.padding})")
+
+
+class ModelChooser(Container):
+    """Bundled or file model, with its geometry shown; ``changed`` fires on a new choice."""
+
+    def __init__(self):
+        self._files: list[str] = []
+        self._metadata: dict[tuple[str, float], dict] = {}
+        self.choice = ComboBox(label="model", choices=self._choices)
+        self.file = FileEdit(label="model file", filter="*.safetensors", mode="r")
+        self.summary = Label(label="network")
+        super().__init__(widgets=[self.choice, self.file, self.summary], labels=True)
+        self.summary.native.setWordWrap(True)
+        self.choice.changed.connect(self._refresh)
+        self.file.changed.connect(self._file_picked)
+        self._refresh()
+
+    def _choices(self, _widget=None):
+        return [(name, f"bundled:{ndim}") for name, ndim in BUNDLED.items()] + [
+            (Path(p).name, p) for p in self._files]
+
+    # ---- public ------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        key = self.choice.value
+        if key.startswith("bundled:"):
+            return bundled_model_path(int(key.split(":")[1]))
+        return Path(key)
+
+    def metadata(self) -> dict:
+        """Config and meta of the chosen model; raises ShiftSegError if it cannot be read."""
+        path = self.path
+        stamp = (str(path), path.stat().st_mtime if path.is_file() else -1.0)
+        if stamp not in self._metadata:
+            self._metadata[stamp] = read_metadata(path)
+        return self._metadata[stamp]
+
+    @property
+    def geometry(self):
+        """Geometry of the chosen model, or None when it cannot be read."""
+        try:
+            return self.metadata()["config"].geometry
+        except ShiftSegError:
+            return None
+
+    def select_file(self, path) -> bool:
+        """Add a model file and select it; show an error (keeping the old choice) if it is bad."""
+        path = str(Path(path).resolve())
+        try:
+            read_metadata(path)
+        except ShiftSegError as err:
+            show_error(f"shiftseg: {err}")
+            return False
+        if path not in self._files:
+            self._files.append(path)
+        self.choice.reset_choices()
+        self.choice.value = path
+        self._refresh()
+        return True
+
+    def match_ndim(self, ndim: int) -> None:
+        """Switch between the bundled defaults to follow the image's dimensionality."""
+        if self.choice.value.startswith("bundled:") and ndim in BUNDLED.values():
+            self.choice.value = f"bundled:{ndim}"
+
+    # ---- callbacks ---------------------------------------------------------------------
+    def _file_picked(self, value) -> None:
+        if value and Path(value).is_file():
+            self.select_file(value)
+
+    def _refresh(self, *_):
+        try:
+            self.summary.value = describe_config(self.metadata()["config"])
+        except ShiftSegError as err:
+            self.summary.value = f"not available: {err}"

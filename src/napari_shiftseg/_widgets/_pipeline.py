@@ -1,0 +1,268 @@
+"""The jobs the widgets run in a worker thread: plain functions of arrays, no Qt, no napari.
+
+Each job has the :mod:`._worker` signature ``job(report, cancel, ...)``. They only chain core
+functions (predict -> compute with progress -> cluster -> label -> diagnostics) and return
+arrays; the widgets turn those into layers on the GUI thread (:mod:`._layers`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from .._errors import ShiftSegError
+
+MODES = ("exact", "naive", "blend")
+
+
+@dataclass
+class SegmentParams:
+    tile: int = 128
+    device: str = "auto"
+    mode: str = "exact"
+    bandwidth: float = 2.0
+    min_size: int = 10
+
+
+@dataclass
+class SegmentResult:
+    """Everything a run produced, kept by the widget for re-clustering."""
+
+    embeddings: np.ndarray          # (E [+1 foreground logit], *spatial), float32
+    labels: np.ndarray              # int32 instances
+    diagnostics: dict = field(default_factory=dict)  # kind -> array (see _layers.KINDS)
+    origin: tuple | None = None     # crop origin in the source image (None: whole image)
+    foreground: bool = True
+
+
+class ModelCache:
+    """Keeps the last loaded model, keyed by path, file time and device (worker-thread use)."""
+
+    def __init__(self):
+        self._key = None
+        self._model = None
+
+    def get(self, path, device: str = "auto"):
+        from ..devices import resolve_device
+        from ..modelio import load_model
+
+        path = Path(path)
+        dev = resolve_device(device)
+        key = (str(path), path.stat().st_mtime if path.is_file() else None, str(dev))
+        if key != self._key:
+            self._model, self._key = load_model(path, device=dev), key
+        return self._model
+
+
+def check_image(data, model_ndim: int, name: str):
+    """Refuse multiscale/RGB layers and dimensionality mismatches with a one-line message."""
+    if isinstance(data, (list, tuple)):
+        raise ShiftSegError(f"layer {name!r} is multiscale; pick its full-resolution level as a layer")
+    if data.ndim != model_ndim:
+        raise ShiftSegError(
+            f"layer {name!r} is {data.ndim}D but the model is {model_ndim}D; pick a {data.ndim}D model"
+        )
+    return data
+
+
+def result_bytes(shape, out_channels: int) -> int:
+    """Memory a run keeps: embeddings, RGB, foreground, labels and four diagnostic maps."""
+    return int(np.prod(shape)) * 4 * (out_channels + 3 + 1 + 1 + 4)
+
+
+def fits_budget(shape, out_channels: int, budget_gb: float) -> bool:
+    return result_bytes(shape, out_channels) <= budget_gb * 1e9
+
+
+def check_budget(shape, out_channels: int, budget_gb: float) -> None:
+    if not fits_budget(shape, out_channels, budget_gb):
+        need = result_bytes(shape, out_channels) / 1e9
+        raise ShiftSegError(
+            f"a preview of {tuple(shape)} needs about {need:.1f} GB, more than the memory budget "
+            f"of {budget_gb:g} GB (napari Preferences > shiftseg); zoom in, or use Run"
+        )
+
+
+def preview_region(shape, geometry, visible, point) -> tuple[slice, ...]:
+    """Region of the image a preview computes: the visible part, the current slice elsewhere.
+
+    ``visible`` is ``{axis: (start, stop)}`` for the displayed axes (data pixels), ``point`` the
+    current data position on every axis. The region is widened to whole f^l cells (origins on the
+    global grid), so the preview's tiles are the same tiles a full run computes; non-displayed
+    axes get the one f^l cell that holds the current slice.
+    """
+    g = geometry.grid
+    region = []
+    for axis, size in enumerate(shape):
+        if axis in visible:
+            start, stop = visible[axis]
+        else:
+            start = int(np.clip(math.floor(point[axis]), 0, size - 1))
+            stop = start + 1
+        start = max(0, (int(start) // g) * g)
+        stop = min(size, -(-int(stop) // g) * g)
+        region.append(slice(start, max(stop, start + 1)))
+    return tuple(region)
+
+
+def with_context(region: tuple[slice, ...], shape, geometry) -> tuple[slice, ...]:
+    """``region`` grown by whole f^l cells covering the network's context on both sides.
+
+    Predicting the grown region and cutting ``region`` back out gives the values a whole-image
+    run gives there (same grid phase, real image context instead of reflected crop borders).
+    """
+    g = geometry.grid
+    margin = -(-(geometry.context + geometry.output_residue) // g) * g
+    return tuple(slice(max(0, r.start - margin), min(n, r.stop + margin)) for r, n in zip(region, shape))
+
+
+def segment(report, cancel, image, model_path, params: SegmentParams, cache: ModelCache,
+            region: tuple[slice, ...] | None = None) -> SegmentResult:
+    """Embeddings, instances and diagnostics of ``image`` (or of ``image[region]``)."""
+    from .. import diagnostics, predict, progress, tiling
+    from ..normalize import percentile_normalization
+
+    model = cache.get(model_path, params.device)
+    g = model.geometry
+    if region is None:
+        data, norm, inner = image, None, None
+    else:
+        # A preview: statistics of the WHOLE image (as a full run uses), the region plus its
+        # context predicted, then the region cut out: the preview equals the full run there.
+        norm = percentile_normalization(image)
+        grown = with_context(region, image.shape, g)
+        data = image[grown]
+        inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
+    embeddings = predict.predict_embeddings(data, model, tile=params.tile, device=params.device,
+                                            mode=params.mode, normalization=norm)
+    (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
+                                     cancel=cancel)
+    shape = embeddings.shape[1:]
+    plan = tiling.tile_plan(shape, g, params.tile, params.mode)
+    diag = {
+        "tile_boundaries": diagnostics.tile_boundaries(plan),
+        "seams": diagnostics.seam_map(embeddings, plan),
+        "grid": diagnostics.grid_lines(shape, g),
+        "phase": diagnostics.phase_map(shape, g),
+    }
+    diag = dict(zip(diag, progress.compute(*diag.values(), cancel=cancel)))
+    if inner is not None:
+        embeddings = embeddings[inner]
+        diag = {kind: array[inner[1:]] for kind, array in diag.items()}
+    labels = _label(report, cancel, embeddings, params, model.config.foreground_head)
+    origin = None if region is None else tuple(s.start for s in region)
+    return SegmentResult(np.ascontiguousarray(embeddings), labels, diag, origin,
+                         model.config.foreground_head)
+
+
+def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool) -> np.ndarray:
+    from .. import instances, progress
+
+    from ..devices import resolve_device
+
+    clustering = instances.cluster_embeddings(embeddings, params.bandwidth, foreground=foreground,
+                                              device=str(resolve_device(params.device)))
+    if cancel.is_set():
+        raise progress.Cancelled()
+    # Blocks of a few hundred thousand voxels: labelling reports progress and uses both cores.
+    side = 512 if embeddings.ndim == 3 else 96
+    blocks = da.from_array(embeddings, chunks=(-1,) + (side,) * (embeddings.ndim - 1))
+    labels = instances.label_instances(blocks, clustering, params.min_size)
+    (labels,) = progress.compute(labels, progress=lambda d, t: report(d, t, "labels"), cancel=cancel)
+    return labels.astype(np.int32, copy=False)
+
+
+def recluster(report, cancel, result: SegmentResult, params: SegmentParams) -> np.ndarray:
+    """Mean-shift + labelling again on the cached embeddings (no network pass)."""
+    return _label(report, cancel, result.embeddings, params, result.foreground)
+
+
+# --------------------------------------------------------------------------- training
+
+SYNTHETIC = {
+    "synthetic: lattice spacing 15": "lattice15",
+    "synthetic: random objects": "random",
+}
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """``seed -> (image, labels)``: a fresh synthetic image per training step."""
+
+    kind: str
+    shape: tuple
+
+    def __call__(self, seed: int):
+        from .. import synth
+
+        rng = np.random.default_rng(seed)
+        if self.kind == "lattice15":
+            # A random lattice offset per image: every phase of the lattice gets trained.
+            offset = tuple(int(o) for o in rng.integers(0, 15, len(self.shape)))
+            return synth.lattice(self.shape, spacing=15, radius=5, offset=offset, noise_std=0.05,
+                                 seed=seed)
+        return synth.random_objects(self.shape, radius=5, density=0.15, noise_std=0.05, seed=seed)
+
+
+def synthetic_source(kind: str, geometry, window: int) -> SyntheticSource:
+    """A generator of images just large enough for one training input crop."""
+    size = max(geometry.training_input_size(window), 2 * window)
+    return SyntheticSource(kind, (size,) * geometry.ndim)
+
+
+def train_model(report, cancel, source, labels, config, steps: int, lr: float, window: int,
+                allow_small: bool, path):
+    """Train, then save to ``path``; returns ``(path, history)`` (nothing saved on cancel)."""
+    from .. import train
+    from ..modelio import save_model
+
+    def progress(step, parts):
+        report(step, steps, parts)
+
+    model, history = train.train(source, labels, config=config, steps=steps, lr=lr,
+                                 output_window=window, allow_small_window=allow_small,
+                                 progress=progress, cancel=cancel)
+    if cancel.is_set() or history.get("cancelled"):
+        return None
+    return save_model(model, path), history
+
+
+def describe_tile(geometry, requested: int, mode: str) -> str:
+    """The live tile line: snapped n·f^l tile, its input window and compute amplification."""
+    g = geometry
+    t = g.snap_tile(requested)
+    text = f"{t} = {t // g.grid}·f^l → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"
+    if mode != "exact":
+        text += f"; {mode} mode uses {requested} as given (not exact)"
+    return text
+
+
+# --------------------------------------------------------------------------- inspection
+
+def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
+          cache: ModelCache) -> dict:
+    """Tile boundaries and embedding jumps across them for one tiling mode."""
+    from .. import diagnostics, predict, progress, tiling
+
+    model = cache.get(model_path, device)
+    embeddings = predict.predict_embeddings(image, model, tile=tile, device=device, mode=mode)
+    (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
+                                     cancel=cancel)
+    plan = tiling.tile_plan(image.shape, model.geometry, tile, mode)
+    found = {"tile_boundaries": diagnostics.tile_boundaries(plan),
+             "seams": diagnostics.seam_map(embeddings, plan)}
+    return dict(zip(found, progress.compute(*found.values(), cancel=cancel)))
+
+
+def stitch_check(report, cancel, image, model_path, tile: int, mode: str, device: str,
+                 cache: ModelCache) -> float:
+    """Max |stitched − whole-image| embedding difference (0 for exact tiling)."""
+    from .. import diagnostics
+
+    model = cache.get(model_path, device)
+    report(0, 1, "stitch check")
+    return diagnostics.stitch_check(image, model, tile, mode, device=device)

@@ -1,0 +1,212 @@
+"""Train widget: a U-Net on image + labels layers or on a synthetic generator.
+
+The geometry fields (d, l, f, upsampling, padding) show live what they imply: f^l, capacity,
+context, the valid input sizes and the input crop of the chosen training window, plus a warning
+when the window is not larger than f^l (THEORY.md, result 4: such a model shows seams on the
+f^l grid). Training runs in a worker thread with the current loss, a small loss plot and a
+Cancel button; the model is saved as .safetensors and can be handed to the Segment widget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
+                              ProgressBar, PushButton, SpinBox)
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+
+from .._errors import ShiftSegError
+from ..geometry import UNetGeometry
+from ..unet import UNetConfig
+from . import _pipeline
+from ._common import PLUGIN, layer_choices, set_running, watch_layers, wrap
+from ._worker import Task
+
+if TYPE_CHECKING:
+    import napari
+
+LAYERS = "image + labels layers"
+WARN_STYLE = "color: #e8a33d;"
+
+
+class TrainWidget(Container):
+    """Dock widget: train and save a shiftseg model."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        self._viewer = napari_viewer
+        self.source = ComboBox(label="training data", choices=[LAYERS, *_pipeline.SYNTHETIC])
+        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
+        self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels))
+        self.ndim = ComboBox(label="d (dimensions)", choices=[2, 3], value=2)
+        self.levels = SpinBox(label="l (levels)", value=3, min=1, max=5)
+        self.factor = SpinBox(label="f (pooling)", value=2, min=2, max=4)
+        self.upsampling = ComboBox(label="upsampling", choices=["learnt", "nearest"])
+        self.padding = ComboBox(label="padding", choices=["valid", "same"])
+        self.channels = SpinBox(label="base channels", value=16, min=1, max=128)
+        self.window = SpinBox(label="training window", value=32, min=1, max=1024)
+        self.geometry_info = Label(label="sizes")
+        self.warning = Label(label="")
+        self.allow_small = CheckBox(text="allow window ≤ f^l (reproduces seams)", value=False)
+        self.steps = SpinBox(label="steps", value=500, min=1, max=10**6)
+        self.lr = FloatSpinBox(label="learning rate", value=1e-4, min=1e-6, max=1e-1, step=1e-5)
+        self.save_path = FileEdit(label="save as", mode="w", filter="*.safetensors",
+                                  value=Path.home() / "shiftseg_model.safetensors")
+        self.train_button = PushButton(text="Train")
+        self.use_button = PushButton(text="Use in Segment", enabled=False)
+        buttons = Container(widgets=[self.train_button, self.use_button], layout="horizontal", labels=False)
+        self.progress = ProgressBar(label="progress", value=0, max=1)
+        self.status = Label(label="status", value="idle")
+        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.ndim, self.levels,
+                                  self.factor, self.upsampling, self.padding, self.channels,
+                                  self.window, self.geometry_info, self.warning, self.allow_small,
+                                  self.steps, self.lr, self.save_path, buttons, self.progress,
+                                  self.status])
+        self.warning.native.setStyleSheet(WARN_STYLE)
+        wrap(self.warning, self.geometry_info, self.status)
+        self.figure = Figure(figsize=(3, 1.6), tight_layout=True)
+        self.axes = self.figure.add_subplot()
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(120)
+        self.native.layout().addWidget(self.canvas)
+        self._losses: list[tuple[int, float]] = []
+        self.saved_path: Path | None = None
+        self._task = Task(self.native)
+        self._task.progress.connect(self._on_progress)
+        self._task.busy_changed.connect(self._on_busy)
+        self._task.failed.connect(lambda msg: self._finish("failed", show_error, msg))
+        self._task.cancelled.connect(lambda: self._finish("cancelled", show_info, "cancelled; nothing saved"))
+        self._task.done.connect(self._on_done)
+        self.train_button.changed.connect(self._train_or_cancel)
+        self.use_button.changed.connect(self.use_in_segment)
+        for w in (self.ndim, self.levels, self.factor, self.padding, self.window, self.allow_small):
+            w.changed.connect(self._update_geometry)
+        self.source.changed.connect(self._source_changed)
+        self.image.changed.connect(self._source_changed)
+        watch_layers(napari_viewer, self)
+        self._source_changed()
+
+    # ---- public API --------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._task.busy
+
+    def geometry(self) -> UNetGeometry:
+        return UNetGeometry(ndim=self.ndim.value, levels=self.levels.value, factor=self.factor.value,
+                            padding=self.padding.value)
+
+    def config(self) -> UNetConfig:
+        return UNetConfig(geometry=self.geometry(), base_channels=self.channels.value,
+                          upsampling=self.upsampling.value)
+
+    def start(self) -> None:
+        """Start training with the current settings."""
+        if self._task.busy:
+            return
+        try:
+            config = self.config()
+            g = config.geometry
+            g.check_training_window(self.window.value, allow_small=self.allow_small.value)
+            if self.source.value == LAYERS:
+                if self.image.value is None or self.labels_layer.value is None:
+                    raise ShiftSegError("choose an image layer and a labels layer (or synthetic data)")
+                source, labels = self.image.value.data, self.labels_layer.value.data
+            else:
+                kind = _pipeline.SYNTHETIC[self.source.value]
+                source, labels = _pipeline.synthetic_source(kind, g, self.window.value), None
+            path = Path(self.save_path.value)
+            if path.suffix != ".safetensors":
+                raise ShiftSegError(f"model files must end in .safetensors, got {path.name}")
+        except ShiftSegError as err:
+            show_error(f"shiftseg: {err}")
+            return
+        self._losses = []
+        self._task.start(_pipeline.train_model, source, labels, config, self.steps.value,
+                         self.lr.value, self.window.value, self.allow_small.value, path)
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    def use_in_segment(self) -> None:
+        """Open the Segment widget with the model just trained."""
+        if self.saved_path is None:
+            return
+        _, widget = self._viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+        widget.set_model_file(self.saved_path)
+
+    # ---- task signals ------------------------------------------------------------------
+    def _train_or_cancel(self) -> None:
+        if self._task.busy:
+            self.cancel()
+        else:
+            self.start()
+
+    def _on_busy(self, busy: bool) -> None:
+        set_running(self.train_button, busy, "Train", others=(self.use_button,))
+        if busy:
+            self.progress.value, self.status.value = 0, "starting…"
+        else:
+            self.use_button.enabled = self.saved_path is not None
+
+    def _on_progress(self, step: int, total: int, parts) -> None:
+        self.progress.max = total
+        self.progress.value = step
+        loss = float(parts["loss"])
+        self.status.value = f"step {step}/{total}  loss {loss:.4f}"
+        self._losses.append((step, loss))
+        self._plot()
+
+    def _on_done(self, result) -> None:
+        path, history = result
+        self.saved_path = Path(path)
+        self._losses = list(enumerate(history["loss"], start=1))
+        self._plot()
+        self.use_button.enabled = True
+        self.status.value = f"saved {self.saved_path.name} (final loss {history['loss'][-1]:.4f})"
+        show_info(f"shiftseg: model saved to {self.saved_path}")
+
+    def _finish(self, status: str, notify, message: str) -> None:
+        self.status.value = status
+        notify(f"shiftseg: {message}")
+
+    def _plot(self) -> None:
+        self.axes.clear()
+        if self._losses:
+            steps, losses = zip(*self._losses)
+            self.axes.plot(steps, losses, lw=1)
+        self.axes.set_xlabel("step", fontsize=7)
+        self.axes.set_ylabel("loss", fontsize=7)
+        self.axes.tick_params(labelsize=6)
+        self.canvas.draw_idle()
+
+    # ---- live geometry -----------------------------------------------------------------
+    def _source_changed(self, *_) -> None:
+        from_layers = self.source.value == LAYERS
+        self.image.visible = self.labels_layer.visible = from_layers
+        layer = self.image.value
+        if from_layers and layer is not None and layer.data.ndim in (2, 3):
+            self.ndim.value = layer.data.ndim
+        self._update_geometry()
+
+    def _update_geometry(self, *_) -> None:
+        try:
+            g = self.geometry()
+            window = self.window.value
+            text = (f"f^l={g.grid}  capacity={g.capacity}  context={g.context}; valid inputs ≡ "
+                    f"{g.input_residue} (mod {g.grid}) ≥ {g.min_input_size}; window {window} → "
+                    f"input {g.training_input_size(window)}")
+        except ShiftSegError as err:
+            self.geometry_info.value, self.warning.value = "", str(err)
+            self.train_button.enabled = False
+            return
+        self.geometry_info.value = text
+        small = g.valid and window <= g.grid
+        self.warning.value = (
+            f"⚠ window {window} ≤ f^l = {g.grid}: the loss only relates pixels inside one window, "
+            f"so the network's f^l phases are never trained as neighbours across the window edge; "
+            f"at inference those neighbours meet and seams appear on the f^l grid. "
+            f"Use a window > {g.grid}." if small else "")
+        self.train_button.enabled = self._task.busy or not small or self.allow_small.value

@@ -1,0 +1,644 @@
+"""Embeddings -> instance labels, block by block, for volumes of any size.
+
+Three steps, the order of THEORY.md ("Instances"):
+
+1. :func:`cluster_embeddings` - mean-shift on a random subsample of the foreground voxels of
+   the **whole** image (never one tile alone: a tile does not see all clusters). The subsample
+   is drawn chunk by chunk (each chunk contributes a number of foreground voxels proportional to
+   its size), so a dask or zarr volume is streamed once and never held in memory.
+2. every foreground voxel gets the id of its nearest mode (its *cluster*), block by block.
+3. connected components **inside each cluster** over the whole volume, because far-apart
+   objects can share an embedding (the network's capacity is limited, THEORY.md result 2).
+   As in dask-image's ``label``:
+
+   a. label each block on its own (``skimage.measure.label`` on the cluster ids, so only
+      voxels of the same cluster connect) and make the ids unique with per-block offsets;
+   b. find the equivalences on the chunk faces: a 2-voxel slab across every face, labelled
+      again by cluster id, links the ids that touch across the face;
+   c. union-find on that small table (``scipy.sparse.csgraph.connected_components``), drop
+      objects smaller than ``min_size`` voxels (sizes come from the per-block counts of step a,
+      so no second pass over the data), number the rest 1..M in the order of their first
+      block, and relabel block by block.
+
+Two entry points share these steps: :func:`label_instances` returns a lazy dask array (the graph
+keeps the per-block labels, 4 bytes per voxel, until the relabel table is known: fine for
+anything that fits in memory), and :func:`write_instances` stages through a zarr array and keeps
+memory flat for volumes of any size (used by :mod:`napari_shiftseg.segment`).
+
+**Foreground rule.** With a foreground head (the default; the logit is the last channel of the
+embeddings), a voxel is foreground where ``sigmoid(logit) > fg_threshold``; background voxels get
+label 0 and take no part in clustering. Without one (``foreground=False``, the reference's
+"background is just another instance"), every voxel is clustered and the cluster with the most
+voxels in the subsample is taken to be the background and dropped (label 0). This assumes the
+background is the largest single "instance", true for the sparse objects of microscopy; with a
+foreground head nothing is assumed.
+
+**Re-clustering reuses embeddings** only if they are not recomputed: pass the *same* persisted
+array (``emb = predict_embeddings(...).persist()``) or, for big volumes, the zarr array written by
+:func:`~napari_shiftseg.segment.segment_to_zarr` (``da.from_zarr(group["embeddings"])`` or
+:func:`~napari_shiftseg.segment.recluster`). A plain lazy prediction graph would run the network
+again on every call (and twice within one: once to cluster, once to label).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import product
+from numbers import Integral, Real
+
+import dask
+import dask.array as da
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.measure import label as _sk_label
+
+from ._errors import ShiftSegError
+from .meanshift import assign_to_modes, mean_shift
+
+__all__ = [
+    "Clustering",
+    "DEFAULT_BANDWIDTH",
+    "DEFAULT_MAX_POINTS",
+    "DEFAULT_MIN_SIZE",
+    "assign_clusters",
+    "cluster_embeddings",
+    "label_clusters",
+    "label_instances",
+    "segment_instances",
+    "write_instances",
+]
+
+# Half the push margin 2·delta_d = 6 of the reference loss (train.LOSS_DEFAULTS): clusters
+# trained apart by >= 6 are separated, and pulled-in clusters (delta_v = 0.5) fit well inside.
+DEFAULT_BANDWIDTH = 2.0
+# Objects smaller than this many voxels are dropped by the segmentation job and the CLI
+# (label_instances itself keeps everything unless asked).
+DEFAULT_MIN_SIZE = 10
+# Points mean-shift works on: seeds x points distances per step, 1000 x 50k is ~0.1 s on a CPU.
+DEFAULT_MAX_POINTS = 50_000
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_real(value, name: str, low: float, high: float | None = None) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value > low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        allowed = f"> {low:g}" if high is None else f"between {low:g} and {high:g} (exclusive)"
+        raise ShiftSegError(f"{name} must be a number {allowed}, got {value!r}")
+    return float(value)
+
+
+def _check_int(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ShiftSegError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def _as_dask(array, name: str = "embeddings") -> da.Array:
+    """numpy / zarr / dask -> dask (zarr keeps its chunks; numpy becomes one block)."""
+    if isinstance(array, da.Array):
+        return array
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        raise TypeError(f"{name} must be a numpy, dask or zarr array, got {type(array).__name__}")
+    chunks = getattr(array, "chunks", None)
+    if not (isinstance(chunks, tuple) and all(isinstance(c, Integral) for c in chunks)):
+        chunks = array.shape
+    return da.from_array(array, chunks=chunks, asarray=True)
+
+
+def _embeddings(embeddings, foreground: bool) -> da.Array:
+    emb = _as_dask(embeddings)
+    if emb.ndim not in (3, 4):
+        raise ShiftSegError(
+            f"embeddings must be (channels, y, x) or (channels, z, y, x), got shape {emb.shape}"
+        )
+    if emb.dtype.kind != "f":
+        raise ShiftSegError(f"embeddings must be floating point, got dtype {emb.dtype}")
+    if emb.shape[0] < (2 if foreground else 1):
+        raise ShiftSegError(
+            f"embeddings have {emb.shape[0]} channel(s); with a foreground channel they need at "
+            "least one embedding channel plus the foreground logit (last)"
+        )
+    # One block holds all channels of its voxels: every step works on whole embedding vectors.
+    return emb.rechunk({0: -1})
+
+
+def _logit(p: float) -> float:
+    # sigmoid(l) > p  <=>  l > logit(p): compare logits, no sigmoid of the whole volume needed.
+    return math.log(p / (1.0 - p))
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Modes of the embeddings of a whole image, and how voxels are assigned to them.
+
+    Attributes
+    ----------
+    modes : numpy.ndarray
+        (K, E) float32 cluster centres (mean-shift modes), strongest first.
+    bandwidth : float
+        Mean-shift bandwidth that found them.
+    fg_threshold : float
+        Foreground probability threshold (ignored when ``foreground`` is False).
+    foreground : bool
+        Whether the last embedding channel is a foreground logit.
+    background : int or None
+        Index of the mode taken as background (only without a foreground channel).
+    n_points : int
+        Number of voxels the modes were computed from.
+    """
+
+    modes: np.ndarray = field(repr=False)
+    bandwidth: float
+    fg_threshold: float = 0.5
+    foreground: bool = True
+    background: int | None = None
+    n_points: int = 0
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of modes that become instances (the background mode excluded)."""
+        return int(self.modes.shape[0]) - (self.background is not None)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (stored in the output zarr's attributes)."""
+        return {"modes": self.modes.tolist(), "bandwidth": self.bandwidth,
+                "fg_threshold": self.fg_threshold, "foreground": self.foreground,
+                "background": self.background, "n_points": self.n_points}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Clustering":
+        data = dict(data)
+        modes = np.asarray(data.pop("modes"), dtype=np.float32)
+        return cls(modes.reshape(len(modes), -1) if modes.size else modes.reshape(0, 0), **data)
+
+
+def _sample_block(block, quota: int, threshold: float, foreground: bool, seed: int, index):
+    """Up to ``quota`` random foreground embedding vectors (rows) of one block."""
+    flat = np.asarray(block).reshape(block.shape[0], -1)
+    if foreground:
+        candidates = np.flatnonzero(flat[-1] > threshold)
+        flat = flat[:-1]
+    else:
+        candidates = np.arange(flat.shape[1])
+    if candidates.size > quota:
+        # Seeded per block (not per run order) so every scheduler draws the same sample.
+        rng = np.random.default_rng([seed, *index])
+        candidates = np.sort(rng.choice(candidates, size=quota, replace=False))
+    return np.ascontiguousarray(flat[:, candidates].T, dtype=np.float32)
+
+
+def sample_foreground(embeddings, max_points: int = DEFAULT_MAX_POINTS, fg_threshold: float = 0.5,
+                      foreground: bool = True, seed: int = 0, compute=None) -> np.ndarray:
+    """Random foreground embedding vectors of the whole image, drawn chunk by chunk.
+
+    Each chunk contributes at most ``ceil(max_points · chunk voxels / all voxels)`` of its
+    foreground voxels (all of them if it has fewer), so the sample is spread over the whole
+    volume and only the sample is ever in memory.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, E) float32, N <= max_points + number of chunks.
+    """
+    emb = _embeddings(embeddings, foreground)
+    max_points = _check_int(max_points, "max_points", 1)
+    total = math.prod(emb.shape[1:])
+    threshold = _logit(_check_real(fg_threshold, "fg_threshold", 0.0, 1.0))
+    blocks = emb.to_delayed()
+    tasks = []
+    for index in np.ndindex(blocks.shape):
+        size = math.prod(emb.chunks[axis][i] for axis, i in enumerate(index))
+        quota = math.ceil(max_points * size / total)
+        tasks.append(dask.delayed(_sample_block, pure=True)(
+            blocks[index], quota, threshold, foreground, seed, index[1:]))
+    parts = (compute or dask.compute)(*tasks)
+    dim = emb.shape[0] - int(foreground)
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
+                       n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
+                       foreground: bool = True, kernel: str = "flat",
+                       device: str = "cpu", compute=None) -> Clustering:
+    """Mean-shift modes of the embeddings of the whole image.
+
+    Parameters
+    ----------
+    embeddings : numpy, dask or zarr array
+        (E [+1], *spatial) embeddings; with ``foreground`` the last channel is the foreground
+        logit. Pass a persisted or zarr-backed array (see the module docstring): a lazy
+        prediction graph would be computed here.
+    bandwidth : float
+        Mean-shift bandwidth in embedding units (about half the push margin ``2·delta_d``).
+    fg_threshold : float
+        Voxels with ``sigmoid(logit) > fg_threshold`` are foreground.
+    n_seeds : int
+        Random seeds of the mean-shift (the reference uses ~1000).
+    max_points : int
+        Size of the foreground subsample the modes are computed from.
+    seed : int
+        Seed of the subsample and of the seeds; equal seeds give equal modes.
+    foreground : bool
+        Whether the last channel is a foreground logit. Without one, every voxel is clustered
+        and the most populous cluster is taken as the background (see the module docstring).
+    kernel : {'flat', 'gaussian'}
+        Mean-shift kernel.
+    device : str
+        Where mean-shift runs ('cpu', 'cuda').
+    compute : callable, optional
+        ``compute(*delayed) -> results`` that reads the subsample (default :func:`dask.compute`;
+        e.g. one bound to a dask.distributed client).
+
+    Returns
+    -------
+    Clustering
+        The modes plus the settings needed to assign voxels to them. No foreground voxel at
+        all gives zero modes (and then an empty label image).
+    """
+    bandwidth = _check_real(bandwidth, "bandwidth", 0.0)
+    fg_threshold = _check_real(fg_threshold, "fg_threshold", 0.0, 1.0)
+    n_seeds = _check_int(n_seeds, "n_seeds", 1)
+    seed = _check_int(seed, "seed", 0)
+    points = sample_foreground(embeddings, max_points, fg_threshold, foreground, seed, compute)
+    if points.shape[0] == 0:
+        modes = np.zeros((0, points.shape[1]), np.float32)
+        return Clustering(modes, bandwidth, fg_threshold, foreground, None, 0)
+    modes = mean_shift(points, bandwidth, n_seeds=n_seeds, seed=seed, kernel=kernel, device=device)
+    background = None
+    if not foreground and modes.shape[0]:
+        counts = np.bincount(assign_to_modes(points, modes), minlength=modes.shape[0] + 1)[1:]
+        background = int(np.argmax(counts))
+    return Clustering(modes, bandwidth, fg_threshold, foreground, background, int(points.shape[0]))
+
+
+# --------------------------------------------------------------------------- step 2: assignment
+
+
+def _assign_block(block, modes, threshold, foreground, background):
+    """Cluster id (1..K, 0 = background) of every voxel of one embeddings block."""
+    flat = np.asarray(block).reshape(block.shape[0], -1)
+    out = np.zeros(flat.shape[1], np.int32)
+    mask = flat[-1] > threshold if foreground else np.ones(flat.shape[1], bool)
+    if modes.shape[0] and mask.any():
+        points = np.ascontiguousarray((flat[:-1] if foreground else flat)[:, mask].T, np.float32)
+        ids = assign_to_modes(points, modes).astype(np.int32)
+        if background is not None:
+            ids[ids == background + 1] = 0
+        out[mask] = ids
+    return out.reshape(block.shape[1:])
+
+
+def assign_clusters(embeddings, clustering: Clustering) -> da.Array:
+    """Lazy int32 cluster id of every voxel (0 = background), block by block."""
+    if not isinstance(clustering, Clustering):
+        raise TypeError(f"clustering must be a Clustering, got {type(clustering).__name__}")
+    emb = _embeddings(embeddings, clustering.foreground)
+    dim = emb.shape[0] - int(clustering.foreground)
+    if clustering.modes.shape[0] and clustering.modes.shape[1] != dim:
+        raise ShiftSegError(
+            f"the clustering has {clustering.modes.shape[1]}-D modes but the embeddings have "
+            f"{dim} embedding channels; cluster these embeddings again"
+        )
+    threshold = _logit(clustering.fg_threshold)
+    return emb.map_blocks(_assign_block, clustering.modes, threshold, clustering.foreground,
+                          clustering.background, drop_axis=0, dtype=np.int32,
+                          meta=np.empty((0,) * (emb.ndim - 1), np.int32))
+
+
+# --------------------------------------------------------------------------- step 3: components
+
+
+def _check_connectivity(connectivity, ndim: int) -> int:
+    if isinstance(connectivity, bool) or not isinstance(connectivity, Integral) or not 1 <= connectivity <= ndim:
+        raise ShiftSegError(
+            f"connectivity must be 1 (faces) to {ndim} (all neighbours) for {ndim}D images, "
+            f"got {connectivity!r}"
+        )
+    return int(connectivity)
+
+
+def _label_block(clusters, connectivity: int, min_size: int = 0):
+    """Step a for one block: (local labels 1..n int32, voxel count per label, cluster of label).
+
+    Components smaller than ``min_size`` that touch no face of the block can never grow by
+    merging with a neighbour block, so they are dropped here already: the global tables then
+    hold only objects and face fragments, not every speck of noise.
+    """
+    clusters = np.asarray(clusters)
+    local, n = _sk_label(clusters, background=0, connectivity=connectivity, return_num=True)
+    local = local.astype(np.int32, copy=False)
+    sizes = np.bincount(local.ravel(), minlength=n + 1).astype(np.int64)
+    if min_size > 1 and n:
+        keep = sizes >= min_size
+        for axis in range(local.ndim):
+            for end in (0, -1):
+                keep[np.take(local, end, axis=axis)] = True
+        keep[0] = True
+        if not keep.all():
+            new = np.cumsum(keep, dtype=np.int64) - 1  # kept labels stay in order, 0 stays 0
+            new[~keep] = 0
+            local = new.astype(np.int32)[local]
+            sizes = sizes[keep]
+    cluster_of = np.zeros(sizes.shape[0], np.int32)
+    cluster_of[local.ravel()] = clusters.ravel()
+    cluster_of[0] = 0
+    return local, sizes, cluster_of
+
+
+def _face_pieces(shape, chunks, connectivity: int):
+    """2-voxel slabs across every chunk face, split along the other axes by their chunks.
+
+    With connectivity > 1 a voxel also touches diagonal neighbours across the face, so each
+    piece reaches one voxel into the next chunk along the other axes; then every pair of
+    neighbours across a face lies together in at least one piece.
+    """
+    bounds = [np.cumsum((0,) + tuple(c)) for c in chunks]
+    for axis in range(len(shape)):
+        for boundary in bounds[axis][1:-1]:
+            others = []
+            for other in range(len(shape)):
+                if other == axis:
+                    others.append([slice(int(boundary) - 1, int(boundary) + 1)])
+                    continue
+                edges = bounds[other]
+                extra = 1 if connectivity > 1 else 0
+                others.append([slice(int(a), int(min(b + extra, shape[other])))
+                               for a, b in zip(edges[:-1], edges[1:])])
+            yield from product(*others)
+
+
+def _face_edges(gids, cluster_table, connectivity: int):
+    """Pairs of global ids that touch (same cluster) inside one face slab."""
+    gids = np.asarray(gids)
+    clusters = cluster_table[gids]
+    slab = _sk_label(clusters, background=0, connectivity=connectivity).ravel()
+    gids = gids.ravel()
+    fg = slab > 0
+    pairs = np.unique(np.stack([slab[fg], gids[fg]], axis=1), axis=0)
+    if pairs.shape[0] < 2:
+        return np.zeros((0, 2), np.int64)
+    # Link every id to the first id of its slab component (pairs are sorted by component).
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    starts = np.flatnonzero(first)
+    root = pairs[starts[np.cumsum(first) - 1], 1]
+    keep = root != pairs[:, 1]
+    return np.stack([root[keep], pairs[keep, 1]], axis=1).astype(np.int64)
+
+
+def _piece_blocks(piece, chunks):
+    """(block index, slices inside the block, slices inside the piece) of the blocks a piece spans."""
+    bounds = [np.cumsum((0,) + tuple(c)) for c in chunks]
+    ranges = []
+    for s, edges in zip(piece, bounds):
+        first = int(np.searchsorted(edges, s.start, side="right")) - 1
+        last = int(np.searchsorted(edges, s.stop - 1, side="right")) - 1
+        ranges.append(range(first, last + 1))
+    for index in product(*ranges):
+        inner, outer = [], []
+        for s, i, edges in zip(piece, index, bounds):
+            lo, hi = max(s.start, int(edges[i])), min(s.stop, int(edges[i + 1]))
+            inner.append(slice(lo - int(edges[i]), hi - int(edges[i])))
+            outer.append(slice(lo - s.start, hi - s.start))
+        yield index, tuple(inner), tuple(outer)
+
+
+def _piece_edges(shape, spans, offsets, cluster_table, connectivity):
+    """Face edges of one slab piece assembled from the in-memory block labels it spans."""
+    gids = np.zeros(shape, np.int64)
+    for local, b, inner, outer in spans:
+        gids[outer] = _to_gids(local[inner], offsets[b])
+    return _face_edges(gids, cluster_table, connectivity)
+
+
+def _offsets(counts):
+    """First global id minus one of every block: block b's label i becomes offsets[b] + i."""
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def _relabel_table(sizes, edges, min_size: int):
+    """Global id -> final label (int32, 0 for background and dropped objects), and the count."""
+    n = sizes.shape[0]  # global ids 0..n-1, 0 is background
+    edges = np.concatenate(edges) if len(edges) else np.zeros((0, 2), np.int64)
+    graph = coo_matrix((np.ones(edges.shape[0], np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    object_size = np.bincount(component, weights=sizes)
+    # Number objects in the order of their lowest global id (i.e. of their first block).
+    firsts, first_index = np.unique(component[1:], return_index=True)
+    order = firsts[np.argsort(first_index, kind="stable")]
+    kept = order[object_size[order] >= max(min_size, 1)]
+    if kept.size >= np.iinfo(np.int32).max:
+        raise ShiftSegError(f"{kept.size} objects do not fit the int32 label image")
+    new = np.zeros(component.max() + 1, np.int32)
+    new[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    table = new[component]
+    table[0] = 0
+    return table, int(kept.size)
+
+
+def _counts(sizes):
+    return np.array([s.shape[0] - 1 for s in sizes], np.int64)
+
+
+def _join_tables(tables):
+    """Per-block tables indexed by local label -> one table indexed by global id (0 first)."""
+    return np.concatenate([np.zeros(1, tables[0].dtype if tables else np.int64)]
+                          + [t[1:] for t in tables])
+
+
+def _to_gids(local, offset):
+    local = np.asarray(local)
+    return np.where(local > 0, local.astype(np.int64) + offset, 0)
+
+
+def _apply_table(local, table, offset):
+    local = np.asarray(local)
+    gids = _to_gids(local, offset)
+    return table[gids]
+
+
+def label_clusters(clusters, min_size: int = 0, connectivity: int = 1) -> da.Array:
+    """Connected components inside each cluster, over the whole (lazy) volume.
+
+    Parameters
+    ----------
+    clusters : numpy, dask or zarr integer array
+        Cluster id per voxel (0 = background), e.g. from :func:`assign_clusters`.
+    min_size : int
+        Objects with fewer voxels are removed (set to 0).
+    connectivity : int
+        1 connects face neighbours only; ``ndim`` connects all neighbours.
+
+    Returns
+    -------
+    dask.array.Array
+        int32 labels 1..M (consecutive), chunked like ``clusters``. Equal to labelling the
+        whole array at once (``skimage.measure.label`` on the cluster ids), up to renumbering.
+    """
+    clusters = _as_dask(clusters, "clusters")
+    if clusters.dtype.kind not in "iu":
+        raise ShiftSegError(f"cluster ids must be integers, got dtype {clusters.dtype}")
+    min_size = _check_int(min_size, "min_size", 0)
+    connectivity = _check_connectivity(connectivity, clusters.ndim)
+    blocks = clusters.to_delayed()
+    grid = blocks.shape
+    label = dask.delayed(_label_block, pure=True, nout=3)
+    parts = {index: label(blocks[index], connectivity, min_size) for index in np.ndindex(grid)}
+    order = list(np.ndindex(grid))
+
+    # a. per-block labels, made unique by offsets from the per-block counts
+    counts = dask.delayed(_counts, pure=True)([parts[i][1] for i in order])
+    offsets = dask.delayed(_offsets, pure=True)(counts)
+    sizes = dask.delayed(_join_tables, pure=True)([parts[i][1] for i in order])
+    cluster_table = dask.delayed(_join_tables, pure=True)([parts[i][2] for i in order])
+
+    # b. equivalences across chunk faces (one task per slab piece, fed by the blocks it spans)
+    flat_index = {index: b for b, index in enumerate(order)}
+    edges = []
+    for piece in _face_pieces(clusters.shape, clusters.chunks, connectivity):
+        spans = list(_piece_blocks(piece, clusters.chunks))
+        edges.append(dask.delayed(_piece_edges, pure=True)(
+            tuple(s.stop - s.start for s in piece),
+            [(parts[index][0], flat_index[index], inner, outer) for index, inner, outer in spans],
+            offsets, cluster_table, connectivity))
+
+    # c. union-find, size filter, relabel block by block
+    table = dask.delayed(_relabel_table, pure=True, nout=2)(sizes, edges, min_size)[0]
+    out = np.empty(grid, dtype=object)
+    for b, index in enumerate(order):
+        shape = tuple(clusters.chunks[axis][i] for axis, i in enumerate(index))
+        final = dask.delayed(_apply_table, pure=True)(parts[index][0], table, offsets[b])
+        out[index] = da.from_delayed(final, shape, dtype=np.int32)
+    return da.block(out.tolist())
+
+
+def label_instances(embeddings, clustering: Clustering, min_size: int = 0,
+                    connectivity: int = 1) -> da.Array:
+    """Lazy instance labels: nearest mode per voxel, then components inside each cluster.
+
+    The graph keeps the per-block labels until the global relabel table is known (about 4 bytes
+    per voxel); for volumes larger than memory use :func:`write_instances`.
+
+    Returns
+    -------
+    dask.array.Array
+        int32 labels 1..M (0 = background), chunked like the embeddings' spatial axes.
+    """
+    return label_clusters(assign_clusters(embeddings, clustering), min_size, connectivity)
+
+
+def segment_instances(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
+                      min_size: int = 0, connectivity: int = 1, n_seeds: int = 1000,
+                      max_points: int = DEFAULT_MAX_POINTS, seed: int = 0, foreground: bool = True,
+                      ) -> tuple[da.Array, Clustering]:
+    """:func:`cluster_embeddings` then :func:`label_instances`; returns (labels, clustering)."""
+    clustering = cluster_embeddings(embeddings, bandwidth, fg_threshold, n_seeds, max_points,
+                                    seed, foreground)
+    return label_instances(embeddings, clustering, min_size, connectivity), clustering
+
+
+# --------------------------------------------------------------------------- zarr-staged
+
+
+def _chunk_slices(shape, chunks):
+    """(block index, slices) of every block of a regular chunk grid, in C order."""
+    grid = [range(math.ceil(s / c)) for s, c in zip(shape, chunks)]
+    for index in product(*grid):
+        yield index, tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
+
+
+def _stage_label(emb_block, out, region, modes, threshold, foreground, background, connectivity,
+                 min_size):
+    clusters = _assign_block(emb_block, modes, threshold, foreground, background)
+    local, sizes, cluster_of = _label_block(clusters, connectivity, min_size)
+    out[region] = local
+    return sizes, cluster_of
+
+
+def _stage_face(out, piece, block_chunks, offsets_grid, cluster_table, connectivity):
+    """Face edges of one slab read back from the staged local labels."""
+    local = np.asarray(out[piece])
+    gids = np.zeros(local.shape, np.int64)
+    for index, _, outer in _piece_blocks(piece, block_chunks):
+        gids[outer] = _to_gids(local[outer], offsets_grid[index])
+    return _face_edges(gids, cluster_table, connectivity)
+
+
+def _stage_relabel(out, region, table, offset):
+    out[region] = _apply_table(out[region], table, offset)
+    return None
+
+
+def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
+                    connectivity: int = 1, compute=None) -> int:
+    """Label instances into the zarr array ``out`` with memory independent of the volume size.
+
+    Same result as :func:`label_instances` but staged through ``out`` itself: pass 1 writes the
+    per-block labels into ``out`` and returns only counts, pass 2 reads the 2-voxel face slabs
+    back, and pass 3 rewrites every block with its final labels. Each pass is a set of
+    independent tasks (run by ``compute``, e.g. on a dask.distributed cluster whose workers see
+    the same file system). An interrupted call leaves ``out`` half done; just call it again.
+
+    Parameters
+    ----------
+    embeddings : dask or zarr array
+        (E [+1], *spatial) embeddings whose spatial chunks equal ``out``'s chunks.
+    clustering : Clustering
+        From :func:`cluster_embeddings`.
+    out : zarr.Array
+        int32 array of the spatial shape, written in place.
+    compute : callable, optional
+        ``compute(*delayed) -> results`` (default :func:`dask.compute`).
+
+    Returns
+    -------
+    int
+        Number of objects M (labels are 1..M).
+    """
+    if not isinstance(clustering, Clustering):
+        raise TypeError(f"clustering must be a Clustering, got {type(clustering).__name__}")
+    compute = compute or dask.compute
+    emb = _embeddings(embeddings, clustering.foreground)
+    min_size = _check_int(min_size, "min_size", 0)
+    connectivity = _check_connectivity(connectivity, emb.ndim - 1)
+    chunks = tuple(out.chunks)
+    if tuple(out.shape) != emb.shape[1:]:
+        raise ShiftSegError(f"label array shape {out.shape} does not match embeddings {emb.shape[1:]}")
+    emb = emb.rechunk((emb.shape[0],) + chunks)
+    threshold = _logit(clustering.fg_threshold)
+    blocks = emb.to_delayed()
+    regions = list(_chunk_slices(out.shape, chunks))
+
+    stage = dask.delayed(_stage_label, pure=False)
+    results = compute(*[stage(blocks[(0,) + index], out, region, clustering.modes, threshold,
+                              clustering.foreground, clustering.background, connectivity,
+                              min_size)
+                        for index, region in regions])
+    counts = [r[0].shape[0] - 1 for r in results]
+    offsets = _offsets(counts)
+    grid = tuple(len(range(0, s, c)) for s, c in zip(out.shape, chunks))
+    offsets_grid = offsets.reshape(grid)
+    sizes = _join_tables([r[0] for r in results])
+    cluster_table = _join_tables([r[1] for r in results])
+    del results
+
+    # The tables go into the graph once (one key each), not into every task.
+    table_key = dask.delayed(cluster_table, pure=True)
+    face = dask.delayed(_stage_face, pure=True)
+    dims = tuple(tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(out.shape, chunks))
+    edges = compute(*[face(out, piece, dims, offsets_grid, table_key, connectivity)
+                      for piece in _face_pieces(out.shape, dims, connectivity)])
+    table, count = _relabel_table(sizes, list(edges), min_size)
+
+    table_key = dask.delayed(table, pure=True)
+    relabel = dask.delayed(_stage_relabel, pure=False)
+    compute(*[relabel(out, region, table_key, offsets_grid[index]) for index, region in regions])
+    return count

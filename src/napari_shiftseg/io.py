@@ -1,0 +1,227 @@
+"""Reading images without loading them: TIFF, zarr (v2/v3, OME-Zarr) and .npy.
+
+:func:`read_image` returns something numpy-like that is read on demand: a memory map where the
+file allows it (uncompressed TIFF, .npy), otherwise a dask array over a zarr store (zarr,
+OME-Zarr, compressed or tiled TIFF through tifffile's zarr store). Tiled prediction then reads
+only the tiles it needs. Every failure a user can cause (missing file, unknown extension,
+corrupt file, a zarr group with no image in it) raises :class:`ShiftSegError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import ShiftSegError
+
+__all__ = ["EXTENSIONS", "read_image", "write_zarr"]
+
+EXTENSIONS = (".tif", ".tiff", ".zarr", ".npy")
+# Below this many bytes a compressed TIFF is simply decoded into memory.
+_SMALL_TIFF = 256 * 2**20
+# OME-NGFF axis types that are not spatial; size-1 axes of these types are dropped.
+_NON_SPATIAL = ("time", "channel")
+
+
+def _zarr_root(path: Path) -> Path | None:
+    """The ``*.zarr`` directory that ``path`` is or lies in (``a.zarr/0`` is an array in a.zarr)."""
+    for candidate in (path, *path.parents):
+        if candidate.suffix.lower() == ".zarr":
+            return candidate
+    return None
+
+
+def read_image(path):
+    """Open an image file lazily.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (first series), ``.npy``, or a ``.zarr`` directory holding an array,
+        an OME-Zarr multiscale group (the highest resolution is read, size-1 time/channel axes
+        are dropped), or a group with exactly one array. ``image.zarr/name`` opens the array
+        ``name`` inside ``image.zarr``.
+
+    Returns
+    -------
+    numpy.memmap, numpy.ndarray or dask.array.Array
+        Memory-mapped where possible, a dask array over the file's chunks otherwise; small
+        compressed TIFFs are decoded into memory.
+
+    Raises
+    ------
+    ShiftSegError
+        If the file does not exist, has an unknown extension, or cannot be read.
+    """
+    path = Path(path).expanduser()
+    root = _zarr_root(path)
+    if root is not None:
+        if not root.exists():
+            raise ShiftSegError(f"image {path} does not exist")
+        return _read_zarr(root, path.relative_to(root).as_posix() if path != root else "")
+    if not path.exists():
+        raise ShiftSegError(f"image {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return _read_tiff(path)
+    if suffix == ".npy":
+        return _read_npy(path)
+    raise ShiftSegError(
+        f"cannot read {path.name}: unknown file type {suffix or '(no extension)'!r}; "
+        f"supported: {', '.join(EXTENSIONS)} (OME-Zarr too)"
+    )
+
+
+def _read_npy(path: Path):
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ShiftSegError(f"{path.name} is not a readable .npy file ({_short(err)})") from None
+    if not isinstance(array, np.ndarray):
+        raise ShiftSegError(f"{path.name} holds several arrays; save one image per .npy file")
+    return array
+
+
+def _read_tiff(path: Path):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ShiftSegError(f"{path.name} contains no image")
+            series = tif.series[0]
+            memmappable = series.dataoffset is not None
+            nbytes = series.size * series.dtype.itemsize
+        if memmappable:
+            return tifffile.memmap(path, mode="r", series=0)
+        if nbytes <= _SMALL_TIFF:
+            return tifffile.imread(path, series=0)
+        import dask.array as da
+
+        lazy = _LazyTiff(path)
+        return da.from_array(lazy, chunks=lazy.chunks, asarray=True)
+    except ShiftSegError:
+        raise
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        raise ShiftSegError(f"{path.name} is not a readable TIFF file ({_short(err)})") from None
+
+
+class _LazyTiff:
+    """A compressed or tiled TIFF read region by region through tifffile's zarr view.
+
+    The file is opened for each read and closed again, so no handle stays open and the object
+    pickles as just its path (dask.distributed workers reopen the file themselves).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with self._open() as array:
+            self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+        self.ndim = len(self.shape)
+
+    def _open(self):
+        import contextlib
+
+        import tifffile
+        import zarr
+
+        @contextlib.contextmanager
+        def opened():
+            with tifffile.TiffFile(self.path) as tif:
+                store = tif.aszarr(series=0, level=0)
+                try:
+                    yield zarr.open_array(store, mode="r")
+                finally:
+                    store.close()
+
+        return opened()
+
+    def __getitem__(self, key):
+        with self._open() as array:
+            return array[key]
+
+
+def _read_zarr(root: Path, inner: str):
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(root, mode="r", path=inner) if inner else zarr.open(root, mode="r")
+    except Exception as err:  # zarr raises many types for broken stores
+        where = f"{root.name}/{inner}" if inner else root.name
+        raise ShiftSegError(f"{where} is not a readable zarr array or group ({_short(err)})") from None
+    name = f"{root.name}/{inner}" if inner else root.name
+    if isinstance(node, zarr.Array):
+        return da.from_zarr(node)
+    multiscales = _multiscales(node.attrs)
+    if multiscales is not None:
+        return _read_ome(node, multiscales, name)
+    arrays = sorted(key for key, _ in node.arrays())
+    if len(arrays) == 1:
+        return da.from_zarr(node[arrays[0]])
+    if not arrays:
+        raise ShiftSegError(f"the zarr group {name} contains no array")
+    raise ShiftSegError(
+        f"the zarr group {name} contains several arrays ({', '.join(arrays)}); "
+        f"name one, e.g. {name}/{arrays[0]}"
+    )
+
+
+def _multiscales(attrs):
+    """OME-NGFF multiscales metadata (v0.4 at the top level, v0.5 under 'ome'), or None."""
+    attrs = dict(attrs)
+    value = attrs.get("multiscales") or dict(attrs.get("ome") or {}).get("multiscales")
+    return value or None
+
+
+def _scale(dataset) -> float:
+    """Voxel volume of an OME dataset from its scale transform (1 if it has none)."""
+    for transform in dataset.get("coordinateTransformations") or ():
+        if transform.get("type") == "scale":
+            return float(np.prod(transform.get("scale") or [1]))
+    return 1.0
+
+
+def _read_ome(group, multiscales, name: str):
+    import dask.array as da
+
+    try:
+        meta = multiscales[0]
+        datasets = meta["datasets"]
+        # The spec orders datasets from high to low resolution; the scales say it explicitly.
+        best = min(range(len(datasets)), key=lambda i: (_scale(datasets[i]), i))
+        array = group[datasets[best]["path"]]
+    except (KeyError, IndexError, TypeError) as err:
+        raise ShiftSegError(f"{name} has broken OME-Zarr multiscales metadata ({_short(err)})") from None
+    image = da.from_zarr(array)
+    axes = meta.get("axes") or []
+    if len(axes) == image.ndim:
+        drop = tuple(i for i, axis in enumerate(axes)
+                     if isinstance(axis, dict) and axis.get("type") in _NON_SPATIAL and image.shape[i] == 1)
+        if drop:
+            image = image.squeeze(axis=drop)
+    return image
+
+
+def write_zarr(array, path, name: str = "image", chunks=None, overwrite: bool = False):
+    """Write a numpy or dask array to ``path`` (a zarr group) as ``name``; returns the zarr array."""
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(path, mode="a")
+    if name in group and not overwrite:
+        raise ShiftSegError(f"{path} already holds {name!r}; choose another name or overwrite")
+    chunks = chunks or (getattr(array, "chunksize", None) or array.shape)
+    out = group.create_array(name, shape=array.shape, chunks=tuple(chunks), dtype=array.dtype,
+                             overwrite=True)
+    if isinstance(array, da.Array):
+        da.store(array.rechunk(tuple(chunks)), out, lock=False)
+    else:
+        out[...] = np.asarray(array)
+    return out
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:160]

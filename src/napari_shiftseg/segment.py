@@ -1,0 +1,468 @@
+"""The resumable segmentation job: image -> zarr group with embeddings, foreground and labels.
+
+Used by ``shiftseg segment`` and by the napari plugin for images too big for one go. Layout of
+the output group (every array chunked by the output tile)::
+
+    OUT.zarr/
+      embeddings  (E+1, *spatial) float32   network output, foreground logit last
+      foreground  (*spatial) float32         sigmoid of the logit (models with a foreground head)
+      labels      (*spatial) int32           instances 1..M, 0 = background
+      done        (tile grid) bool           True once a tile's chunks are completely written
+      attrs: "shiftseg" (the run's arguments, clustering, counts), "complete" (only when done)
+
+**Nothing is lost on interruption.** Each tile is one chunk of ``embeddings`` and one of
+``foreground``; the task that computed it writes both (zarr writes every chunk file to a
+temporary name and renames it, so a chunk is either old or new, never torn) and only *then* sets
+its ``done`` flag. A run that is interrupted (Ctrl-C, cancel, a killed worker) and started again
+with the same arguments skips the tiles marked done; a tile whose chunks were written but whose
+flag was not is computed again. Tiles are exact (THEORY.md, result 3), so the resumed result is
+identical to an uninterrupted run. Labels are computed from the stored embeddings once every
+tile is done, and ``complete: true`` is written last, so an interrupted output never looks
+complete.
+
+**Arguments.** The settings that determine the embeddings (image, model, tile, mode) are stored
+and a later run with different ones is refused. Changing only the clustering settings
+(bandwidth, min_size, fg_threshold, ...) reuses the stored embeddings and just labels again, as
+does :func:`recluster`.
+
+**Clusters.** With ``client`` (a ``distributed.Client``) every step runs on the cluster: the
+workers write into ``out_path`` themselves, so it must be on a file system they all see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from ._errors import ShiftSegError
+from .instances import DEFAULT_BANDWIDTH, DEFAULT_MAX_POINTS, DEFAULT_MIN_SIZE
+
+__all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
+
+#: Group attribute holding the run's arguments and results.
+ATTRS = "shiftseg"
+FORMAT = "napari-shiftseg-segmentation/1"
+_ARRAYS = ("embeddings", "foreground", "labels", "done")
+# Tiles handed to the scheduler at a time (raised to 4 per worker thread on big clusters).
+_TILE_BATCH = 256
+# Voxels hashed to recognise the input image again on resume (a strided subsample).
+_FINGERPRINT_VOXELS = 4096
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _load_model(model, ndim: int):
+    from .modelio import Model, load_bundled, load_model
+    from .unet import UNet
+
+    if model is None:
+        return load_bundled(ndim)
+    if isinstance(model, (str, Path)):
+        return load_model(model)
+    if isinstance(model, UNet):
+        return Model(model)
+    if isinstance(model, Model):
+        return model
+    raise TypeError(f"model must be a Model, UNet or a model file path, got {type(model).__name__}")
+
+
+def _model_fingerprint(model) -> str:
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _image_fingerprint(image) -> str:
+    """Shape, dtype and a hash of a strided subsample: recognises the same image cheaply."""
+    step = max(1, math.ceil((math.prod(image.shape) / _FINGERPRINT_VOXELS) ** (1 / image.ndim)))
+    sample = image[(slice(None, None, step),) * image.ndim]
+    sample = np.ascontiguousarray(sample.compute() if hasattr(sample, "compute") else np.asarray(sample))
+    digest = hashlib.sha256(f"{tuple(image.shape)}|{np.dtype(image.dtype).str}".encode())
+    digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def _embedding_args(image, model, plan, mode) -> dict:
+    return {"image_shape": list(image.shape), "image_dtype": np.dtype(image.dtype).str,
+            "image": _image_fingerprint(image), "model": _model_fingerprint(model),
+            "tile": list(plan.tile), "mode": mode}
+
+
+_NAMES = {"image_shape": "image shape", "image_dtype": "image type", "image": "image content",
+          "model": "model", "tile": "tile", "mode": "mode"}
+
+
+# --------------------------------------------------------------------------- the output group
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file() or (path / ".zarray").is_file()
+
+
+def _open_output(path: Path, overwrite: bool):
+    """The existing output group (to resume) or None; removes it first with ``overwrite``."""
+    import zarr
+
+    if not path.exists():
+        return None
+    if not path.is_dir() or not _is_zarr_dir(path):
+        if path.is_dir() and not any(path.iterdir()):
+            return None
+        raise ShiftSegError(f"{path} exists and is not a zarr output; choose a new output path")
+    if overwrite:
+        shutil.rmtree(path)
+        return None
+    try:
+        group = zarr.open_group(path, mode="r+")
+    except Exception as err:  # noqa: BLE001 - any zarr failure means "not ours"
+        raise ShiftSegError(f"{path} is not a readable zarr group ({err}); use --overwrite") from None
+    if dict(group.attrs.get(ATTRS) or {}).get("format") != FORMAT:
+        raise ShiftSegError(
+            f"{path} is a zarr group but not a shiftseg segmentation; choose a new output path "
+            "(or --overwrite to replace it)")
+    return group
+
+
+def _check_resume(group, args: dict, path: Path) -> None:
+    stored = dict(group.attrs[ATTRS]).get("embedding_args", {})
+    changed = [_NAMES.get(k, k) for k in args if stored.get(k) != args[k]]
+    if changed:
+        detail = ", ".join(changed)
+        raise ShiftSegError(
+            f"{path} was started with a different {detail}; to resume, repeat the first run's "
+            "settings, or use a new output path or --overwrite to start again")
+
+
+def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: bool, attrs: dict):
+    import zarr
+
+    group = zarr.open_group(path, mode="w")
+    group.create_array("embeddings", shape=(channels, *spatial), chunks=(channels, *tile),
+                       dtype="float32", fill_value=0.0)
+    if foreground:
+        group.create_array("foreground", shape=spatial, chunks=tile, dtype="float32", fill_value=0.0)
+    group.create_array("labels", shape=spatial, chunks=tile, dtype="int32", fill_value=0)
+    # One chunk per flag: each tile's flag is its own (atomically renamed) file.
+    group.create_array("done", shape=grid, chunks=(1,) * len(grid), dtype="bool", fill_value=False)
+    group.attrs[ATTRS] = attrs
+    return group
+
+
+def _done_flags(done) -> np.ndarray:
+    """The done flags; an unreadable flag (torn by a crash) counts as not done."""
+    try:
+        return np.asarray(done[...], dtype=bool)
+    except Exception:  # noqa: BLE001 - fall back to flag by flag
+        flags = np.zeros(done.shape, bool)
+        for index in np.ndindex(done.shape):
+            try:
+                flags[index] = bool(done[index])
+            except Exception:  # noqa: BLE001
+                flags[index] = False
+        return flags
+
+
+def _set_attrs(group, **values) -> None:
+    attrs = dict(group.attrs[ATTRS])
+    attrs.update(values)
+    group.attrs[ATTRS] = attrs
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _write_tile(block, embeddings, foreground, done, region, index):
+    """Write one tile's chunks, then (only then) flag it done."""
+    block = np.asarray(block, dtype=np.float32)
+    embeddings[(slice(None),) + region] = block
+    if foreground is not None:
+        logit = block[-1].astype(np.float64)
+        foreground[region] = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    done[index] = True
+    return 1
+
+
+def _runner(client, cancel):
+    """``compute(*collections, progress=None)`` on the chosen scheduler, honouring cancel.
+
+    Locally each call gets its own thread pool and waits for it to drain even when a task fails
+    or ``cancel`` is set: dask's threaded scheduler raises at once while the tasks already
+    running go on writing, and a caller that resumes (or inspects the output) right after an
+    interruption must not race with them.
+    """
+    from . import progress as _progress
+
+    def compute(*collections, progress=None):
+        if client is not None:
+            return _progress.compute(*collections, progress=progress, cancel=cancel, scheduler=client)
+        import dask.threaded
+        from dask.system import CPU_COUNT
+
+        pool = ThreadPoolExecutor(max(1, CPU_COUNT))
+        try:
+            return _progress.compute(*collections, progress=progress, cancel=cancel,
+                                     scheduler=partial(dask.threaded.get, pool=pool))
+        finally:
+            pool.shutdown(wait=True)
+
+    return compute
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def connect(scheduler: str | None = None, workers: int | None = None, timeout: float = 5.0):
+    """A ``distributed.Client`` for ``scheduler`` (an address) or a new local cluster of ``workers``.
+
+    Raises
+    ------
+    ShiftSegError
+        When the scheduler cannot be reached within ``timeout`` seconds.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler and workers:
+        raise ShiftSegError("give either a scheduler address or a number of workers, not both")
+    if scheduler:
+        try:
+            return Client(scheduler, timeout=f"{timeout}s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise ShiftSegError(f"cannot reach the dask scheduler at {scheduler} ({_first_line(err)})") from None
+    if workers:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        return Client(cluster)
+    return None
+
+
+def _first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto", mode: str = "exact",
+                    bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DEFAULT_MIN_SIZE, fg_threshold: float = 0.5,
+                    n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
+                    connectivity: int = 1, progress: Callable[[int, int], None] | None = None,
+                    cancel: threading.Event | None = None, client=None, overwrite: bool = False,
+                    stage: Callable[[str], None] | None = None):
+    """Segment ``image`` into a zarr group, resuming an interrupted run of the same arguments.
+
+    Parameters
+    ----------
+    image : array-like or path
+        2D (y, x) or 3D (z, y, x) image (numpy, dask, zarr), or a file for
+        :func:`~napari_shiftseg.io.read_image`.
+    out_path : str or Path
+        Output ``.zarr`` directory; created, or resumed when it holds an interrupted run.
+    model : Model, UNet, path or None
+        The network; None takes the bundled default model for the image's dimensionality.
+    tile : int or sequence of int
+        Output tile per axis (snapped to n·f^l in ``exact`` mode); also the zarr chunk size.
+    device, mode
+        As for :func:`~napari_shiftseg.predict.predict_embeddings`.
+    bandwidth, fg_threshold, n_seeds, max_points, seed
+        As for :func:`~napari_shiftseg.instances.cluster_embeddings`.
+    min_size, connectivity
+        As for :func:`~napari_shiftseg.instances.label_instances`.
+    progress : callable(done, total), optional
+        Called as tiles finish, counting tiles done by earlier runs too.
+    cancel : threading.Event, optional
+        Set it to stop after the tiles in flight (raises ``progress.Cancelled``); finished tiles
+        are kept for the next run.
+    client : distributed.Client, optional
+        Run on a dask.distributed cluster (``out_path`` must be visible to its workers).
+    overwrite : bool
+        Delete an existing output first instead of resuming it.
+    stage : callable(str), optional
+        Told when a new stage starts ("tiles", "clustering", "labels").
+
+    Returns
+    -------
+    zarr.Group
+        The output group, with ``attrs["complete"] == True``.
+
+    Raises
+    ------
+    ShiftSegError
+        Bad arguments, a model of the wrong dimensionality, or an output started with other
+        settings.
+    progress.Cancelled
+        When ``cancel`` was set.
+    """
+    from .io import read_image
+    from .predict import predict_embeddings
+    from .tiling import tile_plan
+
+    out_path = Path(out_path).expanduser().resolve()
+    if out_path.suffix.lower() != ".zarr":
+        raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    if image.ndim not in (2, 3):
+        raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
+    model = _load_model(model, image.ndim)
+    geometry = model.geometry
+    if geometry.ndim != image.ndim:
+        raise ShiftSegError(
+            f"the model is {geometry.ndim}D but the image is {image.ndim}D (shape "
+            f"{tuple(image.shape)}); use a {image.ndim}D model")
+    plan = tile_plan(image.shape, geometry, tile, mode)
+    if mode == "blend":
+        # Blended tiles overlap; chunks of one stride keep every chunk written by one task.
+        chunk = tuple(plan.stride)
+    else:
+        chunk = tuple(plan.tile)
+    grid = tuple(math.ceil(s / c) for s, c in zip(image.shape, chunk))
+    foreground = bool(model.config.foreground_head)
+    channels = model.config.out_channels
+    embed_args = _embedding_args(image, model, plan, mode)
+    cluster_args = {"bandwidth": bandwidth, "fg_threshold": fg_threshold, "min_size": min_size,
+                    "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
+                    "connectivity": connectivity}
+    _validate_cluster_args(cluster_args)
+
+    group = _open_output(out_path, overwrite)
+    if group is None:
+        attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
+                 "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk)}
+        group = _create_output(out_path, tuple(image.shape), channels, chunk, grid, foreground, attrs)
+    else:
+        _check_resume(group, embed_args, out_path)
+        stored = dict(group.attrs[ATTRS])
+        if group.attrs.get("complete") and stored.get("cluster_args") == cluster_args:
+            if progress is not None:
+                progress(stored.get("tiles", 0), stored.get("tiles", 0))
+            return group  # finished earlier with these very arguments: nothing to do
+        # A new clustering (or a re-run after completion) must not look complete half way.
+        if "complete" in group.attrs:
+            del group.attrs["complete"]
+        _set_attrs(group, cluster_args=cluster_args)
+
+    compute = _runner(client, cancel)
+    done = group["done"]
+    flags = _done_flags(done)
+    todo = [index for index in np.ndindex(grid) if not flags[index]]
+    total, before = len(flags.ravel()), int(flags.sum())
+    if stage:
+        stage("tiles")
+    if progress is not None:
+        progress(before, total)
+    if todo:
+        embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
+        if tuple(embeddings.shape) != (channels, *image.shape):
+            raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
+        embeddings = embeddings.rechunk(((channels,),) + tuple(
+            tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(image.shape, chunk)))
+        blocks = embeddings.to_delayed(optimize_graph=False)
+        # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
+        # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
+        size = _batch_size(client)
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, image.shape)
+                     for index in batch]
+
+            def tiles_done(count, of, offset=before + start, n=len(batch)):
+                if progress is not None and of:
+                    progress(offset + round(count * n / of), total)
+
+            compute(*tasks, progress=tiles_done)
+        missing = int((~_done_flags(done)).sum())
+        if missing:
+            raise RuntimeError(f"{missing} tiles were not written")
+    _set_attrs(group, tiles=total)
+    _label(group, cluster_args, foreground, compute, stage)
+    return group
+
+
+def _batch_size(client) -> int:
+    """Tiles per scheduler call: enough to keep every worker thread busy."""
+    threads = sum(client.nthreads().values()) if client is not None else 1
+    return max(_TILE_BATCH, 4 * threads)
+
+
+def _tile_task(block, group, foreground: bool, index, chunk, shape):
+    import dask
+
+    region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunk, shape))
+    fg = group["foreground"] if foreground else None
+    return dask.delayed(_write_tile, pure=False)(block, group["embeddings"], fg, group["done"],
+                                                 region, index)
+
+
+def _validate_cluster_args(args: dict) -> None:
+    from .instances import _check_int, _check_real
+
+    _check_real(args["bandwidth"], "bandwidth", 0.0)
+    _check_real(args["fg_threshold"], "fg_threshold", 0.0, 1.0)
+    for name, low in (("min_size", 0), ("n_seeds", 1), ("max_points", 1), ("seed", 0), ("connectivity", 1)):
+        _check_int(args[name], name, low)
+
+
+def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
+    """Cluster the stored embeddings, write the labels, then mark the group complete."""
+    import dask.array as da
+
+    from .instances import cluster_embeddings, write_instances
+
+    embeddings = da.from_zarr(group["embeddings"])
+    args = dict(cluster_args)
+    connectivity, min_size = args.pop("connectivity"), args.pop("min_size")
+    if stage:
+        stage("clustering")
+    clustering = cluster_embeddings(embeddings, foreground=foreground, compute=compute, **args)
+    if stage:
+        stage("labels")
+    count = write_instances(embeddings, clustering, group["labels"], min_size, connectivity,
+                            compute=compute)
+    _set_attrs(group, clustering=clustering.to_dict(), n_objects=count)
+    group.attrs["complete"] = True
+
+
+def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DEFAULT_MIN_SIZE,
+              fg_threshold: float = 0.5, n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS,
+              seed: int = 0, connectivity: int = 1, cancel: threading.Event | None = None,
+              client=None, stage: Callable[[str], None] | None = None):
+    """Label the stored embeddings of a finished :func:`segment_to_zarr` output again.
+
+    No network pass: mean-shift and labelling read ``embeddings`` back from the zarr group, and
+    ``labels`` (and the clustering attributes) are replaced.
+
+    Returns
+    -------
+    zarr.Group
+    """
+    import zarr
+
+    out_path = Path(out_path).expanduser().resolve()
+    if not out_path.is_dir():
+        raise ShiftSegError(f"{out_path} does not exist")
+    group = _open_output(out_path, overwrite=False)
+    if group is None:
+        raise ShiftSegError(f"{out_path} holds no segmentation to cluster again")
+    if not _done_flags(group["done"]).all():
+        raise ShiftSegError(f"the embeddings in {out_path} are incomplete; run the segmentation "
+                            "again with its first settings to finish them")
+    cluster_args = {"bandwidth": bandwidth, "fg_threshold": fg_threshold, "min_size": min_size,
+                    "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
+                    "connectivity": connectivity}
+    _validate_cluster_args(cluster_args)
+    if "complete" in group.attrs:
+        del group.attrs["complete"]
+    _set_attrs(group, cluster_args=cluster_args)
+    _label(group, cluster_args, "foreground" in group, _runner(client, cancel), stage)
+    return zarr.open_group(out_path, mode="r+")

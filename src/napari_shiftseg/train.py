@@ -1,0 +1,400 @@
+"""Training loop: random crops, flips/noise, discriminative + foreground loss, checkpoints.
+
+One training step, per batch item (sizes from :class:`~napari_shiftseg.geometry.UNetGeometry`)::
+
+    padded image (normalised + reflect-padded ONCE)      labels (never padded)
+    ┌───────────────────────────────┐                    ┌─────────────────────┐
+    │   input crop  (training_input_size(w))             │    ┌──w──┐          │
+    │   ┌─────────────────┐         │                    │    │     │ window   │
+    │   │ context │ w │   │  ──net──> raw output o ≥ w ──crop──>  w  <── loss ──┘
+    │   └─────────────────┘         │    (centre crop (o − w)//2)
+    └───────────────────────────────┘
+
+- **The output window w must be larger than f^l per axis** (THEORY.md, result 4): with a
+  window <= f^l some neighbouring phases u_i, u_j are never trained together and the
+  result shows seams on the f^l grid. ``allow_small_window=True`` reproduces that failure on
+  purpose; the raw output is then centre-cropped to exactly w.
+- Crop origins are uniform over *all* integer positions, so every phase is trained.
+- Normalisation is global (percentile, once per image), never per crop: inference normalises
+  the whole image once too, and per-crop statistics would give every tile another function.
+- Each image is reflect-padded once by the context, as inference pads the volume at its outer
+  border, so objects at the image border are trained with the same kind of context they get at
+  inference; label windows always lie inside the real image. (Synthetic images from a
+  generator that are at least as large as the input crop are not padded: their crops see real
+  context only.)
+- Flip augmentation flips the input crop and flips the raw output back (the valid context is
+  symmetric, so this realigns exactly); the labels are never moved.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ._errors import ShiftSegError
+from .data import validate_pair
+from .geometry import UNetGeometry
+from .loss import discriminative_loss, foreground_loss
+from .modelio import Model, save_model
+from .normalize import percentile_normalization
+from .unet import UNet, UNetConfig, memory_format
+
+__all__ = ["train", "default_training_window", "NORMALIZATION", "LOSS_DEFAULTS"]
+
+#: Normalisation every model trained here records in its metadata; inference applies the same
+#: percentiles of the *whole* image.
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+
+#: Reference loss settings (De Brabandere et al.; THEORY.md) with a small pull margin.
+LOSS_DEFAULTS = {"delta_v": 0.5, "delta_d": 3.0, "alpha": 1.0, "beta": 1.0, "gamma": 1e-4,
+                 "foreground_weight": 1.0}
+
+LR_SCHEDULES = ("constant", "cosine")
+
+#: Metadata of a model that continued training copies into ``initialised_from``.
+PROVENANCE = ("command", "steps", "complete", "final_loss", "seconds", "device", "initialised_from")
+
+#: Number of final steps averaged for the reported ``final_loss`` (single steps are noisy).
+FINAL_LOSS_STEPS = 20
+
+
+def default_training_window(geometry: UNetGeometry) -> tuple[int, ...]:
+    """A training output window comfortably above f^l: the raw output for ``max(4 f^l, 32)``.
+
+    Rounded up to a raw output size the network produces, so no output voxel is wasted.
+    """
+    input_size = geometry.training_input_size(max(4 * geometry.grid, 32))
+    return (geometry.output_size(input_size),) * geometry.ndim
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """Per-axis crop sizes for one training window (all from the geometry)."""
+
+    window: tuple[int, ...]  # w: labelled output window
+    input: tuple[int, ...]   # input crop
+    raw: tuple[int, ...]     # raw network output (>= w)
+    front: tuple[int, ...]   # input voxels before the window
+    back: tuple[int, ...]    # input voxels after the window
+
+    @classmethod
+    def plan(cls, geometry: UNetGeometry, window: tuple[int, ...]) -> "_Crop":
+        inp = tuple(geometry.training_input_size(w) for w in window)
+        raw = tuple(geometry.output_size(i) for i in inp)
+        # Same padding has context 0; valid padding's context is symmetric (context_per_side).
+        front = tuple(geometry.context_per_side + (o - w) // 2 for o, w in zip(raw, window))
+        back = tuple(i - f - w for i, f, w in zip(inp, front, window))
+        return cls(window, inp, raw, front, back)
+
+    @property
+    def raw_crop(self) -> tuple[slice, ...]:
+        """Slices of the raw output that form the window (centre crop)."""
+        return tuple(slice((o - w) // 2, (o - w) // 2 + w) for o, w in zip(self.raw, self.window))
+
+
+class _Prepared:
+    """One image, normalised once, with its (never padded) labels.
+
+    With ``pad`` the image is reflect-padded once by the crop's context, so label windows may
+    lie anywhere in the image, border included (inference pads the volume the same way).
+    Without it, windows are drawn only where the whole input crop lies inside the image.
+    """
+
+    def __init__(self, image: np.ndarray, labels: np.ndarray, crop: _Crop, pad: bool):
+        need = crop.window if pad else crop.input
+        if any(n < w for n, w in zip(labels.shape, need)):
+            raise ShiftSegError(
+                f"image shape {labels.shape} is smaller than the training window {crop.window}; "
+                "use a smaller window (still larger than f^l) or a larger image"
+            )
+        norm = percentile_normalization(image, NORMALIZATION["low"], NORMALIZATION["high"])
+        image = norm(image).astype(np.float32, copy=False)
+        if pad:
+            image = np.pad(image, list(zip(crop.front, crop.back)), mode="reflect")
+            # Window start s in label coordinates; its input crop starts at s in padded ones.
+            self.low = (0,) * labels.ndim
+            self.high = tuple(n - w for n, w in zip(labels.shape, crop.window))
+            self.shift = (0,) * labels.ndim
+        else:
+            self.low = crop.front
+            self.high = tuple(n - b - w for n, b, w in zip(labels.shape, crop.back, crop.window))
+            self.shift = tuple(-f for f in crop.front)
+        self.image, self.labels, self.crop = image, labels, crop
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A random (input crop, label window) pair; origins uniform over all positions."""
+        start = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(self.low, self.high)]
+        inp = tuple(slice(s + d, s + d + i) for s, d, i in zip(start, self.shift, self.crop.input))
+        win = tuple(slice(s, s + w) for s, w in zip(start, self.crop.window))
+        return self.image[inp], self.labels[win]
+
+
+def _as_source(source, labels, ndim: int, crop: _Crop):
+    """Turn the accepted input kinds into ``next_image(rng) -> _Prepared``."""
+    if callable(source):
+        if labels is not None:
+            raise TypeError("labels must be None when the source is a generator")
+
+        def fresh(rng):
+            # A new synthetic image per call, drawn from the run's own seed sequence.
+            image, lab = validate_pair(*source(int(rng.integers(0, 2**31 - 1))), ndim)
+            # Synthetic images as large as the input crop need no padding: real context only.
+            return _Prepared(image, lab, crop, pad=any(n < i for n, i in zip(lab.shape, crop.input)))
+
+        return fresh, "synthetic generator"
+    if labels is None:
+        if not isinstance(source, (list, tuple)) or not source:
+            raise TypeError(
+                "source must be an image (with labels), a non-empty list of (image, labels) "
+                "pairs, or a callable seed -> (image, labels)"
+            )
+        pairs = list(source)
+    else:
+        pairs = [(source, labels)]
+    prepared = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise TypeError(f"training pair {i} must be (image, labels), got {type(pair).__name__}")
+        prepared.append(_Prepared(*validate_pair(*pair, ndim), crop, pad=True))
+    if not any(p.labels.any() for p in prepared):
+        raise ShiftSegError("the labels contain no objects (all zero); nothing to learn from")
+    return (lambda rng: prepared[int(rng.integers(0, len(prepared)))]), f"{len(prepared)} image(s)"
+
+
+def _check_positive(name, value, kind=int):
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if kind is int and int(value) != value:
+        raise ShiftSegError(f"{name} must be a whole number, got {value}")
+    if not value > 0:
+        raise ShiftSegError(f"{name} must be positive, got {value}")
+    return kind(value)
+
+
+def train(
+    source,
+    labels=None,
+    config: UNetConfig | Model | None = None,
+    steps: int = 1000,
+    lr: float = 1e-4,
+    lr_schedule: str = "constant",
+    output_window: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+    allow_small_window: bool = False,
+    augment: bool = True,
+    noise_std: float = 0.0,
+    checkpoint_every: int | None = None,
+    checkpoint_path=None,
+    progress: Callable[[int, dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    delta_v: float = LOSS_DEFAULTS["delta_v"],
+    delta_d: float = LOSS_DEFAULTS["delta_d"],
+    alpha: float = LOSS_DEFAULTS["alpha"],
+    beta: float = LOSS_DEFAULTS["beta"],
+    gamma: float = LOSS_DEFAULTS["gamma"],
+    foreground_weight: float = LOSS_DEFAULTS["foreground_weight"],
+    background_as_instance: bool = False,
+    command: str | None = None,
+) -> tuple[Model, dict]:
+    """Train a U-Net embedding model on labelled images or a synthetic generator.
+
+    Parameters
+    ----------
+    source : array, list of (image, labels), or callable
+        One raw image (with ``labels``), a list of ``(image, labels)`` pairs, or a callable
+        ``seed -> (image, labels)`` called once per batch item and step for fresh data.
+    labels : array, optional
+        Instance labels for a single ``source`` image (0 = background).
+    config : UNetConfig or Model, optional
+        Network to build (default :class:`UNetConfig`), or a model to continue training.
+    steps : int
+        Optimiser steps (each one batch of random crops).
+    lr : float
+        Adam learning rate (the reference uses 0.5e-4 … 1e-4).
+    lr_schedule : {"constant", "cosine"}
+        Keep ``lr``, or decay it along a cosine to 0 at ``steps`` (settles the embeddings at
+        the end of a fixed-length run).
+    output_window : int or sequence of int, optional
+        Labelled output window per axis. **Must be larger than f^l** unless
+        ``allow_small_window``; default :func:`default_training_window`.
+    batch_size : int
+        Crops per step.
+    seed : int
+        Seeds weights, crops, augmentation and synthetic data: equal seeds give equal models.
+    allow_small_window : bool
+        Allow windows <= f^l (reproduces the paper's seam failure; not for real use).
+    augment : bool
+        Random flips along every axis.
+    noise_std : float
+        If > 0 (and ``augment``), add Gaussian noise of std uniform in [0, noise_std] to the
+        normalised input crop.
+    checkpoint_every, checkpoint_path : int, path, optional
+        Save the model so far (atomically, via :func:`~napari_shiftseg.modelio.save_model`)
+        every ``checkpoint_every`` steps.
+    progress : callable, optional
+        ``progress(step, parts)`` after each step; ``parts`` holds floats ``loss``, ``pull``,
+        ``push``, ``reg`` and ``foreground``.
+    cancel : threading.Event, optional
+        When set, training stops before the next step and returns the model so far.
+    device : str or torch.device
+        Where to train ("cpu", "cuda", ...).
+    threads : int, optional
+        torch CPU threads during training (restored afterwards); default: leave as is.
+    delta_v, delta_d, alpha, beta, gamma : float
+        Discriminative-loss margins and weights (THEORY.md).
+    foreground_weight : float
+        Weight of the foreground BCE (only with a foreground head).
+    background_as_instance : bool
+        Treat background as one more instance in the discriminative loss (the reference).
+    command : str, optional
+        Command line to record in the model metadata.
+
+    Returns
+    -------
+    model : Model
+        The trained network (eval mode) with ``meta``: normalisation, training window, steps,
+        final loss (mean of the last 20 steps), loss settings, seed, command.
+    history : dict
+        Per-step lists ``loss``, ``pull``, ``push``, ``reg``, ``foreground``, plus
+        ``steps_done``, ``cancelled`` and ``seconds``.
+
+    Raises
+    ------
+    ShiftSegError
+        Bad window, images smaller than the window, invalid image/labels, bad numbers.
+    TypeError
+        A source of the wrong kind.
+    """
+    base = None
+    if isinstance(config, Model):
+        base, config = config, config.config
+    config = config or UNetConfig()
+    if not isinstance(config, UNetConfig):
+        raise TypeError(f"config must be a UNetConfig or Model, got {type(config).__name__}")
+    if config.in_channels != 1:
+        raise ShiftSegError(f"training supports single-channel images; the config has {config.in_channels}")
+    geometry = config.geometry
+    steps = _check_positive("steps", steps)
+    batch_size = _check_positive("batch_size", batch_size)
+    lr = _check_positive("lr", lr, float)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ShiftSegError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if checkpoint_every is not None:
+        checkpoint_every = _check_positive("checkpoint_every", checkpoint_every)
+    if noise_std < 0:
+        raise ShiftSegError(f"noise_std must be >= 0, got {noise_std}")
+    window = geometry.check_training_window(
+        default_training_window(geometry) if output_window is None else output_window,
+        allow_small=allow_small_window,
+    )
+    if min(window) < 1:
+        raise ShiftSegError(f"training window {window} must be positive")
+    crop = _Crop.plan(geometry, window)
+    next_image, description = _as_source(source, labels, geometry.ndim, crop)
+    loss_args = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma,
+                     background_as_instance=background_as_instance)
+
+    device = torch.device(device)
+    fmt = memory_format(geometry.ndim)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(_check_positive("threads", threads))
+    history = {k: [] for k in ("loss", "pull", "push", "reg", "foreground")}
+    history.update(steps_done=0, cancelled=False, seconds=0.0)
+    rng = np.random.default_rng(seed)
+    fork_devices = [device] if device.type == "cuda" else []
+    start = time.perf_counter()
+
+    def meta(done: int, complete: bool) -> dict:
+        tail = history["loss"][-FINAL_LOSS_STEPS:]
+        return {
+            "normalization": dict(NORMALIZATION),
+            "training_window": list(window),
+            "steps": done,
+            "complete": complete,
+            "final_loss": float(np.mean(tail)) if tail else None,
+            "loss": {**loss_args, "foreground_weight": foreground_weight},
+            "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed, "augment": augment,
+            "noise_std": noise_std, "training_data": description, "device": str(device),
+            "seconds": round(time.perf_counter() - start, 1),
+            **({"command": command} if command else {}),
+            # Continued training keeps the earlier run's provenance.
+            **({"initialised_from": {"model": base.name, **{k: base.meta[k] for k in PROVENANCE if k in base.meta}}}
+               if base is not None else {}),
+        }
+
+    try:
+        # fork_rng: seed torch for this run without disturbing the caller's global RNG state.
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            net = copy.deepcopy(base.net) if base is not None else UNet(config)
+            net = net.to(device=device, memory_format=fmt).train()
+            optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+            if lr_schedule == "cosine":
+                scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            for step in range(1, steps + 1):
+                if cancel is not None and cancel.is_set():
+                    history["cancelled"] = True
+                    break
+                x, y, flips = _batch(next_image, rng, batch_size, augment, noise_std, geometry.ndim)
+                x = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
+                y = torch.from_numpy(y).to(device)
+                out = net(x)
+                if any(flips):
+                    # Undo each item's input flips on the raw output: realigns it with labels.
+                    out = torch.stack([o.flip([a + 1 for a in f]) if f else o for o, f in zip(out, flips)])
+                out = out[(slice(None), slice(None), *crop.raw_crop)]
+                loss, parts = discriminative_loss(out[:, : config.embed_dim], y, **loss_args)
+                fg = foreground_loss(out[:, config.embed_dim], y) if config.foreground_head else loss * 0
+                total = loss + foreground_weight * fg
+                if not torch.isfinite(total):
+                    raise ShiftSegError(
+                        f"the loss became {float(total)} at step {step}; lower the learning rate"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                if lr_schedule == "cosine":
+                    scheduler.step()
+                values = {"loss": total.detach().item(),
+                          **{k: v.detach().item() for k, v in parts.items()},
+                          "foreground": fg.detach().item()}
+                for key, value in values.items():
+                    history[key].append(value)
+                history["steps_done"] = step
+                if progress is not None:
+                    progress(step, values)
+                if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+                    save_model(Model(copy.deepcopy(net).cpu().eval(), meta(step, False)), checkpoint_path)
+    finally:
+        torch.set_num_threads(old_threads)
+    history["seconds"] = time.perf_counter() - start
+    net.eval()
+    done = history["steps_done"]
+    model = Model(net, meta(done, done == steps and not history["cancelled"]))
+    return model, history
+
+
+def _batch(next_image, rng, batch_size: int, augment: bool, noise_std: float, ndim: int):
+    """Stack ``batch_size`` random crops: x (B, 1, *input), labels (B, *window), flipped axes."""
+    xs, ys, flips = [], [], []
+    for _ in range(batch_size):
+        x, y = next_image(rng).sample(rng)
+        axes = tuple(a for a in range(ndim) if augment and rng.random() < 0.5)
+        if axes:
+            x = np.flip(x, axes)
+        if augment and noise_std > 0:
+            x = x + rng.normal(0.0, rng.uniform(0.0, noise_std), x.shape).astype(np.float32)
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ys.append(y.astype(np.int64))
+        flips.append(axes)
+    return np.stack(xs)[:, None], np.stack(ys), flips

@@ -1,0 +1,83 @@
+"""Fixtures for the GUI tests: a real napari viewer under Xvfb (pytest-xvfb) and tiny models.
+
+Everything is small on purpose (2 shared CPU cores): images of 64² or less, U-Nets with two
+base channels and random weights, saved with ``modelio.save_model`` in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("QT_API", "pyqt6")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/gui" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.gui)
+
+
+def _tiny_model(path, ndim: int, levels: int = 3):
+    import torch
+
+    from napari_shiftseg.geometry import UNetGeometry
+    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    config = UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=levels), base_channels=2, embed_dim=3)
+    net = UNet(config).eval()
+    with torch.no_grad():
+        # He init: torch's default init shrinks activations level by level, so an untrained net
+        # is almost constant and would hide the seams that naive tiling makes.
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d,
+                                   torch.nn.ConvTranspose3d)):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(module.bias)
+    meta = {"normalization": {"method": "percentile", "low": 1.0, "high": 99.8}, "pad": ""}
+    while True:
+        save_model(net, path, meta=meta)
+        # modelio refuses files whose first byte is 0x80 as pickles, but that is also the first
+        # byte of a safetensors file whose header length is 0x..80 (reported to the lead).
+        if path.read_bytes()[:1] != b"\x80":
+            return path
+        meta["pad"] += " "
+
+
+@pytest.fixture(scope="session")
+def tiny_model_2d(tmp_path_factory):
+    """A random-weight 2D model, l = 3 (f^l = 8, context 88), two base channels."""
+    return _tiny_model(tmp_path_factory.mktemp("models") / "tiny_2d.safetensors", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_3d(tmp_path_factory):
+    """A random-weight 3D model, l = 2 (f^l = 4, context 40), two base channels."""
+    return _tiny_model(tmp_path_factory.mktemp("models") / "tiny_3d.safetensors", 3, levels=2)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def lattice_crop():
+    """64 x 64 crop of the spacing-15 sample (image, labels)."""
+    from napari_shiftseg._sample_data import separable_lattice
+
+    (image, _, _), (labels, _, _) = separable_lattice()
+    return image[:64, :64].copy(), labels[:64, :64].copy()
+
+
+@pytest.fixture
+def wait_idle(qtbot):
+    """``wait_idle(widget)``: block (running the event loop) until the widget's job is over."""
+
+    def wait(widget, timeout=60_000):
+        qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+    return wait

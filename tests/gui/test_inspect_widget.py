@@ -1,0 +1,39 @@
+"""Inspect widget: f^l grid and phase map layers, seams, and the stitched-vs-whole check."""
+
+import re
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def inspect(viewer, tiny_model_2d, lattice_crop):
+    viewer.add_image(lattice_crop[0], name="crop", scale=(2.0, 2.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Inspect")
+    assert widget.set_model_file(tiny_model_2d)
+    widget.device.value = "cpu"
+    return widget
+
+
+def _check(widget, wait_idle, mode, tile) -> float:
+    widget.mode.value, widget.tile.value = mode, tile
+    widget.check_button.clicked.emit()
+    wait_idle(widget)
+    return float(re.search(r"= ([-+0-9.e]+)", widget.result.value).group(1))
+
+
+def test_inspect(inspect, viewer, wait_idle):
+    inspect.grid_button.clicked.emit()
+    inspect.phase_button.clicked.emit()
+    grid, phase = viewer.layers["crop_shiftseg_grid"], viewer.layers["crop_shiftseg_phase"]
+    assert grid.data.shape == phase.data.shape == (64, 64) and tuple(grid.scale) == (2.0, 2.0)
+    assert np.asarray(grid.data)[::8, 0].all() and not np.asarray(grid.data)[1:8, 1:8].any()
+    assert int(np.asarray(phase.data).max()) == 63
+
+    assert _check(inspect, wait_idle, "exact", 16) < 1e-5
+    assert _check(inspect, wait_idle, "naive", 20) > 0.1
+
+    inspect.seams_button.clicked.emit()
+    wait_idle(inspect)
+    assert viewer.layers["crop_shiftseg_seams"].data.shape == (64, 64)
+    assert np.asarray(viewer.layers["crop_shiftseg_tile_boundaries"].data).any()

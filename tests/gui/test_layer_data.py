@@ -1,0 +1,33 @@
+"""The Qt-free helpers behind the widgets: colours, placement, preview regions (no viewer)."""
+
+import dask.array as da
+import numpy as np
+
+from napari_shiftseg._widgets import _layers, _pipeline
+from napari_shiftseg.geometry import UNetGeometry
+
+
+def test_embeddings_to_rgb_pca_lazy_and_eager():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(5, 12, 20)).astype(np.float32)       # E = 5 -> PCA to 3
+    eager = _layers.embeddings_to_rgb(emb)
+    lazy = _layers.embeddings_to_rgb(da.from_array(emb, chunks=(5, 6, 10)))
+    assert eager.shape == lazy.shape == (12, 20, 3) and isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), eager, atol=1e-6)
+    assert eager.min() >= 0 and eager.max() <= 1 and eager.std() > 0.1
+    assert _layers.embeddings_to_rgb(emb[:2]).shape == (12, 20, 3)  # E = 2 padded
+
+
+def test_layer_names_and_placement():
+    where = _layers.placement((2.0, 0.5), (10.0, -5.0), origin=(8, 16))
+    assert where == {"scale": (2.0, 0.5), "translate": (26.0, 3.0)}
+    data, kwargs, kind = _layers.result_layer(np.zeros((4, 4), bool), "grid", "img", where)
+    assert kind == "image" and kwargs["name"] == "img_shiftseg_grid" and data.dtype == np.uint8
+
+
+def test_preview_region_on_the_grid():
+    g = UNetGeometry(ndim=3, levels=2)                           # f^l = 4
+    region = _pipeline.preview_region((30, 100, 100), g, {1: (13, 50), 2: (0, 100)}, (9.6, 0, 0))
+    assert region == (slice(8, 12), slice(12, 52), slice(0, 100))
+    grown = _pipeline.with_context(region, (30, 100, 100), g)
+    assert all(r.start % 4 == 0 for r in grown) and grown[0] == slice(0, 30)

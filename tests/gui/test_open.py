@@ -1,0 +1,47 @@
+"""Every widget opens through the plugin manager; every sample opens with its ground truth."""
+
+import dask.array as da
+import numpy as np
+from napari_shiftseg._widgets._common import inference_settings
+from napari_shiftseg._widgets.inspect import InspectWidget
+from napari_shiftseg._widgets.segment import SegmentWidget
+from napari_shiftseg._widgets.train import TrainWidget
+
+PLUGIN = "napari-shiftseg"
+
+
+def test_widgets_open(viewer):
+    for name, cls in (("Segment", SegmentWidget), ("Train", TrainWidget), ("Inspect", InspectWidget)):
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert isinstance(widget, cls)
+        assert not widget.busy
+    # The defaults come from the plugin's `configurations` (napari Preferences).
+    settings = inference_settings()
+    assert (settings.device, settings.memory_budget_gb, settings.tile_size) == ("auto", 4.0, 128)
+    assert widget.tile.value == 128 and widget.device.value == "auto"
+
+
+def test_samples(viewer):
+    for key, shape in (("lattice15", (220, 220)), ("lattice16", (220, 220)), ("spheres3d", (48, 128, 128))):
+        image, labels = viewer.open_sample(PLUGIN, key)
+        assert image.data.shape == labels.data.shape == shape
+        assert image.data.dtype == np.float32 and labels.data.dtype == np.int32
+        assert labels.data.max() > 10 and labels.name == f"{image.name} ground truth"
+
+
+def test_large_sample_stays_lazy(viewer):
+    image, labels = viewer.open_sample(PLUGIN, "large3d")
+    assert isinstance(image.data, da.Array) and isinstance(labels.data, da.Array)
+    assert image.data.nbytes >= 1e9
+    # napari only computed the displayed slice; the arrays are still lazy graphs, not numpy.
+    assert not isinstance(image.data, np.ndarray)
+
+
+def test_reader_opens_model_in_segment_widget(viewer, tiny_model_2d):
+    n_layers = len(viewer.layers)
+    viewer.open(str(tiny_model_2d), plugin=PLUGIN)
+    assert len(viewer.layers) == n_layers                       # a model is not a layer
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")  # the docked one
+    assert widget.model.path == tiny_model_2d.resolve() and "l=3" in widget.model.summary.value
+
+

@@ -1,0 +1,131 @@
+"""Segment widget end to end on a 64 x 64 crop of the spacing-15 sample with a tiny model."""
+
+import time
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import QTimer
+
+from napari_shiftseg.modelio import load_model
+from napari_shiftseg.predict import predict_whole
+
+PLUGIN = "napari-shiftseg"
+KINDS = ("embeddings", "foreground", "instances", "tile_boundaries", "seams", "grid", "phase")
+SCALE, TRANSLATE = (2.0, 0.5), (10.0, -5.0)
+
+
+@pytest.fixture
+def segment(viewer, tiny_model_2d, lattice_crop):
+    image, _ = lattice_crop
+    viewer.add_image(image, name="crop", scale=SCALE, translate=TRANSLATE)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.set_model_file(tiny_model_2d)
+    widget.tile.value = 16
+    widget.device.value = "cpu"
+    return widget
+
+
+def _run(widget, wait_idle, mode="exact", tile=16):
+    widget.mode.value, widget.tile.value = mode, tile
+    widget.run_button.clicked.emit()
+    assert widget.busy and widget.run_button.text == "Cancel"
+    wait_idle(widget)
+    assert widget.run_button.text == "Run" and widget.status.value.startswith("done"), widget.status.value
+
+
+def test_live_geometry(segment):
+    assert "f^l=8" in segment.model.summary.value and "capacity f^(d·l)=64" in segment.model.summary.value
+    assert "context=88" in segment.model.summary.value
+    segment.tile.value = 21
+    assert segment.tile_info.value.startswith("24 = 3·f^l → input 116")  # 24 + 4 + 88
+
+
+def test_run_layers_and_seams(segment, viewer, wait_idle, tiny_model_2d):
+    _run(segment, wait_idle)
+    layers = {kind: viewer.layers[f"crop_shiftseg_{kind}"] for kind in KINDS}
+    for kind, layer in layers.items():
+        assert tuple(layer.scale) == SCALE and tuple(layer.translate) == TRANSLATE, kind
+        shape = layer.data.shape[:-1] if kind == "embeddings" else layer.data.shape
+        assert shape == (64, 64), kind
+    assert layers["embeddings"].rgb and layers["embeddings"].data.dtype == np.float32
+    assert isinstance(layers["instances"], Labels) and layers["instances"].data.dtype == np.int32
+    assert isinstance(layers["seams"], Image) and layers["seams"].data.dtype == np.float32
+    assert layers["phase"].data.max() == 63          # f^(d·l) - 1 phases in a 64² crop
+    n_layers = len(viewer.layers)
+    whole = predict_whole(viewer.layers["crop"].data, load_model(tiny_model_2d), device="cpu")
+    exact_jump = np.abs(segment._result.embeddings - whole).max()
+
+    _run(segment, wait_idle, mode="naive", tile=20)   # not a multiple of f^l = 8
+    assert len(viewer.layers) == n_layers              # reruns update the same layers
+    naive_jump = np.abs(segment._result.embeddings - whole).max()
+    assert exact_jump < 1e-4 and naive_jump > 0.1, (exact_jump, naive_jump)
+    assert not np.array_equal(viewer.layers["crop_shiftseg_tile_boundaries"].data, layers["grid"].data)
+
+    # Re-cluster: only mean-shift again, on the cached embeddings.
+    before = segment._result.embeddings
+    segment.bandwidth.value = 0.5
+    segment.recluster_button.clicked.emit()
+    wait_idle(segment)
+    assert segment._result.embeddings is before
+    assert segment.status.value.startswith("re-clustered")
+
+
+def test_cancel_leaves_nothing(segment, viewer, qtbot, wait_idle):
+    n_layers = len(viewer.layers)
+    segment.tile.value = 8          # 64 tiles: plenty of time to cancel after the first
+    segment.progress.changed.connect(lambda v: v > 0 and segment.cancel())
+    segment.run_button.clicked.emit()
+    wait_idle(segment)
+    assert segment.status.value == "cancelled" and segment.run_button.text == "Run"
+    assert len(viewer.layers) == n_layers
+    assert not segment.busy and segment.preview_button.enabled
+
+
+def test_event_loop_keeps_running(segment, wait_idle):
+    """While the job computes, a 10 ms QTimer keeps firing (the GUI thread never blocks)."""
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: segment._task.busy and ticks.append(time.perf_counter()))
+    timer.start(10)
+    segment.tile.value = 8
+    segment.run_button.clicked.emit()
+    wait_idle(segment)
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10 and gaps.max() < 0.25, (len(ticks), gaps.max())
+
+
+def test_bad_model_file(segment, viewer, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a model at all")
+    before = segment.model.path
+    assert not segment.set_model_file(bad)
+    assert "shiftseg" in str(notification_manager.records[-1].message)
+    assert segment.model.path == before and not segment.busy
+    # The reader hands .safetensors files to the Segment widget: a bad one adds no layer either.
+    n_layers = len(viewer.layers)
+    viewer.open(str(bad), plugin=PLUGIN)
+    assert len(viewer.layers) == n_layers
+    viewer.add_image(np.zeros((8, 8)), name="still usable")
+    assert "still usable" in viewer.layers
+
+
+def test_over_budget_goes_through_zarr(segment, viewer, wait_idle, monkeypatch):
+    """Results larger than the memory budget are written to zarr and shown lazily."""
+    import dask.array as da
+
+    from napari_shiftseg._widgets import _common, segment as segment_module
+
+    monkeypatch.setattr(segment_module, "inference_settings",
+                        lambda: _common.InferenceSettings(memory_budget_gb=1e-6))
+    _run(segment, wait_idle)
+    assert "results in" in segment.status.value
+    layers = {kind: viewer.layers[f"crop_shiftseg_{kind}"] for kind in KINDS}
+    assert all(isinstance(layer.data, da.Array) for layer in layers.values())
+    assert layers["instances"].data.dtype == np.int32 and layers["embeddings"].data.shape == (64, 64, 3)
+    assert tuple(layers["seams"].scale) == SCALE
+    segment.recluster_button.clicked.emit()
+    wait_idle(segment)
+    assert segment.status.value == "re-clustered" and isinstance(layers["instances"].data, da.Array)

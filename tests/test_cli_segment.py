@@ -1,0 +1,126 @@
+"""``shiftseg segment`` and ``shiftseg check`` from the command line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_shiftseg.cli import main
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.modelio import save_model
+from napari_shiftseg.predict import predict_whole
+from napari_shiftseg.unet import UNet, UNetConfig
+
+
+def tiny_model(path, image, ndim=2, seed=0):
+    """Random 2-level U-Net with its head rescaled to mean 0, std 1 outputs on ``image``."""
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2)).eval()
+    out = predict_whole(image, net, device="cpu").reshape(3, -1)
+    mean, std = torch.from_numpy(out.mean(1)), torch.from_numpy(out.std(1))
+    with torch.no_grad():
+        net.head.weight /= std.view(-1, *[1] * (net.head.weight.ndim - 1))
+        net.head.bias.sub_(mean).div_(std)
+    return save_model(net, path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    image = (np.random.default_rng(0).random((36, 44)) > 0.6).astype(np.float32)
+    np.save(root / "img.npy", image)
+    return {"root": root, "image": root / "img.npy",
+            "model": tiny_model(root / "m.safetensors", image),
+            "model3d": tiny_model(root / "m3.safetensors", np.zeros((24, 24, 24), np.float32), ndim=3)}
+
+
+def segment_args(files, out, *extra):
+    return ["segment", str(files["image"]), "-m", str(files["model"]), "--tile", "16", "-o", str(out),
+            "--device", "cpu", "--bandwidth", "1.0", "--min-size", "3", *extra]
+
+
+def assert_one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip().splitlines()
+    last = err[-1]
+    assert last.startswith("shiftseg ") and "error:" in last
+    assert not any("Traceback" in line for line in err)
+    for word in words:
+        assert word in last
+
+
+def test_segment_writes_the_three_arrays(files, tmp_path, capsys):
+    out = tmp_path / "out.zarr"
+    assert main(segment_args(files, out)) == 0
+    captured = capsys.readouterr()
+    assert "objects" in captured.out and "tile" in captured.err  # summary + progress bar
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["complete"] is True
+    assert group["embeddings"].shape == (3, 36, 44)
+    assert group["foreground"].shape == group["labels"].shape == (36, 44)
+    assert group["labels"][...].max() > 0
+    # the same command again resumes a finished output: nothing to do, same result
+    before = group["labels"][...]
+    assert main(segment_args(files, out, "--quiet")) == 0
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][...], before)
+
+
+def test_other_settings_need_overwrite(files, tmp_path, capsys):
+    out = tmp_path / "out.zarr"
+    assert main(segment_args(files, out, "--quiet")) == 0
+    args = segment_args(files, out, "--quiet")
+    args[args.index("--tile") + 1] = "8"
+    assert main(args) == 2
+    assert_one_line_error(capsys, "different tile", "--overwrite")
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_missing_image(files, tmp_path, capsys):
+    args = segment_args(files, tmp_path / "out.zarr")
+    args[1] = str(tmp_path / "nope.tif")
+    assert main(args) == 2
+    assert_one_line_error(capsys, "nope.tif", "does not exist")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_3d_model_on_2d_image(files, tmp_path, capsys):
+    args = segment_args(files, tmp_path / "out.zarr")
+    args[args.index("-m") + 1] = str(files["model3d"])
+    assert main(args) == 2
+    assert_one_line_error(capsys, "3D", "2D")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_unreachable_scheduler(files, tmp_path, capsys):
+    assert main(segment_args(files, tmp_path / "out.zarr", "--scheduler", "tcp://127.0.0.1:1")) == 2
+    assert_one_line_error(capsys, "tcp://127.0.0.1:1")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_bad_arguments_are_usage_errors(files, tmp_path, capsys):
+    for bad in (["--tile", "abc"], ["--bandwidth", "-1"], ["--scheduler", "tcp://x:1", "--workers", "2"],
+                ["--mode", "fast"]):
+        with pytest.raises(SystemExit) as info:
+            main(segment_args(files, tmp_path / "out.zarr", *bad))
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_real_process_prints_no_traceback(files, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_shiftseg.cli", "segment", str(tmp_path / "missing.npy"),
+         "-m", str(files["model"]), "-o", str(tmp_path / "out.zarr")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_check_reports_the_stitching_difference(files, capsys):
+    assert main(["check", str(files["image"]), "-m", str(files["model"]), "--tile", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "max |stitched - whole|" in out and "(exact" in out
+    assert main(["check", str(files["image"]), "-m", str(files["model"]), "--tile", "10",
+                 "--mode", "naive"]) == 0
+    assert "NOT exact" in capsys.readouterr().out

@@ -1,0 +1,125 @@
+"""Lazy diagnostics: stitch check, tile borders, seams, phases, the f^l grid."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.diagnostics import (
+    _reference_crop,
+    grid_lines,
+    phase_map,
+    seam_map,
+    stitch_check,
+    tile_boundaries,
+)
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.predict import predict_embeddings, predict_whole
+from napari_shiftseg.tiling import tile_plan
+from napari_shiftseg.unet import UNet, UNetConfig
+
+torch.set_num_threads(1)
+
+
+def make_net(ndim=2, levels=3, base=3, seed=0):
+    torch.manual_seed(seed)
+    return UNet(UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=levels), base_channels=base))
+
+
+@pytest.fixture(scope="module")
+def net():
+    return make_net()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).random((61, 75)).astype(np.float32)
+
+
+def test_stitch_check_exact_is_zero_naive_is_not(net, image):
+    whole = np.abs(predict_whole(image, net, device="cpu")).max()
+    assert stitch_check(image, net, 24, device="cpu") <= 1e-5 * whole
+    assert stitch_check(image, net, 20, mode="naive", device="cpu") > 1e-3 * whole
+    assert stitch_check(image, net, 20, mode="blend", device="cpu") > 1e-3 * whole
+
+
+def test_stitch_check_region(net, image):
+    whole = np.abs(predict_whole(image, net, device="cpu")).max()
+    region = (slice(30, 45), slice(10, 30))
+    assert stitch_check(image, net, 16, region=region, device="cpu") <= 1e-5 * whole
+    assert stitch_check(image, net, 20, mode="naive", region=region, device="cpu") > 1e-5 * whole
+    with pytest.raises(ShiftSegError, match="non-empty"):
+        stitch_check(image, net, 16, region=(slice(5, 5),), device="cpu")
+
+
+def test_region_reference_equals_whole_image(net, image):
+    """The cheap crop reference agrees with the whole image inside the region."""
+    whole = predict_whole(image, net, device="cpu", normalization=(0.0, 1.0))
+    g = net.config.geometry
+    for region in [(slice(30, 45), slice(50, 75)), (slice(0, 7), slice(33, 34)), (slice(60, 61), slice(0, 75))]:
+        crop, inner = _reference_crop(region, image.shape, g, 0)
+        assert all(c.start % g.grid == 0 for c in crop)
+        ref = predict_whole(image[crop], net, device="cpu", normalization=(0.0, 1.0))
+        np.testing.assert_allclose(ref[(slice(None),) + inner], whole[(slice(None),) + region], atol=1e-6)
+
+
+def test_tile_boundaries():
+    plan = tile_plan((20, 13), UNetGeometry(ndim=2, levels=2), 8)
+    b = tile_boundaries(plan)
+    assert isinstance(b, da.Array) and b.dtype == bool and b.chunks == plan.chunks
+    expected = np.zeros((20, 13), bool)
+    expected[[7, 8, 15, 16], :] = True
+    expected[:, [7, 8]] = True
+    np.testing.assert_array_equal(b.compute(), expected)
+    stacked = tile_boundaries(plan, shape=(3, 20, 13))
+    np.testing.assert_array_equal(stacked[2].compute(), expected)
+    with pytest.raises(ShiftSegError, match="does not end"):
+        tile_boundaries(plan, shape=(20, 14))
+
+
+def test_seam_map_finds_a_planted_seam():
+    plan = tile_plan((24, 30), UNetGeometry(ndim=2, levels=2), 8)
+    y, x = np.mgrid[:24, :30].astype(np.float32)
+    emb = np.stack([0.1 * y, 0.1 * x, 0 * x])  # smooth: every neighbour differs by 0.1
+    emb[2, :, 16:] += 5.0  # a jump of 5 across the tile border between x = 15 and x = 16
+    seams = seam_map(da.from_array(emb, chunks=(3, 5, 7)), plan)
+    assert isinstance(seams, da.Array) and seams.dtype == np.float32 and seams.shape == (24, 30)
+    s = seams.compute()
+    borders = tile_boundaries(plan).compute()
+    assert (s[~borders] == 0).all()
+    np.testing.assert_allclose(s[:, 15], np.hypot(0.1, 5.0) / 0.1, rtol=1e-4)
+    np.testing.assert_allclose(s[:, 16], np.hypot(0.1, 5.0) / 0.1, rtol=1e-4)
+    np.testing.assert_allclose(s[7, :14], 1.0, rtol=1e-4)  # seamless borders: about 1
+    assert s[:, [0, -1]].max() < 2 and s[[0, -1], :14].max() < 2  # image borders: no seam
+
+
+def test_seam_map_exact_vs_naive(net, image):
+    exact_plan = tile_plan(image.shape, net.config.geometry, 16)
+    exact = seam_map(predict_embeddings(image, net, 16, device="cpu"), exact_plan).compute()
+    assert np.isfinite(exact).all() and exact.max() < 20
+    with pytest.raises(ShiftSegError, match="do not match"):
+        seam_map(np.zeros((4, 10, 10), np.float32), exact_plan)
+
+
+def test_phase_map_matches_geometry():
+    for g, shape in [(UNetGeometry(ndim=2, levels=3), (19, 21)), (UNetGeometry(ndim=3, levels=1), (4, 5, 3))]:
+        phases = phase_map(shape, g, chunks=4)
+        assert isinstance(phases, da.Array) and phases.dtype == np.int32
+        values = phases.compute()
+        for pos in np.ndindex(*shape):
+            assert values[pos] == g.phase(pos)
+        assert len(np.unique(values)) == g.capacity
+    stack = phase_map((3, 19, 21), UNetGeometry(ndim=2, levels=3)).compute()
+    np.testing.assert_array_equal(stack[0], stack[2])
+    assert len(np.unique(stack)) == 64
+
+
+def test_grid_lines_and_laziness():
+    g = UNetGeometry(ndim=2, levels=3)
+    lines = grid_lines((17, 20), g).compute()
+    assert lines[0].all() and lines[:, 16].all() and lines[8].all()
+    assert not lines[3, 3] and lines.sum() == 17 * 3 + 20 * 3 - 9
+    big = phase_map((2000, 2000, 2000), UNetGeometry(ndim=3, levels=3))  # 8e9 voxels, lazy
+    assert big[1000, 3, 1:4].compute().tolist() == [3 * 8 + x for x in (1, 2, 3)]
+    assert grid_lines((2000, 2000, 2000), g)[5, 5, :9].compute().tolist() == [True] + [False] * 7 + [True]

@@ -1,0 +1,58 @@
+"""The segmentation job on a dask.distributed cluster gives the in-process result exactly."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.modelio import save_model
+from napari_shiftseg.predict import predict_whole
+from napari_shiftseg.segment import connect, segment_to_zarr
+from napari_shiftseg.unet import UNet, UNetConfig
+
+distributed = pytest.importorskip("distributed")
+
+KW = dict(tile=16, device="cpu", bandwidth=1.0, min_size=3, n_seeds=100)
+
+
+def tiny_model(path, image, seed=0):
+    """Random 2-level 2D U-Net with its head rescaled to mean 0, std 1 outputs on ``image``."""
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=4, embed_dim=2)).eval()
+    out = predict_whole(image, net, device="cpu").reshape(3, -1)
+    mean, std = torch.from_numpy(out.mean(1)), torch.from_numpy(out.std(1))
+    with torch.no_grad():
+        net.head.weight /= std.view(-1, 1, 1, 1)
+        net.head.bias.sub_(mean).div_(std)
+    return save_model(net, path)
+
+
+def test_local_cluster_matches_in_process(tmp_path):
+    rng = np.random.default_rng(0)
+    image = (rng.random((40, 48)) > 0.6).astype(np.float32)
+    model = tiny_model(tmp_path / "m.safetensors", image)
+    local = segment_to_zarr(image, tmp_path / "local.zarr", model, **KW)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        seen = []
+        remote = segment_to_zarr(image, tmp_path / "remote.zarr", model, client=client,
+                                 progress=lambda d, t: seen.append((d, t)), **KW)
+    assert remote.attrs["complete"] is True and seen[-1] == (9, 9)
+    for name in ("embeddings", "foreground", "labels"):
+        np.testing.assert_array_equal(remote[name][...], local[name][...], err_msg=name)
+
+
+def test_unreachable_scheduler_fails_fast():
+    start = time.monotonic()
+    with pytest.raises(ShiftSegError, match="cannot reach the dask scheduler at tcp://127.0.0.1:1"):
+        connect("tcp://127.0.0.1:1", timeout=2)
+    assert time.monotonic() - start < 15
+
+
+def test_scheduler_and_workers_are_exclusive():
+    with pytest.raises(ShiftSegError, match="either"):
+        connect("tcp://127.0.0.1:1", workers=2)
+    assert connect() is None

@@ -1,0 +1,272 @@
+"""The resumable zarr segmentation job: layout, exactness, resume, refusal of other arguments."""
+
+import threading
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_shiftseg import segment as segment_module
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.instances import Clustering, label_instances
+from napari_shiftseg.modelio import load_model, save_model
+from napari_shiftseg.predict import predict_whole
+from napari_shiftseg.progress import Cancelled
+from napari_shiftseg.segment import ATTRS, recluster, segment_to_zarr
+from napari_shiftseg.unet import UNet, UNetConfig
+
+SHAPE = (40, 56)
+TILE = 16  # f^l = 4 for the 2-level test net: a 3 x 4 tile grid
+KW = dict(tile=TILE, device="cpu", bandwidth=1.0, min_size=3, n_seeds=100)
+
+
+def tiny_model(path, image, ndim=2, seed=0):
+    """Random 2-level U-Net whose head is rescaled so outputs have mean 0, std 1 on ``image``
+    (random weights alone give nearly constant outputs and no foreground)."""
+    torch.manual_seed(seed)
+    config = UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2)
+    net = UNet(config).eval()
+    out = predict_whole(image, net, device="cpu").reshape(config.out_channels, -1)
+    mean, std = torch.from_numpy(out.mean(1)), torch.from_numpy(out.std(1))
+    with torch.no_grad():
+        net.head.weight /= std.view(-1, *[1] * (net.head.weight.ndim - 1))
+        net.head.bias.sub_(mean).div_(std)
+    return save_model(net, path)
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    yy, xx = np.indices(SHAPE)
+    img = np.zeros(SHAPE, np.float32)
+    for cy, cx in rng.integers(4, (SHAPE[0] - 4, SHAPE[1] - 4), (12, 2)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = 1.0
+    return img + rng.normal(0, 0.05, SHAPE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, image):
+    return tiny_model(tmp_path_factory.mktemp("model") / "m.safetensors", image)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, image, model_path):
+    """An uninterrupted run, to compare every other run with."""
+    group = segment_to_zarr(image, tmp_path_factory.mktemp("ref") / "ref.zarr", model_path, **KW)
+    return {name: group[name][...] for name in ("embeddings", "foreground", "labels")}
+
+
+def assert_same_output(group, reference):
+    for name, expected in reference.items():
+        np.testing.assert_array_equal(group[name][...], expected, err_msg=name)
+
+
+def count_tiles(monkeypatch):
+    """Count tile writes (each tile computed once per write)."""
+    written = []
+    original = segment_module._write_tile
+
+    def counting(*args):
+        written.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(segment_module, "_write_tile", counting)
+    return written
+
+
+def test_layout_and_values(tmp_path, image, model_path, reference):
+    group = segment_to_zarr(image, tmp_path / "out.zarr", model_path, **KW)
+    assert group.attrs["complete"] is True
+    emb, fg, labels = group["embeddings"], group["foreground"], group["labels"]
+    assert emb.shape == (3, *SHAPE) and emb.chunks == (3, TILE, TILE) and emb.dtype == np.float32
+    assert fg.shape == labels.shape == SHAPE and labels.chunks == (TILE, TILE)
+    assert labels.dtype == np.int32 and group["done"][...].all()
+    assert_same_output(group, reference)
+    # tiles are exact: the stored embeddings equal one whole-image pass (up to float rounding)
+    whole = predict_whole(image, load_model(model_path), device="cpu")
+    np.testing.assert_allclose(emb[...], whole, atol=1e-4)
+    np.testing.assert_allclose(fg[...], 1 / (1 + np.exp(-emb[-1].astype(np.float64))), rtol=1e-6)
+    # labels are the in-memory pipeline's labels for the stored clustering
+    info = dict(group.attrs[ATTRS])
+    clustering = Clustering.from_dict(info["clustering"])
+    expected = label_instances(da.from_zarr(emb), clustering, min_size=3).compute()
+    np.testing.assert_array_equal(labels[...], expected)
+    assert info["n_objects"] == labels[...].max() > 0
+
+
+def test_cancel_then_resume_is_identical_and_skips_done_tiles(tmp_path, image, model_path,
+                                                             reference, monkeypatch):
+    monkeypatch.setattr(segment_module, "_TILE_BATCH", 5)  # several scheduler calls per run
+    out = tmp_path / "out.zarr"
+    cancel = threading.Event()
+
+    def stop_after_four(done, total):
+        if done >= 4:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        segment_to_zarr(image, out, model_path, progress=stop_after_four, cancel=cancel, **KW)
+    group = zarr.open_group(out, mode="r")
+    assert "complete" not in group.attrs
+    done_before = int(group["done"][...].sum())
+    assert 0 < done_before < 12
+    written = count_tiles(monkeypatch)
+    seen = []
+    group = segment_to_zarr(image, out, model_path, progress=lambda d, t: seen.append((d, t)), **KW)
+    assert len(written) == 12 - done_before
+    assert seen[0] == (done_before, 12) and seen[-1] == (12, 12)
+    assert group.attrs["complete"] is True
+    assert_same_output(group, reference)
+
+
+def test_crash_in_a_tile_then_resume(tmp_path, image, model_path, reference, monkeypatch):
+    out = tmp_path / "out.zarr"
+    original = segment_module._write_tile
+    calls = []
+
+    def crash_on_fifth(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("worker killed")
+        return original(*args)
+
+    monkeypatch.setattr(segment_module, "_write_tile", crash_on_fifth)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        segment_to_zarr(image, out, model_path, **KW)
+    assert "complete" not in zarr.open_group(out, mode="r").attrs
+    monkeypatch.setattr(segment_module, "_write_tile", original)
+    assert_same_output(segment_to_zarr(image, out, model_path, **KW), reference)
+
+
+def test_half_written_tile_is_recomputed(tmp_path, image, model_path, reference, monkeypatch):
+    out = tmp_path / "out.zarr"
+    original = segment_module._write_tile
+
+    def die_after_writing_chunks(block, embeddings, foreground, done, region, index):
+        if index == (1, 2):
+            # the chunks land, then the process dies before the done flag
+            embeddings[(slice(None),) + region] = np.full_like(block, 7.0)
+            raise KeyboardInterrupt
+        return original(block, embeddings, foreground, done, region, index)
+
+    monkeypatch.setattr(segment_module, "_write_tile", die_after_writing_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        segment_to_zarr(image, out, model_path, **KW)
+    group = zarr.open_group(out, mode="r")
+    assert not group["done"][1, 2] and (group["embeddings"][:, 16:32, 32:48] == 7.0).all()
+    monkeypatch.setattr(segment_module, "_write_tile", original)
+    written = count_tiles(monkeypatch)
+    group = segment_to_zarr(image, out, model_path, **KW)
+    assert (1, 2) in written
+    assert_same_output(group, reference)
+
+
+def test_other_settings_are_refused(tmp_path, image, model_path):
+    out = tmp_path / "out.zarr"
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        segment_to_zarr(image, out, model_path, cancel=cancel, **KW)
+    with pytest.raises(ShiftSegError, match="different tile.*--overwrite"):
+        segment_to_zarr(image, out, model_path, **{**KW, "tile": 8})
+    with pytest.raises(ShiftSegError, match="different image content"):
+        segment_to_zarr(image + 1, out, model_path, **KW)
+    other = tiny_model(tmp_path / "other.safetensors", image, seed=1)
+    with pytest.raises(ShiftSegError, match="different model"):
+        segment_to_zarr(image, out, other, **KW)
+    assert "complete" not in zarr.open_group(out, mode="r").attrs
+    group = segment_to_zarr(image, out, other, overwrite=True, **KW)
+    assert group.attrs["complete"] is True
+
+
+def test_new_clustering_settings_reuse_embeddings(tmp_path, image, model_path, reference, monkeypatch):
+    out = tmp_path / "out.zarr"
+    segment_to_zarr(image, out, model_path, **KW)
+    written = count_tiles(monkeypatch)
+    group = segment_to_zarr(image, out, model_path, **{**KW, "min_size": 1000})
+    assert written == [] and group.attrs["complete"] is True
+    assert group["labels"][...].max() == 0
+    group = recluster(out, bandwidth=1.0, min_size=3, n_seeds=100)
+    assert written == []
+    assert_same_output(group, reference)
+    assert dict(group.attrs[ATTRS])["cluster_args"]["min_size"] == 3
+
+
+def test_finished_output_is_not_recomputed(tmp_path, image, model_path, monkeypatch):
+    out = tmp_path / "out.zarr"
+    segment_to_zarr(image, out, model_path, **KW)
+    written = count_tiles(monkeypatch)
+    assert segment_to_zarr(image, out, model_path, **KW).attrs["complete"] is True
+    assert written == []
+
+
+def test_bad_outputs_and_models(tmp_path, image, model_path):
+    with pytest.raises(ShiftSegError, match=".zarr"):
+        segment_to_zarr(image, tmp_path / "out.n5", model_path, **KW)
+    foreign = zarr.open_group(tmp_path / "foreign.zarr", mode="w")
+    foreign.create_array("x", shape=(2,), dtype="i4")
+    with pytest.raises(ShiftSegError, match="not a shiftseg segmentation"):
+        segment_to_zarr(image, tmp_path / "foreign.zarr", model_path, **KW)
+    (tmp_path / "notes.zarr").mkdir()
+    (tmp_path / "notes.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(ShiftSegError, match="not a zarr output"):
+        segment_to_zarr(image, tmp_path / "notes.zarr", model_path, overwrite=True, **KW)
+    assert (tmp_path / "notes.zarr" / "notes.txt").exists()
+    model3d = tiny_model(tmp_path / "m3.safetensors", np.zeros((28, 28, 28), np.float32), ndim=3)
+    with pytest.raises(ShiftSegError, match="model is 3D but the image is 2D"):
+        segment_to_zarr(image, tmp_path / "o3.zarr", model3d, **KW)
+    assert not (tmp_path / "o3.zarr").exists()
+    with pytest.raises(ShiftSegError, match="bandwidth"):
+        segment_to_zarr(image, tmp_path / "o4.zarr", model_path, **{**KW, "bandwidth": -1.0})
+    with pytest.raises(ShiftSegError, match="not a shiftseg segmentation"):
+        recluster(tmp_path / "foreign.zarr")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        segment_to_zarr(image, tmp_path / "o5.zarr", model_path, cancel=cancel, **KW)
+    with pytest.raises(ShiftSegError, match="incomplete"):
+        recluster(tmp_path / "o5.zarr")
+
+
+def threshold_model(path, ndim=2):
+    """Hand-set U-Net: foreground logit 20·(normalised intensity − 0.5), constant embeddings."""
+    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=2, embed_dim=2))
+    with torch.no_grad():
+        for param in net.parameters():
+            param.zero_()
+        for block in (net.down[0], net.up[0]):  # channel 0 carries the input through
+            for layer in block:
+                if isinstance(layer, torch.nn.modules.conv._ConvNd):
+                    layer.weight[(0, 0) + (1,) * ndim] = 1.0
+        net.head.weight[(-1, 0) + (0,) * ndim] = 20.0
+        net.head.bias[:] = torch.tensor([1.0, -1.0, -10.0])
+    return save_model(net.eval(), path)
+
+
+def test_synthetic_objects_are_recovered(tmp_path):
+    from sklearn.metrics import adjusted_rand_score
+
+    from napari_shiftseg.synth import random_objects
+
+    image, truth = random_objects((72, 88), radius=4, density=0.2, noise_std=0.05, seed=2)
+    group = segment_to_zarr(image, tmp_path / "out.zarr", threshold_model(tmp_path / "t.safetensors"),
+                            tile=16, device="cpu", bandwidth=1.0, min_size=5, n_seeds=50)
+    labels = group["labels"][...]
+    # one embedding for all objects: only the connected components across tiles separate them
+    assert len(Clustering.from_dict(dict(group.attrs[ATTRS])["clustering"]).modes) == 1
+    assert labels.max() == truth.max() > 10
+    assert adjusted_rand_score(truth.ravel(), labels.ravel()) >= 0.99
+
+
+def test_image_path_and_3d(tmp_path):
+    rng = np.random.default_rng(1)
+    volume = (rng.random((20, 24, 20)) > 0.7).astype(np.float32)
+    np.save(tmp_path / "vol.npy", volume)
+    model = tiny_model(tmp_path / "m3.safetensors", volume, ndim=3)
+    group = segment_to_zarr(tmp_path / "vol.npy", tmp_path / "vol.zarr", model, tile=8,
+                            device="cpu", bandwidth=1.0, min_size=2, n_seeds=50)
+    assert group["labels"].shape == volume.shape and group["done"].shape == (3, 3, 3)
+    assert group.attrs["complete"] is True
