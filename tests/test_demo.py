@@ -79,7 +79,7 @@ def test_demo_end_to_end(tmp_path, tiny_3d, capsys):
 
 def test_demo_runs_twice_into_the_same_folder(tmp_path, tiny_3d):
     for _ in range(2):
-        report = run_demo(tmp_path, model=tiny_3d, shape=(8, 24, 24), tile=(8, 12, 12), figures=False)
+        report = run_demo(tmp_path, model=tiny_3d, shape=(8, 16, 16), tile=(8, 8, 8), figures=False)
     assert report["modes"]["exact"]["max_abs_diff"] <= 1e-4
 
 

@@ -197,3 +197,11 @@ def test_tile_jump_and_phase_jumps_on_synthetic_embeddings():
     jumps = window_study.phase_jumps(emb, gt, g)
     assert np.argmax(jumps) == 2
     assert window_study.tile_jump(emb, gt, 8) > 10
+
+
+def test_sweep_3d():
+    image, labels = random_objects((12, 24, 24), density=0.1, radius=3, radius_jitter=0.5, seed=1)
+    model = Model(tiny_net(ndim=3, levels=1), {})  # f^l = 2
+    rows = run_sweep(image, labels, model, [3, 4], mode="naive")["rows"]
+    assert [r["on_grid"] for r in rows] == [False, True]
+    assert rows[1]["rel_diff"] <= 1e-5 < rows[0]["rel_diff"]

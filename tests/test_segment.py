@@ -261,6 +261,21 @@ def test_synthetic_objects_are_recovered(tmp_path):
     assert adjusted_rand_score(truth.ravel(), labels.ravel()) >= 0.99
 
 
+def test_model_without_foreground_head(tmp_path, image):
+    torch.manual_seed(0)
+    config = UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=4, embed_dim=2,
+                        foreground_head=False)
+    path = save_model(UNet(config).eval(), tmp_path / "nofg.safetensors")
+    group = segment_to_zarr(image, tmp_path / "out.zarr", path, **{**KW, "min_size": 0})
+    assert "foreground" not in group and group["embeddings"].shape == (2, *SHAPE)
+    clustering = Clustering.from_dict(dict(group.attrs[ATTRS])["clustering"])
+    assert not clustering.foreground and clustering.background is not None
+    labels = group["labels"][...]
+    assert (labels == 0).any()  # the most populous cluster is the background
+    with pytest.raises(ShiftSegError, match="connectivity"):
+        segment_to_zarr(image, tmp_path / "c.zarr", path, **{**KW, "connectivity": 3})
+
+
 def test_image_path_and_3d(tmp_path):
     rng = np.random.default_rng(1)
     volume = (rng.random((20, 24, 20)) > 0.7).astype(np.float32)

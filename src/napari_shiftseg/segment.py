@@ -334,6 +334,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                     "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
                     "connectivity": connectivity}
     _validate_cluster_args(cluster_args)
+    if connectivity > image.ndim:
+        raise ShiftSegError(f"connectivity must be 1 to {image.ndim} for a {image.ndim}D image, "
+                            f"got {connectivity}")
 
     group = _open_output(out_path, overwrite)
     if group is None:

@@ -348,11 +348,7 @@ def train(
                 x, y, flips = _batch(next_image, rng, batch_size, augment, noise_std, geometry.ndim)
                 x = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
                 y = torch.from_numpy(y).to(device)
-                out = net(x)
-                if any(flips):
-                    # Undo each item's input flips on the raw output: realigns it with labels.
-                    out = torch.stack([o.flip([a + 1 for a in f]) if f else o for o, f in zip(out, flips)])
-                out = out[(slice(None), slice(None), *crop.raw_crop)]
+                out = _unflip(net(x), flips)[(slice(None), slice(None), *crop.raw_crop)]
                 loss, parts = discriminative_loss(out[:, : config.embed_dim], y, **loss_args)
                 fg = foreground_loss(out[:, config.embed_dim], y) if config.foreground_head else loss * 0
                 total = loss + foreground_weight * fg
@@ -382,6 +378,17 @@ def train(
     done = history["steps_done"]
     model = Model(net, meta(done, done == steps and not history["cancelled"]))
     return model, history
+
+
+def _unflip(out: torch.Tensor, flips) -> torch.Tensor:
+    """Undo each batch item's input flips on the raw output (B, C, *S): realigns it with labels.
+
+    Exact because the valid context is symmetric: raw output voxel j of a flipped crop is raw
+    output voxel (o − 1 − j) of the unflipped one.
+    """
+    if not any(flips):
+        return out
+    return torch.stack([o.flip([a + 1 for a in f]) if f else o for o, f in zip(out, flips)])
 
 
 def _batch(next_image, rng, batch_size: int, augment: bool, noise_std: float, ndim: int):

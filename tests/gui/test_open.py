@@ -2,6 +2,7 @@
 
 import dask.array as da
 import numpy as np
+
 from napari_shiftseg._widgets._common import inference_settings
 from napari_shiftseg._widgets.inspect import InspectWidget
 from napari_shiftseg._widgets.segment import SegmentWidget

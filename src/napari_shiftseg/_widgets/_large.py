@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
+import zarr
+
+from .. import diagnostics
+from ..segment import recluster as recluster_zarr
+from ..segment import segment_to_zarr
+from ..tiling import tile_plan
+from ._pipeline import ModelCache
 
 _SESSION_DIR: Path | None = None
 
@@ -49,9 +56,6 @@ class LargeResult:
 
 
 def _open(path: Path, plan, geometry) -> LargeResult:
-    import zarr
-
-    from .. import diagnostics
 
     group = zarr.open_group(str(path), mode="r")
     embeddings = da.from_zarr(group["embeddings"])
@@ -67,10 +71,6 @@ def _open(path: Path, plan, geometry) -> LargeResult:
 
 def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:
     """Tiles -> zarr (progress per tile), cluster, label; then lazy views of the results."""
-    from ..segment import segment_to_zarr
-    from ..tiling import tile_plan
-    from ._pipeline import ModelCache
-
     stage = {"name": "tiles"}
 
     def on_stage(name: str) -> None:
@@ -87,9 +87,6 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
 
 def recluster(report, cancel, result: LargeResult, params) -> da.Array:
     """Mean-shift and labelling again from the stored embeddings (no network pass)."""
-    import zarr
-
-    from ..segment import recluster as recluster_zarr
 
     recluster_zarr(result.path, bandwidth=params.bandwidth, min_size=params.min_size, cancel=cancel,
                    stage=lambda name: report(0, 1, name))

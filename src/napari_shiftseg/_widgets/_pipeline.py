@@ -2,7 +2,8 @@
 
 Each job has the :mod:`._worker` signature ``job(report, cancel, ...)``. They only chain core
 functions (predict -> compute with progress -> cluster -> label -> diagnostics) and return
-arrays; the widgets turn those into layers on the GUI thread (:mod:`._layers`).
+arrays; :mod:`._layers` turns those into layer data (still in the worker thread), and the
+widgets only add the finished layers on the GUI thread.
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+# Imported here, not inside the jobs: the widget module imports this one when it opens, so the
+# (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
+from .. import diagnostics, instances, predict, progress, synth, tiling, train
 from .._errors import ShiftSegError
+from ..devices import resolve_device
+from ..modelio import load_model, save_model
+from ..normalize import percentile_normalization
 
 MODES = ("exact", "naive", "blend")
 
 
 @dataclass
 class SegmentParams:
-    tile: int = 128
+    tile: int = 128          # n·f^l in exact mode; as requested in naive/blend mode
     device: str = "auto"
     mode: str = "exact"
-    bandwidth: float = 2.0
-    min_size: int = 10
+    bandwidth: float = 2.0   # mean-shift bandwidth (instances.DEFAULT_BANDWIDTH)
+    min_size: int = 10       # smallest object kept, in voxels
 
 
 @dataclass
@@ -47,8 +54,6 @@ class ModelCache:
         self._model = None
 
     def get(self, path, device: str = "auto"):
-        from ..devices import resolve_device
-        from ..modelio import load_model
 
         path = Path(path)
         dev = resolve_device(device)
@@ -58,10 +63,13 @@ class ModelCache:
         return self._model
 
 
-def check_image(data, model_ndim: int, name: str):
+def check_image(layer, model_ndim: int):
     """Refuse multiscale/RGB layers and dimensionality mismatches with a one-line message."""
-    if isinstance(data, (list, tuple)):
-        raise ShiftSegError(f"layer {name!r} is multiscale; pick its full-resolution level as a layer")
+    name, data = layer.name, layer.data
+    if getattr(layer, "multiscale", False):
+        raise ShiftSegError(f"layer {name!r} is multiscale; add its full-resolution level as a layer")
+    if getattr(layer, "rgb", False):
+        raise ShiftSegError(f"layer {name!r} is an RGB image; shiftseg models take one channel")
     if data.ndim != model_ndim:
         raise ShiftSegError(
             f"layer {name!r} is {data.ndim}D but the model is {model_ndim}D; pick a {data.ndim}D model"
@@ -123,8 +131,6 @@ def with_context(region: tuple[slice, ...], shape, geometry) -> tuple[slice, ...
 def segment(report, cancel, image, model_path, params: SegmentParams, cache: ModelCache,
             region: tuple[slice, ...] | None = None) -> SegmentResult:
     """Embeddings, instances and diagnostics of ``image`` (or of ``image[region]``)."""
-    from .. import diagnostics, predict, progress, tiling
-    from ..normalize import percentile_normalization
 
     model = cache.get(model_path, params.device)
     g = model.geometry
@@ -160,9 +166,6 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
 
 
 def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool) -> np.ndarray:
-    from .. import instances, progress
-
-    from ..devices import resolve_device
 
     clustering = instances.cluster_embeddings(embeddings, params.bandwidth, foreground=foreground,
                                               device=str(resolve_device(params.device)))
@@ -197,7 +200,6 @@ class SyntheticSource:
     shape: tuple
 
     def __call__(self, seed: int):
-        from .. import synth
 
         rng = np.random.default_rng(seed)
         if self.kind == "lattice15":
@@ -217,8 +219,6 @@ def synthetic_source(kind: str, geometry, window: int) -> SyntheticSource:
 def train_model(report, cancel, source, labels, config, steps: int, lr: float, window: int,
                 allow_small: bool, path):
     """Train, then save to ``path``; returns ``(path, history)`` (nothing saved on cancel)."""
-    from .. import train
-    from ..modelio import save_model
 
     def progress(step, parts):
         report(step, steps, parts)
@@ -246,7 +246,6 @@ def describe_tile(geometry, requested: int, mode: str) -> str:
 def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
           cache: ModelCache) -> dict:
     """Tile boundaries and embedding jumps across them for one tiling mode."""
-    from .. import diagnostics, predict, progress, tiling
 
     model = cache.get(model_path, device)
     embeddings = predict.predict_embeddings(image, model, tile=tile, device=device, mode=mode)
@@ -261,7 +260,6 @@ def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
 def stitch_check(report, cancel, image, model_path, tile: int, mode: str, device: str,
                  cache: ModelCache) -> float:
     """Max |stitched − whole-image| embedding difference (0 for exact tiling)."""
-    from .. import diagnostics
 
     model = cache.get(model_path, device)
     report(0, 1, "stitch check")

@@ -77,7 +77,7 @@ class InspectWidget(Container):
             if layer is None:
                 raise ShiftSegError("add or select an image layer first")
             geometry = self.model.metadata()["config"].geometry
-            _pipeline.check_image(layer.data, geometry.ndim, layer.name)
+            _pipeline.check_image(layer, geometry.ndim)
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return None

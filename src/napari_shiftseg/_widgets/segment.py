@@ -3,9 +3,11 @@
 The output tile is snapped live to n·f^l (the exact-stitching rule), with the input window it
 needs and the compute amplification shown next to it. Preview computes only the visible region
 (current slice for volumes); Run computes the whole image tile by tile with a progress bar and
-turns into a Cancel button meanwhile. Layers are added only when a job has finished, so an error
-or a cancel never leaves a half-made layer. Re-cluster reruns mean-shift on the cached
-embeddings without another network pass.
+turns into a Cancel button meanwhile. Layer data is built in the worker too; layers are added
+(or updated in place) only after the job has succeeded, one per event-loop turn, so an error or
+a cancel never leaves a half-made layer and the viewer stays responsive. Results larger than the
+memory budget (plugin settings) go through a zarr group on disk and are shown lazily. Re-cluster
+reruns mean-shift on the cached embeddings without another network pass.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from .._errors import ShiftSegError
+from ..instances import DEFAULT_BANDWIDTH, DEFAULT_MIN_SIZE
 from . import _large, _layers, _pipeline
 from ._common import devices, inference_settings, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import ModelChooser
@@ -59,8 +62,8 @@ class SegmentWidget(Container):
         self.device = ComboBox(label="device", choices=devices(),
                                value=settings.device if settings.device in devices() else "auto")
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
-        self.bandwidth = FloatSpinBox(label="bandwidth", value=2.0, min=0.05, max=50.0, step=0.1)
-        self.min_size = SpinBox(label="min size (voxels)", value=10, min=0, max=10**7)
+        self.bandwidth = FloatSpinBox(label="bandwidth", value=DEFAULT_BANDWIDTH, min=0.05, max=50.0, step=0.1)
+        self.min_size = SpinBox(label="min size (voxels)", value=DEFAULT_MIN_SIZE, min=0, max=10**7)
         self.preview_button = PushButton(text="Preview")
         self.run_button = PushButton(text="Run")
         self.recluster_button = PushButton(text="Re-cluster", enabled=False)
@@ -74,7 +77,7 @@ class SegmentWidget(Container):
         wrap(self.tile_info, self.status)
         self._cache = _pipeline.ModelCache()
         self._result: _pipeline.SegmentResult | None = None
-        self._target: tuple | None = None  # (layer name, placement, E) of the cached result
+        self._target: tuple | None = None  # (layer name, placement, E, capacity) of the cached result
         self._next_target: tuple | None = None
         self._pending: list = []  # layer tuples still to add, then the final status line
         self._task = Task(self.native)
@@ -114,10 +117,13 @@ class SegmentWidget(Container):
         if layer is None or geometry is None:
             self._start(region=None)  # reports the missing layer/model
             return
-        displayed = set(self._viewer.dims.displayed[-layer.ndim:])
+        # Layer axis a is world axis a + offset; napari keeps the visible data box of the
+        # displayed axes in layer.corner_pixels (updated whenever the canvas draws).
+        offset = self._viewer.dims.ndim - layer.ndim
+        displayed = set(self._viewer.dims.displayed)
         corners = np.asarray(layer.corner_pixels)
         visible = {a: (int(corners[0, a]), int(corners[1, a]) + 1) for a in range(layer.ndim)
-                   if a + self._viewer.dims.ndim - layer.ndim in displayed}
+                   if a + offset in displayed}
         point = layer.world_to_data(self._viewer.dims.point)
         self._start(region=_pipeline.preview_region(layer.data.shape, geometry, visible, point))
 
@@ -152,7 +158,7 @@ class SegmentWidget(Container):
             if layer is None:
                 raise ShiftSegError("add or select an image layer first")
             config = self.model.metadata()["config"]
-            _pipeline.check_image(layer.data, config.geometry.ndim, layer.name)
+            _pipeline.check_image(layer, config.geometry.ndim)
             budget = inference_settings().memory_budget_gb
             if region is not None:
                 _pipeline.check_budget([s.stop - s.start for s in region], config.out_channels, budget)
@@ -228,7 +234,7 @@ class SegmentWidget(Container):
     # ---- live geometry -----------------------------------------------------------------
     def _image_changed(self, *_) -> None:
         layer = self._layer()
-        if layer is not None and not isinstance(layer.data, (list, tuple)):
+        if layer is not None and not layer.multiscale and not layer.rgb:
             self.model.match_ndim(layer.data.ndim)
         self._update_tile_info()
 

@@ -1,5 +1,8 @@
+"""``python -m napari_shiftseg.cli``; the guard keeps spawned dask workers from rerunning it."""
+
 import sys
 
 from . import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,7 +29,8 @@ def add_parser(sub):
                         "grid; both: one after the other")
     p.add_argument("--bandwidth", type=_args.positive_float, default=None,
                    help="mean-shift bandwidth (default: the model's)")
-    p.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this (voxels)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="drop objects smaller than this (voxels; default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="mean-shift seed (default 0)")
     p.add_argument("-o", "--output", default="shiftseg-sweep", metavar="DIR",

@@ -20,9 +20,9 @@ def add_parser(sub):
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="1000 steps, 8 base channels (default; a few minutes on 2 cores)")
+                      help="2000 steps, 8 base channels (default; about 10 minutes on 2 cores)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="4000 steps, 16 base channels")
+                      help="6000 steps, 16 base channels")
     p.set_defaults(mode="quick")
     p.add_argument("--levels", type=_args.positive_int, default=3, help="pooling levels (default 3)")
     p.add_argument("--steps", type=_args.positive_int, default=None, help="training steps per case")

@@ -128,6 +128,11 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
     if len(shape) != 3 or min(shape) < 1:
         raise ShiftSegError(f"the demo volume must be 3D (z, y, x), got {shape}")
     exact_tile, naive_tile = demo_tiles(g, tile)
+    from ..evaluate import default_bandwidth
+
+    # the clustering settings the model was evaluated with, if it recorded them
+    cluster_args = {"bandwidth": default_bandwidth(model),
+                    "min_size": int((model.meta or {}).get("min_size") or 0)}
 
     say(f"1/5 generating a {'x'.join(map(str, shape))} volume of random spheres")
     image, gt = random_objects(shape, seed=seed, **_sample_settings(shape))
@@ -136,7 +141,8 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
 
     report = {"volume": list(shape), "model": model.name, "f^l": g.grid,
               "geometry": {k: str(v) for k, v in g.describe().items()},
-              "n_gt": int(len(np.unique(gt)) - 1), "modes": {}, "files": {}}
+              "n_gt": int(len(np.unique(gt)) - 1), "clustering": cluster_args, "modes": {},
+              "files": {}}
     results = {}
     for step, (mode, t) in enumerate((("exact", exact_tile), ("naive", naive_tile)), 2):
         if cancel is not None and cancel.is_set():
@@ -152,7 +158,8 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
                 progress(f"    {mode}: {done}/{total} tiles")
 
         group = segment_to_zarr(image, path, model=model, tile=t, mode=mode, device=device,
-                                seed=seed, overwrite=True, progress=tick, cancel=cancel)
+                                seed=seed, overwrite=True, progress=tick, cancel=cancel,
+                                **cluster_args)
         seconds = time.perf_counter() - start
         pred = np.asarray(group["labels"][...])
         results[mode] = {"group": group, "plan": plan, "labels": pred}

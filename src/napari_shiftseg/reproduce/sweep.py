@@ -95,7 +95,7 @@ def _score(embeddings, gt, model, bandwidth, fg_threshold, min_size, seed) -> di
 
 
 def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", device: str = "cpu",
-              bandwidth: float | None = None, fg_threshold: float = 0.5, min_size: int = 0,
+              bandwidth: float | None = None, fg_threshold: float = 0.5, min_size: int | None = None,
               seed: int = 0, progress: Callable[[int, int, str], None] | None = None,
               cancel: threading.Event | None = None, keep_labels: bool = False) -> dict:
     """Tile-and-stitch the image for every tile size and score the stitched segmentation.
@@ -117,7 +117,8 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     bandwidth : float, optional
         Mean-shift bandwidth; default the model's (:func:`~napari_shiftseg.evaluate.default_bandwidth`).
     fg_threshold, min_size, seed
-        Clustering settings, identical for every tile size.
+        Clustering settings, identical for every tile size; ``min_size`` defaults to the
+        model's recorded ``min_size`` (else 0).
     progress : callable(done, total, message), optional
         Called before each tile size and once at the end.
     cancel : threading.Event, optional
@@ -139,6 +140,8 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     labels, tiles = _check_inputs(image, labels, model, tiles, mode)
     g = model.geometry
     bandwidth = float(bandwidth) if bandwidth else default_bandwidth(model)
+    if min_size is None:
+        min_size = int((model.meta or {}).get("min_size") or 0)
     total = len(tiles) + 1
 
     def tell(done, message):

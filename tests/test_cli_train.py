@@ -1,0 +1,145 @@
+"""``shiftseg synth`` and ``shiftseg train`` command lines."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_shiftseg import synth
+from napari_shiftseg.cli import main
+from napari_shiftseg.modelio import load_model
+
+# Tiny network settings: l = 2 (f^l = 4), 4 base channels, 12-pixel windows.
+TINY = ["--levels", "2", "--base-channels", "4", "--window", "12", "--steps", "3", "--quiet"]
+
+
+def _one_line_error(capsys, code, argv, match):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"shiftseg {argv[0]}: error: ") and match in err, err
+
+
+def test_synth_lattice_writes_tiffs(tmp_path, capsys):
+    out = tmp_path / "lattice"
+    assert main(["synth", "lattice", "--shape", "64,64", "--spacing", "15", "--radius", "5", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    image, labels = tifffile.imread(out / "image.tif"), tifffile.imread(out / "labels.tif")
+    want_image, want_labels = synth.lattice((64, 64), 15, radius=5)
+    np.testing.assert_array_equal(image, want_image)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert image.dtype == np.float32 and labels.dtype == np.uint16
+
+
+def test_synth_random_3d_uint8(tmp_path):
+    out = tmp_path / "spheres"
+    argv = ["synth", "random", "--ndim", "3", "--shape", "20x32x32", "--n-objects", "4", "--noise", "0.1",
+            "--seed", "5", "--dtype", "uint8", "-o", str(out)]
+    assert main(argv) == 0
+    image, labels = tifffile.imread(out / "image.tif"), tifffile.imread(out / "labels.tif")
+    _, want_labels = synth.random_objects((20, 32, 32), n_objects=4, noise_std=0.1, seed=5)
+    assert image.dtype == np.uint8 and image.shape == (20, 32, 32)
+    assert image.min() == 0 and image.max() == 255
+    np.testing.assert_array_equal(labels, want_labels)
+
+
+def test_synth_bad_arguments(tmp_path, capsys):
+    _one_line_error(capsys, 2, ["synth", "random", "--ndim", "3", "--shape", "64,64", "-o", str(tmp_path)],
+                    "is 2D but --ndim is 3")
+    _one_line_error(capsys, 2, ["synth", "lattice", "--spacing", "8", "--radius", "5", "-o", str(tmp_path)],
+                    "spacing")
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, 2, ["synth", "lattice", "-o", str(tmp_path / "file")], "not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "hexagonal", "-o", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "invalid choice: 'hexagonal'" in err.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tif_pair(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    assert main(["synth", "random", "--shape", "48,48", "--n-objects", "10", "--radius", "4",
+                 "--noise", "0.05", "-o", str(out)]) == 0
+    return out / "image.tif", out / "labels.tif"
+
+
+def test_train_on_files(tif_pair, tmp_path, capsys):
+    model_path = tmp_path / "model.safetensors"
+    argv = ["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY,
+            "--checkpoint-every", "2", "-o", str(model_path)]
+    assert main(argv) == 0
+    assert "done: 3 steps" in capsys.readouterr().out
+    model = load_model(model_path)
+    assert model.geometry.levels == 2 and model.config.base_channels == 4
+    assert model.meta["steps"] == 3 and model.meta["complete"] is True
+    assert model.meta["training_window"] == [12, 12]
+    command = model.meta["command"]
+    assert command.startswith("shiftseg train --image ") and "--window 12" in command
+    # Continue training from the saved model.
+    again = tmp_path / "again.safetensors"
+    assert main(["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY,
+                 "--init", str(model_path), "-o", str(again)]) == 0
+    assert load_model(again).meta["initialised_from"]["command"] == command
+
+
+def test_train_synthetic_with_evaluation(tmp_path, capsys):
+    model_path = tmp_path / "synthetic.safetensors"
+    argv = ["train", "--synthetic", "random", "--n-objects", "6", "--radius", "4", *TINY,
+            "--lr-schedule", "cosine", "--eval-images", "1", "--eval-shape", "40,40",
+            "--bandwidth", "2", "--min-size", "20", "-o", str(model_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "AP@0.5" in out
+    meta = load_model(model_path).meta
+    assert meta["bandwidth"] == 2.0 and meta["min_size"] == 20
+    assert meta["metrics"]["images"] == 1 and 0.0 <= meta["metrics"]["ap@0.5"] <= 1.0
+    assert meta["training_data"] == "synthetic generator" and meta["lr_schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--window", "4"], "larger than f^l = 4"),
+    (["--labels", "missing.tif"], "give one --labels per --image"),
+    (["--synthetic", "random"], "not both"),
+    (["-o", "model.pt"], "must end in .safetensors"),
+    (["--eval-images", "2"], "--eval-images needs --synthetic"),
+])
+def test_train_bad_arguments(tif_pair, tmp_path, capsys, extra, match):
+    argv = ["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY,
+            "-o", str(tmp_path / "m.safetensors"), *extra]
+    _one_line_error(capsys, 2, argv, match)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_bad_files(tif_pair, tmp_path, capsys):
+    out = ["-o", str(tmp_path / "m.safetensors")]
+    _one_line_error(capsys, 2, ["train", "--image", str(tmp_path / "nope.tif"), "--labels", str(tif_pair[1]),
+                                *TINY, *out], "does not exist")
+    tifffile.imwrite(tmp_path / "float_labels.tif", tifffile.imread(tif_pair[1]) + 0.5)
+    _one_line_error(capsys, 2, ["train", "--image", str(tif_pair[0]), "--labels",
+                                str(tmp_path / "float_labels.tif"), *TINY, *out], "fractional")
+    _one_line_error(capsys, 2, ["train", *TINY, *out], "give --image and --labels")
+
+
+def test_train_parser_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--synthetic", "random", "--steps", "0", "-o", "m.safetensors"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "expected a positive number" in err.splitlines()[-1]
+
+
+def test_console_script_bad_argument(tmp_path):
+    script = Path(sys.executable).parent / "shiftseg"
+    result = subprocess.run(
+        [str(script), "train", "--synthetic", "random", "--levels", "3", "--window", "8",
+         "-o", str(tmp_path / "m.safetensors")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "must be larger than f^l = 8" in result.stderr

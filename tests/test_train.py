@@ -1,0 +1,207 @@
+"""Training loop (napari_shiftseg.train): windows, crops, determinism, cancel, checkpoints."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from napari_shiftseg import synth
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.modelio import Model, load_model
+from napari_shiftseg.normalize import percentile_normalization
+from napari_shiftseg.train import _batch, _Crop, _Prepared, _unflip, default_training_window, train
+from napari_shiftseg.unet import UNet, UNetConfig
+
+# A tiny 2D network (l = 2, f^l = 4, context 40): a step takes milliseconds.
+TINY = UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=4)
+WINDOW = 12
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return synth.random_objects((48, 48), n_objects=12, radius=4, noise_std=0.05, seed=1)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.net.state_dict().items()}
+
+
+def test_loss_goes_down(pair):
+    _, history = train(*pair, TINY, steps=150, lr=3e-3, output_window=WINDOW, seed=0)
+    first, last = np.mean(history["loss"][:20]), np.mean(history["loss"][-20:])
+    assert last < 0.7 * first, (first, last)
+    assert history["steps_done"] == 150 and not history["cancelled"]
+    assert set(history) >= {"loss", "pull", "push", "reg", "foreground", "seconds"}
+
+
+@pytest.mark.parametrize("window", [4, 3, (12, 4)])
+def test_small_windows_are_refused(pair, window):
+    with pytest.raises(ShiftSegError, match=r"larger than f\^l = 4.*seams.*allow_small_window"):
+        train(*pair, TINY, steps=1, output_window=window)
+
+
+def test_small_window_allowed_with_flag(pair):
+    model, history = train(*pair, TINY, steps=2, output_window=4, allow_small_window=True)
+    assert history["steps_done"] == 2
+    assert model.meta["training_window"] == [4, 4]
+
+
+def test_same_padding_has_no_window_rule(pair):
+    config = UNetConfig(geometry=UNetGeometry(ndim=2, levels=2, padding="same"), base_channels=4)
+    model, _ = train(*pair, config, steps=2, output_window=4)
+    assert model.meta["training_window"] == [4, 4]
+
+
+def test_determinism(pair):
+    before = torch.get_rng_state()
+    a, ha = train(*pair, TINY, steps=6, lr=1e-3, output_window=WINDOW, seed=3, noise_std=0.1)
+    b, hb = train(*pair, TINY, steps=6, lr=1e-3, output_window=WINDOW, seed=3, noise_std=0.1)
+    c, hc = train(*pair, TINY, steps=6, lr=1e-3, output_window=WINDOW, seed=4, noise_std=0.1)
+    assert ha["loss"] == hb["loss"]
+    for key, value in _state(a).items():
+        assert torch.equal(value, _state(b)[key])
+    assert ha["loss"] != hc["loss"]
+    # The caller's global torch RNG is left alone.
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_cancel_returns_the_model_so_far(pair):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(step, parts):
+        seen.append((step, sorted(parts)))
+        if step == 3:
+            cancel.set()
+
+    model, history = train(*pair, TINY, steps=50, output_window=WINDOW, progress=progress, cancel=cancel)
+    assert history["cancelled"] and history["steps_done"] == 3 == len(history["loss"])
+    assert seen[0] == (1, ["foreground", "loss", "pull", "push", "reg"])
+    assert model.meta["steps"] == 3 and model.meta["complete"] is False
+    assert not model.net.training
+
+
+def test_checkpoints_are_written_and_loadable(pair, tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    model, _ = train(*pair, TINY, steps=5, output_window=WINDOW, checkpoint_every=2, checkpoint_path=path)
+    saved = load_model(path)
+    assert saved.meta["steps"] == 4 and saved.meta["complete"] is False
+    assert saved.config == TINY
+    assert model.meta["complete"] is True and model.meta["steps"] == 5
+
+
+def test_meta(pair):
+    model, history = train(*pair, TINY, steps=3, output_window=WINDOW, command="shiftseg train ...")
+    meta = model.meta
+    assert meta["normalization"] == {"method": "percentile", "low": 1.0, "high": 99.8}
+    assert meta["training_window"] == [WINDOW, WINDOW]
+    assert meta["final_loss"] == pytest.approx(np.mean(history["loss"]))
+    assert meta["command"] == "shiftseg train ..."
+    assert meta["loss"]["delta_d"] == 3.0
+
+
+def test_sources(pair):
+    calls = []
+
+    def generator(seed):
+        calls.append(seed)
+        return synth.random_objects((56, 56), n_objects=8, radius=4, seed=seed % 1000)
+
+    _, history = train(generator, None, TINY, steps=3, output_window=WINDOW, batch_size=2)
+    assert len(calls) == 6 and len(set(calls)) == 6  # fresh data for every crop
+    _, history = train([pair, pair], None, TINY, steps=2, output_window=WINDOW)
+    assert history["steps_done"] == 2
+    with pytest.raises(TypeError, match="labels must be None"):
+        train(generator, pair[1], TINY, steps=1)
+    with pytest.raises(TypeError, match="source must be"):
+        train(pair[0], None, TINY, steps=1)
+
+
+def test_continue_training_records_provenance(pair):
+    first, _ = train(*pair, TINY, steps=2, output_window=WINDOW, command="first run")
+    second, _ = train(*pair, first, steps=2, output_window=WINDOW)
+    assert second.config == TINY
+    assert second.meta["initialised_from"]["command"] == "first run"
+    assert first.net is not second.net
+
+
+def test_bad_inputs(pair):
+    image, labels = pair
+    with pytest.raises(ShiftSegError, match="smaller than the training window"):
+        train(image[:10, :10], labels[:10, :10], TINY, steps=1, output_window=WINDOW)
+    with pytest.raises(ShiftSegError, match="no objects"):
+        train(image, np.zeros_like(labels), TINY, steps=1, output_window=WINDOW)
+    with pytest.raises(ShiftSegError, match="differ"):
+        train(image, labels[:-1], TINY, steps=1, output_window=WINDOW)
+    with pytest.raises(ShiftSegError, match="the model is 2D"):
+        train(image[None].repeat(3, 0), labels[None].repeat(3, 0), TINY, steps=1)
+    with pytest.raises(ShiftSegError, match="steps must be positive"):
+        train(image, labels, TINY, steps=0)
+    with pytest.raises(ShiftSegError, match="lr_schedule"):
+        train(image, labels, TINY, steps=1, lr_schedule="linear")
+    with pytest.raises(TypeError, match="config"):
+        train(image, labels, {"levels": 2}, steps=1)
+
+
+def test_default_window_is_above_grid():
+    for levels in (1, 2, 3, 4):
+        g = UNetGeometry(ndim=2, levels=levels)
+        window = default_training_window(g)
+        assert min(window) > g.grid
+        g.check_training_window(window)
+        assert g.output_size(g.training_input_size(window[0])) == window[0]
+
+
+@given(levels=st.integers(1, 3), window=st.integers(5, 40), pad=st.booleans(),
+       extra=st.integers(0, 30), seed=st.integers(0, 2**16))
+def test_crop_aligns_input_and_labels(levels, window, pad, extra, seed):
+    """The label window is exactly the input crop's output region (centre-cropped to w)."""
+    g = UNetGeometry(ndim=2, levels=levels)
+    crop = _Crop.plan(g, (window, window))
+    assert crop.input == (g.training_input_size(window),) * 2
+    size = window + extra if pad else crop.input[0] + extra
+    codes = np.arange(size * size, dtype=np.int32).reshape(size, size) + 1
+    prepared = _Prepared(codes.astype(np.float32), codes, crop, pad=pad)
+    x, y = prepared.sample(np.random.default_rng(seed))
+    assert x.shape == crop.input and y.shape == crop.window
+    norm = percentile_normalization(codes.astype(np.float32), 1.0, 99.8)
+    inner = x[crop.front[0]:crop.front[0] + window, crop.front[1]:crop.front[1] + window]
+    np.testing.assert_allclose(inner * (norm.high - norm.low) + norm.low, y, rtol=1e-4, atol=0.5)
+    # The raw output spans input[context/2 : context/2 + raw] and holds the window at raw_crop.
+    raw_start = g.context_per_side
+    assert all(raw_start + s.start == f for s, f in zip(crop.raw_crop, crop.front))
+
+
+def _flip_symmetric(net):
+    """Make every kernel symmetric under flips, so the valid U-Net commutes with flips."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                w = module.weight
+                w.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+    return net
+
+
+def test_flip_augmentation_realigns_output(pair):
+    """Flip the input crops, run the net, _unflip: equals the unflipped output exactly."""
+    net = _flip_symmetric(UNet(TINY)).eval()
+    crop = _Crop.plan(TINY.geometry, (WINDOW, WINDOW))
+    prepared = _Prepared(pair[0], pair[1], crop, pad=True)
+    rng = np.random.default_rng(0)
+    x, _, flips = _batch(lambda r: prepared, rng, 4, True, 0.0, 2)
+    assert any(flips) and not all(flips)  # seed 0 draws a mix of flipped and unflipped items
+    plain = torch.from_numpy(np.stack([np.flip(xi, f) for xi, f in zip(x[:, 0], flips)])[:, None].copy())
+    with torch.no_grad():
+        expected = net(plain)
+        got = _unflip(net(torch.from_numpy(x)), flips)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_is_returned_on_cpu_in_eval_mode(pair):
+    model, _ = train(*pair, TINY, steps=1, output_window=WINDOW)
+    assert isinstance(model, Model) and not model.net.training
+    assert next(model.net.parameters()).device.type == "cpu"
