@@ -77,3 +77,13 @@ def test_wrong_shapes_and_foreign_files(tmp_path, net):
         load_model(tmp_path / "missing.safetensors")
     with pytest.raises(ShiftSegError, match=".safetensors"):
         save_model(net, tmp_path / "model.pt")
+
+
+def test_header_length_starting_with_pickle_byte_loads(tmp_path, net):
+    """A valid file whose 8-byte header length starts with 0x80 is not a pickle."""
+    meta = {"pad": ""}
+    path = save_model(net, tmp_path / "m.safetensors", meta=meta)
+    while path.read_bytes()[:1] != b"\x80":
+        meta["pad"] += " "
+        path = save_model(net, path, meta=meta)
+    assert load_model(path).config == net.config

@@ -67,15 +67,14 @@ def save_model(model: Model | UNet, path, meta: dict | None = None) -> Path:
     return path
 
 
-def _refuse_non_safetensors(path: Path) -> None:
-    head = path.read_bytes()[:8] if path.stat().st_size else b""
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise ShiftSegError(
-            f"{path.name} is a pickle/torch checkpoint; shiftseg only opens .safetensors model "
-            "files because pickle files can run code when loaded"
-        )
-    if len(head) < 8:
-        raise ShiftSegError(f"{path.name} is empty or truncated, not a shiftseg model file")
+def _why_unreadable(path: Path) -> str:
+    """Explain a file safetensors could not parse (looked at only after parsing failed: a valid
+    header length may well start with the byte that also starts a pickle)."""
+    head = path.read_bytes()[:2]
+    if head[:1] == b"\x80" or head == b"PK":
+        return (f"{path.name} is a pickle/torch checkpoint; shiftseg only opens .safetensors model "
+                "files because pickle files can run code when loaded")
+    return f"{path.name} is corrupt or truncated, not a shiftseg model file"
 
 
 def read_metadata(path) -> dict:
@@ -85,12 +84,11 @@ def read_metadata(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ShiftSegError(f"model file {path} does not exist")
-    _refuse_non_safetensors(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ShiftSegError(f"{path.name} is corrupt or truncated, not a shiftseg model file ({err})") from None
+    except (SafetensorError, OSError, ValueError):
+        raise ShiftSegError(_why_unreadable(path)) from None
     if metadata.get("format") != FORMAT:
         raise ShiftSegError(f"{path.name} is a safetensors file but not a shiftseg model (no '{FORMAT}' metadata)")
     try:
