@@ -22,6 +22,8 @@ import time
 import numpy as np
 import torch
 
+from bench_gflops import network_flops  # noqa: E402 (benchmarks/ is on sys.path)
+
 from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.predict import predict_embeddings, predict_plan, predict_whole
 from napari_shiftseg.unet import UNet, UNetConfig, memory_format
@@ -60,7 +62,8 @@ def main(argv=None):
     ours, t_ours = timed(lambda: predict_embeddings(image, valid, tile, device="cpu", normalization=norm)
                          .compute(scheduler="sync"))
     ref, t_ref = timed(lambda: predict_whole(image, valid, device="cpu", normalization=norm))
-    rows.append(("ours: exact tiles, valid U-Net", plan.n_tiles, plan.window_shape, t_ours, t_ref,
+    rows.append(("ours: exact tiles, valid U-Net", plan.n_tiles, plan.window_shape,
+                 plan.n_tiles * network_flops(valid, plan.window_shape), t_ours, t_ref,
                  float(np.abs(ours - ref).max()), float(np.abs(ref).max())))
 
     x = torch.from_numpy(image)[None, None].contiguous(memory_format=mf)
@@ -86,16 +89,17 @@ def main(argv=None):
         n_windows = blend_plan.n_tiles
     with torch.inference_mode():
         sref, t_sref = timed(lambda: same(x)[0].numpy())
-    rows.append((label + ", overlap 0.25, gaussian", n_windows, (tile,) * 3, t_sw, t_sref,
+    rows.append((label + ", overlap 0.25, gaussian", n_windows, (tile,) * 3,
+                 n_windows * network_flops(same, (tile,) * 3), t_sw, t_sref,
                  float(np.abs(sw - sref).max()), float(np.abs(sref).max())))
 
     voxels = np.prod(shape)
     print(f"# image {shape}, output tile {tile}³, 3D U-Net l=3 base {args.base} ch, {args.threads} threads, "
           f"load avg {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    print("| method | windows | window | time (s) | Mvoxel/s | whole image (s) | max abs diff to whole (rel) |")
-    print("|---|---|---|---|---|---|---|")
-    for label, n, window, t, t_whole, diff, peak in rows:
-        print(f"| {label} | {n} | {'x'.join(map(str, window))} | {t:.1f} | {voxels / t / 1e6:.2f} | "
+    print("| method | windows | window | GFLOP | time (s) | Mvoxel/s | whole image (s) | max abs diff to whole (rel) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, n, window, flops, t, t_whole, diff, peak in rows:
+        print(f"| {label} | {n} | {'x'.join(map(str, window))} | {flops / 1e9:.0f} | {t:.1f} | {voxels / t / 1e6:.2f} | "
               f"{t_whole:.1f} | {diff:.1e} ({diff / peak:.1e}) |")
 
 

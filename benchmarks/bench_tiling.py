@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from bench_gflops import network_flops  # noqa: E402 (benchmarks/ is on sys.path)
+
 from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.predict import predict_embeddings, predict_plan, predict_whole
 from napari_shiftseg.unet import UNet, UNetConfig
@@ -69,17 +71,21 @@ def main(argv=None):
         diff = float(np.abs(parts[tile] - whole[(slice(None),) + region]).max())
         rows.append((plan, n_timed, t_parts[tile] * plan.n_tiles / n_timed, diff))
 
+    g = net.config.geometry
+    flops_whole = network_flops(net, g.tile_input_size(g.cover(shape)))
     whole_amp = np.prod([net.config.geometry.tile_input_size(c) / s
                          for c, s in zip(net.config.geometry.cover(shape), shape)])
     print(f"# exact tiled vs whole image, 3D U-Net l=3 (f^l=8, context {net.config.geometry.context}), "
           f"base {args.base} ch, image {shape}, {args.threads} threads, best of {args.repeat} rounds, "
           f"load avg {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    print("| tile | tiles | timed | input/output voxels | tiled (s) | whole (s) | ratio | max abs diff (rel) |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| whole | 1 | 1 | {whole_amp:.2f} | - | {t_whole:.1f} | 1.00 | 0 |")
+    print("| tile | tiles | timed | input/output voxels | FLOP ratio | tiled (s) | whole (s) | time ratio "
+          "| max abs diff (rel) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| whole | 1 | 1 | {whole_amp:.2f} | 1.00 | - | {t_whole:.1f} | 1.00 | 0 |")
     for plan, n_timed, t_tiled, diff in rows:
         print(f"| {'x'.join(map(str, plan.tile))} | {plan.n_tiles} | {n_timed}"
               f"{'' if n_timed == plan.n_tiles else ' (scaled)'} | {plan.amplification:.2f} | "
+              f"{plan.n_tiles * network_flops(net, plan.window_shape) / flops_whole:.2f} | "
               f"{t_tiled:.1f} | {t_whole:.1f} | {t_tiled / t_whole:.2f} | {diff:.1e} ({diff / peak:.1e}) |")
 
 

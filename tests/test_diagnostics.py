@@ -123,3 +123,15 @@ def test_grid_lines_and_laziness():
     big = phase_map((2000, 2000, 2000), UNetGeometry(ndim=3, levels=3))  # 8e9 voxels, lazy
     assert big[1000, 3, 1:4].compute().tolist() == [3 * 8 + x for x in (1, 2, 3)]
     assert grid_lines((2000, 2000, 2000), g)[5, 5, :9].compute().tolist() == [True] + [False] * 7 + [True]
+
+
+def test_seam_map_on_a_slice_stack():
+    net = make_net(2, 2, base=2)
+    stack = np.random.default_rng(1).random((3, 20, 22)).astype(np.float32)
+    emb = predict_embeddings(stack, net, 8, device="cpu", per_slice=True)
+    plan = tile_plan((20, 22), net.config.geometry, 8)
+    seams = seam_map(emb, plan)
+    assert seams.shape == (3, 20, 22) and seams.chunks[0] == (1, 1, 1)
+    one = seam_map(emb[:, 1], plan).compute()
+    np.testing.assert_allclose(seams[1].compute(), one, rtol=1e-6)
+    assert (seams.compute()[:, ~tile_boundaries(plan).compute()] == 0).all()

@@ -65,6 +65,7 @@ def test_nearest_valid_input(g, size):
 def test_check_tile_refuses_non_grid_tiles():
     g = UNetGeometry(levels=3)
     assert g.check_tile(64) == (64, 64)
+    assert (g.snap_tile(100), g.snap_tile(20), g.snap_tile(3)) == (104, 24, 8)
     with pytest.raises(ShiftSegError, match="multiple of f\\^l = 8"):
         g.check_tile((60, 64))
 

@@ -145,6 +145,11 @@ def test_bad_inputs(pair):
         train(image, labels, TINY, steps=1, lr_schedule="linear")
     with pytest.raises(TypeError, match="config"):
         train(image, labels, {"levels": 2}, steps=1)
+    with pytest.raises(ShiftSegError, match="unknown device"):
+        train(image, labels, TINY, steps=1, output_window=WINDOW, device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ShiftSegError, match="no CUDA GPU"):
+            train(image, labels, TINY, steps=1, output_window=WINDOW, device="cuda")
 
 
 def test_default_window_is_above_grid():

@@ -115,9 +115,12 @@ def _broadcast_any(masks: Sequence[np.ndarray], shape, chunks) -> da.Array:
     return out
 
 
-def _plan_chunks(plan: TilePlan, shape) -> tuple:
+def _plan_chunks(plan: TilePlan, shape, lead_chunks=None) -> tuple:
+    """Tile chunks on the plan's axes; leading (stack) axes slice by slice unless given."""
     lead = tuple(shape[: len(shape) - plan.ndim])
-    return tuple((n,) for n in lead) + plan.chunks
+    if lead_chunks is None:
+        lead_chunks = tuple((1,) * n for n in lead)
+    return tuple(lead_chunks) + plan.chunks
 
 
 def tile_boundaries(plan: TilePlan, shape: Sequence[int] | None = None) -> da.Array:
@@ -193,7 +196,8 @@ def seam_map(embeddings, plan: TilePlan) -> da.Array:
         raise ShiftSegError(
             f"embeddings of shape {tuple(emb.shape)} do not match the plan's image shape {plan.image_shape}"
         )
-    emb = emb.astype(np.float32).rechunk(((emb.shape[0],),) + _plan_chunks(plan, shape))
+    lead_chunks = emb.chunks[1:len(shape) - plan.ndim + 1]
+    emb = emb.astype(np.float32).rechunk(((emb.shape[0],),) + _plan_chunks(plan, shape, lead_chunks))
     first = emb.ndim - plan.ndim
     depth = {ax: (1 if ax >= first else 0) for ax in range(emb.ndim)}
     seams = da.map_overlap(_seam_block, emb, depth=depth, boundary="nearest", n_tiled=plan.ndim,

@@ -182,13 +182,13 @@ class UNetGeometry:
 
     # ---- tiles on the f^l grid -------------------------------------------------------
     def snap_tile(self, tile: int | Sequence[int]):
-        """Round a requested output tile to the nearest multiple of f^l (at least f^l)."""
+        """Round a requested output tile to the nearest multiple of f^l (at least f^l; halves up)."""
         if not isinstance(tile, (int, np.integer)):
             return tuple(self.snap_tile(t) for t in tile)
         tile = int(tile)
         if tile < 1:
             raise ShiftSegError(f"tile size must be positive, got {tile}")
-        return max(1, round(tile / self.grid)) * self.grid
+        return max(1, (tile + self.grid // 2) // self.grid) * self.grid
 
     def cover(self, size: int | Sequence[int]):
         """Smallest n·f^l output tile (n >= 1) that covers ``size`` voxels: one tile per image."""

@@ -303,7 +303,12 @@ def train(
     loss_args = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma,
                      background_as_instance=background_as_instance)
 
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ShiftSegError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ShiftSegError(f"device {str(device)!r} was asked for but torch sees no CUDA GPU here")
     fmt = memory_format(geometry.ndim)
     old_threads = torch.get_num_threads()
     if threads is not None:

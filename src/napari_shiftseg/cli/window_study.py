@@ -47,10 +47,10 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"window study ({args.mode} mode, l = {args.levels}) -> {out}", file=sys.stderr)
     study = run_window_study(args.mode, levels=args.levels, steps=args.steps, tile=args.tile,
-                             seed=args.seed,
+                             seed=args.seed, save_dir=out / "models",
                              progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     print(format_table(study))
-    rows = [{k: v for k, v in c.items() if k not in ("arrays", "phase_profile")}
+    rows = [{k: v for k, v in c.items() if k not in ("arrays", "phase_profile", "model_file")}
             for c in study["cases"]]
     with (out / "window_study.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

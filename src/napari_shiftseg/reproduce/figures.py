@@ -153,7 +153,8 @@ def window_figure(study, path) -> Path:
                 ax.axvline(p - 0.5, color="cyan", lw=0.4, alpha=0.6)
         axes[0].set_ylabel(c["name"], fontsize=8)
         axes[0].set_title("embeddings, lines: " + a["line_kind"], fontsize=8)
-        axes[1].set_title(f"jump ratio {c['jump_ratio']:.2f}", fontsize=8)
+        axes[1].set_title(f"same-object jumps: grid {c['grid_jump']:.1f}x, tile border "
+                          f"{c['tile_jump']:.1f}x", fontsize=8)
         axes[2].set_title(f"stitched: {c['false_splits']} false splits, AP50 {c['ap50']:.2f}",
                           fontsize=8)
         for ax in axes:

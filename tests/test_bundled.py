@@ -1,0 +1,63 @@
+"""The bundled default models: they load, have the documented geometry, and segment fresh
+synthetic images (seeds never used in training or in docs/MODELS.md) well.
+
+Bars are below the AP@0.5 measured in docs/MODELS.md to leave room for a single small image.
+"""
+
+import numpy as np
+import pytest
+
+from napari_shiftseg import metrics, synth
+from napari_shiftseg.evaluate import segment_array
+from napari_shiftseg.modelio import bundled_model_path, load_bundled
+
+AP_BAR = {2: 0.85, 3: 0.7}
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
+def model(request):
+    return load_bundled(request.param)
+
+
+def test_files_are_small():
+    for ndim in (2, 3):
+        assert bundled_model_path(ndim).stat().st_size < 1_000_000
+
+
+def test_geometry_and_metadata(model):
+    g = model.geometry
+    assert g.factor == 2 and g.padding == "valid"
+    assert (g.ndim, g.levels) in ((2, 3), (3, 2))
+    assert model.config.upsampling == "learnt" and model.config.embed_dim == 3
+    assert model.config.foreground_head
+    meta = model.meta
+    assert meta["normalization"] == {"method": "percentile", "low": 1.0, "high": 99.8}
+    assert len(meta["training_window"]) == g.ndim and min(meta["training_window"]) > g.grid
+    assert meta["command"].startswith("shiftseg train --synthetic random")
+    assert meta["metrics"]["ap@0.5"] >= 0.75
+    assert {"bandwidth", "min_size"} <= set(meta)
+
+
+def test_segments_a_fresh_synthetic_image(model):
+    ndim = model.geometry.ndim
+    if ndim == 2:
+        image, gt = synth.random_objects((192, 192), density=0.15, noise_std=0.1, elastic_alpha=1.0, seed=123)
+    else:
+        image, gt = synth.random_objects((32, 64, 64), density=0.1, noise_std=0.1, seed=321)
+    pred = segment_array(image, model)
+    result = metrics.evaluate(gt, pred)
+    assert result["ap@0.5"] >= AP_BAR[ndim], result
+
+
+def test_2d_model_on_the_lattice_sample():
+    """The committed 2D lattice sample (spacing 15, never seen in training)."""
+    import tifffile
+
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sample_data" / "lattice_2d"
+    image, gt = tifffile.imread(root / "image.tif"), tifffile.imread(root / "labels.tif")
+    pred = segment_array(image[:128, :128], load_bundled(2))
+    result = metrics.evaluate(gt[:128, :128], pred)
+    assert result["ap@0.5"] >= 0.8, result
+    assert np.unique(pred).size > 50
