@@ -99,10 +99,10 @@ def test_exact_padding_is_ceil_of_tiles():
 
 def test_exact_snaps_and_says_so():
     g = UNetGeometry(ndim=2, levels=3)
-    plan = tile_plan((500, 500), g, (100, 128))
-    assert plan.requested == (100, 128)
+    plan = tile_plan((500, 500), g, (98, 128))
+    assert plan.requested == (98, 128)
     assert plan.tile == (96, 128)
-    assert "(100, 128)" in plan.message and "(96, 128)" in plan.message
+    assert "(98, 128)" in plan.message and "(96, 128)" in plan.message
     assert tile_plan((500, 500), g, 128).message == ""
 
 
@@ -148,8 +148,8 @@ def test_same_padding_uses_same_code():
 def test_repr_reads_like_a_tiling():
     text = repr(tile_plan((300, 200), UNetGeometry(ndim=2, levels=3), 100))
     assert text.startswith("TilePlan(mode='exact'")
-    assert "axis 0: size 300 = 4 x tile 96" in text
-    assert "note: tile (100, 100) changed to (96, 96)" in text
+    assert "axis 0: size 300 = 3 x tile 104" in text
+    assert "note: tile (100, 100) changed to (104, 104)" in text
 
 
 @pytest.mark.parametrize(
