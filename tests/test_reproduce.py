@@ -60,8 +60,8 @@ def test_lattice_setup_matches_the_paper():
 
 
 def test_capacity_spacing_16_vs_15_trained(tmp_path):
-    cases = [capacity.CapacityCase(16, 2, window=64), capacity.CapacityCase(15, 2, window=64)]
-    s16, s15 = capacity.run_capacity(cases, steps=100, lr=3e-3, base_channels=8)
+    cases = [capacity.CapacityCase(16, 2, window=48), capacity.CapacityCase(15, 2, window=48)]
+    s16, s15 = capacity.run_capacity(cases, steps=60, lr=3e-3, base_channels=8)
     assert (s16.phases, s16.clusters) == (1, 1)  # f^l-periodic: one embedding, always
     assert s15.phases == s15.capacity == 16
     assert s15.clusters > 1
@@ -205,3 +205,51 @@ def test_sweep_3d():
     rows = run_sweep(image, labels, model, [3, 4], mode="naive")["rows"]
     assert [r["on_grid"] for r in rows] == [False, True]
     assert rows[1]["rel_diff"] <= 1e-5 < rows[0]["rel_diff"]
+
+
+# Models trained by `shiftseg window-study --quick` (seed 0), stored as float16 (loaded as
+# float32); the full run is the documented benchmark (docs/REPRODUCTION.md).
+WINDOW_MODELS = "tests/data/window_study/window_{}.safetensors"
+
+
+@pytest.fixture(scope="module")
+def window_results():
+    from pathlib import Path
+
+    from napari_shiftseg.modelio import load_model
+
+    root = Path(__file__).parent / "data" / "window_study"
+    image, gt = window_study.test_data((128, 128), seed=1000)
+    return {name: window_study.evaluate_case(load_model(root / f"window_{name}.safetensors"),
+                                             image, gt, 64, keep_arrays=False)
+            for name in ("4_valid", "8_valid", "16_valid", "32_same")}
+
+
+def test_window_study_ordering_on_committed_models(window_results):
+    small, equal, large, same = (window_results[k] for k in ("4_valid", "8_valid", "16_valid", "32_same"))
+    # < f^l (window 4 trains phases 6, 7, 0, 1): jumps where trained meet untrained phases
+    assert small["worst_boundary"] in (2, 6) and small["phase_jump"] > 1.5 > small["grid_jump"]
+    # = f^l: u_7 and u_0 never trained side by side -> the jump sits on the f^l grid line
+    assert equal["worst_boundary"] == 0 and equal["grid_jump"] > 4
+    assert equal["false_splits"] > 10
+    # > f^l: fewer grid jumps and false splits than = f^l
+    assert large["grid_jump"] < equal["grid_jump"] and large["false_splits"] < equal["false_splits"]
+    # valid padding: stitched == whole; same padding: seams at tile borders, stitched != whole
+    assert all(r["rel_diff"] <= 1e-5 for r in (small, equal, large))
+    assert same["tile_jump"] > 10 and same["rel_diff"] > 0.01
+    assert same["false_splits"] > same["whole_false_splits"]
+
+
+def test_window_study_cli_runs(tmp_path, capsys):
+    out = tmp_path / "ws"
+    ref = WINDOW_MODELS.format("16_valid")
+    from pathlib import Path
+
+    ref = str(Path(__file__).parent.parent / ref)
+    assert main(["window-study", "--levels", "2", "--steps", "1", "--reference", ref, "-o", str(out)]) == 0
+    with (out / "window_study.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["window"] for r in rows] == ["2", "4", "8", "16", "16"]
+    assert len(list((out / "models").glob("*.safetensors"))) == 4
+    assert (out / "window_study.png").stat().st_size > 5000
+    assert "grid jump" in capsys.readouterr().out

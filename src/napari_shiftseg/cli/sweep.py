@@ -49,7 +49,8 @@ def run(args) -> int:
     from ..io import read_image
     from ..modelio import bundled_model_path, load_model
     from ..reproduce import figures
-    from ..reproduce.sweep import format_table, parse_tiles, run_sweep, write_csv
+    from ..reproduce.sweep import (format_summary, format_table, parse_tiles, run_sweep, summarize,
+                                   write_csv)
 
     tiles = parse_tiles(args.tiles)
     image = read_image(args.image)
@@ -77,11 +78,14 @@ def run(args) -> int:
         wholes[mode] = result["whole"]
     print(format_table(rows))
     whole = next(iter(wholes.values()))
+    summary = summarize(rows)
+    print(format_summary(summary))
     print(f"whole image: {whole['false_splits']} false splits, {whole['false_merges']} false "
           f"merges, AP@0.5 {whole['ap50']:.3f} ({whole['n_pred']} objects, {whole['n_gt']} in labels)")
     csv_path = write_csv(rows, out / "sweep.csv")
     info = {"image": str(args.image), "labels": str(args.labels), "model": model.name,
             "grid": model.geometry.grid, "tiles": tiles, "modes": list(modes), "whole": whole,
+            "summary": summary,
             "rows": rows}
     (out / "sweep.json").write_text(json.dumps(info, indent=2, default=str))
     png = figures.sweep_figure(rows, model.geometry.grid, out / "sweep.png",

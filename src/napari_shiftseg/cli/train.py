@@ -2,7 +2,7 @@
 
 Real data: ``--image IMG --labels LBL`` (repeat both for several images; TIFF, .npy or zarr).
 Synthetic data: ``--synthetic lattice|random`` draws a fresh synthetic image for every crop
-(object options as in ``shiftseg synth``; the image shape defaults to the input crop size).
+(object options as in ``shiftseg synth``; each image is the input crop plus the context large).
 
 The model file is written atomically at the end and, with ``--checkpoint-every N``, every N
 steps. Ctrl-C stops training after the current step and saves the model trained so far (its
@@ -39,7 +39,7 @@ def add_parser(sub):
     data.add_argument("--ndim", type=int, choices=(2, 3), default=None,
                       help="synthetic: 2 or 3 (default: from --shape, else 2)")
     data.add_argument("--shape", type=_args.shape, default=None,
-                      help="synthetic: image size per crop (default: the input crop size)")
+                      help="synthetic: size of each generated image (default: input crop + context)")
     add_object_options(data)
     net = p.add_argument_group("network")
     net.add_argument("--levels", type=_args.positive_int, default=3, help="pooling levels l (default 3)")
@@ -176,7 +176,9 @@ def run(args) -> int:
                                             allow_small=args.allow_small_window)
 
     if args.synthetic:
-        shape = args.shape or tuple(geometry.training_input_size(w) for w in window)
+        # Input crop + context: crops see reflected image borders (as at inference) in about
+        # half of the positions per axis, and real context in the others.
+        shape = args.shape or tuple(geometry.training_input_size(w) + geometry.context for w in window)
 
         def source(seed):
             return generate(args.synthetic, args, shape, seed, random_offset=True)

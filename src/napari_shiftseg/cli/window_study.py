@@ -28,6 +28,9 @@ def add_parser(sub):
     p.add_argument("--steps", type=_args.positive_int, default=None, help="training steps per case")
     p.add_argument("--tile", type=_args.positive_int, default=None,
                    help="output tile for the stitched evaluation (default 8*f^l)")
+    p.add_argument("--reference", action="append", default=None, metavar="MODEL",
+                   help="also evaluate this trained 2D model (repeatable; default: the bundled "
+                        "2D model, trained long with a window far above f^l)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="shiftseg-window-study", metavar="DIR",
                    help="output directory (default ./shiftseg-window-study)")
@@ -43,11 +46,26 @@ def run(args) -> int:
     from ..reproduce import figures
     from ..reproduce.window_study import format_table, run_window_study
 
+    from .._errors import ShiftSegError
+    from ..modelio import bundled_model_path, load_model
+
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    references = []
+    paths = args.reference if args.reference is not None else [bundled_model_path(2)]
+    for path in paths:
+        try:
+            model = load_model(path)
+        except ShiftSegError as err:
+            if args.reference is not None:
+                raise
+            print(f"  (no reference model: {err})", file=sys.stderr)
+            continue
+        references.append((f"{Path(path).name} (window {model.meta.get('training_window', ['?'])[0]})",
+                           model))
     print(f"window study ({args.mode} mode, l = {args.levels}) -> {out}", file=sys.stderr)
     study = run_window_study(args.mode, levels=args.levels, steps=args.steps, tile=args.tile,
-                             seed=args.seed, save_dir=out / "models",
+                             seed=args.seed, save_dir=out / "models", references=references,
                              progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     print(format_table(study))
     rows = [{k: v for k, v in c.items() if k not in ("arrays", "phase_profile", "model_file")}

@@ -174,10 +174,12 @@ def demo_figures(panels, path, title: str | None = None, columns: int = 3) -> Pa
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(p["image"], cmap=p.get("cmap", "gray"), interpolation="nearest",
                   vmax=p.get("vmax"))
+        # dense grids (small f^l on a big slice) get fainter lines
+        alpha = 0.7 if len(p.get("lines_x", ())) <= 32 else 0.3
         for y in p.get("lines_y", ()):
-            ax.axhline(y - 0.5, color="cyan", lw=0.4, alpha=0.7)
+            ax.axhline(y - 0.5, color="cyan", lw=0.4, alpha=alpha)
         for x in p.get("lines_x", ()):
-            ax.axvline(x - 0.5, color="cyan", lw=0.4, alpha=0.7)
+            ax.axvline(x - 0.5, color="cyan", lw=0.4, alpha=alpha)
         for y in p.get("tile_y", ()):
             ax.axhline(y - 0.5, color="red", lw=0.9, ls="--")
         for x in p.get("tile_x", ()):

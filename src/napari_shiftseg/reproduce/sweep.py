@@ -30,7 +30,7 @@ import numpy as np
 
 from .._errors import ShiftSegError
 
-__all__ = ["run_sweep", "parse_tiles", "write_csv", "COLUMNS", "MODES"]
+__all__ = ["run_sweep", "parse_tiles", "write_csv", "summarize", "COLUMNS", "MODES"]
 
 MODES = ("naive", "exact")
 COLUMNS = ("mode", "tile", "tile_used", "on_grid", "false_splits", "false_merges", "ap50",
@@ -183,6 +183,35 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     if keep_labels:
         result["labels"] = kept
     return result
+
+
+def summarize(rows) -> dict:
+    """Mean false splits / AP@0.5 / max diff over on-grid (n·f^l) and off-grid tile sizes, per mode."""
+    out = {}
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        for kind, keep in (("on_grid", True), ("off_grid", False)):
+            sub = [r for r in rows if r["mode"] == mode and bool(r["on_grid"]) == keep]
+            if sub:
+                out[f"{mode} {kind}"] = {
+                    "sizes": len(sub),
+                    "false_splits": float(np.mean([r["false_splits"] for r in sub])),
+                    "false_splits_range": [int(min(r["false_splits"] for r in sub)),
+                                           int(max(r["false_splits"] for r in sub))],
+                    "ap50": float(np.mean([r["ap50"] for r in sub])),
+                    "ap50_range": [float(min(r["ap50"] for r in sub)), float(max(r["ap50"] for r in sub))],
+                    "max_rel_diff": float(max(r["rel_diff"] for r in sub)),
+                }
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for key, s in summary.items():
+        lines.append(f"{key:<16} {s['sizes']:>3} sizes: false splits {s['false_splits']:.1f} "
+                     f"({s['false_splits_range'][0]}-{s['false_splits_range'][1]}), AP@0.5 "
+                     f"{s['ap50']:.3f} ({s['ap50_range'][0]:.3f}-{s['ap50_range'][1]:.3f}), "
+                     f"max rel diff {s['max_rel_diff']:.2g}")
+    return "\n".join(lines)
 
 
 def write_csv(rows, path) -> Path:

@@ -216,12 +216,14 @@ def run_window_study(mode: str = "quick", levels: int = 3, steps: int | None = N
                      lr: float | None = None, base_channels: int | None = None,
                      batch_size: int | None = None, tile: int | None = None, seed: int = 0,
                      train_shape=(256, 256), test_shape=(256, 256), cases=None, save_dir=None,
-                     progress: Callable[[str], None] | None = None,
+                     references=(), progress: Callable[[str], None] | None = None,
                      cancel: threading.Event | None = None) -> dict:
     """Train every case and evaluate it; returns ``{"settings": ..., "cases": [...]}``.
 
     With ``save_dir`` every trained model is saved there (``window_<w>_<padding>.safetensors``)
     so it can be inspected later (``shiftseg info``, the napari Inspect widget).
+    ``references`` are extra ``(name, Model)`` pairs evaluated the same way without training,
+    e.g. the bundled model (trained much longer with a window far above f^l).
     """
     if mode not in SETTINGS:
         raise ShiftSegError(f"mode must be one of {tuple(SETTINGS)}, got {mode!r}")
@@ -254,6 +256,19 @@ def run_window_study(mode: str = "quick", levels: int = 3, steps: int | None = N
             progress(f"{case.name}: grid jump {row['grid_jump']:.2f}, phase jump "
                      f"{row['phase_jump']:.2f}, tile jump {row['tile_jump']:.2f}, "
                      f"{row['false_splits']} false splits")
+    for name, model in references:
+        if cancel is not None and cancel.is_set():
+            break
+        if model.geometry.ndim != 2:
+            continue
+        start = time.perf_counter()
+        numbers = evaluate_case(model, image, gt, tile, seed)
+        window = (model.meta or {}).get("training_window") or [0]
+        out.append({"name": name, "window": int(window[0]), **numbers,
+                    "final_loss": (model.meta or {}).get("final_loss"),
+                    "seconds": round(time.perf_counter() - start, 1)})
+        if progress:
+            progress(f"{name}: grid jump {out[-1]['grid_jump']:.2f}, {out[-1]['false_splits']} false splits")
     settings = {"mode": mode, "levels": levels, "f^l": geometry.grid, "steps": steps, "lr": lr,
                 "base_channels": base, "batch_size": batch, "tile": tile, "seed": seed,
                 "train_shape": list(train_shape), "test_shape": list(test_shape), "data": DATA}
