@@ -88,4 +88,6 @@ def test_demo_refuses_a_2d_model_and_bad_shapes(tmp_path):
     with pytest.raises(ShiftSegError, match="3D model"):
         run_demo(tmp_path / "x", model=two_d)
     assert main(["demo", "-o", str(tmp_path / "y"), "--shape", "16,48"]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "-o", str(tmp_path / "file"), "--model", str(two_d)]) == 2
     assert main(["demo", "-o", str(tmp_path / "z"), "--model", str(tmp_path / "missing.safetensors")]) == 2

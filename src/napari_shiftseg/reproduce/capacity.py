@@ -185,9 +185,9 @@ def count_clusters(points: np.ndarray, bandwidth: float = BANDWIDTH) -> tuple[in
     return int(len(modes)), modes
 
 
-def _instances(out: np.ndarray, bandwidth: float, seed: int = 0) -> np.ndarray:
+def _instances(out: np.ndarray, embed_dim: int, bandwidth: float, seed: int = 0) -> np.ndarray:
     """Cluster ids (no connected components: same-looking disks keep one colour) of the output."""
-    emb, fg = out[:3], out[3] > 0
+    emb, fg = out[:embed_dim], out[embed_dim] > 0
     clusters = np.zeros(fg.shape, dtype=np.int32)
     if fg.any():
         points = np.ascontiguousarray(emb[:, fg].T)
@@ -220,7 +220,8 @@ def measure_capacity(model: Model, spacing: int, bandwidth: float = BANDWIDTH,
               "clusters": clusters, "min_mode_distance": min_mode}
     if keep_arrays:
         result["arrays"] = {"image": image, "labels": labels, "embeddings": emb,
-                            "instances": _instances(out, bandwidth) if model.config.foreground_head
+                            "instances": _instances(out, model.config.embed_dim, bandwidth)
+                            if model.config.foreground_head
                             else labels, "context": g.context_per_side}
     return result
 
@@ -247,8 +248,10 @@ def run_capacity(cases=QUICK_CASES, steps: int = 1000, lr: float = 1e-3, base_ch
             done = len(history["loss"])
         else:
             g = model.geometry
+            # 3D: a 64³ output window (4+ disks per axis) keeps the input small enough for a CPU
+            window = case.window if g.ndim == 2 else min(case.window, 64)
             case = CapacityCase(case.spacing, g.levels, model.config.upsampling, g.ndim, g.factor,
-                                case.window)
+                                window)
             net, final, done = model, model.meta.get("final_loss"), int(model.meta.get("steps", 0))
         numbers = measure_capacity(net, case.spacing, output_window=case.window)
         result = CapacityResult(case=case, steps=done, final_loss=final,

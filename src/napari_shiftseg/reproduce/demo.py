@@ -130,7 +130,12 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
 
     t_start = time.perf_counter()
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ShiftSegError(f"{out} is a file; give the demo a folder to write into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ShiftSegError(f"cannot create the output folder {out} ({err.strerror})") from None
     model = _model(model)
     g = model.geometry
     if g.ndim != 3:
@@ -164,8 +169,13 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
         start = time.perf_counter()
         path = out / f"{mode}.zarr"
 
-        def tick(done, total, mode=mode):
-            if progress is not None and total and (done == total or done % max(1, total // 4) == 0):
+        shown = set()
+
+        def tick(done, total, mode=mode, shown=shown):
+            # a few lines per mode, each once (the callback repeats counts across stages)
+            if progress is not None and total and done not in shown and (
+                    done == total or done % max(1, total // 4) == 0):
+                shown.add(done)
                 progress(f"    {mode}: {done}/{total} tiles")
 
         group = segment_to_zarr(image, path, model=model, tile=t, mode=mode, device=device,
