@@ -11,7 +11,9 @@ from napari_shiftseg import metrics, synth
 from napari_shiftseg.evaluate import segment_array
 from napari_shiftseg.modelio import bundled_model_path, load_bundled
 
-AP_BAR = {2: 0.85, 3: 0.7}
+#: Measured when the models were made: 2D 1.00 (70 disks), 3D 0.84 (49 spheres; seeds 322-324
+#: gave 0.98, 0.91, 1.00 - 321 is the worst of the four and is the one tested).
+AP_BAR = {2: 0.85, 3: 0.75}
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
@@ -43,7 +45,7 @@ def test_segments_a_fresh_synthetic_image(model):
     if ndim == 2:
         image, gt = synth.random_objects((192, 192), density=0.15, noise_std=0.1, elastic_alpha=1.0, seed=123)
     else:
-        image, gt = synth.random_objects((32, 64, 64), density=0.1, noise_std=0.1, seed=321)
+        image, gt = synth.random_objects((40, 80, 80), density=0.1, noise_std=0.1, seed=321)
     pred = segment_array(image, model)
     result = metrics.evaluate(gt, pred)
     assert result["ap@0.5"] >= AP_BAR[ndim], result
@@ -51,13 +53,13 @@ def test_segments_a_fresh_synthetic_image(model):
 
 def test_2d_model_on_the_lattice_sample():
     """The committed 2D lattice sample (spacing 15, never seen in training)."""
-    import tifffile
-
     from pathlib import Path
+
+    import tifffile
 
     root = Path(__file__).resolve().parents[1] / "sample_data" / "lattice_2d"
     image, gt = tifffile.imread(root / "image.tif"), tifffile.imread(root / "labels.tif")
     pred = segment_array(image[:128, :128], load_bundled(2))
     result = metrics.evaluate(gt[:128, :128], pred)
-    assert result["ap@0.5"] >= 0.8, result
+    assert result["ap@0.5"] >= 0.9, result  # 0.99 when the model was made
     assert np.unique(pred).size > 50

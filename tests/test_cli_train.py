@@ -84,7 +84,12 @@ def test_train_on_files(tif_pair, tmp_path, capsys):
     again = tmp_path / "again.safetensors"
     assert main(["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY,
                  "--init", str(model_path), "-o", str(again)]) == 0
-    assert load_model(again).meta["initialised_from"]["command"] == command
+    again_command = load_model(again).meta
+    assert again_command["initialised_from"]["command"] == command
+    # Ignored options are not recorded: no network options with --init, no object options
+    # without --synthetic.
+    assert "--init" in again_command["command"] and "--levels" not in again_command["command"]
+    assert "--radius" not in command and "--levels 2" in command
 
 
 def test_train_synthetic_with_evaluation(tmp_path, capsys):

@@ -19,6 +19,7 @@ import torch
 
 from ._errors import ShiftSegError
 from .data import validate_image
+from .instances import DEFAULT_MIN_SIZE
 from .modelio import Model
 from .normalize import percentile_normalization
 
@@ -30,7 +31,6 @@ __all__ = ["embed_array", "segment_array", "default_bandwidth", "default_min_siz
 BANDWIDTH_OF_DELTA_D = 2.0 / 3.0
 
 #: Smallest object kept (pixels/voxels) when the model records no ``min_size``.
-DEFAULT_MIN_SIZE = 10
 
 
 def default_bandwidth(model: Model) -> float:

@@ -254,7 +254,7 @@ def _first_line(err) -> str:
 
 
 def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto", mode: str = "exact",
-                    bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DEFAULT_MIN_SIZE, fg_threshold: float = 0.5,
+                    bandwidth: float | None = None, min_size: int | None = None, fg_threshold: float = 0.5,
                     n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
                     connectivity: int = 1, progress: Callable[[int, int], None] | None = None,
                     cancel: threading.Event | None = None, client=None, overwrite: bool = False,
@@ -275,9 +275,11 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     device, mode
         As for :func:`~napari_shiftseg.predict.predict_embeddings`.
     bandwidth, fg_threshold, n_seeds, max_points, seed
-        As for :func:`~napari_shiftseg.instances.cluster_embeddings`.
+        As for :func:`~napari_shiftseg.instances.cluster_embeddings`; ``bandwidth=None`` takes the
+        value recorded in the model file (:func:`~napari_shiftseg.evaluate.default_bandwidth`).
     min_size, connectivity
-        As for :func:`~napari_shiftseg.instances.label_instances`.
+        As for :func:`~napari_shiftseg.instances.label_instances`; ``min_size=None`` takes the
+        model's recorded value.
     progress : callable(done, total), optional
         Called as tiles finish, counting tiles done by earlier runs too.
     cancel : threading.Event, optional
@@ -303,6 +305,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     progress.Cancelled
         When ``cancel`` was set.
     """
+    from .evaluate import default_bandwidth, default_min_size
     from .io import read_image
     from .predict import predict_embeddings
     from .tiling import tile_plan
@@ -316,6 +319,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
     model = _load_model(model, image.ndim)
     geometry = model.geometry
+    # Cluster settings belong to the model: its embeddings were trained for a given spread.
+    bandwidth = default_bandwidth(model) if bandwidth is None else bandwidth
+    min_size = default_min_size(model) if min_size is None else min_size
     if geometry.ndim != image.ndim:
         raise ShiftSegError(
             f"the model is {geometry.ndim}D but the image is {image.ndim}D (shape "

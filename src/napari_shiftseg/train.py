@@ -2,13 +2,13 @@
 
 One training step, per batch item (sizes from :class:`~napari_shiftseg.geometry.UNetGeometry`)::
 
-    padded image (normalised + reflect-padded ONCE)      labels (never padded)
-    ┌───────────────────────────────┐                    ┌─────────────────────┐
-    │   input crop  (training_input_size(w))             │    ┌──w──┐          │
-    │   ┌─────────────────┐         │                    │    │     │ window   │
-    │   │ context │ w │   │  ──net──> raw output o ≥ w ──crop──>  w  <── loss ──┘
-    │   └─────────────────┘         │    (centre crop (o − w)//2)
-    └───────────────────────────────┘
+    image: normalised + reflect-padded ONCE              labels: never padded
+    ┌────────────────────────────────────────┐           ┌──────────────────────────┐
+    │ input crop = training_input_size(w)    │           │                          │
+    │ ├── front ──┼──── w ────┼── back ──┤   │           │    ├──── w ────┤         │
+    └────────────────────────────────────────┘           └──────────────────────────┘
+    net(input crop) → raw output o ≥ w → centre crop (o − w)//2 → w   ←loss→   label window
+    (front = context/2 + (o − w)//2: the window sits at the same place in both)
 
 - **The output window w must be larger than f^l per axis** (THEORY.md, result 4): with a
   window <= f^l some neighbouring phases u_i, u_j are never trained together and the
@@ -320,6 +320,11 @@ def train(
     fork_devices = [device] if device.type == "cuda" else []
     start = time.perf_counter()
 
+    # Continued training keeps the earlier run's provenance (nested for longer chains).
+    provenance = None
+    if base is not None:
+        provenance = {"model": base.name, **{k: base.meta[k] for k in PROVENANCE if k in base.meta}}
+
     def meta(done: int, complete: bool) -> dict:
         tail = history["loss"][-FINAL_LOSS_STEPS:]
         return {
@@ -329,13 +334,12 @@ def train(
             "complete": complete,
             "final_loss": float(np.mean(tail)) if tail else None,
             "loss": {**loss_args, "foreground_weight": foreground_weight},
-            "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed, "augment": augment,
+            "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
+            "augment": augment,
             "noise_std": noise_std, "training_data": description, "device": str(device),
             "seconds": round(time.perf_counter() - start, 1),
             **({"command": command} if command else {}),
-            # Continued training keeps the earlier run's provenance.
-            **({"initialised_from": {"model": base.name, **{k: base.meta[k] for k in PROVENANCE if k in base.meta}}}
-               if base is not None else {}),
+            **({"initialised_from": provenance} if provenance else {}),
         }
 
     try:

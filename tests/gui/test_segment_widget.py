@@ -129,3 +129,12 @@ def test_over_budget_goes_through_zarr(segment, viewer, wait_idle, monkeypatch):
     segment.recluster_button.clicked.emit()
     wait_idle(segment)
     assert segment.status.value == "re-clustered" and isinstance(layers["instances"].data, da.Array)
+
+
+def test_cluster_settings_follow_the_model(segment, tiny_model_2d, tmp_path):
+    from napari_shiftseg.modelio import save_model
+
+    tuned = save_model(load_model(tiny_model_2d).net, tmp_path / "tuned.safetensors",
+                       meta={"bandwidth": 1.25, "min_size": 7})
+    assert segment.set_model_file(tuned)
+    assert (segment.bandwidth.value, segment.min_size.value) == (1.25, 7)

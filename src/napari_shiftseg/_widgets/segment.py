@@ -90,11 +90,13 @@ class SegmentWidget(Container):
         self.run_button.changed.connect(self._run_or_cancel)
         self.recluster_button.changed.connect(self.recluster)
         self.model.choice.changed.connect(self._update_tile_info)
+        self.model.choice.changed.connect(self._use_model_cluster_settings)
         self.tile.changed.connect(self._update_tile_info)
         self.mode.changed.connect(self._update_tile_info)
         self.image.changed.connect(self._image_changed)
         watch_layers(napari_viewer, self)
         self._image_changed()
+        self._use_model_cluster_settings()
 
     # ---- public API (used by the reader, the Train widget and tests) -------------------
     @property
@@ -232,6 +234,15 @@ class SegmentWidget(Container):
         self.status.value = item
 
     # ---- live geometry -----------------------------------------------------------------
+    def _use_model_cluster_settings(self, *_) -> None:
+        """Take the bandwidth and min size recorded in the model file (its embeddings' spread)."""
+        try:
+            meta = self.model.metadata()["meta"]
+        except ShiftSegError:
+            return  # an unreadable model is reported by the tile info line
+        self.bandwidth.value = float(meta.get("bandwidth", self.bandwidth.value))
+        self.min_size.value = int(meta.get("min_size", self.min_size.value))
+
     def _image_changed(self, *_) -> None:
         layer = self._layer()
         if layer is not None and not layer.multiscale and not layer.rgb:

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from . import _args
 
-#: Mirrors napari_shiftseg.instances (not imported here: it pulls in torch, and --help is instant).
-DEFAULT_BANDWIDTH = 2.0
-DEFAULT_MIN_SIZE = 10
-
 
 def _tile(text: str):
     values = _args.shape(text)
@@ -35,10 +31,10 @@ def add_parser(sub):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--mode", choices=("exact", "naive", "blend"), default="exact",
                    help="tiling: exact (default) or the inexact naive/blend for comparison")
-    p.add_argument("--bandwidth", type=_args.positive_float, default=DEFAULT_BANDWIDTH,
-                   help=f"mean-shift bandwidth in embedding units (default {DEFAULT_BANDWIDTH})")
-    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
-                   help=f"drop objects with fewer voxels (default {DEFAULT_MIN_SIZE})")
+    p.add_argument("--bandwidth", type=_args.positive_float, default=None,
+                   help="mean-shift bandwidth in embedding units (default: the model's recorded value)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="drop objects with fewer voxels (default: the model's recorded value)")
     p.add_argument("--fg-threshold", type=float, default=0.5,
                    help="foreground probability threshold (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mean-shift subsample (default 0)")

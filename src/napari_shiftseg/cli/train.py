@@ -16,6 +16,12 @@ from .._errors import ShiftSegError
 from . import _args
 from .synth import add_object_options
 
+#: Synthetic-object options (shared with ``shiftseg synth``), recorded only with --synthetic.
+OBJECT_OPTIONS = {"spacing", "radius", "radius_jitter", "density", "n_objects", "noise", "elastic"}
+#: Network options, ignored (and not recorded) when continuing from --init.
+NETWORK_OPTIONS = {"levels", "factor", "upsampling", "padding", "base_channels", "embed_dim",
+                   "no_foreground_head"}
+
 #: Seeds of held-out evaluation images start here; training draws seeds below 2**31 - 1.
 EVAL_SEED_BASE = 2**31
 
@@ -54,7 +60,8 @@ def add_parser(sub):
                      help="embedding dimensions E (default 3)")
     net.add_argument("--no-foreground-head", action="store_true",
                      help="no foreground logit (use with --background-as-instance)")
-    net.add_argument("--init", metavar="MODEL", help="continue training this model file")
+    net.add_argument("--init", metavar="MODEL",
+                     help="continue training this model file (the network options above are ignored)")
     opt = p.add_argument_group("training")
     opt.add_argument("--window", type=_window, default=None,
                      help="output window per crop, e.g. 36 or 36,36; must be > f^l "
@@ -98,9 +105,14 @@ def command_line(args) -> str:
     """The options of ``args`` as one ``shiftseg train ...`` line (recorded in the model)."""
     import shlex
 
+    skip = {"run", "command", "quiet"}
+    if not args.synthetic:
+        skip |= OBJECT_OPTIONS | {"ndim", "shape", "eval_images", "eval_shape"}
+    if args.init:
+        skip |= NETWORK_OPTIONS  # ignored: the network comes from the --init file
     parts = ["shiftseg", "train"]
     for key, value in vars(args).items():
-        if key in ("run", "command", "quiet") or value is None or value is False:
+        if key in skip or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
         for item in value if isinstance(value, list) else [value]:
