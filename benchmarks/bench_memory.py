@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def make_model(path: Path, ndim: int) -> Path:

@@ -12,32 +12,13 @@ import zarr
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
 from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import save_model
 from napari_shiftseg.reproduce.demo import demo_tiles, run_demo
-from napari_shiftseg.unet import UNet, UNetConfig
+
+from helpers import save_tiny  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-def save_tiny(path, ndim=3, levels=2):
-    """Random He-initialised model with two base channels (an untrained default-init net is
-    almost constant and would hide the seams of naive tiling)."""
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=levels), base_channels=2)).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d,
-                              torch.nn.ConvTranspose3d)):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                torch.nn.init.zeros_(m.bias)
-    meta = {"normalization": {"method": "percentile", "low": 1.0, "high": 99.8}, "pad": ""}
-    while True:
-        save_model(net, path, meta=meta)
-        # modelio refuses a first byte 0x80 as a pickle, which is also how a safetensors header
-        # length of 0x..80 starts (reported); pad the metadata until it is not.
-        if path.read_bytes()[:1] != b"\x80":
-            return path
-        meta["pad"] += " "
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,11 @@ def test_same_padding_has_no_context():
     g = UNetGeometry(levels=3, padding="same")
     assert g.context == 0 and g.output_size(64) == 64 and g.tile_input_size(64) == 64
     assert not g.is_valid_input(60)
+
+
+@pytest.mark.parametrize("levels, offset", [(1, 0), (2, 2), (3, 0), (4, 0)])
+def test_cell_offset(levels, offset):
+    g = UNetGeometry(levels=levels)
+    assert g.cell_offset == offset
+    assert g.phase((offset, offset)) == 0 and g.phase((offset + 1, offset)) == g.grid
+    assert UNetGeometry(levels=levels, padding="same").cell_offset == 0

@@ -11,40 +11,15 @@ import torch
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
 from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import Model, save_model
+from napari_shiftseg.modelio import Model
 from napari_shiftseg.reproduce import capacity, window_study
 from napari_shiftseg.reproduce.sweep import parse_tiles, run_sweep
 from napari_shiftseg.synth import random_objects
 from napari_shiftseg.unet import UNet, UNetConfig
 
+from helpers import save_tiny, tiny_net  # noqa: E402
+
 torch.set_num_threads(1)
-NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
-
-
-def tiny_net(ndim=2, levels=2, base=2, padding="valid", seed=0) -> UNet:
-    """Random He-initialised net (torch's default init makes an untrained net almost constant)."""
-    torch.manual_seed(seed)
-    geometry = UNetGeometry(ndim=ndim, levels=levels, padding=padding)
-    net = UNet(UNetConfig(geometry=geometry, base_channels=base)).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d,
-                              torch.nn.ConvTranspose3d)):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                torch.nn.init.zeros_(m.bias)
-    return net
-
-
-def save_tiny(path, **kwargs):
-    meta = {"normalization": NORMALIZATION, "pad": ""}
-    net = tiny_net(**kwargs)
-    while True:
-        save_model(net, path, meta=meta)
-        # modelio refuses a first byte 0x80 as a pickle, which is also what a safetensors
-        # header length of 0x..80 starts with (reported); pad the metadata until it is not.
-        if path.read_bytes()[:1] != b"\x80":
-            return path
-        meta["pad"] += " "
 
 
 # ---- capacity ----------------------------------------------------------------------------------

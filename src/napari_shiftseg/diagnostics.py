@@ -237,9 +237,9 @@ def phase_map(shape: Sequence[int], geometry: UNetGeometry, chunks="auto") -> da
 
 
 def grid_lines(shape: Sequence[int], geometry: UNetGeometry, chunks="auto") -> da.Array:
-    """Lazy bool array: True on every f^l-th voxel along any model axis (the f^l grid)."""
+    """Lazy bool array: True where a network cell of f^l voxels begins, along any model axis."""
     shape = _spatial(shape, geometry)
     lead = len(shape) - geometry.ndim
-    masks = [np.arange(n) % geometry.grid == 0 for n in shape[lead:]]
+    masks = [(np.arange(n) - geometry.cell_offset) % geometry.grid == 0 for n in shape[lead:]]
     template = da.zeros(shape, dtype=bool, chunks=chunks)
     return _broadcast_any(masks, shape, template.chunks)

@@ -249,10 +249,22 @@ class UNetGeometry:
         return window
 
     # ---- phases -----------------------------------------------------------------------
+    @property
+    def cell_offset(self) -> int:
+        """Image position (mod f^l) where the network's bottom-level cells begin under tiling.
+
+        The deepest pooling cells start half the down path's loss into the input window, which
+        itself starts ``-input_offset`` before the output. For f = 2 that is 0 when l >= 3 and 2
+        when l = 2; same padding has no offset. Exactness does not depend on it (tiles only need
+        a common origin mod f^l), but the grid and phase maps shown to users do.
+        """
+        return (self._down_loss // 2 + self.input_offset) % self.grid if self.valid else 0
+
     def phase(self, position: Iterable[int]) -> int:
         """Index (0 … f^(d·l) − 1) of the output function u_i that computes a voxel."""
         pos = _per_axis(position, self.ndim, "position")
-        return int(np.ravel_multi_index([p % self.grid for p in pos], (self.grid,) * self.ndim))
+        cell = [(p - self.cell_offset) % self.grid for p in pos]
+        return int(np.ravel_multi_index(cell, (self.grid,) * self.ndim))
 
     def describe(self) -> dict:
         """Human-readable summary used by `shiftseg info` and the widgets."""

@@ -308,8 +308,8 @@ def _groups(plan: TilePlan, stack: int | None, batch: int):
         batch = 1  # each blend tile is its own task; chunks combine them afterwards
     *outer, last = plan.grid_shape
     for index in itertools.product(*(range(n) for n in outer)):
-        for gc, k0 in enumerate(range(0, last, batch)):
-            yield index + (gc,), [(None, index + (k,)) for k in range(k0, min(k0 + batch, last))]
+        for chunk, k0 in enumerate(range(0, last, batch)):
+            yield index + (chunk,), [(None, index + (k,)) for k in range(k0, min(k0 + batch, last))]
 
 
 def _chunks_of(n: int, step: int) -> tuple[int, ...]:

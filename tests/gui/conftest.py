@@ -20,25 +20,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _tiny_model(path, ndim: int, levels: int = 3):
-    import torch
+    from helpers import save_tiny
 
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.modelio import save_model
-    from napari_shiftseg.unet import UNet, UNetConfig
-
-    torch.manual_seed(0)
-    config = UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=levels), base_channels=2, embed_dim=3)
-    net = UNet(config).eval()
-    with torch.no_grad():
-        # He init: torch's default init shrinks activations level by level, so an untrained net
-        # is almost constant and would hide the seams that naive tiling makes.
-        for module in net.modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d,
-                                   torch.nn.ConvTranspose3d)):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                torch.nn.init.zeros_(module.bias)
-    meta = {"normalization": {"method": "percentile", "low": 1.0, "high": 99.8}}
-    return save_model(net, path, meta=meta)
+    return save_tiny(path, ndim=ndim, levels=levels)
 
 
 @pytest.fixture(scope="session")

@@ -64,19 +64,13 @@ def default_cases(geometry: UNetGeometry) -> list[WindowCase]:
 
 
 def cell_start(geometry: UNetGeometry) -> int:
-    """Image position (mod f^l) where the network's f^l cells begin under exact tiling.
+    """Image position (mod f^l) where the network's f^l cells begin: ``geometry.cell_offset``.
 
     Output voxel j of a raw network output lies in bottom-level cell
-    ``floor((j + h) / f^l)`` with ``h = (c·(k−1)/2)·(f^l − 1)/(f − 1)`` (each valid block shifts
-    by half its loss, each upsampling divides by f), and ``h`` is half of what the down path
-    removes: ``(context − c·(k−1)·f^l) / 2``. Exact tiles start on the global grid and keep raw
-    outputs from ``crop_front``, so cells start where ``p + crop_front + h ≡ 0 (mod f^l)``.
-    This is 0 for f = 2 and l >= 3 (cells coincide with ``diagnostics.grid_lines``) but 2 for
-    l = 2. Same padding has no such offset.
+    ``floor((j + h) / f^l)`` with ``h`` half of what the down path removes; exact tiles start on
+    the global grid and keep raw outputs from ``crop_front``. 0 for f = 2 and l >= 3, 2 for l = 2.
     """
-    g = geometry
-    half_down = (g.context - g.conv_loss * g.grid) // 4 if g.valid else 0
-    return int((-(g.crop_front + half_down)) % g.grid)
+    return geometry.cell_offset
 
 
 def _pair_jumps(emb: np.ndarray, gt: np.ndarray):
@@ -246,7 +240,9 @@ def run_window_study(mode: str = "quick", levels: int = 3, steps: int | None = N
         numbers = evaluate_case(model, image, gt, tile, seed)
         saved = {}
         if save_dir is not None:
-            saved["model_file"] = str(save_model_file(
+            from ..modelio import save_model
+
+            saved["model_file"] = str(save_model(
                 model, Path(save_dir) / f"window_{case.window}_{case.padding}.safetensors"))
         row = {"name": case.name, "window": case.window, **numbers, **saved,
                "final_loss": model.meta.get("final_loss"),
@@ -273,24 +269,6 @@ def run_window_study(mode: str = "quick", levels: int = 3, steps: int | None = N
                 "base_channels": base, "batch_size": batch, "tile": tile, "seed": seed,
                 "train_shape": list(train_shape), "test_shape": list(test_shape), "data": DATA}
     return {"settings": settings, "cases": out}
-
-
-def save_model_file(model, path) -> Path:
-    """``modelio.save_model``, padding the metadata until the file does not start with 0x80.
-
-    ``modelio`` refuses files starting with 0x80 as pickles, but that is also the first byte of
-    a safetensors file whose header length is 0x..80 (1 in 256 files; reported).
-    """
-    from ..modelio import save_model
-
-    meta = dict(model.meta)
-    meta.setdefault("pad", "")
-    while True:
-        model.meta = dict(meta)
-        save_model(model, path)
-        if Path(path).read_bytes()[:1] != b"\x80":
-            return Path(path)
-        meta["pad"] += " "
 
 
 def format_table(study: dict) -> str:

@@ -1,0 +1,31 @@
+"""Tiny random models shared by the tests (imported as ``helpers``; tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.modelio import save_model
+from napari_shiftseg.unet import UNet, UNetConfig
+
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+
+
+def tiny_net(ndim=2, levels=2, base=2, padding="valid", seed=0) -> UNet:
+    """Random He-initialised net: torch's default init makes an untrained net almost constant,
+    which would hide the seams of naive tiling."""
+    torch.manual_seed(seed)
+    geometry = UNetGeometry(ndim=ndim, levels=levels, padding=padding)
+    net = UNet(UNetConfig(geometry=geometry, base_channels=base)).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d,
+                              torch.nn.ConvTranspose3d)):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(m.bias)
+    return net
+
+
+def save_tiny(path, **kwargs):
+    """Save :func:`tiny_net` (same keyword arguments) as a model file and return its path."""
+    return save_model(tiny_net(**kwargs), path, meta={"normalization": NORMALIZATION})
