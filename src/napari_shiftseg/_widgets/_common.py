@@ -47,6 +47,15 @@ def devices() -> list[str]:
     return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def device_choice(settings: InferenceSettings):
+    """The device combo box, preset to the plugin setting when this machine has that device."""
+    from magicgui.widgets import ComboBox
+
+    choices = devices()
+    return ComboBox(label="device", choices=choices,
+                    value=settings.device if settings.device in choices else "auto")
+
+
 def set_running(button, running: bool, idle_text: str, others=()) -> None:
     """Turn ``button`` into a Cancel button while a job runs, and disable ``others``."""
     button.text = "Cancel" if running else idle_text

@@ -76,8 +76,14 @@ class Task(QObject):
     #: True when a job starts, False when it has finished (whatever the outcome).
     busy_changed = Signal(bool)
 
-    def __init__(self, parent: QObject | None = None):
+    def __init__(self, parent: QObject | None = None, *, progress=None, busy=None, failed=None,
+                 cancelled=None, done=None):
+        """Optional keyword handlers are connected to the signals of the same name."""
         super().__init__(parent)
+        for signal, handler in ((self.progress, progress), (self.busy_changed, busy),
+                                (self.failed, failed), (self.cancelled, cancelled), (self.done, done)):
+            if handler is not None:
+                signal.connect(handler)
         self._cancel = threading.Event()
         self._worker = None
         self._outcome = None

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
 from . import _layers, _pipeline
-from ._common import devices, inference_settings, layer_choices, watch_layers, wrap
+from ._common import device_choice, inference_settings, layer_choices, watch_layers, wrap
 from ._model_choice import ModelChooser
 from ._worker import Task
 
@@ -36,8 +36,7 @@ class InspectWidget(Container):
         self.model = ModelChooser()
         self.tile = SpinBox(label="output tile", value=settings.tile_size, min=1, max=4096)
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
-        self.device = ComboBox(label="device", choices=devices(),
-                               value=settings.device if settings.device in devices() else "auto")
+        self.device = device_choice(settings)
         self.grid_button = PushButton(text="f^l grid")
         self.phase_button = PushButton(text="Phase map")
         self.seams_button = PushButton(text="Tiles + seams")
@@ -50,12 +49,9 @@ class InspectWidget(Container):
                                   row2, self.progress, self.result])
         wrap(self.result)
         self._target = None
-        self._task = Task(self.native)
-        self._task.progress.connect(self._on_progress)
-        self._task.busy_changed.connect(self._on_busy)
-        self._task.failed.connect(lambda msg: show_error(f"shiftseg: {msg}"))
-        self._task.cancelled.connect(lambda: show_info("shiftseg: cancelled"))
-        self._task.done.connect(self._on_done)
+        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
+                          failed=lambda msg: show_error(f"shiftseg: {msg}"),
+                          cancelled=lambda: show_info("shiftseg: cancelled"), done=self._on_done)
         self.grid_button.changed.connect(lambda: self.show_geometry("grid"))
         self.phase_button.changed.connect(lambda: self.show_geometry("phase"))
         self.seams_button.changed.connect(self.show_seams)

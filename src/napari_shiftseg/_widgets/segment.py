@@ -23,7 +23,7 @@ from qtpy.QtCore import QTimer
 from .._errors import ShiftSegError
 from ..instances import DEFAULT_BANDWIDTH, DEFAULT_MIN_SIZE
 from . import _large, _layers, _pipeline
-from ._common import devices, inference_settings, layer_choices, set_running, watch_layers, wrap
+from ._common import device_choice, inference_settings, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import ModelChooser
 from ._worker import Task
 
@@ -59,8 +59,7 @@ class SegmentWidget(Container):
         self.model = ModelChooser()
         self.tile = SpinBox(label="output tile", value=settings.tile_size, min=1, max=4096)
         self.tile_info = Label(label="tile")
-        self.device = ComboBox(label="device", choices=devices(),
-                               value=settings.device if settings.device in devices() else "auto")
+        self.device = device_choice(settings)
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
         self.bandwidth = FloatSpinBox(label="bandwidth", value=DEFAULT_BANDWIDTH, min=0.05, max=50.0, step=0.1)
         self.min_size = SpinBox(label="min size (voxels)", value=DEFAULT_MIN_SIZE, min=0, max=10**7)
@@ -80,12 +79,9 @@ class SegmentWidget(Container):
         self._target: tuple | None = None  # (layer name, placement, E, capacity) of the cached result
         self._next_target: tuple | None = None
         self._pending: list = []  # layer tuples still to add, then the final status line
-        self._task = Task(self.native)
-        self._task.progress.connect(self._on_progress)
-        self._task.busy_changed.connect(self._on_busy)
-        self._task.failed.connect(self._on_failed)
-        self._task.cancelled.connect(self._on_cancelled)
-        self._task.done.connect(self._on_done)
+        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
+                          failed=self._on_failed,
+                          cancelled=self._on_cancelled, done=self._on_done)
         self.preview_button.changed.connect(self.preview)
         self.run_button.changed.connect(self._run_or_cancel)
         self.recluster_button.changed.connect(self.recluster)

@@ -17,7 +17,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
-from ._common import devices, inference_settings, layer_choices, watch_layers
+from ._common import device_choice, inference_settings, layer_choices, watch_layers
 from ._model_choice import ModelChooser
 from ._worker import Task
 
@@ -51,8 +51,7 @@ class SweepWidget(Container):
         self.tiles = LineEdit(label="tile sizes", value="112:148:4")
         self.tiles.tooltip = "output tile sizes: A:B (inclusive), A:B:STEP or A,B,C"
         self.mode = ComboBox(label="stitching", choices=["naive", "exact"], value="naive")
-        self.device = ComboBox(label="device", choices=devices(),
-                               value=settings.device if settings.device in devices() else "auto")
+        self.device = device_choice(settings)
         self.folder = FileEdit(label="save to (optional)", mode="d", value="")
         self.run_button = PushButton(text="Run sweep")
         self.progress = ProgressBar(label="progress", value=0, max=1)
@@ -65,12 +64,9 @@ class SweepWidget(Container):
         self.canvas.setMinimumHeight(240)
         self.native.layout().addWidget(self.canvas)
         self.last_result: dict | None = None
-        self._task = Task(self.native)
-        self._task.progress.connect(self._on_progress)
-        self._task.busy_changed.connect(self._on_busy)
-        self._task.failed.connect(self._on_failed)
-        self._task.cancelled.connect(self._on_cancelled)
-        self._task.done.connect(self._on_done)
+        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
+                          failed=self._on_failed,
+                          cancelled=self._on_cancelled, done=self._on_done)
         self.run_button.changed.connect(self._run_or_cancel)
         self.image.changed.connect(self._follow_ndim)
         watch_layers(napari_viewer, self)

@@ -74,12 +74,10 @@ class TrainWidget(Container):
         self.native.layout().addWidget(self.canvas)
         self._losses: list[tuple[int, float]] = []
         self.saved_path: Path | None = None
-        self._task = Task(self.native)
-        self._task.progress.connect(self._on_progress)
-        self._task.busy_changed.connect(self._on_busy)
-        self._task.failed.connect(lambda msg: self._finish("failed", show_error, msg))
-        self._task.cancelled.connect(lambda: self._finish("cancelled", show_info, "cancelled; nothing saved"))
-        self._task.done.connect(self._on_done)
+        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
+                          failed=lambda msg: self._finish("failed", show_error, msg),
+                          cancelled=lambda: self._finish("cancelled", show_info, "cancelled; nothing saved"),
+                          done=self._on_done)
         self.train_button.changed.connect(self._train_or_cancel)
         self.use_button.changed.connect(self.use_in_segment)
         for w in (self.ndim, self.levels, self.factor, self.padding, self.window, self.allow_small):
