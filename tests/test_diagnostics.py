@@ -135,3 +135,28 @@ def test_seam_map_on_a_slice_stack():
     one = seam_map(emb[:, 1], plan).compute()
     np.testing.assert_allclose(seams[1].compute(), one, rtol=1e-6)
     assert (seams.compute()[:, ~tile_boundaries(plan).compute()] == 0).all()
+
+
+def test_seam_error_is_zero_for_exact_and_large_for_naive(image):
+    from helpers import tiny_net
+
+    from napari_shiftseg.diagnostics import reference_tile, seam_error
+
+    model = tiny_net(levels=3, base=3)  # He init: an untrained default-init net is nearly flat
+    g = model.geometry
+    errors = {}
+    for mode, tile in (("exact", 24), ("naive", 20)):
+        plan = tile_plan(image.shape, g, tile, mode)
+        emb = predict_embeddings(image, model, tile=tile, device="cpu", mode=mode)
+        ref = predict_embeddings(image, model, tile=reference_tile(plan, g), device="cpu", mode="exact")
+        assert reference_tile(plan, g) != plan.tile
+        seam = seam_error(emb, ref, plan)
+        assert isinstance(seam, da.Array) and seam.shape == image.shape
+        errors[mode] = seam.compute()
+        inside = ~tile_boundaries(plan).compute()
+        assert (errors[mode][inside] == 0).all()
+    scale = np.abs(predict_whole(image, model, device="cpu")).max()
+    assert errors["exact"].max() <= 1e-5 * scale
+    assert errors["naive"].max() > 1e-2 * scale
+    with pytest.raises(ShiftSegError, match="differ in shape"):
+        seam_error(np.zeros((4, 5, 5)), np.zeros((4, 5, 6)), plan)

@@ -56,11 +56,15 @@ def test_run_layers_and_seams(segment, viewer, wait_idle, tiny_model_2d):
     n_layers = len(viewer.layers)
     whole = predict_whole(viewer.layers["crop"].data, load_model(tiny_model_2d), device="cpu")
     exact_jump = np.abs(segment._result.embeddings - whole).max()
+    exact_seam = float(np.asarray(layers["seams"].data).max())
 
     _run(segment, wait_idle, mode="naive", tile=20)   # not a multiple of f^l = 8
     assert len(viewer.layers) == n_layers              # reruns update the same layers
     naive_jump = np.abs(segment._result.embeddings - whole).max()
+    naive_seam = float(np.asarray(viewer.layers["crop_shiftseg_seams"].data).max())
     assert exact_jump < 1e-4 and naive_jump > 0.1, (exact_jump, naive_jump)
+    # the seam layer itself shows it: ~0 for exact tiles, order 1 for naive ones
+    assert exact_seam < 1e-4 and naive_seam > 0.1, (exact_seam, naive_seam)
     assert not np.array_equal(viewer.layers["crop_shiftseg_tile_boundaries"].data, layers["grid"].data)
 
     # Re-cluster: only mean-shift again, on the cached embeddings.

@@ -19,7 +19,7 @@ from pathlib import Path
 import dask.array as da
 import zarr
 
-from .. import diagnostics
+from .. import diagnostics, predict
 from ..segment import recluster as recluster_zarr
 from ..segment import segment_to_zarr
 from ..tiling import tile_plan
@@ -55,14 +55,18 @@ class LargeResult:
     origin: tuple | None = None
 
 
-def _open(path: Path, plan, geometry) -> LargeResult:
+def _open(path: Path, plan, model, image, device) -> LargeResult:
 
     group = zarr.open_group(str(path), mode="r")
     embeddings = da.from_zarr(group["embeddings"])
     shape = embeddings.shape[1:]
+    geometry = model.geometry
+    # Lazy: napari computes the reference only for the tiles of the slice on screen.
+    reference = predict.predict_embeddings(image, model, tile=diagnostics.reference_tile(plan, geometry),
+                                           device=device, mode="exact")
     diag = {
         "tile_boundaries": diagnostics.tile_boundaries(plan),
-        "seams": diagnostics.seam_map(embeddings, plan),
+        "seams": diagnostics.seam_error(embeddings, reference, plan),
         "grid": diagnostics.grid_lines(shape, geometry),
         "phase": diagnostics.phase_map(shape, geometry),
     }
@@ -82,7 +86,7 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
                     mode=params.mode, bandwidth=params.bandwidth, min_size=params.min_size,
                     progress=lambda d, t: report(d, t, stage["name"]), cancel=cancel, stage=on_stage)
     plan = tile_plan(image.shape, model.geometry, params.tile, params.mode)
-    return _open(out_path, plan, model.geometry)
+    return _open(out_path, plan, model, image, params.device)
 
 
 def recluster(report, cancel, result: LargeResult, params) -> da.Array:

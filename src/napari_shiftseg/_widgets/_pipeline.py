@@ -149,9 +149,12 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
                                      cancel=cancel)
     shape = embeddings.shape[1:]
     plan = tiling.tile_plan(shape, g, params.tile, params.mode)
+    # Seams = where stitched output departs from whole-image output (an exact run, other borders).
+    reference = predict.predict_embeddings(data, model, tile=diagnostics.reference_tile(plan, g),
+                                           device=params.device, mode="exact", normalization=norm)
     diag = {
         "tile_boundaries": diagnostics.tile_boundaries(plan),
-        "seams": diagnostics.seam_map(embeddings, plan),
+        "seams": diagnostics.seam_error(embeddings, reference, plan),
         "grid": diagnostics.grid_lines(shape, g),
         "phase": diagnostics.phase_map(shape, g),
     }
@@ -252,8 +255,10 @@ def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
     plan = tiling.tile_plan(image.shape, model.geometry, tile, mode)
+    reference = predict.predict_embeddings(image, model, device=device, mode="exact",
+                                           tile=diagnostics.reference_tile(plan, model.geometry))
     found = {"tile_boundaries": diagnostics.tile_boundaries(plan),
-             "seams": diagnostics.seam_map(embeddings, plan)}
+             "seams": diagnostics.seam_error(embeddings, reference, plan)}
     return dict(zip(found, progress.compute(*found.values(), cancel=cancel)))
 
 
