@@ -29,3 +29,19 @@ def tiny_net(ndim=2, levels=2, base=2, padding="valid", seed=0) -> UNet:
 def save_tiny(path, **kwargs):
     """Save :func:`tiny_net` (same keyword arguments) as a model file and return its path."""
     return save_model(tiny_net(**kwargs), path, meta={"normalization": NORMALIZATION})
+
+
+def save_standardized(path, image, ndim=2, seed=0):
+    """Random 2-level U-Net whose head is rescaled so outputs have mean 0, std 1 on ``image``
+    (random weights alone give nearly constant outputs and no foreground)."""
+    from napari_shiftseg.predict import predict_whole
+
+    torch.manual_seed(seed)
+    config = UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2)
+    net = UNet(config).eval()
+    out = predict_whole(image, net, device="cpu").reshape(config.out_channels, -1)
+    mean, std = torch.from_numpy(out.mean(1)), torch.from_numpy(out.std(1))
+    with torch.no_grad():
+        net.head.weight /= std.view(-1, *[1] * (net.head.weight.ndim - 1))
+        net.head.bias.sub_(mean).div_(std)
+    return save_model(net, path)

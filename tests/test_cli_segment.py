@@ -5,26 +5,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_shiftseg.cli import main
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import save_model
-from napari_shiftseg.predict import predict_whole
-from napari_shiftseg.unet import UNet, UNetConfig
+
+from helpers import save_standardized  # noqa: E402
 
 
-def tiny_model(path, image, ndim=2, seed=0):
-    """Random 2-level U-Net with its head rescaled to mean 0, std 1 outputs on ``image``."""
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2)).eval()
-    out = predict_whole(image, net, device="cpu").reshape(3, -1)
-    mean, std = torch.from_numpy(out.mean(1)), torch.from_numpy(out.std(1))
-    with torch.no_grad():
-        net.head.weight /= std.view(-1, *[1] * (net.head.weight.ndim - 1))
-        net.head.bias.sub_(mean).div_(std)
-    return save_model(net, path)
+tiny_model = save_standardized
 
 
 @pytest.fixture(scope="module")

@@ -18,23 +18,14 @@ from napari_shiftseg.progress import Cancelled
 from napari_shiftseg.segment import ATTRS, recluster, segment_to_zarr
 from napari_shiftseg.unet import UNet, UNetConfig
 
+from helpers import save_standardized  # noqa: E402
+
 SHAPE = (40, 56)
 TILE = 16  # f^l = 4 for the 2-level test net: a 3 x 4 tile grid
 KW = dict(tile=TILE, device="cpu", bandwidth=1.0, min_size=3, n_seeds=100)
 
 
-def tiny_model(path, image, ndim=2, seed=0):
-    """Random 2-level U-Net whose head is rescaled so outputs have mean 0, std 1 on ``image``
-    (random weights alone give nearly constant outputs and no foreground)."""
-    torch.manual_seed(seed)
-    config = UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2)
-    net = UNet(config).eval()
-    out = predict_whole(image, net, device="cpu").reshape(config.out_channels, -1)
-    mean, std = torch.from_numpy(out.mean(1)), torch.from_numpy(out.std(1))
-    with torch.no_grad():
-        net.head.weight /= std.view(-1, *[1] * (net.head.weight.ndim - 1))
-        net.head.bias.sub_(mean).div_(std)
-    return save_model(net, path)
+tiny_model = save_standardized
 
 
 @pytest.fixture(scope="module")
