@@ -13,7 +13,9 @@ from napari_shiftseg.cli import main
 from napari_shiftseg.modelio import load_model
 
 # Tiny network settings: l = 2 (f^l = 4), 4 base channels, 12-pixel windows.
-TINY = ["--levels", "2", "--base-channels", "4", "--window", "12", "--steps", "3", "--quiet"]
+NET = ["--levels", "2", "--base-channels", "4"]
+RUN = ["--window", "12", "--steps", "3", "--quiet"]
+TINY = NET + RUN
 
 
 def _one_line_error(capsys, code, argv, match):
@@ -82,7 +84,7 @@ def test_train_on_files(tif_pair, tmp_path, capsys):
     assert command.startswith("shiftseg train --image ") and "--window 12" in command
     # Continue training from the saved model.
     again = tmp_path / "again.safetensors"
-    assert main(["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY,
+    assert main(["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *RUN,
                  "--init", str(model_path), "-o", str(again)]) == 0
     again_command = load_model(again).meta
     assert again_command["initialised_from"]["command"] == command
@@ -148,3 +150,45 @@ def test_console_script_bad_argument(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert "must be larger than f^l = 8" in result.stderr
+
+
+def test_init_inherits_settings_it_is_not_told_to_change(tif_pair, tmp_path):
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    data = ["--image", str(tif_pair[0]), "--labels", str(tif_pair[1])]
+    assert main(["train", *data, *TINY, "--no-tune", "--bandwidth", "1.7", "--min-size", "33",
+                 "-o", str(first)]) == 0
+    assert main(["train", *data, *RUN, "--no-tune", "--init", str(first), "-o", str(second)]) == 0
+    meta = load_model(second).meta
+    assert meta["bandwidth"] == 1.7 and meta["min_size"] == 33
+    assert meta["initialised_from"]["model"] == "first.safetensors"
+    # A setting given on the command line wins over the inherited one.
+    third = tmp_path / "third.safetensors"
+    assert main(["train", *data, *RUN, "--no-tune", "--init", str(first), "--min-size", "5",
+                 "-o", str(third)]) == 0
+    meta = load_model(third).meta
+    assert meta["bandwidth"] == 1.7 and meta["min_size"] == 5
+
+
+def test_network_options_with_init_are_refused(tif_pair, tmp_path, capsys):
+    argv = ["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY,
+            "--init", "bundled", "-o", str(tmp_path / "m.safetensors")]
+    _one_line_error(capsys, 2, argv, "give one or the other")
+
+
+def test_default_starts_from_the_bundled_model(tif_pair, tmp_path):
+    from napari_shiftseg.modelio import load_bundled
+
+    out = tmp_path / "tuned.safetensors"
+    assert main(["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), "--steps", "1",
+                 "--batch-size", "1", "--window", "36", "--quiet", "-o", str(out)]) == 0
+    model, bundled = load_model(out), load_bundled(2)
+    assert model.config == bundled.config
+    assert model.meta["initialised_from"]["model"] == bundled.name
+
+
+def test_output_is_checked_before_training(tif_pair, tmp_path, capsys):
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    argv = ["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY, "-o", str(folder)]
+    _one_line_error(capsys, 2, argv, "is a directory")
+    assert not list(tmp_path.glob("*.tmp"))

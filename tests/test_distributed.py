@@ -36,7 +36,8 @@ def test_local_cluster_matches_in_process(tmp_path):
     model = tiny_model(tmp_path / "m.safetensors", image)
     local = segment_to_zarr(image, tmp_path / "local.zarr", model, **KW)
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  host="127.0.0.1", dashboard_address=None,
+                                  worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         seen = []
         remote = segment_to_zarr(image, tmp_path / "remote.zarr", model, client=client,
                                  progress=lambda d, t: seen.append((d, t)), **KW)
@@ -56,3 +57,23 @@ def test_scheduler_and_workers_are_exclusive():
     with pytest.raises(ShiftSegError, match="either"):
         connect("tcp://127.0.0.1:1", workers=2)
     assert connect() is None
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """issue 9, defect 11: ``--workers N`` binds scheduler and workers to 127.0.0.1, no dashboard."""
+    client = connect(workers=1)
+    cluster = client.cluster
+    try:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        info = client.scheduler_info()
+        assert info["workers"] and all(a.startswith("tcp://127.0.0.1:") for a in info["workers"])
+        # every listening socket of this process and its workers (HTTP servers included)
+        import psutil
+
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        listening = [c.laddr.ip for p in procs for c in p.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening and set(listening) == {"127.0.0.1"}, listening
+    finally:
+        client.close()
+        cluster.close()

@@ -53,12 +53,14 @@ def exact_cases(draw, ndim):
     base = draw(st.integers(2, 4 if ndim == 2 else 2))
     seed = draw(st.integers(0, 1000))
     upsampling = draw(st.sampled_from(["learnt", "nearest"]))
+    # Both embedding heads: spatial positions are added after stitching, from global coordinates.
+    head = draw(st.sampled_from([{}, {"embedding": "spatial", "position_scale": 0.25}]))
     grid = 2**levels
     high = 50 if ndim == 2 else (12 if levels == 1 else 9)
     shape = tuple(draw(st.lists(st.integers(1, high), min_size=ndim, max_size=ndim)))
     n = draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim))
     tile = tuple(k * grid for k in n)
-    return make_net(ndim, levels, base, seed, upsampling=upsampling), shape, tile, seed
+    return make_net(ndim, levels, base, seed, upsampling=upsampling, **head), shape, tile, seed
 
 
 def _check_exact(case):
@@ -345,3 +347,24 @@ def test_blend_matches_a_direct_gaussian_average(per_slice):
             norm[t.write] += weight[kept]
         out = lazy[:, z] if per_slice else lazy
         np.testing.assert_allclose(out.compute(), acc / norm, rtol=1e-4, atol=1e-6)
+
+
+def test_tiled_path_uses_the_recorded_normalization():
+    """A model trained with other percentiles is normalised with those, tiled or whole."""
+    from helpers import tiny_net
+
+    from napari_shiftseg.normalize import percentile_normalization
+
+    net = tiny_net(base=3, seed=2)
+    image = np.random.default_rng(0).gamma(2.0, size=(40, 44)).astype(np.float32)
+    model = Model(net, {"normalization": {"method": "percentile", "low": 10.0, "high": 90.0}})
+    tiled = predict_embeddings(image, model, tile=8, device="cpu").compute(scheduler="sync")
+    want = predict_embeddings(image, net, tile=8, device="cpu",
+                              normalization=percentile_normalization(image, 10.0, 90.0)).compute(scheduler="sync")
+    default = predict_embeddings(image, net, tile=8, device="cpu").compute(scheduler="sync")
+    np.testing.assert_array_equal(tiled, want)
+    assert np.abs(tiled - default).max() > 1e-3  # the record made a difference
+    np.testing.assert_allclose(predict_whole(image, model, device="cpu"), tiled, atol=1e-5)
+    bad = Model(net, {"normalization": {"method": "zscore"}})
+    with pytest.raises(ShiftSegError, match="does not know"):
+        predict_embeddings(image, bad, tile=8, device="cpu")

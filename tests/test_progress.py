@@ -85,7 +85,7 @@ def test_distributed_progress_and_cancel(setup):
     emb, _ = setup
     expected = emb.compute(scheduler="sync")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         seen = []
         (out,) = compute(emb, progress=lambda d, t: seen.append((d, t)), scheduler=client)
         np.testing.assert_array_equal(out, expected)

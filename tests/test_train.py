@@ -2,6 +2,8 @@
 
 import threading
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.modelio import Model, load_model
 from napari_shiftseg.normalize import percentile_normalization
-from napari_shiftseg.train import _batch, _Crop, _Prepared, _unflip, default_training_window, train
+from napari_shiftseg.augment import NO_AUGMENTATION, Augmentation
+from napari_shiftseg.train import _batch, _Crop, _Prepared, _unmove, default_training_window, train
 from napari_shiftseg.unet import UNet, UNetConfig
 
 # A tiny 2D network (l = 2, f^l = 4, context 40): a step takes milliseconds.
@@ -188,22 +191,41 @@ def _flip_symmetric(net):
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 w = module.weight
                 w.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+                w.copy_((w + w.transpose(-1, -2)) / 2)  # and under swapping the two axes
     return net
 
 
-def test_flip_augmentation_realigns_output(pair):
-    """Flip the input crops, run the net, _unflip: equals the unflipped output exactly."""
+def test_geometric_augmentation_realigns_output(pair):
+    """Flip/transpose the input crops, run the net, _unmove: equals the plain output exactly."""
     net = _flip_symmetric(UNet(TINY)).eval()
     crop = _Crop.plan(TINY.geometry, (WINDOW, WINDOW))
     prepared = _Prepared(pair[0], pair[1], crop, pad=True)
     rng = np.random.default_rng(0)
-    x, _, flips = _batch(lambda r: prepared, rng, 4, True, 0.0, 2)
-    assert any(flips) and not all(flips)  # seed 0 draws a mix of flipped and unflipped items
-    plain = torch.from_numpy(np.stack([np.flip(xi, f) for xi, f in zip(x[:, 0], flips)])[:, None].copy())
+    moves_only = dataclasses.replace(NO_AUGMENTATION, flips=True, transpose=True)
+    x, _, moves = _batch(lambda r: prepared, rng, 6, moves_only)
+    assert any(m[0] for m in moves) and any(m[1] for m in moves) and not all(m[0] for m in moves)
+
+    def undo(xi, axes, transpose):
+        xi = np.swapaxes(xi, -1, -2) if transpose else xi
+        return np.flip(xi, axes) if axes else xi
+
+    plain = torch.from_numpy(np.stack([undo(xi, *m) for xi, m in zip(x[:, 0], moves)])[:, None].copy())
     with torch.no_grad():
         expected = net(plain)
-        got = _unflip(net(torch.from_numpy(x)), flips)
+        got = _unmove(net(torch.from_numpy(x)), moves)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_intensity_augmentation_changes_crops_but_not_labels(pair):
+    crop = _Crop.plan(TINY.geometry, (WINDOW, WINDOW))
+    prepared = _Prepared(pair[0], pair[1], crop, pad=True)
+    for seed in range(3):  # one crop per batch: the crop position is drawn before the intensity
+        plain_x, plain_y, _ = _batch(lambda r: prepared, np.random.default_rng(seed), 1, NO_AUGMENTATION)
+        aug_x, aug_y, _ = _batch(lambda r: prepared, np.random.default_rng(seed), 1,
+                                 Augmentation(flips=False, transpose=False))
+        np.testing.assert_array_equal(plain_y, aug_y)
+        assert aug_x.dtype == np.float32 and np.isfinite(aug_x).all()
+        assert np.abs(aug_x - plain_x).mean() > 1e-3
 
 
 def test_model_is_returned_on_cpu_in_eval_mode(pair):

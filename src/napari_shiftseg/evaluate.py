@@ -19,38 +19,28 @@ import torch
 
 from ._errors import ShiftSegError
 from .data import validate_image
-from .instances import DEFAULT_MIN_SIZE
 from .modelio import Model
-from .normalize import percentile_normalization
+from .settings import SegmentationSettings
 
-__all__ = ["embed_array", "segment_array", "default_bandwidth", "default_min_size", "evaluate_model"]
-
-#: Fraction of the push margin used as mean-shift bandwidth when the model does not say.
-#: Trained means are >= 2·delta_d apart and pixels lie within ~delta_v of their mean, so a
-#: bandwidth below delta_d separates clusters with room to spare.
-BANDWIDTH_OF_DELTA_D = 2.0 / 3.0
-
-#: Smallest object kept (pixels/voxels) when the model records no ``min_size``.
+__all__ = ["embed_array", "segment_array", "segment_embeddings", "default_bandwidth",
+           "default_min_size", "evaluate_model"]
 
 
 def default_bandwidth(model: Model) -> float:
     """The model's recorded mean-shift bandwidth, else ``2/3 · delta_d`` (2.0 for delta_d 3)."""
-    meta = model.meta or {}
-    if "bandwidth" in meta:
-        return float(meta["bandwidth"])
-    delta_d = float(meta.get("loss", {}).get("delta_d", 3.0))
-    return BANDWIDTH_OF_DELTA_D * delta_d
+    return SegmentationSettings.of(model).bandwidth
 
 
 def default_min_size(model: Model) -> int:
-    """The model's recorded smallest object size, else :data:`DEFAULT_MIN_SIZE`."""
-    return int((model.meta or {}).get("min_size", DEFAULT_MIN_SIZE))
+    """The model's recorded smallest object size, else the default."""
+    return SegmentationSettings.of(model).min_size
 
 
 def embed_array(image, model: Model, device: str | torch.device = "cpu") -> np.ndarray:
     """Embeddings of a whole image, (E [+1 foreground logit], *image.shape), as numpy.
 
-    Normalised with the model's recorded percentiles of the *whole* image, reflect-padded once.
+    Normalised with the model's recorded percentiles of the *whole* image, reflect-padded once
+    (spatial models get their global positions added, as in the tiled path).
     """
     from .predict import predict_whole
 
@@ -58,22 +48,29 @@ def embed_array(image, model: Model, device: str | torch.device = "cpu") -> np.n
     if image.ndim != model.geometry.ndim:
         raise ShiftSegError(f"the model is {model.geometry.ndim}D but the image is {image.ndim}D "
                             f"(shape {image.shape})")
-    norm_meta = (model.meta or {}).get("normalization", {})
-    if norm_meta.get("method", "percentile") != "percentile":
-        raise ShiftSegError(f"unsupported normalisation {norm_meta.get('method')!r} in {model.name}")
-    norm = percentile_normalization(image, norm_meta.get("low", 1.0), norm_meta.get("high", 99.8))
-    return np.asarray(predict_whole(image, model, device=str(device), normalization=norm))
+    return np.asarray(predict_whole(image, model, device=str(device)))
+
+
+def segment_embeddings(embeddings, settings: SegmentationSettings, foreground: bool = True,
+                       n_seeds: int = 1000, seed: int = 0) -> np.ndarray:
+    """Instance labels (int32 numpy) of in-memory embeddings with the given settings."""
+    from .instances import segment_instances
+
+    labels, _ = segment_instances(embeddings, n_seeds=n_seeds, seed=seed, foreground=foreground,
+                                  **settings.instance_kwargs())
+    return np.asarray(labels.compute(scheduler="sync"), dtype=np.int32)
 
 
 def segment_array(
     image,
     model: Model,
     bandwidth: float | None = None,
-    foreground_threshold: float = 0.5,
+    foreground_threshold: float | None = None,
     min_size: int | None = None,
     n_seeds: int = 1000,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    settings: SegmentationSettings | None = None,
 ) -> np.ndarray:
     """Instance labels of a small 2D/3D image (whole-image inference + mean-shift + CC).
 
@@ -82,36 +79,27 @@ def segment_array(
     image : array-like
         Raw image, 2D or 3D like the model.
     model : Model
-        A trained model. With a foreground head, voxels with probability above
-        ``foreground_threshold`` are clustered; without one, the most populous cluster is
-        taken as background (models trained with ``background_as_instance``).
-    bandwidth : float, optional
-        Mean-shift bandwidth in embedding units; default :func:`default_bandwidth`.
-    foreground_threshold : float
-        Foreground probability threshold.
-    min_size : int, optional
-        Objects smaller than this many voxels are dropped; default :func:`default_min_size`.
+        A trained model. With a foreground head, voxels with probability above the
+        foreground threshold are clustered; without one, the most populous cluster is taken
+        as background (models trained with ``background_as_instance``).
+    bandwidth, foreground_threshold, min_size : optional
+        Override the model's recorded settings (:meth:`SegmentationSettings.of`).
     n_seeds, seed : int
         Mean-shift seeds (random foreground voxels) and their random seed.
     device : str or torch.device
         Where to run the network.
+    settings : SegmentationSettings, optional
+        Use these instead of the model's recorded settings (the overrides above still apply).
 
     Returns
     -------
     numpy.ndarray
         int32 labels, 0 = background, objects 1..N.
     """
-    from .instances import segment_instances
-
+    settings = (settings or SegmentationSettings.of(model)).replace(
+        bandwidth=bandwidth, fg_threshold=foreground_threshold, min_size=min_size)
     embeddings = embed_array(image, model, device)
-    labels, _ = segment_instances(
-        embeddings,
-        bandwidth=default_bandwidth(model) if bandwidth is None else bandwidth,
-        fg_threshold=foreground_threshold,
-        min_size=default_min_size(model) if min_size is None else min_size,
-        n_seeds=n_seeds, seed=seed, foreground=model.config.foreground_head,
-    )
-    return np.asarray(labels.compute(scheduler="sync"), dtype=np.int32)
+    return segment_embeddings(embeddings, settings, model.config.foreground_head, n_seeds, seed)
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:
@@ -127,3 +115,107 @@ def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> 
     summary = {k: float(np.mean([r[k] for r in results])) for k in keys}
     summary["images"] = results
     return summary
+
+
+# --------------------------------------------------------------------------- scoring methods
+
+#: IoU thresholds of the mean AP ("mAP"): 0.5, 0.55, ..., 0.9.
+MAP_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))
+#: Columns of :func:`score_methods` rows, in table order.
+SCORE_COLUMNS = ("ap@0.5", "mAP", "recall@0.5", "false_splits", "false_merges", "n_gt", "n_pred",
+                 "seconds")
+
+
+def model_method(model: Model, **segment_kwargs):
+    """A ``image -> labels`` callable that segments with ``model`` via :func:`segment_array`."""
+    def segment(image):
+        return segment_array(image, model, **segment_kwargs)
+    return segment
+
+
+def score_methods(pairs, methods) -> tuple[list[dict], dict[str, dict]]:
+    """Segment every image with every method and score it against its labels.
+
+    Parameters
+    ----------
+    pairs : iterable of (name, image, labels)
+        Images with their ground-truth instance labels (0 = background).
+    methods : mapping of str to callable
+        ``name -> f(image) -> labels``, e.g. ``{"model": model_method(m),
+        "otsu+watershed": classical.otsu_watershed}``.
+
+    Returns
+    -------
+    rows : list of dict
+        One per (image, method): ``"image"``, ``"method"`` and :data:`SCORE_COLUMNS` (mAP is the
+        AP averaged over IoU 0.5:0.05:0.9; seconds is the wall time of the method).
+    summary : dict
+        Per method: the mean over images of ``ap@0.5``, ``mAP`` and ``recall@0.5``; the sums of
+        false splits, false merges, n_gt, n_pred and seconds; and ``"images"``.
+    """
+    import time
+
+    from . import metrics
+
+    methods = dict(methods)
+    if not methods:
+        raise ShiftSegError("no segmentation method to score")
+    rows = []
+    for name, image, labels in pairs:
+        labels = np.asarray(labels)
+        if labels.shape != np.shape(image):
+            raise ShiftSegError(f"{name}: the labels have shape {labels.shape} but the image has "
+                                f"shape {np.shape(image)}")
+        for method, segment in methods.items():
+            start = time.perf_counter()
+            pred = np.asarray(segment(image))
+            seconds = time.perf_counter() - start
+            scores = metrics.evaluate(labels, pred, thresholds=MAP_IOU_THRESHOLDS, recall=True)
+            rows.append({
+                "image": str(name),
+                "method": method,
+                "ap@0.5": float(scores["ap@0.5"]),
+                "mAP": float(np.mean([scores[f"ap@{t:g}"] for t in MAP_IOU_THRESHOLDS])),
+                "recall@0.5": float(scores["recall@0.5"]),
+                "false_splits": int(scores["false_splits"]),
+                "false_merges": int(scores["false_merges"]),
+                "n_gt": int(scores["n_gt"]),
+                "n_pred": int(scores["n_pred"]),
+                "seconds": float(seconds),
+            })
+    summary = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        entry = {k: float(np.mean([r[k] for r in mine])) for k in ("ap@0.5", "mAP", "recall@0.5")}
+        entry.update({k: int(sum(r[k] for r in mine))
+                      for k in ("false_splits", "false_merges", "n_gt", "n_pred")})
+        entry["seconds"] = float(sum(r["seconds"] for r in mine))
+        entry["images"] = len(mine)
+        summary[method] = entry
+    return rows, summary
+
+
+def format_scores(rows, summary, title: str | None = None) -> str:
+    """A plain-text table of :func:`score_methods` output: per image, then overall (mean AP)."""
+    head = ("image", "method") + SCORE_COLUMNS
+    table = []
+    for r in rows:
+        table.append((r["image"], r["method"]) + tuple(_cell(r[k]) for k in SCORE_COLUMNS))
+    for method, s in summary.items():
+        table.append(("overall", method) + tuple(_cell(s[k]) for k in SCORE_COLUMNS))
+    widths = [max(len(str(row[i])) for row in [head, *table]) for i in range(len(head))]
+    lines = [f"== {title} ==" if title else None,
+             "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for n, row in enumerate(table):
+        if n == len(rows):
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _cell(value) -> str:
+    return str(value) if isinstance(value, (int, np.integer)) else f"{value:.3f}"

@@ -43,6 +43,29 @@ def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
     return values
 
 
+#: (field, lowest, highest, why the highest) for every integer field of UNetGeometry. The
+#: limits are far beyond any useful network and keep a hostile model file from asking for more
+#: layers, voxels or memory than a machine has.
+_BOUNDS = (
+    ("levels", 1, 6, "deeper U-Nets need tiles hundreds of voxels wide per axis for no gain"),
+    ("factor", 2, 4, "pooling by more than 4 discards most of each window"),
+    ("convs_per_level", 1, 4, "the paper uses 2; more only widens the context"),
+    ("kernel_size", 1, 7, "wider kernels only widen the context"),
+)
+#: Largest tile grid factor**levels (2**6 = 64, 3**5 = 243, 4**4 = 256 are the largest allowed).
+MAX_GRID = 256
+
+
+def check_int(value, name: str, low: int, high: int, why: str = "") -> int:
+    """``value`` as an int in [low, high], refusing other types (bool, float) with one sentence."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ShiftSegError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        reason = f" ({why})" if why else ""
+        raise ShiftSegError(f"{name} must be between {low} and {high}{reason}, got {value}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class UNetGeometry:
     """Size rules of a U-Net with ``levels`` pooling levels of factor ``factor``.
@@ -71,18 +94,21 @@ class UNetGeometry:
     padding: str = "valid"
 
     def __post_init__(self):
-        if self.ndim not in (2, 3):
-            raise ShiftSegError(f"ndim must be 2 or 3, got {self.ndim}")
-        if self.levels < 1:
-            raise ShiftSegError(f"levels must be >= 1, got {self.levels}")
-        if self.factor < 2:
-            raise ShiftSegError(f"pooling factor must be >= 2, got {self.factor}")
-        if self.convs_per_level < 1:
-            raise ShiftSegError(f"convs_per_level must be >= 1, got {self.convs_per_level}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        # Model files are untrusted: every field is type- and range-checked here, before any
+        # size is computed from it (a levels of 10**6 must not reach factor**levels).
+        if isinstance(self.ndim, bool) or not isinstance(self.ndim, (int, np.integer)) or self.ndim not in (2, 3):
+            raise ShiftSegError(f"ndim must be 2 or 3, got {self.ndim!r}")
+        for name, low, high, why in _BOUNDS:
+            check_int(getattr(self, name), name, low, high, why)
+        if self.kernel_size % 2 == 0:
             raise ShiftSegError(f"kernel_size must be odd and positive, got {self.kernel_size}")
         if self.padding not in PADDINGS:
             raise ShiftSegError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.factor**self.levels > MAX_GRID:
+            raise ShiftSegError(
+                f"factor**levels = {self.factor}**{self.levels} = {self.factor**self.levels} exceeds "
+                f"{MAX_GRID}: every tile would have to be a multiple of it, plus an even larger "
+                "context; use fewer levels or a smaller factor")
 
     # ---- the basic numbers -------------------------------------------------------------
     @property

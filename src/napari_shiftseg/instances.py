@@ -20,6 +20,12 @@ Three steps, the order of THEORY.md ("Instances"):
       so no second pass over the data), number the rest 1..M in the order of their first
       block, and relabel block by block.
 
+4. optional post-processing against over-splitting (:mod:`napari_shiftseg.postprocess`): merge
+   touching objects with close mean embeddings, absorb small fragments into the neighbour they
+   touch most, fill holes. It rides on the same passes (per-block partial tables, the face slabs,
+   one small global table per object) plus, for hole filling, one more labelling of the
+   background; the result stays independent of the chunking.
+
 Two entry points share these steps: :func:`label_instances` returns a lazy dask array (the graph
 keeps the per-block labels, 4 bytes per voxel, until the relabel table is known: fine for
 anything that fits in memory), and :func:`write_instances` stages through a zarr array and keeps
@@ -54,6 +60,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as _sk_label
 
+from . import postprocess as _post
 from ._errors import ShiftSegError
 from .meanshift import assign_to_modes, mean_shift
 
@@ -361,19 +368,31 @@ def _face_pieces(shape, chunks, connectivity: int):
     piece reaches one voxel into the next chunk along the other axes; then every pair of
     neighbours across a face lies together in at least one piece.
     """
+    for _, piece, _ in _face_pieces_with_core(shape, chunks, connectivity):
+        yield piece
+
+
+def _face_pieces_with_core(shape, chunks, connectivity: int):
+    """(face axis, piece, core) of every slab piece of :func:`_face_pieces`.
+
+    ``core`` (slices relative to the piece) leaves out the voxel a piece reaches into the next
+    chunk along the other axes: the face-adjacent pairs across the face inside the cores are
+    every such pair exactly once (post-processing counts them).
+    """
     bounds = [np.cumsum((0,) + tuple(c)) for c in chunks]
+    extra = 1 if connectivity > 1 else 0
     for axis in range(len(shape)):
         for boundary in bounds[axis][1:-1]:
             others = []
             for other in range(len(shape)):
                 if other == axis:
-                    others.append([slice(int(boundary) - 1, int(boundary) + 1)])
+                    others.append([(slice(int(boundary) - 1, int(boundary) + 1), slice(0, 2))])
                     continue
                 edges = bounds[other]
-                extra = 1 if connectivity > 1 else 0
-                others.append([slice(int(a), int(min(b + extra, shape[other])))
-                               for a, b in zip(edges[:-1], edges[1:])])
-            yield from product(*others)
+                others.append([(slice(int(a), int(min(b + extra, shape[other]))),
+                                slice(0, int(b - a))) for a, b in zip(edges[:-1], edges[1:])])
+            for combo in product(*others):
+                yield axis, tuple(c[0] for c in combo), tuple(c[1] for c in combo)
 
 
 def _face_edges(gids, cluster_table, connectivity: int):
@@ -411,12 +430,22 @@ def _piece_blocks(piece, chunks):
         yield index, tuple(inner), tuple(outer)
 
 
-def _piece_edges(shape, spans, offsets, cluster_table, connectivity):
-    """Face edges of one slab piece assembled from the in-memory block labels it spans."""
+def _piece_edges(shape, spans, offsets, cluster_table, connectivity, contacts=None):
+    """Face edges of one slab piece assembled from the in-memory block labels it spans.
+
+    With ``contacts=(axis, core)`` also the contacts across the face: (edges, contacts).
+    """
     gids = np.zeros(shape, np.int64)
     for local, b, inner, outer in spans:
         gids[outer] = _to_gids(local[inner], offsets[b])
-    return _face_edges(gids, cluster_table, connectivity)
+    return _slab_tables(gids, cluster_table, connectivity, contacts)
+
+
+def _slab_tables(gids, cluster_table, connectivity, contacts):
+    edges = _face_edges(gids, cluster_table, connectivity)
+    if contacts is None:
+        return edges
+    return edges, _post.face_contacts(gids, cluster_table, *contacts)
 
 
 def _offsets(counts):
@@ -424,12 +453,18 @@ def _offsets(counts):
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
-def _relabel_table(sizes, edges, min_size: int):
-    """Global id -> final label (int32, 0 for background and dropped objects), and the count."""
+def _relabel_table(sizes, edges, min_size: int, stats=None, options=None):
+    """Global id -> final label (int32, 0 for background and dropped objects), and the count.
+
+    With ``stats`` (from :func:`postprocess.join_stats`) the objects are regrouped (merged,
+    small ones absorbed) before the size filter and the numbering.
+    """
     n = sizes.shape[0]  # global ids 0..n-1, 0 is background
     edges = np.concatenate(edges) if len(edges) else np.zeros((0, 2), np.int64)
     graph = coo_matrix((np.ones(edges.shape[0], np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
+    if stats is not None:
+        component = _post.regroup_objects(component, sizes, stats, options)
     object_size = np.bincount(component, weights=sizes)
     # Number objects in the order of their lowest global id (i.e. of their first block).
     firsts, first_index = np.unique(component[1:], return_index=True)
@@ -465,7 +500,108 @@ def _apply_table(local, table, offset):
     return table[gids]
 
 
-def label_clusters(clusters, min_size: int = 0, connectivity: int = 1) -> da.Array:
+_POST_DOC = """
+    merge_distance : float or None
+        Join touching objects whose mean embeddings (embedding channels only) are closer than
+        this, in embedding units (e.g. the bandwidth, or the push margin ``2·delta_d``). None or
+        0: off. See :mod:`napari_shiftseg.postprocess`.
+    absorb_small : bool
+        Objects smaller than ``min_size`` that touch other objects join the neighbour they touch
+        most instead of being dropped (isolated ones are still dropped). Off by default only so
+        that existing settings keep giving the same labels; turn it on (with
+        ``merge_distance``) for nuclei, where small pieces are rims of a nucleus, not noise.
+    fill_holes : bool
+        Background regions enclosed by one object (not touching the volume border, no other
+        object next to them) take that object's id."""
+
+
+def _origins(chunks):
+    return [np.cumsum((0,) + tuple(c))[:-1] for c in chunks]
+
+
+def _block_origin(origins, index):
+    return tuple(int(origins[axis][i]) for axis, i in enumerate(index))
+
+
+def _block_border(grid, index):
+    """Per axis: whether the block's low and high faces lie on the volume border."""
+    return tuple((i == 0, i == n - 1) for i, n in zip(index, grid))
+
+
+def _label_block_post(clusters, emb_block, connectivity, min_size, options, origin, shape,
+                      foreground):
+    """:func:`_label_block` plus the per-block tables of post-processing (or None)."""
+    # Regrouping can save a small component inside a block: no early size filter then.
+    local, sizes, cluster_of = _label_block(clusters, connectivity,
+                                            0 if options.regroups else min_size)
+    stats = _post.block_stats(local, sizes.shape[0] - 1, emb_block, foreground, origin, shape,
+                              options)
+    return local, sizes, cluster_of, stats
+
+
+def _fill_table(counts, touches, neighbours, offsets, faces):
+    """Global fill table from the per-block background tables and the face results."""
+    touches = np.concatenate([np.zeros(1, bool)] + [t[1:] for t in touches])
+    neighbours = [nb + np.array([offset, 0], np.int64) for nb, offset in zip(neighbours, offsets)]
+    edges = [f[0] for f in faces]
+    neighbours += [f[1] for f in faces]
+    return _post.fill_table(int(np.sum(counts)), edges, touches, neighbours)
+
+
+def _label_graph(clusters, emb, foreground, min_size, connectivity, options) -> da.Array:
+    """The lazy labelling of :func:`label_clusters`, with optional post-processing."""
+    blocks = clusters.to_delayed()
+    grid = blocks.shape
+    order = list(np.ndindex(grid))
+    origins = _origins(clusters.chunks)
+    emb_blocks = emb.to_delayed() if emb is not None else None
+    label = dask.delayed(_label_block_post, pure=True, nout=4)
+    parts = {index: label(blocks[index], emb_blocks[(0,) + index] if emb is not None else None,
+                          connectivity, min_size, options, _block_origin(origins, index),
+                          clusters.shape, foreground)
+             for index in order}
+
+    # a. per-block labels, made unique by offsets from the per-block counts
+    counts = dask.delayed(_counts, pure=True)([parts[i][1] for i in order])
+    offsets = dask.delayed(_offsets, pure=True)(counts)
+    sizes = dask.delayed(_join_tables, pure=True)([parts[i][1] for i in order])
+    cluster_table = dask.delayed(_join_tables, pure=True)([parts[i][2] for i in order])
+
+    # b. equivalences (and contacts) across chunk faces, one task per slab piece
+    flat_index = {index: b for b, index in enumerate(order)}
+    faces = []
+    for axis, piece, core in _face_pieces_with_core(clusters.shape, clusters.chunks, connectivity):
+        spans = list(_piece_blocks(piece, clusters.chunks))
+        faces.append(dask.delayed(_piece_edges, pure=True)(
+            tuple(s.stop - s.start for s in piece),
+            [(parts[index][0], flat_index[index], inner, outer) for index, inner, outer in spans],
+            offsets, cluster_table, connectivity, (axis, core) if options.regroups else None))
+
+    # c. union-find (+ regrouping), size filter, relabel block by block
+    if options.regroups:
+        stats = dask.delayed(_post.join_stats, pure=True)([parts[i][3] for i in order], offsets)
+        stats = dask.delayed(_with_face_contacts, pure=True)(stats, [f[1] for f in faces])
+        edges = [f[0] for f in faces]
+    else:
+        stats, edges = None, faces
+    table = dask.delayed(_relabel_table, pure=True, nout=2)(sizes, edges, min_size, stats,
+                                                            options)[0]
+    out = np.empty(grid, dtype=object)
+    for b, index in enumerate(order):
+        shape = tuple(clusters.chunks[axis][i] for axis, i in enumerate(index))
+        final = dask.delayed(_apply_table, pure=True)(parts[index][0], table, offsets[b])
+        out[index] = da.from_delayed(final, shape, dtype=np.int32)
+    labels = da.block(out.tolist())
+    return _post.lazy_fill_holes(labels) if options.fill_holes else labels
+
+
+def _with_face_contacts(stats, face_contacts):
+    sums, first, contacts = stats
+    return sums, first, list(contacts) + list(face_contacts)
+
+
+def label_clusters(clusters, min_size: int = 0, connectivity: int = 1, *,
+                   absorb_small: bool = False, fill_holes: bool = False) -> da.Array:
     """Connected components inside each cluster, over the whole (lazy) volume.
 
     Parameters
@@ -476,6 +612,8 @@ def label_clusters(clusters, min_size: int = 0, connectivity: int = 1) -> da.Arr
         Objects with fewer voxels are removed (set to 0).
     connectivity : int
         1 connects face neighbours only; ``ndim`` connects all neighbours.
+    absorb_small, fill_holes : bool
+        As for :func:`label_instances` (merging needs the embeddings: use that).
 
     Returns
     -------
@@ -488,61 +626,58 @@ def label_clusters(clusters, min_size: int = 0, connectivity: int = 1) -> da.Arr
         raise ShiftSegError(f"cluster ids must be integers, got dtype {clusters.dtype}")
     min_size = _check_int(min_size, "min_size", 0)
     connectivity = _check_connectivity(connectivity, clusters.ndim)
-    blocks = clusters.to_delayed()
-    grid = blocks.shape
-    label = dask.delayed(_label_block, pure=True, nout=3)
-    parts = {index: label(blocks[index], connectivity, min_size) for index in np.ndindex(grid)}
-    order = list(np.ndindex(grid))
-
-    # a. per-block labels, made unique by offsets from the per-block counts
-    counts = dask.delayed(_counts, pure=True)([parts[i][1] for i in order])
-    offsets = dask.delayed(_offsets, pure=True)(counts)
-    sizes = dask.delayed(_join_tables, pure=True)([parts[i][1] for i in order])
-    cluster_table = dask.delayed(_join_tables, pure=True)([parts[i][2] for i in order])
-
-    # b. equivalences across chunk faces (one task per slab piece, fed by the blocks it spans)
-    flat_index = {index: b for b, index in enumerate(order)}
-    edges = []
-    for piece in _face_pieces(clusters.shape, clusters.chunks, connectivity):
-        spans = list(_piece_blocks(piece, clusters.chunks))
-        edges.append(dask.delayed(_piece_edges, pure=True)(
-            tuple(s.stop - s.start for s in piece),
-            [(parts[index][0], flat_index[index], inner, outer) for index, inner, outer in spans],
-            offsets, cluster_table, connectivity))
-
-    # c. union-find, size filter, relabel block by block
-    table = dask.delayed(_relabel_table, pure=True, nout=2)(sizes, edges, min_size)[0]
-    out = np.empty(grid, dtype=object)
-    for b, index in enumerate(order):
-        shape = tuple(clusters.chunks[axis][i] for axis, i in enumerate(index))
-        final = dask.delayed(_apply_table, pure=True)(parts[index][0], table, offsets[b])
-        out[index] = da.from_delayed(final, shape, dtype=np.int32)
-    return da.block(out.tolist())
+    options = _post.post_options(None, absorb_small, fill_holes, min_size)
+    return _label_graph(clusters, None, False, min_size, connectivity, options)
 
 
 def label_instances(embeddings, clustering: Clustering, min_size: int = 0,
-                    connectivity: int = 1) -> da.Array:
+                    connectivity: int = 1, *, merge_distance: float | None = None,
+                    absorb_small: bool = False, fill_holes: bool = False) -> da.Array:
     """Lazy instance labels: nearest mode per voxel, then components inside each cluster.
 
     The graph keeps the per-block labels until the global relabel table is known (about 4 bytes
     per voxel); for volumes larger than memory use :func:`write_instances`.
 
+    Parameters
+    ----------
+    embeddings : numpy, dask or zarr array
+        (E [+1], *spatial) embeddings.
+    clustering : Clustering
+        From :func:`cluster_embeddings`.
+    min_size, connectivity
+        As for :func:`label_clusters`.{post}
+
     Returns
     -------
     dask.array.Array
-        int32 labels 1..M (0 = background), chunked like the embeddings' spatial axes.
+        int32 labels 1..M (0 = background), chunked like the embeddings' spatial axes. The same
+        for every chunking of the embeddings, up to the numbering.
     """
-    return label_clusters(assign_clusters(embeddings, clustering), min_size, connectivity)
+    clusters = assign_clusters(embeddings, clustering)
+    min_size = _check_int(min_size, "min_size", 0)
+    connectivity = _check_connectivity(connectivity, clusters.ndim)
+    options = _post.post_options(merge_distance, absorb_small, fill_holes, min_size)
+    emb = _embeddings(embeddings, clustering.foreground) if options.merge_distance else None
+    return _label_graph(clusters, emb, clustering.foreground, min_size, connectivity, options)
+
+
+if label_instances.__doc__:  # None under python -OO
+    label_instances.__doc__ = label_instances.__doc__.replace("{post}", _POST_DOC)
 
 
 def segment_instances(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
                       min_size: int = 0, connectivity: int = 1, n_seeds: int = 1000,
                       max_points: int = DEFAULT_MAX_POINTS, seed: int = 0, foreground: bool = True,
-                      ) -> tuple[da.Array, Clustering]:
+                      *, merge_distance: float | None = None, absorb_small: bool = False,
+                      fill_holes: bool = False) -> tuple[da.Array, Clustering]:
     """:func:`cluster_embeddings` then :func:`label_instances`; returns (labels, clustering)."""
+    _post.post_options(merge_distance, absorb_small, fill_holes, min_size)  # fail before clustering
     clustering = cluster_embeddings(embeddings, bandwidth, fg_threshold, n_seeds, max_points,
                                     seed, foreground)
-    return label_instances(embeddings, clustering, min_size, connectivity), clustering
+    labels = label_instances(embeddings, clustering, min_size, connectivity,
+                             merge_distance=merge_distance, absorb_small=absorb_small,
+                             fill_holes=fill_holes)
+    return labels, clustering
 
 
 # --------------------------------------------------------------------------- zarr-staged
@@ -556,20 +691,23 @@ def _chunk_slices(shape, chunks):
 
 
 def _stage_label(emb_block, out, region, modes, threshold, foreground, background, connectivity,
-                 min_size):
+                 min_size, options):
     clusters = _assign_block(emb_block, modes, threshold, foreground, background)
-    local, sizes, cluster_of = _label_block(clusters, connectivity, min_size)
+    origin = tuple(r.start for r in region)
+    local, sizes, cluster_of, stats = _label_block_post(
+        clusters, emb_block, connectivity, min_size, options, origin, out.shape, foreground)
     out[region] = local
-    return sizes, cluster_of
+    return sizes, cluster_of, stats
 
 
-def _stage_face(out, piece, block_chunks, offsets_grid, cluster_table, connectivity):
-    """Face edges of one slab read back from the staged local labels."""
+def _stage_face(out, piece, block_chunks, offsets_grid, cluster_table, connectivity,
+                contacts=None):
+    """Face edges (and contacts) of one slab read back from the staged local labels."""
     local = np.asarray(out[piece])
     gids = np.zeros(local.shape, np.int64)
     for index, _, outer in _piece_blocks(piece, block_chunks):
         gids[outer] = _to_gids(local[outer], offsets_grid[index])
-    return _face_edges(gids, cluster_table, connectivity)
+    return _slab_tables(gids, cluster_table, connectivity, contacts)
 
 
 def _stage_relabel(out, region, table, offset):
@@ -577,15 +715,58 @@ def _stage_relabel(out, region, table, offset):
     return None
 
 
+def _stage_background(out, region, table, offset, border):
+    """Final labels with the block's background labelled -1..-m; returns its tables."""
+    combined = _post.background_ids(_apply_table(out[region], table, offset))
+    out[region] = combined
+    return _post.background_tables(combined, border)
+
+
+def _stage_background_face(out, piece, block_chunks, offsets_grid, axis):
+    combined = np.asarray(out[piece])
+    signed = np.zeros(combined.shape, np.int64)
+    for index, _, outer in _piece_blocks(piece, block_chunks):
+        signed[outer] = _post.to_global_background(combined[outer], offsets_grid[index])
+    return _post.background_face(signed, axis)
+
+
+def _stage_fill(out, region, table, offset):
+    out[region] = _post.apply_fill(out[region], table, offset)
+    return None
+
+
+def _write_fill(out, regions, grid, dims, table, offsets_grid, compute):
+    """Passes 3-5 with hole filling: relabel + label background, its faces, fill."""
+    table_key = dask.delayed(table, pure=True)
+    stage = dask.delayed(_stage_background, pure=False)
+    results = compute(*[stage(out, region, table_key, offsets_grid[index],
+                              _block_border(grid, index)) for index, region in regions])
+    bg_offsets = _offsets([r[0] for r in results])
+    bg_grid = bg_offsets.reshape(grid)
+    face = dask.delayed(_stage_background_face, pure=True)
+    faces = compute(*[face(out, piece, dims, bg_grid, axis)
+                      for axis, piece, _ in _face_pieces_with_core(out.shape, dims, 1)])
+    fill = _fill_table([r[0] for r in results], [r[1] for r in results],
+                       [r[2] for r in results], bg_offsets, faces)
+    del results, faces
+    fill_key = dask.delayed(fill, pure=True)
+    apply = dask.delayed(_stage_fill, pure=False)
+    compute(*[apply(out, region, fill_key, bg_grid[index]) for index, region in regions])
+
+
 def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
-                    connectivity: int = 1, compute=None) -> int:
+                    connectivity: int = 1, compute=None, *, merge_distance: float | None = None,
+                    absorb_small: bool = False, fill_holes: bool = False) -> int:
     """Label instances into the zarr array ``out`` with memory independent of the volume size.
 
     Same result as :func:`label_instances` but staged through ``out`` itself: pass 1 writes the
-    per-block labels into ``out`` and returns only counts, pass 2 reads the 2-voxel face slabs
-    back, and pass 3 rewrites every block with its final labels. Each pass is a set of
-    independent tasks (run by ``compute``, e.g. on a dask.distributed cluster whose workers see
-    the same file system). An interrupted call leaves ``out`` half done; just call it again.
+    per-block labels into ``out`` and returns only counts (and the per-object tables of
+    post-processing), pass 2 reads the 2-voxel face slabs back, and pass 3 rewrites every block
+    with its final labels. With ``fill_holes`` pass 3 also labels the background of each block
+    (stored as negative ids in ``out``), pass 4 reads the face slabs again and pass 5 writes the
+    filled labels. Each pass is a set of independent tasks (run by ``compute``, e.g. on a
+    dask.distributed cluster whose workers see the same file system). An interrupted call leaves
+    ``out`` half done; just call it again.
 
     Parameters
     ----------
@@ -595,8 +776,10 @@ def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
         From :func:`cluster_embeddings`.
     out : zarr.Array
         int32 array of the spatial shape, written in place.
+    min_size, connectivity
+        As for :func:`label_clusters`.
     compute : callable, optional
-        ``compute(*delayed) -> results`` (default :func:`dask.compute`).
+        ``compute(*delayed) -> results`` (default :func:`dask.compute`).{post}
 
     Returns
     -------
@@ -609,6 +792,7 @@ def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
     emb = _embeddings(embeddings, clustering.foreground)
     min_size = _check_int(min_size, "min_size", 0)
     connectivity = _check_connectivity(connectivity, emb.ndim - 1)
+    options = _post.post_options(merge_distance, absorb_small, fill_holes, min_size)
     chunks = tuple(out.chunks)
     if tuple(out.shape) != emb.shape[1:]:
         raise ShiftSegError(f"label array shape {out.shape} does not match embeddings {emb.shape[1:]}")
@@ -620,7 +804,7 @@ def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
     stage = dask.delayed(_stage_label, pure=False)
     results = compute(*[stage(blocks[(0,) + index], out, region, clustering.modes, threshold,
                               clustering.foreground, clustering.background, connectivity,
-                              min_size)
+                              min_size, options)
                         for index, region in regions])
     counts = [r[0].shape[0] - 1 for r in results]
     offsets = _offsets(counts)
@@ -628,17 +812,30 @@ def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
     offsets_grid = offsets.reshape(grid)
     sizes = _join_tables([r[0] for r in results])
     cluster_table = _join_tables([r[1] for r in results])
+    stats = _post.join_stats([r[2] for r in results], offsets) if options.regroups else None
     del results
 
     # The tables go into the graph once (one key each), not into every task.
     table_key = dask.delayed(cluster_table, pure=True)
     face = dask.delayed(_stage_face, pure=True)
     dims = tuple(tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(out.shape, chunks))
-    edges = compute(*[face(out, piece, dims, offsets_grid, table_key, connectivity)
-                      for piece in _face_pieces(out.shape, dims, connectivity)])
-    table, count = _relabel_table(sizes, list(edges), min_size)
+    faces = compute(*[face(out, piece, dims, offsets_grid, table_key, connectivity,
+                           (axis, core) if options.regroups else None)
+                      for axis, piece, core in _face_pieces_with_core(out.shape, dims,
+                                                                      connectivity)])
+    if options.regroups:
+        stats = _with_face_contacts(stats, [f[1] for f in faces])
+        faces = [f[0] for f in faces]
+    table, count = _relabel_table(sizes, list(faces), min_size, stats, options)
 
+    if options.fill_holes:
+        _write_fill(out, regions, grid, dims, table, offsets_grid, compute)
+        return count
     table_key = dask.delayed(table, pure=True)
     relabel = dask.delayed(_stage_relabel, pure=False)
     compute(*[relabel(out, region, table_key, offsets_grid[index]) for index, region in regions])
     return count
+
+
+if write_instances.__doc__:  # None under python -OO
+    write_instances.__doc__ = write_instances.__doc__.replace("{post}", _POST_DOC)

@@ -101,9 +101,9 @@ def _read_tiff(path: Path):
 
         lazy = _LazyTiff(path)
         return da.from_array(lazy, chunks=lazy.chunks, asarray=True)
-    except ShiftSegError:
+    except (ShiftSegError, MemoryError):
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+    except Exception as err:  # noqa: BLE001 - hostile bytes raise struct, zlib, codec errors, ...
         raise ShiftSegError(f"{path.name} is not a readable TIFF file ({_short(err)})") from None
 
 
@@ -138,8 +138,14 @@ class _LazyTiff:
         return opened()
 
     def __getitem__(self, key):
-        with self._open() as array:
-            return array[key]
+        try:
+            with self._open() as array:
+                return array[key]
+        except (ShiftSegError, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged file fails only when its data is read
+            raise ShiftSegError(f"{self.path.name} could not be decoded; the file is corrupt or "
+                                f"truncated ({_short(err)})") from None
 
 
 def _read_zarr(root: Path, inner: str):

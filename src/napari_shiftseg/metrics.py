@@ -396,7 +396,7 @@ def false_merges(gt, pred) -> int:
     return _false_merges(contingency(gt, pred))
 
 
-def evaluate(gt, pred, thresholds=(0.5,)) -> dict[str, float | int]:
+def evaluate(gt, pred, thresholds=(0.5,), *, recall: bool = False) -> dict[str, float | int]:
     """All metrics at once (the overlap table is computed once).
 
     Parameters
@@ -405,16 +405,22 @@ def evaluate(gt, pred, thresholds=(0.5,)) -> dict[str, float | int]:
         Label images of equal shape; 0 is background.
     thresholds : float or sequence of float
         IoU thresholds in (0, 1] for the AP values.
+    recall : bool
+        Also report the recall (matched / ground-truth objects) at every threshold.
 
     Returns
     -------
     dict
         ``"ap@<t>"`` for every threshold (e.g. ``"ap@0.5"``), ``"false_splits"``,
-        ``"false_merges"``, ``"n_gt"``, ``"n_pred"``.
+        ``"false_merges"``, ``"n_gt"``, ``"n_pred"``; with ``recall=True`` also
+        ``"recall@<t>"`` for every threshold.
     """
     thresholds = _check_thresholds(thresholds)
     table = contingency(gt, pred)
-    result: dict[str, float | int] = {f"ap@{t:g}": _match(table, t).ap for t in thresholds}
+    matches = [_match(table, t) for t in thresholds]
+    result: dict[str, float | int] = {f"ap@{m.iou_threshold:g}": m.ap for m in matches}
+    if recall:
+        result.update({f"recall@{m.iou_threshold:g}": m.recall for m in matches})
     result["false_splits"] = _false_splits(table)
     result["false_merges"] = _false_merges(table)
     result["n_gt"] = int(table.gt_ids.size)

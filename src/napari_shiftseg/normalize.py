@@ -48,3 +48,25 @@ def percentile_normalization(image, low: float = 1.0, high: float = 99.8,
         raise ShiftSegError("the image contains NaN or infinite values; replace them (e.g. with 0) first")
     lo, hi = np.percentile(sample, [low, high])
     return Normalization(float(lo), float(hi))
+
+
+def recorded_normalization(image, meta: dict | None, name: str = "the model") -> Normalization:
+    """The normalisation a model was trained with (its ``meta["normalization"]``), for ``image``.
+
+    Models record the percentiles they were trained with; inference must apply the same ones
+    to the *whole* image, whatever path it takes (tiled, whole-image, widget preview).
+    Without a record, the 1/99.8 defaults every model so far was trained with.
+    """
+    record = (meta or {}).get("normalization") or {}
+    if not isinstance(record, dict):
+        raise ShiftSegError(f"{name} records an unreadable normalisation {record!r}")
+    if record.get("method", "percentile") != "percentile":
+        raise ShiftSegError(f"{name} asks for normalisation {record.get('method')!r}, which this "
+                            "version of napari-shiftseg does not know")
+    try:
+        low, high = float(record.get("low", 1.0)), float(record.get("high", 99.8))
+    except (TypeError, ValueError):
+        raise ShiftSegError(f"{name} records unreadable normalisation percentiles {record!r}") from None
+    if not 0.0 <= low < high <= 100.0:
+        raise ShiftSegError(f"{name} records impossible percentiles low={low}, high={high}")
+    return percentile_normalization(image, low, high)

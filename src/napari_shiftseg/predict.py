@@ -36,7 +36,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ._errors import ShiftSegError
 from .devices import resolve_device
-from .normalize import Normalization, percentile_normalization
+from .normalize import Normalization, recorded_normalization
+from .spatial import add_positions
 from .progress import TILE_PREFIX
 from .tiling import TilePlan, gaussian_weight, reflect_pad, tile_plan
 from .unet import memory_format
@@ -134,9 +135,11 @@ def _validate(image, net, channel_axis, per_slice) -> _Input:
     return _Input(arr, stacked, image)
 
 
-def _normalization(image, normalization) -> Normalization:
+def _normalization(image, normalization, model=None) -> Normalization:
     if normalization is None:
-        return percentile_normalization(image)
+        # The percentiles the model was trained with (recorded in its file), never a default
+        # that merely happens to agree today.
+        return recorded_normalization(image, getattr(model, "meta", None), getattr(model, "name", "the model"))
     if normalization is False:
         return Normalization(0.0, 1.0)
     if isinstance(normalization, Normalization):
@@ -225,6 +228,10 @@ def _run_group(net, pieces, group: _Group, run: _Run, stacked: bool) -> np.ndarr
         x = buf[(slice(None),) + window]
         items.append(x[:, 0] if stacked else x)  # drop the length-1 slice axis
     y = _run_net(net, np.stack(items), run)
+    if not np.isfinite(y).all():
+        raise ShiftSegError(
+            f"the network produced NaN or infinite values for {_describe(group.items, run.plan)}; "
+            "the model is broken (or the image holds extreme values)")
     out = np.zeros(group.out_shape, dtype=np.float32)
     for res, crop, write in zip(y, group.crops, group.writes):
         part = res[(slice(None),) + crop]
@@ -323,10 +330,14 @@ def _build(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.Array:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build_graph(inp, net, plan, run, batch)
+        out = _build_graph(inp, net, plan, run, batch)
     finally:
         if enabled:
             gc.enable()
+    if net.config.embedding == "spatial":
+        # Global positions, added after stitching: the tiles stay exact (see spatial.py).
+        out = add_positions(out, net.config.position_scale, net.config.geometry.ndim)
+    return out
 
 
 def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.Array:
@@ -452,7 +463,7 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
     if half and dev.type == "cpu":
         raise ShiftSegError("half precision needs a GPU; on the CPU use half=False")
     plan = tile_plan(inp.spatial, net.config.geometry, tile, mode)
-    norm = _normalization(inp.source, normalization)
+    norm = _normalization(inp.source, normalization, model)
     scale = norm.high - norm.low
     run = _Run(norm.low, scale if scale > 0 else 1.0, str(dev), bool(half), net.config.geometry.ndim, plan)
     return inp, _prepare_net(net, dev), plan, run, int(batch_size)
@@ -485,7 +496,8 @@ def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: st
     half : bool
         float16 autocast; GPU only.
     normalization : None, False, Normalization or (low, high)
-        ``None``: 1-99.8 percentiles of the whole image, computed once now. ``False``: none.
+        ``None``: the percentiles recorded in the model file (1-99.8 if none), of the whole
+        image, computed once now. ``False``: none.
     per_slice : bool
         Apply a 2D model to each slice of a 3D image along its first axis.
 

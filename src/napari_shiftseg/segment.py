@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ import numpy as np
 
 from . import __version__
 from ._errors import ShiftSegError
+from ._lock import OutputLock
 from .instances import DEFAULT_BANDWIDTH, DEFAULT_MAX_POINTS, DEFAULT_MIN_SIZE
 
 __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
@@ -55,8 +57,9 @@ FORMAT = "napari-shiftseg-segmentation/1"
 _ARRAYS = ("embeddings", "foreground", "labels", "done")
 # Tiles handed to the scheduler at a time (raised to 4 per worker thread on big clusters).
 _TILE_BATCH = 256
-# Voxels hashed to recognise the input image again on resume (a strided subsample).
-_FINGERPRINT_VOXELS = 4096
+# The input is hashed in slabs of whole planes (first axis) of about this many bytes, in parallel:
+# every voxel counts, so a resume on an edited image is refused.
+_FINGERPRINT_SLAB = 64 * 2**20
 
 
 # --------------------------------------------------------------------------- arguments
@@ -85,20 +88,63 @@ def _model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def _image_fingerprint(image) -> str:
-    """Shape, dtype and a hash of a strided subsample: recognises the same image cheaply."""
-    step = max(1, math.ceil((math.prod(image.shape) / _FINGERPRINT_VOXELS) ** (1 / image.ndim)))
-    sample = image[(slice(None, None, step),) * image.ndim]
-    sample = np.ascontiguousarray(sample.compute() if hasattr(sample, "compute") else np.asarray(sample))
-    digest = hashlib.sha256(f"{tuple(image.shape)}|{np.dtype(image.dtype).str}".encode())
-    digest.update(sample.tobytes())
-    return digest.hexdigest()
+def _hash_slab(block) -> str:
+    block = np.ascontiguousarray(block)
+    return hashlib.blake2b(memoryview(block).cast("B"), digest_size=16).hexdigest()
 
 
-def _embedding_args(image, model, plan, mode) -> dict:
+def _slab_planes(image) -> int:
+    """Planes (along the first axis) per hashed slab: depends on shape and dtype only, so the
+    same image gives the same slabs however it is chunked or stored."""
+    plane = math.prod(image.shape[1:]) * np.dtype(image.dtype).itemsize
+    return max(1, min(int(image.shape[0]), _FINGERPRINT_SLAB // max(plane, 1)))
+
+
+def _image_fingerprint(image, compute=None) -> dict:
+    """A hash of every voxel: one digest per slab of planes, hashed lazily and in parallel.
+
+    Returns ``{"digest": ..., "planes": planes per slab, "slabs": [digest per slab]}``.
+    """
+    import dask
+    import dask.array as da
+
+    planes = _slab_planes(image)
+    chunks = (planes,) + tuple(image.shape[1:])
+    if isinstance(image, da.Array):
+        array = image.rechunk(chunks)
+    else:
+        array = da.from_array(image, chunks=chunks, asarray=True, name=False)
+    tasks = [dask.delayed(_hash_slab, pure=True)(block) for block in array.to_delayed().ravel()]
+    slabs = list(compute(*tasks) if compute is not None else dask.compute(*tasks, scheduler="threads"))
+    digest = hashlib.sha256(f"{tuple(image.shape)}|{np.dtype(image.dtype).str}|{planes}".encode())
+    for slab in slabs:
+        digest.update(slab.encode())
+    return {"digest": digest.hexdigest(), "planes": planes, "length": int(image.shape[0]),
+            "slabs": slabs}
+
+
+def _embedding_args(image, model, plan, mode, fingerprint: dict) -> dict:
     return {"image_shape": list(image.shape), "image_dtype": np.dtype(image.dtype).str,
-            "image": _image_fingerprint(image), "model": _model_fingerprint(model),
+            "image": fingerprint["digest"], "model": _model_fingerprint(model),
             "tile": list(plan.tile), "mode": mode}
+
+
+def _changed_planes(stored: dict | None, fingerprint: dict) -> str:
+    """Which planes of the first axis differ from the stored fingerprint ('' if unknown)."""
+    if not isinstance(stored, dict) or stored.get("planes") != fingerprint["planes"] \
+            or len(stored.get("slabs") or ()) != len(fingerprint["slabs"]):
+        return ""
+    planes = fingerprint["planes"]
+    changed = [i for i, (a, b) in enumerate(zip(stored["slabs"], fingerprint["slabs"])) if a != b]
+    if not changed:
+        return ""
+    ranges, start = [], changed[0]
+    for prev, cur in zip(changed, changed[1:] + [None]):
+        if cur != prev + 1:
+            ranges.append(f"{start * planes}-{min((prev + 1) * planes, fingerprint['length']) - 1}")
+            start = cur
+    shown = ", ".join(ranges[:5]) + (" ..." if len(ranges) > 5 else "")
+    return f" (the voxels changed in planes {shown} of the first axis)"
 
 
 _NAMES = {"image_shape": "image shape", "image_dtype": "image type", "image": "image content",
@@ -112,8 +158,52 @@ def _is_zarr_dir(path: Path) -> bool:
     return (path / "zarr.json").is_file() or (path / ".zgroup").is_file() or (path / ".zarray").is_file()
 
 
+def _input_path(image) -> Path | None:
+    """The file or directory an image is read from, where it can be known."""
+    if isinstance(image, (str, Path)):
+        return Path(image).expanduser().resolve()
+    filename = getattr(image, "filename", None)  # numpy.memmap
+    return Path(filename).resolve() if isinstance(filename, (str, Path)) else None
+
+
+def _refuse_input_in_output(image, out_path: Path) -> None:
+    """An output that is, or contains, the input would destroy it: refuse before anything."""
+    source = _input_path(image)
+    if source is not None and (source == out_path or out_path in source.parents):
+        raise ShiftSegError(
+            f"the input {source} lies inside the output {out_path}; writing (or --overwrite) "
+            "there would destroy the input: choose another output path")
+
+
+def _staging_path(path: Path) -> Path:
+    """Sibling directory where an --overwrite run is written before it replaces ``path``."""
+    return path.parent / f".{path.name}.new"
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Replace ``path`` by the finished ``new`` tree: rename, rename, then delete the old one.
+
+    The old output is only deleted once the new one is in place; if the second rename fails,
+    the old output is put back.
+    """
+    old = path.parent / f".{path.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except OSError:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _open_output(path: Path, overwrite: bool):
-    """The existing output group (to resume) or None; removes it first with ``overwrite``."""
+    """The existing output group (to resume) or None (nothing there, or ``overwrite``).
+
+    Nothing is deleted here: with ``overwrite`` the caller writes the new run elsewhere and
+    swaps it in once it is complete (:func:`_swap_in`).
+    """
     import zarr
 
     if not path.exists():
@@ -123,7 +213,6 @@ def _open_output(path: Path, overwrite: bool):
             return None
         raise ShiftSegError(f"{path} exists and is not a zarr output; choose a new output path")
     if overwrite:
-        shutil.rmtree(path)
         return None
     try:
         group = zarr.open_group(path, mode="r+")
@@ -136,11 +225,14 @@ def _open_output(path: Path, overwrite: bool):
     return group
 
 
-def _check_resume(group, args: dict, path: Path) -> None:
-    stored = dict(group.attrs[ATTRS]).get("embedding_args", {})
+def _check_resume(group, args: dict, path: Path, fingerprint: dict | None = None) -> None:
+    attrs = dict(group.attrs[ATTRS])
+    stored = attrs.get("embedding_args", {})
     changed = [_NAMES.get(k, k) for k in args if stored.get(k) != args[k]]
     if changed:
         detail = ", ".join(changed)
+        if "image content" in changed and fingerprint is not None:
+            detail += _changed_planes(attrs.get("image_slabs"), fingerprint)
         raise ShiftSegError(
             f"{path} was started with a different {detail}; to resume, repeat the first run's "
             "settings, or use a new output path or --overwrite to start again")
@@ -185,8 +277,14 @@ def _set_attrs(group, **values) -> None:
 
 
 def _write_tile(block, embeddings, foreground, done, region, index):
-    """Write one tile's chunks, then (only then) flag it done."""
+    """Write one tile's chunks, then (only then) flag it done; refuse non-finite embeddings."""
     block = np.asarray(block, dtype=np.float32)
+    if not np.isfinite(block).all():
+        where = ", ".join(f"{r.start}:{r.stop}" for r in region)
+        raise ShiftSegError(
+            f"the network produced NaN or infinite embeddings in tile {tuple(index)} (voxels "
+            f"{where}); the model is broken or the image holds extreme values. Nothing was marked "
+            "done for this tile")
     embeddings[(slice(None),) + region] = block
     if foreground is not None:
         logit = block[-1].astype(np.float64)
@@ -242,8 +340,10 @@ def connect(scheduler: str | None = None, workers: int | None = None, timeout: f
         except (OSError, TimeoutError, ValueError) as err:
             raise ShiftSegError(f"cannot reach the dask scheduler at {scheduler} ({_first_line(err)})") from None
     if workers:
+        # Loopback only, and no dashboards: a local cluster must not listen on other interfaces.
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               host="127.0.0.1", dashboard_address=None,
+                               worker_dashboard_address=None)
         return Client(cluster)
     return None
 
@@ -313,8 +413,10 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     out_path = Path(out_path).expanduser().resolve()
     if out_path.suffix.lower() != ".zarr":
         raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
+    _refuse_input_in_output(image, out_path)
     if isinstance(image, (str, Path)):
         image = read_image(image)
+    _refuse_input_in_output(image, out_path)
     if image.ndim not in (2, 3):
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
     model = _load_model(model, image.ndim)
@@ -335,7 +437,6 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     grid = tuple(math.ceil(s / c) for s, c in zip(image.shape, chunk))
     foreground = bool(model.config.foreground_head)
     channels = model.config.out_channels
-    embed_args = _embedding_args(image, model, plan, mode)
     cluster_args = {"bandwidth": bandwidth, "fg_threshold": fg_threshold, "min_size": min_size,
                     "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
                     "connectivity": connectivity}
@@ -344,58 +445,74 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         raise ShiftSegError(f"connectivity must be 1 to {image.ndim} for a {image.ndim}D image, "
                             f"got {connectivity}")
 
-    group = _open_output(out_path, overwrite)
-    if group is None:
-        attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
-                 "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk)}
-        group = _create_output(out_path, tuple(image.shape), channels, chunk, grid, foreground, attrs)
-    else:
-        _check_resume(group, embed_args, out_path)
-        stored = dict(group.attrs[ATTRS])
-        if group.attrs.get("complete") and stored.get("cluster_args") == cluster_args:
-            if progress is not None:
-                progress(stored.get("tiles", 0), stored.get("tiles", 0))
-            return group  # finished earlier with these very arguments: nothing to do
-        # A new clustering (or a re-run after completion) must not look complete half way.
-        if "complete" in group.attrs:
-            del group.attrs["complete"]
-        _set_attrs(group, cluster_args=cluster_args)
-
     compute = _runner(client, cancel)
-    done = group["done"]
-    flags = _done_flags(done)
-    todo = [index for index in np.ndindex(grid) if not flags[index]]
-    total, before = len(flags.ravel()), int(flags.sum())
-    if stage:
-        stage("tiles")
-    if progress is not None:
-        progress(before, total)
-    if todo:
-        embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
-        if tuple(embeddings.shape) != (channels, *image.shape):
-            raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
-        embeddings = embeddings.rechunk(((channels,),) + tuple(
-            tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(image.shape, chunk)))
-        blocks = embeddings.to_delayed(optimize_graph=False)
-        # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
-        # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
-        size = _batch_size(client)
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, image.shape)
-                     for index in batch]
+    # One run per output at a time; everything below (attribute updates included) holds it.
+    with OutputLock(out_path):
+        # Not cancellable (it creates nothing): an output exists as soon as a run has started.
+        fingerprint = _image_fingerprint(image, _runner(client, None))
+        embed_args = _embedding_args(image, model, plan, mode, fingerprint)
+        target = out_path  # where this run writes; a staging sibling with overwrite
+        group = _open_output(out_path, overwrite)
+        if group is None:
+            if out_path.exists() and any(out_path.iterdir()):  # --overwrite: keep it until replaced
+                target = _staging_path(out_path)
+                if target.exists():
+                    shutil.rmtree(target)  # an earlier, unfinished --overwrite run of ours
+            attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
+                     "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk),
+                     "image_slabs": {k: fingerprint[k] for k in ("planes", "slabs")}}
+            group = _create_output(target, tuple(image.shape), channels, chunk, grid, foreground, attrs)
+        else:
+            _check_resume(group, embed_args, out_path, fingerprint)
+            stored = dict(group.attrs[ATTRS])
+            if group.attrs.get("complete") and stored.get("cluster_args") == cluster_args:
+                if progress is not None:
+                    progress(stored.get("tiles", 0), stored.get("tiles", 0))
+                return group  # finished earlier with these very arguments: nothing to do
+            # A new clustering (or a re-run after completion) must not look complete half way.
+            if "complete" in group.attrs:
+                del group.attrs["complete"]
+            _set_attrs(group, cluster_args=cluster_args)
 
-            def tiles_done(count, of, offset=before + start, n=len(batch)):
-                if progress is not None and of:
-                    progress(offset + round(count * n / of), total)
+        done = group["done"]
+        flags = _done_flags(done)
+        todo = [index for index in np.ndindex(grid) if not flags[index]]
+        total, before = len(flags.ravel()), int(flags.sum())
+        if stage:
+            stage("tiles")
+        if progress is not None:
+            progress(before, total)
+        if todo:
+            embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
+            if tuple(embeddings.shape) != (channels, *image.shape):
+                raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
+            embeddings = embeddings.rechunk(((channels,),) + tuple(
+                tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(image.shape, chunk)))
+            blocks = embeddings.to_delayed(optimize_graph=False)
+            # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
+            # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
+            size = _batch_size(client)
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, image.shape)
+                         for index in batch]
 
-            compute(*tasks, progress=tiles_done)
-        missing = int((~_done_flags(done)).sum())
-        if missing:
-            raise RuntimeError(f"{missing} tiles were not written")
-    _set_attrs(group, tiles=total)
-    _label(group, cluster_args, foreground, compute, stage)
-    return group
+                def tiles_done(count, of, offset=before + start, n=len(batch)):
+                    if progress is not None and of:
+                        progress(offset + round(count * n / of), total)
+
+                compute(*tasks, progress=tiles_done)
+            missing = int((~_done_flags(done)).sum())
+            if missing:
+                raise RuntimeError(f"{missing} tiles were not written")
+        _set_attrs(group, tiles=total)
+        _label(group, cluster_args, foreground, compute, stage)
+        if target != out_path:
+            import zarr
+
+            _swap_in(target, out_path)
+            group = zarr.open_group(out_path, mode="r+")
+        return group
 
 
 def _batch_size(client) -> int:
@@ -460,18 +577,19 @@ def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DE
     out_path = Path(out_path).expanduser().resolve()
     if not out_path.is_dir():
         raise ShiftSegError(f"{out_path} does not exist")
-    group = _open_output(out_path, overwrite=False)
-    if group is None:
-        raise ShiftSegError(f"{out_path} holds no segmentation to cluster again")
-    if not _done_flags(group["done"]).all():
-        raise ShiftSegError(f"the embeddings in {out_path} are incomplete; run the segmentation "
-                            "again with its first settings to finish them")
     cluster_args = {"bandwidth": bandwidth, "fg_threshold": fg_threshold, "min_size": min_size,
                     "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
                     "connectivity": connectivity}
     _validate_cluster_args(cluster_args)
-    if "complete" in group.attrs:
-        del group.attrs["complete"]
-    _set_attrs(group, cluster_args=cluster_args)
-    _label(group, cluster_args, "foreground" in group, _runner(client, cancel), stage)
+    with OutputLock(out_path):
+        group = _open_output(out_path, overwrite=False)
+        if group is None:
+            raise ShiftSegError(f"{out_path} holds no segmentation to cluster again")
+        if not _done_flags(group["done"]).all():
+            raise ShiftSegError(f"the embeddings in {out_path} are incomplete; run the segmentation "
+                                "again with its first settings to finish them")
+        if "complete" in group.attrs:
+            del group.attrs["complete"]
+        _set_attrs(group, cluster_args=cluster_args)
+        _label(group, cluster_args, "foreground" in group, _runner(client, cancel), stage)
     return zarr.open_group(out_path, mode="r+")

@@ -10,6 +10,9 @@ their centres). Everything is deterministic given ``seed``.
   intensity.
 * :func:`lazy_random_objects` - the same as a lazy dask volume of any size, generated chunk by
   chunk, for testing tiled prediction on data that does not fit in memory.
+* :func:`nuclei` - realistic fluorescent nuclei (touching/overlapping clusters, irregular
+  shapes, texture, dim and bright, blur, background gradient, Poisson noise) with exact labels.
+  Seeds in :data:`TEST_SEEDS` are held out for benchmarks: never train on them.
 
 Optional corruptions, applied in this order: elastic deformation (same displacement field for
 image and labels), then additive Gaussian noise (image only). Each corruption draws from its own
@@ -32,7 +35,7 @@ from skimage.segmentation import relabel_sequential
 
 from napari_shiftseg._errors import ShiftSegError
 
-__all__ = ["lattice", "random_objects", "lazy_random_objects"]
+__all__ = ["lattice", "random_objects", "lazy_random_objects", "nuclei", "TEST_SEEDS"]
 
 # Candidate centres tried per object before random placement gives up on it.
 _TRIES_PER_OBJECT = 200
@@ -630,3 +633,336 @@ def lazy_random_objects(
         meta=np.empty((0,) * ndim, dtype=np.int32),
     )
     return image, labels
+
+
+# --------------------------------------------------------------------------- realistic nuclei
+
+# Held-out seeds for benchmarks (benchmarks/bench_real.py): never train or tune on them.
+TEST_SEEDS = range(900_000, 1_000_000)
+
+_NUCLEI_RADIUS = {2: (4.0, 25.0), 3: (4.0, 12.0)}
+_NUCLEI_ELONGATION = {2: 2.0, 3: 1.6}
+_NUCLEI_BLUR = {2: (1.5, 1.5), 3: (2.0, 1.2, 1.2)}
+# Candidate positions tried per nucleus before it is dropped.
+_NUCLEUS_TRIES = 30
+
+
+def _check_pair(value, name: str, *, minimum: float, maximum: float) -> tuple[float, float]:
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        raise ShiftSegError(f"{name} {value!r} must be a pair (low, high) of numbers") from None
+    low = _real(low, f"{name} low", minimum=-math.inf)
+    high = _real(high, f"{name} high", minimum=-math.inf)
+    if not minimum <= low <= high <= maximum:
+        raise ShiftSegError(
+            f"{name} {value!r} must satisfy {minimum:g} <= low <= high <= {maximum:g}"
+        )
+    return low, high
+
+
+def _unit(value, name: str, *, maximum: float = 1.0) -> float:
+    value = _real(value, name, strict=False)
+    if value > maximum:
+        raise ShiftSegError(f"{name} {value:g} must be between 0 and {maximum:g}")
+    return value
+
+
+def _random_rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    if ndim == 2:
+        angle = rng.uniform(0, math.pi)
+        c, s = math.cos(angle), math.sin(angle)
+        return np.array([[c, -s], [s, c]])
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _nucleus_field(rng, ndim, radius, elongation, irregularity, centre_frac):
+    """Normalised distance ``d`` of a random irregular ellipse/ellipsoid on a local box.
+
+    ``d <= 1`` is inside. Returns ``(d, reach)``, ``d`` of shape ``(2 * reach + 1,) * ndim``
+    centred on the nucleus centre (sub-pixel offset ``centre_frac`` in [-0.5, 0.5)).
+    """
+    aspect = rng.uniform(1.0, elongation)
+    if ndim == 2:
+        axes = np.array([radius * aspect**0.5, radius * aspect**-0.5])
+        orders = np.arange(2, 6)
+    else:
+        axes = np.array([radius * aspect ** (2 / 3)] + [radius * aspect ** (-1 / 3)] * 2)
+        orders = np.arange(1, 5)
+    amps = irregularity * rng.uniform(0.3, 1.0, len(orders)) / orders
+    phases = rng.uniform(0, 2 * math.pi, len(orders))
+    rotation = _random_rotation(rng, ndim)
+    directions = rng.standard_normal((len(orders), 3))
+    reach = int(math.ceil(axes.max() * (1 + amps.sum()))) + 1
+    grid = np.ogrid[(slice(-reach, reach + 1),) * ndim]
+    # Local coordinates: rotate the offset from the centre, then scale by the semi-axes.
+    local = [
+        sum(rotation[axis, k] * (grid[k] - centre_frac[k]) for k in range(ndim)) / axes[axis]
+        for axis in range(ndim)
+    ]
+    rho = np.sqrt(sum(u * u for u in local))
+    if ndim == 2:
+        angle = np.arctan2(local[1], local[0])
+        bump = sum(a * np.cos(k * angle + p) for a, k, p in zip(amps, orders, phases))
+    else:
+        safe = np.maximum(rho, 1e-6)
+        bump = 0.0
+        for a, k, p, v in zip(amps, orders, phases, directions):
+            v = v / np.linalg.norm(v)
+            cosine = sum(v[i] * local[i] for i in range(3)) / safe
+            bump = bump + a * np.cos(k * math.pi * cosine + p)
+    return (rho / (1.0 + bump)).astype(np.float32), reach
+
+
+def _clip_box(centre, reach, shape):
+    """Slices of the image box and of the local box for a nucleus at integer ``centre``."""
+    image_box, local_box = [], []
+    for c, size in zip(centre, shape):
+        lo, hi = c - reach, c + reach + 1
+        image_box.append(slice(max(lo, 0), min(hi, size)))
+        local_box.append(slice(max(lo, 0) - lo, 2 * reach + 1 - (hi - min(hi, size))))
+    return tuple(image_box), tuple(local_box)
+
+
+def _keep_connected(labels: np.ndarray) -> np.ndarray:
+    """Give every fragment but the largest of each label to the label it touches most (or 0)."""
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        view = labels[grown]
+        parts, n = ndimage.label(view == index)
+        if n <= 1:
+            continue
+        sizes_ = np.bincount(parts.ravel())[1:]
+        for part in np.flatnonzero(np.arange(1, n + 1) != np.argmax(sizes_) + 1) + 1:
+            piece = parts == part
+            ring = ndimage.binary_dilation(piece) & ~piece
+            neighbours = view[ring]
+            neighbours = neighbours[(neighbours != 0) & (neighbours != index)]
+            view[piece] = np.bincount(neighbours).argmax() if neighbours.size else 0
+    return labels
+
+
+def nuclei(
+    shape,
+    seed: int = 0,
+    *,
+    radius=None,
+    density: float = 0.35,
+    size_spread: float = 0.25,
+    elongation: float | None = None,
+    irregularity: float = 0.15,
+    cluster: float = 0.6,
+    max_overlap: float = 0.1,
+    brightness_range=(0.1, 1.0),
+    texture: float = 0.3,
+    blur=None,
+    background: float = 0.12,
+    photons: float = 200.0,
+    read_noise: float = 2.0,
+):
+    """Realistic fluorescent nuclei (2D or 3D) with exact instance labels.
+
+    Made to be hard where classical threshold + watershed pipelines fail:
+
+    * touching and slightly overlapping clusters (``cluster`` of the nuclei are placed against
+      an existing one; overlaps are at most ``max_overlap`` of either nucleus);
+    * elongated, irregular shapes: ellipses / ellipsoids with random orientation, aspect ratio
+      up to ``elongation`` and low-order radial Fourier (2D) or smooth directional (3D)
+      perturbations of relative size ``irregularity``;
+    * sizes: one typical equivalent radius per image, log-uniform in ``radius``, and per-nucleus
+      radii spread by ``size_spread`` (log-normal), clipped to ``radius``;
+    * textured, uneven intensity: chromatin-like smoothed noise, bright spots and a brighter rim;
+    * dim next to bright: per-nucleus brightness log-uniform in ``brightness_range`` (10x);
+    * optics and camera: Gaussian PSF blur, smooth background gradient, Poisson (shot) noise
+      at ``photons`` expected counts for the brightest nucleus, Gaussian read noise.
+
+    Where nuclei overlap, the image adds both (as a widefield projection would) and every
+    overlapping pixel belongs to the nucleus whose centre is nearest in *normalised* distance
+    (distance divided by that nucleus' own boundary distance in that direction). Every label is
+    one connected region. Nuclei may be clipped by the image border.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (y, x) or (z, y, x).
+    seed : int
+        Everything is deterministic given ``seed``. Seeds in :data:`TEST_SEEDS` are reserved for
+        held-out benchmarks: never train on them.
+    radius : (float, float), optional
+        Range of equivalent radii in pixels (default (4, 25) in 2D, (4, 12) in 3D).
+    density : float
+        Target fraction of the image covered by nuclei, in (0, 0.8] (best effort).
+    size_spread : float
+        Standard deviation of log radius within one image (>= 0).
+    elongation : float, optional
+        Largest aspect ratio (>= 1; default 2 in 2D, 1.6 in 3D).
+    irregularity : float
+        Strength of the shape perturbation, in [0, 0.5].
+    cluster : float
+        Fraction of nuclei placed touching or overlapping an existing one, in [0, 1].
+    max_overlap : float
+        Largest overlapping fraction of a nucleus' area, in [0, 0.5].
+    brightness_range : (float, float)
+        Range of nucleus brightness, 0 < low <= high.
+    texture : float
+        Relative strength of the chromatin texture, in [0, 1].
+    blur : float or tuple of float, optional
+        Gaussian PSF sigma in pixels, one value or one per axis (default 1.5 in 2D,
+        (2, 1.2, 1.2) in 3D); 0 switches blur off.
+    background : float
+        Mean background level relative to the brightest nucleus (>= 0), with a smooth gradient.
+    photons : float
+        Expected photon count of a brightness-1 pixel (> 0); lower is noisier.
+    read_noise : float
+        Standard deviation of the Gaussian read noise in counts (>= 0).
+
+    Returns
+    -------
+    image : numpy.ndarray of float32
+        Photon counts (plus read noise, so it can be slightly negative).
+    labels : numpy.ndarray of int32
+        0 = background, nuclei 1..N in raster order of their centres.
+
+    Raises
+    ------
+    ShiftSegError
+        On a bad setting.
+    """
+    shape = _check_shape(shape)
+    ndim = len(shape)
+    seed = _check_seed(seed)
+    low, high = _check_pair(
+        _NUCLEI_RADIUS[ndim] if radius is None else radius, "radius", minimum=1.0, maximum=100.0
+    )
+    density = _real(density, "density")
+    if density > 0.8:
+        raise ShiftSegError(f"density {density:g} must be in (0, 0.8] (fraction of the image)")
+    size_spread = _real(size_spread, "size_spread", strict=False)
+    elongation = _NUCLEI_ELONGATION[ndim] if elongation is None else elongation
+    elongation = _real(elongation, "elongation", minimum=1.0, strict=False)
+    if elongation > 10:
+        raise ShiftSegError(f"elongation {elongation:g} must be between 1 and 10")
+    irregularity = _unit(irregularity, "irregularity", maximum=0.5)
+    cluster = _unit(cluster, "cluster")
+    max_overlap = _unit(max_overlap, "max_overlap", maximum=0.5)
+    b_low, b_high = _check_pair(brightness_range, "brightness_range", minimum=0.0,
+                                maximum=math.inf)
+    if b_low <= 0:
+        raise ShiftSegError(f"brightness_range {brightness_range!r} must be above 0")
+    texture = _unit(texture, "texture")
+    blur = _per_axis_float(_NUCLEI_BLUR[ndim] if blur is None else blur, ndim, "blur")
+    background = _real(background, "background", strict=False)
+    photons = _real(photons, "photons")
+    read_noise = _real(read_noise, "read_noise", strict=False)
+
+    shape_rng, place_rng, tex_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    # Sizes: one typical radius per image, then a per-nucleus spread.
+    typical = math.exp(shape_rng.uniform(math.log(low), math.log(high)))
+    unit_size = math.pi * typical**2 if ndim == 2 else 4 / 3 * math.pi * typical**3
+    n = max(1, round(density * math.prod(shape) / unit_size))
+    radii = np.clip(typical * np.exp(size_spread * shape_rng.standard_normal(n)), low, high)
+    radii = np.sort(radii)[::-1]  # large first: they are the hardest to fit
+
+    labels = np.zeros(shape, dtype=np.int32)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    image = np.zeros(shape, dtype=np.float32)
+    extent = np.asarray(shape, dtype=np.float64)
+    centres, placed_radii, areas = [], [], []
+    for r in radii:
+        frac = shape_rng.uniform(-0.5, 0.5, ndim)
+        d, reach = _nucleus_field(shape_rng, ndim, r, elongation, irregularity, frac)
+        inside = d <= 1
+        area = int(inside.sum())
+        brightness = math.exp(shape_rng.uniform(math.log(b_low), math.log(b_high)))
+        rim = shape_rng.uniform(0.0, 0.6)
+        for _ in range(_NUCLEUS_TRIES):
+            if centres and place_rng.random() < cluster:
+                other = int(place_rng.integers(len(centres)))
+                step = place_rng.standard_normal(ndim)
+                step /= max(float(np.linalg.norm(step)), 1e-12)
+                step *= (r + placed_radii[other]) * place_rng.uniform(0.7, 1.0)
+                centre = np.round(centres[other] + step).astype(np.int64)
+                if np.any(centre < 0) or np.any(centre >= extent):
+                    continue
+            else:
+                centre = np.floor(place_rng.random(ndim) * extent).astype(np.int64)
+            image_box, local_box = _clip_box(centre, reach, shape)
+            mask = inside[local_box]
+            if not mask.any():
+                continue
+            hit = labels[image_box][mask]
+            hit = hit[hit > 0]
+            if hit.size:
+                if hit.size > max_overlap * area:
+                    continue
+                counts = np.bincount(hit)
+                owners = np.flatnonzero(counts)
+                if np.any(counts[owners] > max_overlap * np.asarray(areas)[owners - 1]):
+                    continue
+            break
+        else:
+            continue
+        index = len(centres) + 1
+        local_d = d[local_box]
+        wins = mask & (local_d < best[image_box])
+        labels[image_box][wins] = index
+        best[image_box][wins] = local_d[wins]
+        profile = brightness * (1 + rim * np.clip((local_d - 0.6) / 0.4, 0, 1))
+        image[image_box] += np.where(mask, profile, 0).astype(np.float32)
+        centres.append(centre.astype(np.float64))
+        placed_radii.append(float(r))
+        areas.append(area)
+
+    labels = _keep_connected(labels)
+    # Ids in raster order of the centres, then 1..N without gaps.
+    if centres:
+        order = np.lexsort(np.asarray(centres).T[::-1])
+        lookup = np.zeros(len(centres) + 1, dtype=np.int32)
+        lookup[order + 1] = np.arange(1, len(centres) + 1, dtype=np.int32)
+        labels = lookup[labels]
+    labels = relabel_sequential(labels)[0].astype(np.int32, copy=False)
+
+    # Chromatin texture (fine + coarse smoothed noise) and bright spots, inside nuclei only.
+    fine = ndimage.gaussian_filter(tex_rng.standard_normal(shape, dtype=np.float32), 1.0)
+    coarse = ndimage.gaussian_filter(tex_rng.standard_normal(shape, dtype=np.float32), 3.0)
+    fine /= max(float(fine.std()), 1e-6)
+    coarse /= max(float(coarse.std()), 1e-6)
+    spots = ndimage.gaussian_filter(
+        (tex_rng.random(shape) < 0.004).astype(np.float32), 1.0
+    ) * np.float32(2 * math.pi if ndim == 2 else 8.0)
+    modulation = 1 + texture * (0.6 * fine + 0.4 * coarse) + texture * spots
+    image *= np.clip(modulation, 0.2, None)
+    if any(s > 0 for s in blur):
+        image = ndimage.gaussian_filter(image, blur, mode="reflect")
+    # Smooth background: a random linear ramp plus a broad blob field.
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    direction = tex_rng.standard_normal(ndim)
+    direction /= np.linalg.norm(direction)
+    ramp = sum(v * (g / max(s - 1, 1) - 0.5) for v, g, s in zip(direction, grids, shape))
+    blobs = ndimage.gaussian_filter(
+        tex_rng.standard_normal(tuple(max(s // 16, 1) for s in shape)), 1.0
+    )
+    blobs = ndimage.zoom(blobs / max(float(blobs.std()), 1e-6), [s / b for s, b in
+                         zip(shape, blobs.shape)], order=1, grid_mode=True, mode="nearest")
+    level = background * (1 + 0.8 * ramp + 0.25 * blobs)
+    image += np.clip(level, 0, None).astype(np.float32)
+    counts = noise_rng.poisson(image.astype(np.float64) * photons).astype(np.float32)
+    if read_noise > 0:
+        counts += noise_rng.standard_normal(shape, dtype=np.float32) * np.float32(read_noise)
+    return counts, labels
+
+
+def _per_axis_float(value, ndim: int, name: str) -> tuple[float, ...]:
+    values = (value,) * ndim if isinstance(value, Real) and not isinstance(value, bool) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if len(values) != ndim:
+        raise ShiftSegError(f"{name} {value!r} must be a number >= 0 or {ndim} such numbers")
+    return tuple(_real(v, name, strict=False) for v in values)

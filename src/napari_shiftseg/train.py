@@ -29,6 +29,7 @@ One training step, per batch item (sizes from :class:`~napari_shiftseg.geometry.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -38,14 +39,19 @@ import numpy as np
 import torch
 
 from ._errors import ShiftSegError
+from .augment import NO_AUGMENTATION, Augmentation, move, unmove
 from .data import validate_pair
 from .geometry import UNetGeometry
 from .loss import discriminative_loss, foreground_loss
 from .modelio import Model, save_model
+from .settings import SegmentationSettings
+from .spatial import add_positions_torch
+from .tuning import quick_score, split_validation, tune_settings, validation_embeddings
 from .normalize import percentile_normalization
 from .unet import UNet, UNetConfig, memory_format
 
-__all__ = ["train", "default_training_window", "NORMALIZATION", "LOSS_DEFAULTS"]
+__all__ = ["train", "default_training_window", "suggest_training_window", "NORMALIZATION",
+           "LOSS_DEFAULTS"]
 
 #: Normalisation every model trained here records in its metadata; inference applies the same
 #: percentiles of the *whole* image.
@@ -71,6 +77,42 @@ def default_training_window(geometry: UNetGeometry) -> tuple[int, ...]:
     """
     input_size = geometry.training_input_size(max(4 * geometry.grid, 32))
     return (geometry.output_size(input_size),) * geometry.ndim
+
+
+#: Largest default window per axis: training steps must stay affordable on a laptop CPU.
+MAX_DEFAULT_WINDOW = {2: 132, 3: 52}
+
+#: The default window spans this many median object diameters, so that most training windows
+#: hold whole objects *and* their neighbours (the push term needs both in one window).
+WINDOW_DIAMETERS = 3.0
+
+
+def median_diameter(labels_list) -> float:
+    """Median equivalent diameter (voxels) of the objects in some label images (0 if none)."""
+    sizes = [np.bincount(np.asarray(lab).ravel().astype(np.int64))[1:] for lab in labels_list]
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    sizes = sizes[sizes > 0]
+    if not sizes.size:
+        return 0.0
+    ndim = np.asarray(labels_list[0]).ndim
+    volume = float(np.median(sizes))
+    # Diameter of the disk / ball of that area / volume.
+    return 2 * (volume / np.pi) ** 0.5 if ndim == 2 else 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)
+
+
+def suggest_training_window(geometry: UNetGeometry, labels_list) -> tuple[int, ...]:
+    """A training window sized to the objects: about 3 median diameters, > f^l, affordable.
+
+    Never below :func:`default_training_window`, never above :data:`MAX_DEFAULT_WINDOW` nor
+    the smallest image, and always a raw output size the network produces.
+    """
+    base = default_training_window(geometry)[0]
+    want = max(base, int(np.ceil(WINDOW_DIAMETERS * median_diameter(labels_list))))
+    cap = min([MAX_DEFAULT_WINDOW[geometry.ndim]] + [int(min(np.shape(lab))) for lab in labels_list])
+    window = geometry.output_size(geometry.training_input_size(min(want, cap)))
+    while window > cap and window > base:  # rounding up overshot a small image: step down
+        window = geometry.output_size(geometry.training_input_size(window - geometry.grid))
+    return (max(window, base) if window > geometry.grid else base,) * geometry.ndim
 
 
 @dataclass(frozen=True)
@@ -135,20 +177,12 @@ class _Prepared:
         return self.image[inp], self.labels[win]
 
 
-def _as_source(source, labels, ndim: int, crop: _Crop):
-    """Turn the accepted input kinds into ``next_image(rng) -> _Prepared``."""
+def _collect_pairs(source, labels, ndim: int):
+    """Validated ``(image, labels)`` pairs, or None for a generator ``seed -> (image, labels)``."""
     if callable(source):
         if labels is not None:
             raise TypeError("labels must be None when the source is a generator")
-
-        def fresh(rng):
-            # A new synthetic image per call, drawn from the run's own seed sequence.
-            image, lab = validate_pair(*source(int(rng.integers(0, 2**31 - 1))), ndim)
-            # Padded like every other image: a model that never saw reflected borders in
-            # training splits the objects at the border of every image it segments.
-            return _Prepared(image, lab, crop, pad=True)
-
-        return fresh, "synthetic generator"
+        return None
     if labels is None:
         if not isinstance(source, (list, tuple)) or not source:
             raise TypeError(
@@ -158,13 +192,36 @@ def _as_source(source, labels, ndim: int, crop: _Crop):
         pairs = list(source)
     else:
         pairs = [(source, labels)]
-    prepared = []
+    checked = []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise TypeError(f"training pair {i} must be (image, labels), got {type(pair).__name__}")
-        prepared.append(_Prepared(*validate_pair(*pair, ndim), crop, pad=True))
-    if not any(p.labels.any() for p in prepared):
+        checked.append(validate_pair(*pair, ndim))
+    if not any(lab.any() for _, lab in checked):
         raise ShiftSegError("the labels contain no objects (all zero); nothing to learn from")
+    return checked
+
+
+def _training_seed(rng: np.random.Generator) -> int:
+    """A generator seed for training, never one of the benchmark's held-out test seeds."""
+    from .synth import TEST_SEEDS
+
+    seed = int(rng.integers(0, 2**31 - 1 - len(TEST_SEEDS)))
+    return seed + len(TEST_SEEDS) if seed >= TEST_SEEDS.start else seed
+
+
+def _sampler(source, pairs, ndim: int, crop: _Crop):
+    """``next_image(rng) -> _Prepared`` over the training pairs or a generator."""
+    if pairs is None:
+        def fresh(rng):
+            # A new synthetic image per call, drawn from the run's own seed sequence.
+            image, lab = validate_pair(*source(_training_seed(rng)), ndim)
+            # Padded like every other image: a model that never saw reflected borders in
+            # training splits the objects at the border of every image it segments.
+            return _Prepared(image, lab, crop, pad=True)
+
+        return fresh, "synthetic generator"
+    prepared = [_Prepared(image, lab, crop, pad=True) for image, lab in pairs]
     return (lambda rng: prepared[int(rng.integers(0, len(prepared)))]), f"{len(prepared)} image(s)"
 
 
@@ -189,8 +246,12 @@ def train(
     batch_size: int = 1,
     seed: int = 0,
     allow_small_window: bool = False,
-    augment: bool = True,
+    augment: bool | Augmentation = True,
     noise_std: float = 0.0,
+    validation: float = 0.0,
+    validate_every: int | None = None,
+    tune: bool = True,
+    validation_pairs=None,
     checkpoint_every: int | None = None,
     checkpoint_path=None,
     progress: Callable[[int, dict], None] | None = None,
@@ -233,11 +294,25 @@ def train(
         Seeds weights, crops, augmentation and synthetic data: equal seeds give equal models.
     allow_small_window : bool
         Allow windows <= f^l (reproduces the paper's seam failure; not for real use).
-    augment : bool
-        Random flips along every axis.
+    augment : bool or Augmentation
+        ``True``: the default :class:`~napari_shiftseg.augment.Augmentation` (flips, in-plane
+        transposition, contrast, gamma, blur, noise); ``False``: none; or your own.
     noise_std : float
-        If > 0 (and ``augment``), add Gaussian noise of std uniform in [0, noise_std] to the
-        normalised input crop.
+        If > 0 (and ``augment``), the largest std of the Gaussian noise added to normalised
+        crops (overrides the augmentation's own ``noise``).
+    validation : float
+        Fraction of the annotated data held out (whole images when there are 4 or more, else
+        a band of each image; see :func:`napari_shiftseg.tuning.split_validation`). The model
+        is scored on it every ``validate_every`` steps and the best checkpoint is returned;
+        with ``tune`` the segmentation settings are then tuned on it and stored in the model.
+        0 (default here; the CLI and the widget hold out 15 %) trains on everything.
+    validate_every : int, optional
+        Steps between validations (default: a tenth of the run, at least 25).
+    tune : bool
+        Tune bandwidth, foreground threshold, smallest object and post-processing on the
+        held-out data at the end (only with ``validation``).
+    validation_pairs : list of (image, labels), optional
+        Validate on these instead of holding data out (e.g. for a synthetic generator).
     checkpoint_every, checkpoint_path : int, path, optional
         Save the model so far (atomically, via :func:`~napari_shiftseg.modelio.save_model`)
         every ``checkpoint_every`` steps.
@@ -293,14 +368,30 @@ def train(
         checkpoint_every = _check_positive("checkpoint_every", checkpoint_every)
     if noise_std < 0:
         raise ShiftSegError(f"noise_std must be >= 0, got {noise_std}")
-    window = geometry.check_training_window(
-        default_training_window(geometry) if output_window is None else output_window,
-        allow_small=allow_small_window,
-    )
+    if not isinstance(augment, Augmentation):
+        augment = Augmentation() if augment else NO_AUGMENTATION
+    if noise_std > 0 and augment != NO_AUGMENTATION:
+        augment = dataclasses.replace(augment, noise=float(noise_std))
+    pairs = _collect_pairs(source, labels, geometry.ndim)
+    if output_window is None:
+        output_window = (suggest_training_window(geometry, [lab for _, lab in pairs]) if pairs
+                         else default_training_window(geometry))
+    window = geometry.check_training_window(output_window, allow_small=allow_small_window)
     if min(window) < 1:
         raise ShiftSegError(f"training window {window} must be positive")
     crop = _Crop.plan(geometry, window)
-    next_image, description = _as_source(source, labels, geometry.ndim, crop)
+    if validation_pairs is not None:
+        train_pairs = pairs
+        val_pairs = [validate_pair(*p, geometry.ndim) for p in validation_pairs]
+        val_note = f"{len(val_pairs)} given validation image(s)"
+    elif pairs is not None:
+        train_pairs, val_pairs, val_note = split_validation(pairs, validation, window)
+    else:
+        train_pairs, val_pairs, val_note = None, [], "no validation"
+    next_image, description = _sampler(source, train_pairs, geometry.ndim, crop)
+    if validate_every is None:
+        validate_every = max(25, steps // 10)
+    validate_every = _check_positive("validate_every", validate_every)
     loss_args = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma,
                      background_as_instance=background_as_instance)
 
@@ -315,7 +406,8 @@ def train(
     if threads is not None:
         torch.set_num_threads(_check_positive("threads", threads))
     history = {k: [] for k in ("loss", "pull", "push", "reg", "foreground")}
-    history.update(steps_done=0, cancelled=False, seconds=0.0)
+    history.update(steps_done=0, cancelled=False, seconds=0.0, validation=[])
+    best = None  # (step, scores, state_dict) of the best held-out score so far
     rng = np.random.default_rng(seed)
     fork_devices = [device] if device.type == "cuda" else []
     start = time.perf_counter()
@@ -325,9 +417,15 @@ def train(
     if base is not None:
         provenance = {"model": base.name, **{k: base.meta[k] for k in PROVENANCE if k in base.meta}}
 
+    # Settings a continued model does not re-tune are inherited from it (never reset to None).
+    settings = (SegmentationSettings.of(base) if base is not None
+                else SegmentationSettings(bandwidth=round(2 * delta_d / 3, 3)))
+    validation_record: dict = {"held_out": val_note}
+
     def meta(done: int, complete: bool) -> dict:
         tail = history["loss"][-FINAL_LOSS_STEPS:]
         return {
+            **settings.to_meta(),
             "normalization": dict(NORMALIZATION),
             "training_window": list(window),
             "steps": done,
@@ -335,8 +433,9 @@ def train(
             "final_loss": float(np.mean(tail)) if tail else None,
             "loss": {**loss_args, "foreground_weight": foreground_weight},
             "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
-            "augment": augment,
+            "augment": augment.to_dict(),
             "noise_std": noise_std, "training_data": description, "device": str(device),
+            "validation": validation_record,
             "seconds": round(time.perf_counter() - start, 1),
             **({"command": command} if command else {}),
             **({"initialised_from": provenance} if provenance else {}),
@@ -355,11 +454,14 @@ def train(
                 if cancel is not None and cancel.is_set():
                     history["cancelled"] = True
                     break
-                x, y, flips = _batch(next_image, rng, batch_size, augment, noise_std, geometry.ndim)
+                x, y, moves = _batch(next_image, rng, batch_size, augment)
                 x = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
                 y = torch.from_numpy(y).to(device)
-                out = _unflip(net(x), flips)[(slice(None), slice(None), *crop.raw_crop)]
-                loss, parts = discriminative_loss(out[:, : config.embed_dim], y, **loss_args)
+                out = _unmove(net(x), moves)[(slice(None), slice(None), *crop.raw_crop)]
+                embeddings = out[:, : config.embed_dim]
+                if config.embedding == "spatial":
+                    embeddings = add_positions_torch(embeddings, config.position_scale)
+                loss, parts = discriminative_loss(embeddings, y, **loss_args)
                 fg = foreground_loss(out[:, config.embed_dim], y) if config.foreground_head else loss * 0
                 total = loss + foreground_weight * fg
                 if not torch.isfinite(total):
@@ -379,8 +481,29 @@ def train(
                 history["steps_done"] = step
                 if progress is not None:
                     progress(step, values)
+                if val_pairs and (step % validate_every == 0 or step == steps):
+                    result = _validate(net, meta(step, False), val_pairs, settings, device)
+                    history["validation"].append({"step": step, **result})
+                    if best is None or _key(result) > _key(best[1]):
+                        best = (step, result, copy.deepcopy(net.state_dict()))
+                    net.train()
                 if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < steps:
                     save_model(Model(copy.deepcopy(net).cpu().eval(), meta(step, False)), checkpoint_path)
+        net.eval()
+        if best is not None:
+            # The best held-out score wins over the last step: later steps can over-fit a
+            # few hundred annotated objects.
+            net.load_state_dict(best[2])
+            validation_record.update(best_step=best[0], **{k: round(v, 4) for k, v in best[1].items()})
+            settings = dataclasses.replace(settings, bandwidth=best[1]["bandwidth"])
+            if tune and not history["cancelled"]:
+                tuned = Model(net, meta(history["steps_done"], False))
+                embeddings = validation_embeddings(tuned, val_pairs, str(device))
+                settings, result, trials = tune_settings(
+                    embeddings, val_pairs, settings, config.foreground_head, delta_d,
+                    post_processing=_post_processing_available())
+                validation_record.update(tuned={k: round(v, 4) for k, v in result.items()},
+                                         trials=len(trials))
     finally:
         torch.set_num_threads(old_threads)
     history["seconds"] = time.perf_counter() - start
@@ -390,28 +513,41 @@ def train(
     return model, history
 
 
-def _unflip(out: torch.Tensor, flips) -> torch.Tensor:
-    """Undo each batch item's input flips on the raw output (B, C, *S): realigns it with labels.
+def _key(result: dict) -> tuple[float, float]:
+    return (round(result["ap@0.5"], 4), round(result["map"], 4))
 
-    Exact because the valid context is symmetric: raw output voxel j of a flipped crop is raw
-    output voxel (o − 1 − j) of the unflipped one.
-    """
-    if not any(flips):
+
+def _post_processing_available() -> bool:
+    import inspect
+
+    from .instances import segment_instances
+
+    return "merge_distance" in inspect.signature(segment_instances).parameters
+
+
+def _validate(net, meta: dict, val_pairs, settings: SegmentationSettings, device) -> dict:
+    """Held-out AP@0.5 and averaged AP of the network as it is now (leaves it in eval mode)."""
+    model = Model(net, meta)
+    embeddings = validation_embeddings(model, val_pairs, str(device))
+    delta_d = float(meta.get("loss", {}).get("delta_d", 3.0))
+    return quick_score(embeddings, val_pairs, settings, net.config.foreground_head, delta_d)
+
+
+def _unmove(out: torch.Tensor, moves) -> torch.Tensor:
+    """Undo each batch item's geometric augmentation on the raw output (B, C, *S)."""
+    if not any(axes or transpose for axes, transpose in moves):
         return out
-    return torch.stack([o.flip([a + 1 for a in f]) if f else o for o, f in zip(out, flips)])
+    return torch.stack([unmove(o, *m) for o, m in zip(out, moves)])
 
 
-def _batch(next_image, rng, batch_size: int, augment: bool, noise_std: float, ndim: int):
-    """Stack ``batch_size`` random crops: x (B, 1, *input), labels (B, *window), flipped axes."""
-    xs, ys, flips = [], [], []
+def _batch(next_image, rng, batch_size: int, augment: Augmentation):
+    """Stack ``batch_size`` random crops: x (B, 1, *input), labels (B, *window), moves."""
+    xs, ys, moves = [], [], []
     for _ in range(batch_size):
         x, y = next_image(rng).sample(rng)
-        axes = tuple(a for a in range(ndim) if augment and rng.random() < 0.5)
-        if axes:
-            x = np.flip(x, axes)
-        if augment and noise_std > 0:
-            x = x + rng.normal(0.0, rng.uniform(0.0, noise_std), x.shape).astype(np.float32)
+        m = augment.moves(rng, x.shape)
+        x = augment.intensity(move(x, *m), rng)
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
         ys.append(y.astype(np.int64))
-        flips.append(axes)
-    return np.stack(xs)[:, None], np.stack(ys), flips
+        moves.append(m)
+    return np.stack(xs)[:, None], np.stack(ys), moves

@@ -13,15 +13,38 @@ the forward pass refuses inputs it calls invalid instead of silently rounding in
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from ._errors import ShiftSegError
-from .geometry import UNetGeometry
+from .geometry import UNetGeometry, check_int
+from .spatial import EMBEDDINGS
 
 UPSAMPLINGS = ("learnt", "nearest")
+
+#: (field, highest, why) for UNetConfig's integer fields (all >= 1). Model files are untrusted:
+#: these bounds, and the size limits below, refuse a hostile config before anything is allocated.
+_CONFIG_BOUNDS = (
+    ("in_channels", 16, "images have a handful of channels"),
+    ("base_channels", 256, "the paper uses 16 to 64"),
+    ("channel_growth", 4, "channels grow by 2 per level in the paper"),
+    ("embed_dim", 16, "instance embeddings need a few dimensions, the paper uses 2 to 8"),
+)
+#: Most parameters a model may have: 800 MB of float32 weights, ~25x a large 3D U-Net.
+MAX_PARAMETERS = 200_000_000
+#: Most memory (estimated) one forward pass of the network's *smallest* tile may need: a model
+#: over this can never run anywhere. (Tiles are the user's choice, so a model is not refused
+#: because the default 128-voxel tile would not fit; ``shiftseg info`` shows that estimate.)
+MAX_TILE_BYTES = 64 * 2**30
+#: Tile width (per axis) of the default memory estimate: the default tile of ``shiftseg segment``.
+ESTIMATE_TILE = 128
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MB"
 
 
 @dataclass(frozen=True)
@@ -35,13 +58,74 @@ class UNetConfig:
     embed_dim: int = 3
     upsampling: str = "learnt"
     foreground_head: bool = True
+    #: "free" (the paper's embeddings) or "spatial" (position + predicted offset, see spatial.py)
+    embedding: str = "free"
+    #: spatial only: embedding units per voxel added to the first d channels after stitching
+    position_scale: float = 0.0
 
     def __post_init__(self):
         if self.upsampling not in UPSAMPLINGS:
             raise ShiftSegError(f"upsampling must be one of {UPSAMPLINGS}, got {self.upsampling!r}")
-        for name in ("in_channels", "base_channels", "channel_growth", "embed_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ShiftSegError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.geometry, UNetGeometry):
+            raise ShiftSegError(f"geometry must be a UNetGeometry, got {type(self.geometry).__name__}")
+        for name, high, why in _CONFIG_BOUNDS:
+            check_int(getattr(self, name), name, 1, high, why)
+        if not isinstance(self.foreground_head, bool):
+            raise ShiftSegError(f"foreground_head must be true or false, got {self.foreground_head!r}")
+        if isinstance(self.position_scale, bool) or not isinstance(self.position_scale, (int, float)) \
+                or not math.isfinite(self.position_scale):
+            raise ShiftSegError(f"position_scale must be a finite number, got {self.position_scale!r}")
+        self._check_size()
+        if self.embedding not in EMBEDDINGS:
+            raise ShiftSegError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        if self.embedding == "spatial":
+            if self.embed_dim < self.geometry.ndim:
+                raise ShiftSegError(f"a spatial embedding needs embed_dim >= {self.geometry.ndim} "
+                                    f"(one channel per axis), got {self.embed_dim}")
+            if not (isinstance(self.position_scale, (int, float)) and 0 < self.position_scale <= 10):
+                raise ShiftSegError(f"position_scale must be a number in (0, 10], got {self.position_scale!r}")
+
+    def estimate(self, tile: int = ESTIMATE_TILE) -> tuple[int, int]:
+        """(parameters, bytes of float32 memory for one forward pass of a ``tile``-wide tile).
+
+        Pure arithmetic on the (already bounded) fields: nothing is allocated. The byte count is
+        an estimate (weights, the skip tensors kept for the up path and three of the largest
+        layer outputs alive at once), not a promise.
+        """
+        g = self.geometry
+        d, kernel, convs = g.ndim, g.kernel_size**g.ndim, g.convs_per_level
+        ch = [self.channels(i) for i in range(g.levels + 1)]
+
+        def block(cin: int, cout: int) -> int:
+            return cin * cout * kernel + cout + (convs - 1) * (cout * cout * kernel + cout)
+
+        up = g.factor**d if self.upsampling == "learnt" else 1
+        params = sum(block(self.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(g.levels))
+        params += block(ch[-2], ch[-1])
+        params += sum(ch[i + 1] * ch[i] * up + ch[i] + block(2 * ch[i], ch[i]) for i in range(g.levels))
+        params += ch[0] * self.out_channels + self.out_channels
+        size = -(-tile // g.grid) * g.grid + g.context + g.output_residue
+        skips, largest = 0, self.in_channels * size**d
+        for level in range(g.levels):
+            size = max(size - g.conv_loss, 1)
+            skips += ch[level] * size**d
+            largest = max(largest, 2 * ch[level] * size**d)  # the concatenation on the way up
+            size = max(size // g.factor, 1)
+        largest = max(largest, ch[-1] * max(size - g.conv_loss, 1) ** d)
+        return params, 4 * (params + skips + 3 * largest)
+
+    def _check_size(self) -> None:
+        smallest = self.geometry.grid
+        params, nbytes = self.estimate(smallest)
+        if params > MAX_PARAMETERS:
+            raise ShiftSegError(
+                f"this network would have about {params:.3g} parameters ({_gb(4 * params)} of "
+                f"weights); shiftseg refuses more than {MAX_PARAMETERS:.0e} ({_gb(4 * MAX_PARAMETERS)})")
+        if nbytes > MAX_TILE_BYTES:
+            raise ShiftSegError(
+                f"this network would need about {_gb(nbytes)} of memory even for its smallest tile "
+                f"({smallest} voxels per axis, plus its context of {self.geometry.context}); "
+                f"shiftseg refuses more than {_gb(MAX_TILE_BYTES)}")
 
     @property
     def out_channels(self) -> int:

@@ -48,3 +48,43 @@ def test_preview_3d_current_slice(viewer, tiny_model_3d, wait_idle):
     layer = viewer.layers["vol_shiftseg_instances"]
     assert layer.data.shape == (4, 40, 40)                             # the f^l = 4 cell of slice 10
     assert tuple(layer.translate) == (16.0, 0.0, 0.0) and tuple(layer.scale) == (2.0, 1.0, 1.0)
+
+
+def _spatial_model(path, normalization):
+    """Random spatial-embedding 2D model (l = 2) recording a non-default normalisation."""
+    import torch
+
+    from napari_shiftseg.geometry import UNetGeometry
+    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    config = UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=2, embed_dim=2,
+                        embedding="spatial", position_scale=0.25)
+    net = UNet(config).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return save_model(net, path, meta={"normalization": normalization})
+
+
+def test_preview_uses_the_models_normalisation_and_global_positions(tmp_path, lattice_crop):
+    """The preview job predicts a crop: it must still normalise as the model was trained
+    (recorded percentiles of the whole image) and give spatial embeddings image positions."""
+    import threading
+
+    from napari_shiftseg._widgets import _pipeline
+    from napari_shiftseg.settings import SegmentationSettings
+
+    noise = np.random.default_rng(0).normal(0, 0.3, (256, 256))
+    image = (np.tile(lattice_crop[0], (4, 4)) + noise).astype(np.float32)  # percentiles differ
+    path = _spatial_model(tmp_path / "spatial.safetensors",
+                          {"method": "percentile", "low": 20.0, "high": 80.0})
+    model = load_model(path)
+    full = predict_whole(image, model, device="cpu")        # the recorded normalisation
+    params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu")
+    region = (slice(160, 192), slice(120, 160))   # whole f^l = 4 cells, context and all off the origin
+    result = _pipeline.segment(lambda *_: None, threading.Event(), image, path, params,
+                               _pipeline.ModelCache(), region)
+    np.testing.assert_allclose(result.embeddings, full[(slice(None),) + region], rtol=1e-5, atol=1e-4)

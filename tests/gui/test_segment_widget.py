@@ -119,13 +119,18 @@ def test_bad_model_file(segment, viewer, tmp_path):
 def test_over_budget_goes_through_zarr(segment, viewer, wait_idle, monkeypatch):
     """Results larger than the memory budget are written to zarr and shown lazily."""
     import dask.array as da
+    import zarr
 
     from napari_shiftseg._widgets import _common, segment as segment_module
 
     monkeypatch.setattr(segment_module, "inference_settings",
                         lambda: _common.InferenceSettings(memory_budget_gb=1e-6))
+    segment.fg_threshold.value, segment.min_size.value = 0.45, 3
     _run(segment, wait_idle)
     assert "results in" in segment.status.value
+    stored = zarr.open_group(str(segment._result.path), mode="r").attrs["shiftseg"]["cluster_args"]
+    assert {k: stored[k] for k in ("bandwidth", "fg_threshold", "min_size")} == {
+        "bandwidth": segment.bandwidth.value, "fg_threshold": 0.45, "min_size": 3}
     layers = {kind: viewer.layers[f"crop_shiftseg_{kind}"] for kind in KINDS}
     assert all(isinstance(layer.data, da.Array) for layer in layers.values())
     assert layers["instances"].data.dtype == np.int32 and layers["embeddings"].data.shape == (64, 64, 3)
@@ -135,10 +140,69 @@ def test_over_budget_goes_through_zarr(segment, viewer, wait_idle, monkeypatch):
     assert segment.status.value == "re-clustered" and isinstance(layers["instances"].data, da.Array)
 
 
-def test_cluster_settings_follow_the_model(segment, tiny_model_2d, tmp_path):
+RECORDED = {"bandwidth": 1.7, "min_size": 33, "fg_threshold": 0.4, "merge_distance": 0.9,
+            "absorb_small": False, "fill_holes": True}
+
+
+def _save_with_settings(source, path, **settings):
     from napari_shiftseg.modelio import save_model
 
-    tuned = save_model(load_model(tiny_model_2d).net, tmp_path / "tuned.safetensors",
-                       meta={"bandwidth": 1.25, "min_size": 7})
+    model = load_model(source)
+    return save_model(model.net, path, meta={**model.meta, **settings})
+
+
+def _controls(widget):
+    return {name: getattr(widget, name).value for name in RECORDED}
+
+
+def test_settings_follow_the_model(segment, tiny_model_2d, tmp_path):
+    """The controls show what SegmentationSettings.of reads from the chosen model file."""
+    from napari_shiftseg.modelio import load_bundled
+    from napari_shiftseg.settings import SegmentationSettings
+
+    tuned = _save_with_settings(tiny_model_2d, tmp_path / "tuned.safetensors", **RECORDED)
     assert segment.set_model_file(tuned)
-    assert (segment.bandwidth.value, segment.min_size.value) == (1.25, 7)
+    assert _controls(segment) == RECORDED
+    assert segment.settings() == SegmentationSettings.of(load_model(tuned))
+    # Another model in the combo box: its settings (here the bundled one's, fallbacks included).
+    segment.model.choice.value = "bundled:2"
+    assert segment.settings() == SegmentationSettings.of(load_bundled(2))
+    segment.model.choice.value = str(tuned.resolve())
+    assert _controls(segment) == RECORDED
+    # The same file written again (trained again under its name): the new settings, at once.
+    segment.bandwidth.value = 5.0
+    _save_with_settings(tiny_model_2d, tuned, **{**RECORDED, "bandwidth": 2.5, "min_size": 4})
+    assert segment.set_model_file(tuned)
+    assert (segment.bandwidth.value, segment.min_size.value) == (2.5, 4)
+
+
+def test_run_uses_the_settings_shown(segment, tiny_model_2d, tmp_path, wait_idle, monkeypatch):
+    """Run and Re-cluster pass the controls (model settings as edited) into segmentation."""
+    import inspect
+
+    from napari_shiftseg import instances
+
+    seen = []
+
+    def spy(function):
+        def wrapper(*args, **kwargs):
+            bound = inspect.signature(function).bind(*args, **kwargs)
+            seen.append({k: v for k, v in bound.arguments.items() if k in RECORDED})
+            return function(*args, **kwargs)
+        return wrapper
+
+    for name in ("cluster_embeddings", "label_instances"):
+        monkeypatch.setattr(instances, name, spy(getattr(instances, name)))
+    tuned = _save_with_settings(tiny_model_2d, tmp_path / "tuned.safetensors", **RECORDED)
+    assert segment.set_model_file(tuned)
+    _run(segment, wait_idle)
+    used = {"absorb_small": False}  # post-processing keywords are passed only when on
+    used.update({k: v for call in seen for k, v in call.items()})
+    assert used == RECORDED, used
+    seen.clear()
+    segment.fg_threshold.value, segment.fill_holes.value = 0.6, False
+    segment.recluster_button.clicked.emit()
+    wait_idle(segment)
+    used = {k: v for call in seen for k, v in call.items()}
+    assert used["fg_threshold"] == 0.6 and not used.get("fill_holes") and used["min_size"] == 33
+

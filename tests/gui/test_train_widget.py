@@ -57,3 +57,65 @@ def test_train_cancel_saves_nothing(viewer, qtbot, wait_idle, tmp_path):
     wait_idle(widget)
     assert widget.status.value == "cancelled"
     assert not (tmp_path / "trained.safetensors").exists()
+
+
+def test_defaults_as_the_cli(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
+    assert widget.validation.value == 15 and widget.tune.value and widget.augment.value
+    assert widget.training_window() is None and "sized to the objects" in widget.geometry_info.value
+    config = widget.config()
+    assert (config.embedding, config.embed_dim, config.position_scale) == ("spatial", 2, 0.25)
+    widget.embedding.value = "free"
+    assert not widget.position_scale.visible
+    assert (widget.config().embedding, widget.config().embed_dim) == ("free", 3)
+    widget.validation.value = 0
+    assert not widget.tune.enabled                     # nothing held out: nothing to tune on
+    widget.window.value = 40                           # a window typed in is the one used
+    assert not widget.auto_window.value and widget.training_window() == 40
+    assert "window 40 → input" in widget.geometry_info.value
+
+
+def test_validation_score_and_tuned_settings_reach_segment(viewer, wait_idle, tmp_path, lattice_crop):
+    """A tiny run with 15 % held out: the held-out AP@0.5 and the tuned settings are shown,
+    and "Use in Segment" puts the tuned settings into the Segment widget's controls."""
+    from types import SimpleNamespace
+
+    from napari_shiftseg.settings import SegmentationSettings
+
+    import numpy as np
+
+    image, labels = lattice_crop                      # 128 x 64 below: room for a held-out band
+    image = np.concatenate([image, image])
+    labels = np.concatenate([labels, np.where(labels > 0, labels + labels.max(), 0)])
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="gt")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
+    segment.bandwidth.value, segment.min_size.value = 9.5, 999    # edited, for another model
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
+    _small(widget, tmp_path)
+    widget.source.value = "image + labels layers"
+    widget.auto_window.value = True                    # the default: sized to the objects
+    widget.train_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.status.value.startswith("saved"), widget.status.value
+    meta = read_metadata(widget.saved_path)["meta"]
+    record = meta["validation"]
+    assert "best_step" in record and "tuned" in record, record
+    tuned = SegmentationSettings.of(SimpleNamespace(meta=meta, name="trained"))
+    shown = widget.held_out.value
+    assert f"AP@0.5 {record['tuned']['ap@0.5']:.3f}" in shown and "tuned" in shown
+    assert f"bandwidth {tuned.bandwidth:g}" in shown and f"min size {tuned.min_size}" in shown
+    widget.use_button.clicked.emit()
+    assert segment.model.path == Path(widget.saved_path).resolve()
+    assert segment.settings() == tuned
+
+
+def test_synthetic_training_validates_on_fresh_images(viewer, wait_idle, tmp_path):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
+    _small(widget, tmp_path)
+    widget.tune.value = False
+    widget.train_button.clicked.emit()
+    wait_idle(widget)
+    record = read_metadata(widget.saved_path)["meta"]["validation"]
+    assert record["held_out"] == "2 given validation image(s)" and "tuned" not in record
+    assert widget.held_out.value.startswith(f"AP@0.5 {record['ap@0.5']:.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 PLUGIN = "napari-shiftseg"
 
@@ -67,3 +68,12 @@ def wrap(*labels) -> None:
     """Let long info lines wrap instead of widening the dock (and shrinking the canvas)."""
     for label in labels:
         label.native.setWordWrap(True)
+
+
+def file_stamp(path: Path) -> tuple:
+    """What changes when a model file is written again (saves replace the file: a new inode,
+    even within the file system's coarse clock tick)."""
+    if not path.is_file():
+        return (None,)
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import inspect
 import shutil
 import tempfile
 import uuid
@@ -20,9 +21,11 @@ import dask.array as da
 import zarr
 
 from .. import diagnostics, predict
+from .._errors import ShiftSegError
 from ..segment import recluster as recluster_zarr
 from ..segment import segment_to_zarr
 from ..tiling import tile_plan
+from ._common import file_stamp
 from ._pipeline import ModelCache
 
 _SESSION_DIR: Path | None = None
@@ -38,7 +41,11 @@ def session_dir() -> Path:
 
 
 def output_path(image_name: str, model_path, tile: int, mode: str) -> Path:
-    key = hashlib.sha1(repr((image_name, str(model_path), tile, mode)).encode()).hexdigest()[:10]
+    model_path = Path(model_path)
+    # The file's time too: a model trained again under the same name gives other embeddings
+    # (segment_to_zarr would refuse to resume the old group).
+    stamp = file_stamp(model_path)
+    key = hashlib.sha1(repr((image_name, str(model_path), stamp, tile, mode)).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() else "_" for c in image_name)[:40]
     return session_dir() / f"{safe}-{key}.zarr"
 
@@ -73,6 +80,22 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
     return LargeResult(path, embeddings, da.from_zarr(group["labels"]), diag, "foreground" in group)
 
 
+def cluster_kwargs(function, settings) -> dict:
+    """``settings.instance_kwargs()`` for ``function`` (segment_to_zarr or recluster).
+
+    Refuses, with a message, post-processing the zarr path does not offer (yet) rather than
+    silently segmenting with other settings than the ones shown.
+    """
+    kwargs = settings.instance_kwargs()
+    missing = [k for k in kwargs if k not in inspect.signature(function).parameters]
+    if missing:
+        raise ShiftSegError(
+            f"{', '.join(k.replace('_', ' ') for k in missing)} cannot be used yet for images "
+            "larger than the memory budget; switch it off, or raise the budget (napari "
+            "Preferences > shiftseg)")
+    return kwargs
+
+
 def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:
     """Tiles -> zarr (progress per tile), cluster, label; then lazy views of the results."""
     stage = {"name": "tiles"}
@@ -81,10 +104,11 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
         stage["name"] = name
         report(0, 1, name)
 
+    kwargs = cluster_kwargs(segment_to_zarr, params.settings)
     model = ModelCache().get(model_path, params.device)
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
-                    mode=params.mode, bandwidth=params.bandwidth, min_size=params.min_size,
-                    progress=lambda d, t: report(d, t, stage["name"]), cancel=cancel, stage=on_stage)
+                    mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
+                    cancel=cancel, stage=on_stage, **kwargs)
     plan = tile_plan(image.shape, model.geometry, params.tile, params.mode)
     return _open(out_path, plan, model, image, params.device)
 
@@ -92,8 +116,8 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
 def recluster(report, cancel, result: LargeResult, params) -> da.Array:
     """Mean-shift and labelling again from the stored embeddings (no network pass)."""
 
-    recluster_zarr(result.path, bandwidth=params.bandwidth, min_size=params.min_size, cancel=cancel,
-                   stage=lambda name: report(0, 1, name))
+    recluster_zarr(result.path, cancel=cancel, stage=lambda name: report(0, 1, name),
+                   **cluster_kwargs(recluster_zarr, params.settings))
     # A new dask name, so nothing cached for the old labels is shown again.
     labels = zarr.open_group(str(result.path), mode="r")["labels"]
     return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}")

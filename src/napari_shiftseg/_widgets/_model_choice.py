@@ -3,18 +3,23 @@
 A combo box of the bundled defaults (2D, 3D) plus every model file opened in this session (file
 picker, the .safetensors reader, or the Train widget), and one line describing the chosen
 network: d, l, f, f^l, capacity f^(d·l) and context. Only the metadata is read here (cheap);
-the weights are loaded by the job that needs them, in a worker thread.
+the weights are loaded by the job that needs them, in a worker thread. The segmentation settings
+recorded in the file come from :meth:`SegmentationSettings.of` (their one owner), never from
+fallbacks of our own.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 from napari.utils.notifications import show_error
 
 from .._errors import ShiftSegError
 from ..modelio import bundled_model_path, read_metadata
+from ..settings import SegmentationSettings
+from ._common import file_stamp
 
 BUNDLED = {"default 2D": 2, "default 3D": 3}
 
@@ -24,6 +29,21 @@ def describe_config(config) -> str:
     g = config.geometry
     return (f"d={g.ndim}  l={g.levels}  f={g.factor}  f^l={g.grid}  capacity f^(d·l)={g.capacity}  "
             f"context={g.context}  E={config.embed_dim}  ({config.upsampling} upsampling, {g.padding})")
+
+
+def recorded_settings(meta: dict, name: str) -> SegmentationSettings:
+    """The segmentation settings a model file's ``meta`` records (with the owner's fallbacks)."""
+    # SegmentationSettings.of only reads .meta and .name: no need to load the weights.
+    return SegmentationSettings.of(SimpleNamespace(meta=meta, name=name))
+
+
+def describe_settings(settings: SegmentationSettings) -> str:
+    """One line: the settings a model segments with."""
+    s = settings
+    post = [f"merge < {s.merge_distance:g}" if s.merge_distance else "",
+            "absorb small" if s.absorb_small else "", "fill holes" if s.fill_holes else ""]
+    return (f"bandwidth {s.bandwidth:g}, foreground > {s.fg_threshold:g}, min size {s.min_size}"
+            + "".join(f", {p}" for p in post if p))
 
 
 class ModelChooser(Container):
@@ -56,10 +76,14 @@ class ModelChooser(Container):
     def metadata(self) -> dict:
         """Config and meta of the chosen model; raises ShiftSegError if it cannot be read."""
         path = self.path
-        stamp = (str(path), path.stat().st_mtime if path.is_file() else -1.0)
+        stamp = (str(path), *file_stamp(path))
         if stamp not in self._metadata:
             self._metadata[stamp] = read_metadata(path)
         return self._metadata[stamp]
+
+    def settings(self) -> SegmentationSettings:
+        """Segmentation settings recorded in the chosen model; raises ShiftSegError if unreadable."""
+        return recorded_settings(self.metadata()["meta"], self.path.name)
 
     @property
     def geometry(self):

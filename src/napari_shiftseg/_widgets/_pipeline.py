@@ -21,18 +21,20 @@ from .. import diagnostics, instances, predict, progress, synth, tiling, train
 from .._errors import ShiftSegError
 from ..devices import resolve_device
 from ..modelio import load_model, save_model
-from ..normalize import percentile_normalization
+from ..normalize import recorded_normalization
+from ..settings import SegmentationSettings
+from ..spatial import position_grid
+from ._common import file_stamp
 
 MODES = ("exact", "naive", "blend")
 
 
 @dataclass
 class SegmentParams:
+    settings: SegmentationSettings  # how embeddings become instances (the model's, as edited)
     tile: int = 128          # n·f^l in exact mode; as requested in naive/blend mode
     device: str = "auto"
     mode: str = "exact"
-    bandwidth: float = 2.0   # mean-shift bandwidth (instances.DEFAULT_BANDWIDTH)
-    min_size: int = 10       # smallest object kept, in voxels
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ModelCache:
 
         path = Path(path)
         dev = resolve_device(device)
-        key = (str(path), path.stat().st_mtime if path.is_file() else None, str(dev))
+        key = (str(path), *file_stamp(path), str(dev))
         if key != self._key:
             self._model, self._key = load_model(path, device=dev), key
         return self._model
@@ -134,12 +136,14 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
 
     model = cache.get(model_path, params.device)
     g = model.geometry
+    # The normalisation the model was trained with, from statistics of the WHOLE image (as a
+    # full run uses), computed once for the run and its reference.
+    norm = recorded_normalization(image, model.meta, model.name)
     if region is None:
-        data, norm, inner = image, None, None
+        data, inner, grown = image, None, None
     else:
-        # A preview: statistics of the WHOLE image (as a full run uses), the region plus its
-        # context predicted, then the region cut out: the preview equals the full run there.
-        norm = percentile_normalization(image)
+        # A preview: the region plus its context predicted, then the region cut out: the
+        # preview equals the full run there.
         grown = with_context(region, image.shape, g)
         data = image[grown]
         inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
@@ -162,6 +166,12 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     if inner is not None:
         embeddings = embeddings[inner]
         diag = {kind: array[inner[1:]] for kind, array in diag.items()}
+        if model.config.embedding == "spatial":
+            # Spatial embeddings hold positions in the predicted array (the grown crop): shift
+            # them to the image's own positions, which a full run adds.
+            d = g.ndim
+            embeddings[:d] += position_grid((1,) * d, model.config.position_scale,
+                                            [s.start for s in grown])
     labels = _label(report, cancel, embeddings, params, model.config.foreground_head)
     origin = None if region is None else tuple(s.start for s in region)
     return SegmentResult(np.ascontiguousarray(embeddings), labels, diag, origin,
@@ -170,14 +180,18 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
 
 def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool) -> np.ndarray:
 
-    clustering = instances.cluster_embeddings(embeddings, params.bandwidth, foreground=foreground,
+    # segment_instances' keywords, split between its two steps so mean-shift can run on the
+    # chosen device and a cancel is seen in between.
+    kwargs = params.settings.instance_kwargs()
+    clustering = instances.cluster_embeddings(embeddings, kwargs.pop("bandwidth"),
+                                              kwargs.pop("fg_threshold"), foreground=foreground,
                                               device=str(resolve_device(params.device)))
     if cancel.is_set():
         raise progress.Cancelled()
     # Blocks of a few hundred thousand voxels: labelling reports progress and uses both cores.
     side = 512 if embeddings.ndim == 3 else 96
     blocks = da.from_array(embeddings, chunks=(-1,) + (side,) * (embeddings.ndim - 1))
-    labels = instances.label_instances(blocks, clustering, params.min_size)
+    labels = instances.label_instances(blocks, clustering, kwargs.pop("min_size"), **kwargs)
     (labels,) = progress.compute(labels, progress=lambda d, t: report(d, t, "labels"), cancel=cancel)
     return labels.astype(np.int32, copy=False)
 
@@ -213,25 +227,37 @@ class SyntheticSource:
         return synth.random_objects(self.shape, radius=5, density=0.15, noise_std=0.05, seed=seed)
 
 
+#: Seeds of synthetic validation images: far above any seed a training run draws.
+VALIDATION_SEED_BASE = 2**31 + 10_000
+
+
 def synthetic_source(kind: str, geometry, window: int) -> SyntheticSource:
     """A generator of images just large enough for one training input crop."""
     size = max(geometry.training_input_size(window), 2 * window)
     return SyntheticSource(kind, (size,) * geometry.ndim)
 
 
-def train_model(report, cancel, source, labels, config, steps: int, lr: float, window: int,
-                allow_small: bool, path):
-    """Train, then save to ``path``; returns ``(path, history)`` (nothing saved on cancel)."""
+def synthetic_validation(source: SyntheticSource, n: int = 2) -> list:
+    """Fresh (image, labels) pairs from seeds training never draws: validation for a generator."""
+    return [source(VALIDATION_SEED_BASE + i) for i in range(n)]
+
+
+def train_model(report, cancel, source, labels, config, path, **options):
+    """Train (``options`` go to :func:`napari_shiftseg.train.train`), then save to ``path``.
+
+    Returns ``(path, history, meta)`` (None on cancel: nothing is saved); ``meta`` holds the
+    held-out scores (``meta["validation"]``) and the tuned segmentation settings.
+    """
+    steps = options["steps"]
 
     def progress(step, parts):
         report(step, steps, parts)
 
-    model, history = train.train(source, labels, config=config, steps=steps, lr=lr,
-                                 output_window=window, allow_small_window=allow_small,
-                                 progress=progress, cancel=cancel)
+    model, history = train.train(source, labels, config=config, progress=progress, cancel=cancel,
+                                 **options)
     if cancel.is_set() or history.get("cancelled"):
         return None
-    return save_model(model, path), history
+    return save_model(model, path), history, model.meta
 
 
 def describe_tile(geometry, requested: int, mode: str) -> str:

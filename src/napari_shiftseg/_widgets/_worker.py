@@ -23,7 +23,7 @@ import time
 from napari.qt.threading import FunctionWorker, create_worker
 from qtpy.QtCore import QObject, Signal
 
-from .._errors import ShiftSegError
+from .._errors import ShiftSegError, failure_message
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def _guarded(function, report, cancel, args, kwargs):
             return "cancelled", None
         if isinstance(err, ShiftSegError):
             return "failed", str(err)
+        message = failure_message(err)  # permission, disk full, memory, corrupt data: one line
+        if message is not None:
+            return "failed", message
         log.exception("shiftseg background job failed")
         return "failed", f"{type(err).__name__}: {err}"
     if cancel.is_set():

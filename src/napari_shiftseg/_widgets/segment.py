@@ -8,6 +8,11 @@ turns into a Cancel button meanwhile. Layer data is built in the worker too; lay
 a cancel never leaves a half-made layer and the viewer stays responsive. Results larger than the
 memory budget (plugin settings) go through a zarr group on disk and are shown lazily. Re-cluster
 reruns mean-shift on the cached embeddings without another network pass.
+
+The segmentation settings (bandwidth, foreground threshold, min size, post-processing) are
+those the chosen model file records (:meth:`SegmentationSettings.of`, tuned at the end of
+training), put into the controls whenever a model is chosen; what the user edits there is
+passed on as one :class:`SegmentationSettings`.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar,
+                              PushButton, SpinBox)
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from .._errors import ShiftSegError
-from ..instances import DEFAULT_BANDWIDTH, DEFAULT_MIN_SIZE
+from ..settings import SegmentationSettings
 from . import _large, _layers, _pipeline
 from ._common import device_choice, inference_settings, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import ModelChooser
@@ -61,8 +67,20 @@ class SegmentWidget(Container):
         self.tile_info = Label(label="tile")
         self.device = device_choice(settings)
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
-        self.bandwidth = FloatSpinBox(label="bandwidth", value=DEFAULT_BANDWIDTH, min=0.05, max=50.0, step=0.1)
-        self.min_size = SpinBox(label="min size (voxels)", value=DEFAULT_MIN_SIZE, min=0, max=10**7)
+        # Values come from the model (_use_model_settings below); the ranges only need to hold
+        # anything SegmentationSettings accepts.
+        self.bandwidth = FloatSpinBox(label="bandwidth", min=0.001, max=1000.0, step=0.1)
+        self.fg_threshold = FloatSpinBox(label="foreground threshold", min=0.001, max=0.999, step=0.05)
+        self.min_size = SpinBox(label="min size (voxels)", min=0, max=2**31 - 1)
+        self.merge_distance = FloatSpinBox(label="merge fragments closer than", min=0.0,
+                                           max=1000.0, step=0.1)
+        self.absorb_small = CheckBox(text="absorb small fragments")
+        self.fill_holes = CheckBox(text="fill holes")
+        post = Container(widgets=[self.absorb_small, self.fill_holes], layout="horizontal",
+                         labels=False)
+        for box in (self.bandwidth, self.fg_threshold, self.merge_distance):
+            box.native.setDecimals(3)  # tuned values have three decimals
+        self.merge_distance.tooltip = "embedding distance; 0 = off"
         self.preview_button = PushButton(text="Preview")
         self.run_button = PushButton(text="Run")
         self.recluster_button = PushButton(text="Re-cluster", enabled=False)
@@ -71,8 +89,8 @@ class SegmentWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         super().__init__(widgets=[self.image, self.model, self.tile, self.tile_info, self.device,
-                                  self.mode, self.bandwidth, self.min_size, buttons, self.progress,
-                                  self.status])
+                                  self.mode, self.bandwidth, self.fg_threshold, self.min_size,
+                                  self.merge_distance, post, buttons, self.progress, self.status])
         wrap(self.tile_info, self.status)
         self._cache = _pipeline.ModelCache()
         self._result: _pipeline.SegmentResult | None = None
@@ -86,13 +104,13 @@ class SegmentWidget(Container):
         self.run_button.changed.connect(self._run_or_cancel)
         self.recluster_button.changed.connect(self.recluster)
         self.model.choice.changed.connect(self._update_tile_info)
-        self.model.choice.changed.connect(self._use_model_cluster_settings)
+        self.model.choice.changed.connect(self._use_model_settings)
         self.tile.changed.connect(self._update_tile_info)
         self.mode.changed.connect(self._update_tile_info)
         self.image.changed.connect(self._image_changed)
         watch_layers(napari_viewer, self)
         self._image_changed()
-        self._use_model_cluster_settings()
+        self._use_model_settings()
 
     # ---- public API (used by the reader, the Train widget and tests) -------------------
     @property
@@ -101,8 +119,21 @@ class SegmentWidget(Container):
         return self._task.busy or bool(self._pending)
 
     def set_model_file(self, path) -> bool:
-        """Select a .safetensors model file; shows an error and keeps the old one if bad."""
-        return self.model.select_file(path)
+        """Select a .safetensors model file and its settings; shows an error and keeps the old
+        one if bad."""
+        if not self.model.select_file(path):
+            return False
+        # Also when the same file is chosen again (e.g. trained again under the same name):
+        # the choice did not change, but the file's settings may have.
+        self._use_model_settings()
+        return True
+
+    def settings(self) -> SegmentationSettings:
+        """The segmentation settings in the controls (the model's, as edited by the user)."""
+        return SegmentationSettings(
+            bandwidth=self.bandwidth.value, fg_threshold=self.fg_threshold.value,
+            min_size=self.min_size.value, merge_distance=self.merge_distance.value,
+            absorb_small=self.absorb_small.value, fill_holes=self.fill_holes.value)
 
     def run(self) -> None:
         """Segment the whole image."""
@@ -132,16 +163,20 @@ class SegmentWidget(Container):
         """Mean-shift again (new bandwidth / min size) on the cached embeddings."""
         if self._result is None or self.busy:
             return
-        self._task.start(_recluster_job, self._result, self._params(), self._target)
+        try:
+            params = self._params()
+        except ShiftSegError as err:
+            show_error(f"shiftseg: {err}")
+            return
+        self._task.start(_recluster_job, self._result, params, self._target)
 
     # ---- running ---------------------------------------------------------------------
     def _layer(self):
         return self.image.value
 
     def _params(self) -> _pipeline.SegmentParams:
-        return _pipeline.SegmentParams(tile=self._tile(), device=self.device.value,
-                                       mode=self.mode.value, bandwidth=self.bandwidth.value,
-                                       min_size=self.min_size.value)
+        return _pipeline.SegmentParams(settings=self.settings(), tile=self._tile(),
+                                       device=self.device.value, mode=self.mode.value)
 
     def _tile(self) -> int:
         """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose)."""
@@ -160,6 +195,7 @@ class SegmentWidget(Container):
             budget = inference_settings().memory_budget_gb
             if region is not None:
                 _pipeline.check_budget([s.stop - s.start for s in region], config.out_channels, budget)
+            params = self._params()
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
@@ -167,7 +203,6 @@ class SegmentWidget(Container):
         # Where the new result will go; the cached result (and its target) stay until it is done.
         self._next_target = (layer.name, _layers.placement(layer.scale, layer.translate, origin),
                              config.embed_dim, config.geometry.capacity)
-        params = self._params()
         out_path = None  # results that do not fit the budget go to zarr and are shown lazily
         if region is None and not _pipeline.fits_budget(layer.data.shape, config.out_channels, budget):
             out_path = _large.output_path(layer.name, self.model.path, params.tile, params.mode)
@@ -230,14 +265,18 @@ class SegmentWidget(Container):
         self.status.value = item
 
     # ---- live geometry -----------------------------------------------------------------
-    def _use_model_cluster_settings(self, *_) -> None:
-        """Take the bandwidth and min size recorded in the model file (its embeddings' spread)."""
+    def _use_model_settings(self, *_) -> None:
+        """Put the settings recorded in the model file (tuned for its embeddings) into the controls."""
         try:
-            meta = self.model.metadata()["meta"]
+            settings = self.model.settings()
         except ShiftSegError:
-            return  # an unreadable model is reported by the tile info line
-        self.bandwidth.value = float(meta.get("bandwidth", self.bandwidth.value))
-        self.min_size.value = int(meta.get("min_size", self.min_size.value))
+            return  # an unreadable model is reported by the tile info line, and cannot run
+        for name, value in settings.to_meta().items():
+            try:
+                getattr(self, name).value = value
+            except ValueError:  # beyond a control's range: say so rather than run with another
+                show_error(f"shiftseg: {self.model.path.name} records {name} = {value}, outside "
+                           f"{getattr(self, name).range}; set it by hand")
 
     def _image_changed(self, *_) -> None:
         layer = self._layer()

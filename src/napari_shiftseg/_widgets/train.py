@@ -5,6 +5,11 @@ context, the valid input sizes and the input crop of the chosen training window,
 when the window is not larger than f^l (THEORY.md, result 4: such a model shows seams on the
 f^l grid). Training runs in a worker thread with the current loss, a small loss plot and a
 Cancel button; the model is saved as .safetensors and can be handed to the Segment widget.
+
+Defaults are those of ``shiftseg train``: a spatial embedding head, augmentation, 15 % of the
+annotations held out to pick the best checkpoint, and the segmentation settings tuned on that
+part at the end and stored in the model (shown here afterwards; the Segment widget takes them
+from the file). The training window is sized to the objects unless one is given.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
+from ..cli.train import NETWORK_DEFAULTS
 from ..geometry import UNetGeometry
+from ..spatial import EMBEDDINGS
+from ..train import default_training_window
 from ..unet import UNetConfig
 from . import _pipeline
 from ._common import PLUGIN, layer_choices, set_running, watch_layers, wrap
+from ._model_choice import describe_settings, recorded_settings
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -31,6 +40,19 @@ if TYPE_CHECKING:
 
 LAYERS = "image + labels layers"
 WARN_STYLE = "color: #e8a33d;"
+
+
+def describe_validation(meta: dict, name: str) -> str:
+    """The held-out AP@0.5 and the settings the model now records (tuned, if it was)."""
+    record = meta.get("validation") or {}
+    settings = describe_settings(recorded_settings(meta, name))
+    if "ap@0.5" not in record:
+        return f"{record.get('held_out', 'no validation')}; settings: {settings}"
+    tuned = record.get("tuned")
+    score = (tuned or record)["ap@0.5"]
+    return (f"AP@0.5 {score:.3f} (best step {record.get('best_step')}; "
+            f"{record.get('held_out', 'held-out part')}); "
+            f"{'tuned' if tuned else 'settings'}: {settings}")
 
 
 class TrainWidget(Container):
@@ -47,12 +69,24 @@ class TrainWidget(Container):
         self.upsampling = ComboBox(label="upsampling", choices=["learnt", "nearest"])
         self.padding = ComboBox(label="padding", choices=["valid", "same"])
         self.channels = SpinBox(label="base channels", value=16, min=1, max=128)
+        self.embedding = ComboBox(label="embedding head", choices=list(EMBEDDINGS),
+                                  value=NETWORK_DEFAULTS["embedding"])
+        self.embedding.tooltip = ("spatial: position + predicted offset (no capacity limit); "
+                                  "free: the paper's embeddings")
+        self.position_scale = FloatSpinBox(label="position scale", min=0.001, max=10.0, step=0.05,
+                                           value=NETWORK_DEFAULTS["position_scale"])
+        self.position_scale.tooltip = "embedding units per pixel added to the spatial embedding"
         self.window = SpinBox(label="training window", value=32, min=1, max=1024)
+        # On: train.train sizes the window to the objects; typing a window switches it off.
+        self.auto_window = CheckBox(text="size the window to the objects", value=True)
         self.geometry_info = Label(label="sizes")
         self.warning = Label(label="")
         self.allow_small = CheckBox(text="allow window ≤ f^l (reproduces seams)", value=False)
         self.steps = SpinBox(label="steps", value=500, min=1, max=10**6)
-        self.lr = FloatSpinBox(label="learning rate", value=1e-4, min=1e-6, max=1e-1, step=1e-5)
+        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1e-1, step=1e-5)
+        self.augment = CheckBox(text="augment (flips, contrast, gamma, blur, noise)", value=True)
+        self.validation = SpinBox(label="hold out for validation (%)", value=15, min=0, max=50)
+        self.tune = CheckBox(text="tune segmentation settings on the held-out part", value=True)
         self.save_path = FileEdit(label="save as", mode="w", filter="*.safetensors",
                                   value=Path.home() / "shiftseg_model.safetensors")
         self.train_button = PushButton(text="Train")
@@ -60,19 +94,23 @@ class TrainWidget(Container):
         buttons = Container(widgets=[self.train_button, self.use_button], layout="horizontal", labels=False)
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
+        self.held_out = Label(label="held-out")
         super().__init__(widgets=[self.source, self.image, self.labels_layer, self.ndim, self.levels,
                                   self.factor, self.upsampling, self.padding, self.channels,
-                                  self.window, self.geometry_info, self.warning, self.allow_small,
-                                  self.steps, self.lr, self.save_path, buttons, self.progress,
-                                  self.status])
+                                  self.embedding, self.position_scale, self.window,
+                                  self.auto_window, self.geometry_info, self.warning,
+                                  self.allow_small, self.steps, self.lr, self.augment,
+                                  self.validation, self.tune, self.save_path, buttons,
+                                  self.progress, self.status, self.held_out])
         self.warning.native.setStyleSheet(WARN_STYLE)
-        wrap(self.warning, self.geometry_info, self.status)
+        wrap(self.warning, self.geometry_info, self.status, self.held_out)
         self.figure = Figure(figsize=(3, 1.6), tight_layout=True)
         self.axes = self.figure.add_subplot()
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(120)
         self.native.layout().addWidget(self.canvas)
         self._losses: list[tuple[int, float]] = []
+        self._validating = False
         self.saved_path: Path | None = None
         self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
                           failed=lambda msg: self._finish("failed", show_error, msg),
@@ -80,10 +118,16 @@ class TrainWidget(Container):
                           done=self._on_done)
         self.train_button.changed.connect(self._train_or_cancel)
         self.use_button.changed.connect(self.use_in_segment)
-        for w in (self.ndim, self.levels, self.factor, self.padding, self.window, self.allow_small):
+        self.window.changed.connect(self._window_typed)
+        for w in (self.ndim, self.levels, self.factor, self.padding, self.window, self.allow_small,
+                  self.auto_window):
             w.changed.connect(self._update_geometry)
         self.source.changed.connect(self._source_changed)
         self.image.changed.connect(self._source_changed)
+        self.embedding.changed.connect(self._embedding_changed)
+        self.validation.changed.connect(self._validation_changed)
+        self._embedding_changed()
+        self._validation_changed()
         watch_layers(napari_viewer, self)
         self._source_changed()
 
@@ -97,8 +141,17 @@ class TrainWidget(Container):
                             padding=self.padding.value)
 
     def config(self) -> UNetConfig:
-        return UNetConfig(geometry=self.geometry(), base_channels=self.channels.value,
-                          upsampling=self.upsampling.value)
+        g = self.geometry()
+        spatial = self.embedding.value == "spatial"
+        # As `shiftseg train`: one embedding channel per axis for spatial heads, 3 for free ones.
+        return UNetConfig(geometry=g, base_channels=self.channels.value,
+                          upsampling=self.upsampling.value, embedding=self.embedding.value,
+                          embed_dim=g.ndim if spatial else 3,
+                          position_scale=self.position_scale.value if spatial else 0.0)
+
+    def training_window(self) -> int | None:
+        """The window asked for; None = sized to the objects by :func:`train.train`."""
+        return None if self.auto_window.value else self.window.value
 
     def start(self) -> None:
         """Start training with the current settings."""
@@ -107,14 +160,22 @@ class TrainWidget(Container):
         try:
             config = self.config()
             g = config.geometry
-            g.check_training_window(self.window.value, allow_small=self.allow_small.value)
+            window = self.training_window()
+            validation = self.validation.value / 100
+            validation_pairs = None
             if self.source.value == LAYERS:
                 if self.image.value is None or self.labels_layer.value is None:
                     raise ShiftSegError("choose an image layer and a labels layer (or synthetic data)")
                 source, labels = self.image.value.data, self.labels_layer.value.data
             else:
                 kind = _pipeline.SYNTHETIC[self.source.value]
-                source, labels = _pipeline.synthetic_source(kind, g, self.window.value), None
+                # A generator has no objects to size the window by: the CLI's default window.
+                window = window or default_training_window(g)[0]
+                source, labels = _pipeline.synthetic_source(kind, g, window), None
+                if validation:
+                    validation_pairs = _pipeline.synthetic_validation(source)
+            if window is not None:
+                g.check_training_window(window, allow_small=self.allow_small.value)
             path = Path(self.save_path.value)
             if path.suffix != ".safetensors":
                 raise ShiftSegError(f"model files must end in .safetensors, got {path.name}")
@@ -122,8 +183,14 @@ class TrainWidget(Container):
             show_error(f"shiftseg: {err}")
             return
         self._losses = []
-        self._task.start(_pipeline.train_model, source, labels, config, self.steps.value,
-                         self.lr.value, self.window.value, self.allow_small.value, path)
+        self._validating = bool(validation)
+        self.held_out.value = ""
+        self._task.start(_pipeline.train_model, source, labels, config, path,
+                         steps=self.steps.value, lr=self.lr.value, lr_schedule="cosine",
+                         output_window=window, allow_small_window=self.allow_small.value,
+                         augment=self.augment.value, validation=validation,
+                         tune=self.tune.value and bool(validation),
+                         validation_pairs=validation_pairs)
 
     def cancel(self) -> None:
         self._task.cancel()
@@ -154,16 +221,21 @@ class TrainWidget(Container):
         self.progress.value = step
         loss = float(parts["loss"])
         self.status.value = f"step {step}/{total}  loss {loss:.4f}"
+        if step == total and self._validating:
+            # train() scores (and tunes) on the held-out part after the last step.
+            self.status.value += " – scoring" + (" and tuning" if self.tune.value else "") + \
+                " on the held-out part…"
         self._losses.append((step, loss))
         self._plot()
 
     def _on_done(self, result) -> None:
-        path, history = result
+        path, history, meta = result
         self.saved_path = Path(path)
         self._losses = list(enumerate(history["loss"], start=1))
         self._plot()
         self.use_button.enabled = True
         self.status.value = f"saved {self.saved_path.name} (final loss {history['loss'][-1]:.4f})"
+        self.held_out.value = describe_validation(meta, self.saved_path.name)
         show_info(f"shiftseg: model saved to {self.saved_path}")
 
     def _finish(self, status: str, notify, message: str) -> None:
@@ -189,19 +261,30 @@ class TrainWidget(Container):
             self.ndim.value = layer.data.ndim
         self._update_geometry()
 
+    def _window_typed(self, *_) -> None:
+        self.auto_window.value = False
+
+    def _embedding_changed(self, *_) -> None:
+        self.position_scale.visible = self.embedding.value == "spatial"
+
+    def _validation_changed(self, *_) -> None:
+        self.tune.enabled = self.validation.value > 0  # tuning needs held-out annotations
+
     def _update_geometry(self, *_) -> None:
+        window = self.training_window()
         try:
             g = self.geometry()
-            window = self.window.value
             text = (f"f^l={g.grid}  capacity={g.capacity}  context={g.context}; valid inputs ≡ "
-                    f"{g.input_residue} (mod {g.grid}) ≥ {g.min_input_size}; window {window} → "
-                    f"input {g.training_input_size(window)}")
+                    f"{g.input_residue} (mod {g.grid}) ≥ {g.min_input_size}; ")
+            text += ("window sized to the objects (about 3 diameters; synthetic data: "
+                     f"{default_training_window(g)[0]})" if window is None else
+                     f"window {window} → input {g.training_input_size(window)}")
         except ShiftSegError as err:
             self.geometry_info.value, self.warning.value = "", str(err)
             self.train_button.enabled = False
             return
         self.geometry_info.value = text
-        small = g.valid and window <= g.grid
+        small = g.valid and window is not None and window <= g.grid
         self.warning.value = (
             f"⚠ window {window} ≤ f^l = {g.grid}: the loss only relates pixels inside one window, "
             f"so the network's f^l phases are never trained as neighbours across the window edge; "

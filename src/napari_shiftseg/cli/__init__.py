@@ -3,7 +3,10 @@
 Each subcommand lives in its own module of this package with ``add_parser(subparsers)`` and
 ``run(args) -> int``; modules are discovered, and heavy imports (torch, dask) happen inside
 ``run`` so that ``shiftseg --help`` is instant. User errors (:class:`ShiftSegError`) are printed
-as one line, without a traceback, and give exit status 2.
+as one line, without a traceback, and give exit status 2. :func:`main` is the one error boundary:
+failures of the environment (permission denied, no space left, not enough memory, an input file
+that cannot be decoded; see :func:`~napari_shiftseg._errors.failure_message`) are printed as one
+line too and give exit status 3. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pkgutil
 import sys
 
 from .. import __version__
-from .._errors import ShiftSegError
+from .._errors import EXIT_SYSTEM_ERROR, EXIT_USER_ERROR, ShiftSegError, failure_message
 
 
 def _commands():
@@ -41,12 +44,22 @@ def main(argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except ShiftSegError as err:
-        print(f"shiftseg {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"shiftseg {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"shiftseg {args.command}: interrupted; finished work is kept, run the same "
               "command again to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the error boundary: environment failures, one line
+        message = failure_message(err)
+        if message is None:
+            raise
+        print(f"shiftseg {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

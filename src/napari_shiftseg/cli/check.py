@@ -9,6 +9,7 @@ so big images stay cheap.
 from __future__ import annotations
 
 import argparse
+import math
 
 from .segment import _tile
 
@@ -59,6 +60,9 @@ def run(args) -> int:
     plan = predict_plan(image, model, tile=args.tile, mode=args.mode)
     difference = stitch_check(image, model, args.tile, mode=args.mode, region=args.region,
                               device=args.device)
+    if not math.isfinite(difference):
+        raise ShiftSegError(f"the comparison gave {difference} (NaN or infinite outputs): the "
+                            "model is broken or the image holds extreme values")
     if difference == 0:
         verdict = "exact"
     elif difference < ROUNDING:

@@ -20,10 +20,20 @@ from .synth import add_object_options
 OBJECT_OPTIONS = {"spacing", "radius", "radius_jitter", "density", "n_objects", "noise", "elastic"}
 #: Network options, ignored (and not recorded) when continuing from --init.
 NETWORK_OPTIONS = {"levels", "factor", "upsampling", "padding", "base_channels", "embed_dim",
-                   "no_foreground_head"}
+                   "no_foreground_head", "embedding", "position_scale"}
+
+#: Network defaults when one is built from scratch (any network option given, or --init none).
+NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding": "valid",
+                    "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
+                    "embedding": "spatial", "position_scale": 0.25}
+
+#: Default optimiser steps: about 10 minutes on a 2-core laptop CPU with the default batch.
+DEFAULT_STEPS = 1500
 
 #: Seeds of held-out evaluation images start here; training draws seeds below 2**31 - 1.
 EVAL_SEED_BASE = 2**31
+#: Seeds of the synthetic validation images (never drawn for training nor for evaluation).
+VALIDATION_SEED_BASE = 2**31 + 10_000
 
 
 def _window(text: str) -> tuple[int, ...]:
@@ -40,41 +50,57 @@ def add_parser(sub):
     data.add_argument("--image", action="append", metavar="IMG", help="raw image (repeatable)")
     data.add_argument("--labels", action="append", metavar="LBL",
                       help="instance labels for the matching --image (repeatable)")
-    data.add_argument("--synthetic", choices=("lattice", "random"),
+    data.add_argument("--synthetic", choices=("lattice", "random", "nuclei"),
                       help="train on fresh synthetic images instead of files")
     data.add_argument("--ndim", type=int, choices=(2, 3), default=None,
                       help="synthetic: 2 or 3 (default: from --shape, else 2)")
     data.add_argument("--shape", type=_args.shape, default=None,
                       help="synthetic: size of each generated image (default: input crop + context)")
     add_object_options(data)
-    net = p.add_argument_group("network")
-    net.add_argument("--levels", type=_args.positive_int, default=3, help="pooling levels l (default 3)")
-    net.add_argument("--factor", type=int, default=2, help="pooling factor f (default 2)")
-    net.add_argument("--upsampling", choices=("learnt", "nearest"), default="learnt",
+    net = p.add_argument_group(
+        "network", "By default training continues from the bundled model of the data's "
+        "dimensionality (fine-tuning: fastest and best with a few hundred annotated objects). "
+        "Giving any option of this group builds a new network instead.")
+    net.add_argument("--levels", type=_args.positive_int, default=None, help="pooling levels l (default 3)")
+    net.add_argument("--factor", type=int, default=None, help="pooling factor f (default 2)")
+    net.add_argument("--upsampling", choices=("learnt", "nearest"), default=None,
                      help="learnt (transposed conv, default) or nearest")
-    net.add_argument("--padding", choices=("valid", "same"), default="valid",
+    net.add_argument("--padding", choices=("valid", "same"), default=None,
                      help="valid (exact tiling, default) or same (for comparison only)")
-    net.add_argument("--base-channels", type=_args.positive_int, default=16,
+    net.add_argument("--base-channels", type=_args.positive_int, default=None,
                      help="channels of the first level (default 16)")
-    net.add_argument("--embed-dim", type=_args.positive_int, default=3,
-                     help="embedding dimensions E (default 3)")
-    net.add_argument("--no-foreground-head", action="store_true",
+    net.add_argument("--embedding", choices=("spatial", "free"), default=None,
+                     help="spatial (position + predicted offset, default: no capacity limit) or "
+                          "free (the paper's embeddings)")
+    net.add_argument("--position-scale", type=_args.positive_float, default=None,
+                     help="spatial: embedding units per pixel (default 0.25)")
+    net.add_argument("--embed-dim", type=_args.positive_int, default=None,
+                     help="embedding dimensions E (default: 3 free, d spatial)")
+    net.add_argument("--no-foreground-head", action="store_true", default=None,
                      help="no foreground logit (use with --background-as-instance)")
     net.add_argument("--init", metavar="MODEL",
-                     help="continue training this model file (the network options above are ignored)")
+                     help="continue training this model file; 'bundled' (default unless a network "
+                          "option is given) or 'none' for a new network")
     opt = p.add_argument_group("training")
     opt.add_argument("--window", type=_window, default=None,
-                     help="output window per crop, e.g. 36 or 36,36; must be > f^l "
-                          "(default: the raw output for max(4 f^l, 32))")
+                     help="output window per crop, e.g. 60 or 60,60; must be > f^l "
+                          "(default: about 3 median object diameters, capped for speed)")
     opt.add_argument("--allow-small-window", action="store_true",
                      help="allow windows <= f^l (reproduces the paper's seams; not for real use)")
-    opt.add_argument("--steps", type=_args.positive_int, default=1000, help="optimiser steps (default 1000)")
-    opt.add_argument("--lr", type=_args.positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                     help="constant, or cosine decay to 0 at the last step (default constant)")
-    opt.add_argument("--batch-size", type=_args.positive_int, default=1, help="crops per step (default 1)")
+    opt.add_argument("--steps", type=_args.positive_int, default=DEFAULT_STEPS,
+                     help=f"optimiser steps (default {DEFAULT_STEPS})")
+    opt.add_argument("--lr", type=_args.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
+                     help="constant, or cosine decay to 0 at the last step (default cosine)")
+    opt.add_argument("--batch-size", type=_args.positive_int, default=4, help="crops per step (default 4)")
+    opt.add_argument("--validation", type=float, default=0.15, metavar="FRACTION",
+                     help="fraction of the annotations held out to pick the best checkpoint and "
+                          "tune the segmentation settings (default 0.15; 0 = off)")
+    opt.add_argument("--no-tune", action="store_true",
+                     help="keep the segmentation settings instead of tuning them on the held-out part")
     opt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    opt.add_argument("--no-augment", action="store_true", help="no random flips / noise")
+    opt.add_argument("--no-augment", action="store_true",
+                     help="no augmentation (flips, transpositions, contrast, gamma, blur, noise)")
     opt.add_argument("--augment-noise", type=float, default=0.0,
                      help="add Gaussian noise of std up to this to normalised crops (default 0)")
     opt.add_argument("--delta-v", type=float, default=0.5, help="pull margin (default 0.5)")
@@ -142,21 +168,62 @@ def _check(args):
         raise ShiftSegError(f"--seed must be >= 0, got {args.seed}")
     if not str(args.output).endswith(".safetensors"):
         raise ShiftSegError(f"the model file must end in .safetensors, got {args.output}")
+    if not 0 <= args.validation < 1:
+        raise ShiftSegError(f"--validation must be a fraction in [0, 1), got {args.validation}")
+    _check_writable(args.output)
+
+
+def _check_writable(output) -> None:
+    """Refuse an output we could not write *before* training, not after (minutes lost)."""
+    import os
+    from pathlib import Path
+
+    path = Path(output)
+    if path.is_dir():
+        raise ShiftSegError(f"-o {output} is a directory; give a file name ending in .safetensors")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ShiftSegError(f"cannot write the model file {output}: {parent} is not a writable folder")
+
+
+def _network_options_given(args) -> list[str]:
+    return sorted(k for k in NETWORK_DEFAULTS if getattr(args, k, None) is not None)
+
+
+def _init_choice(args) -> str | None:
+    """The model file to continue from, or None for a new network (see the group's help)."""
+    given = _network_options_given(args)
+    if args.init is None:
+        return None if given else "bundled"
+    if args.init.lower() == "none":
+        return None
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ShiftSegError(f"{flags} describe a new network, but --init {args.init} continues an "
+                            "existing one; give one or the other")
+    return args.init
 
 
 def _config(args, ndim: int):
     from ..geometry import UNetGeometry
-    from ..modelio import load_model
+    from ..modelio import bundled_model_path, load_model
     from ..unet import UNetConfig
 
-    if args.init:
-        model = load_model(args.init)
+    init = _init_choice(args)
+    if init is not None:
+        model = load_model(bundled_model_path(ndim) if init == "bundled" else init)
         if model.geometry.ndim != ndim:
             raise ShiftSegError(f"--init model is {model.geometry.ndim}D but the data are {ndim}D")
         return model
-    geometry = UNetGeometry(ndim=ndim, levels=args.levels, factor=args.factor, padding=args.padding)
-    return UNetConfig(geometry=geometry, base_channels=args.base_channels, embed_dim=args.embed_dim,
-                      upsampling=args.upsampling, foreground_head=not args.no_foreground_head)
+    o = {k: (v if getattr(args, k, None) is None else getattr(args, k)) for k, v in NETWORK_DEFAULTS.items()}
+    geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"])
+    spatial = o["embedding"] == "spatial"
+    embed_dim = o["embed_dim"] or (ndim if spatial else 3)
+    return UNetConfig(geometry=geometry, base_channels=o["base_channels"], embed_dim=embed_dim,
+                      upsampling=o["upsampling"], foreground_head=not o["no_foreground_head"],
+                      embedding=o["embedding"], position_scale=o["position_scale"] if spatial else 0.0)
 
 
 def run(args) -> int:
@@ -167,7 +234,7 @@ def run(args) -> int:
 
     from ..data import load_training_pair
     from ..modelio import save_model
-    from ..train import FINAL_LOSS_STEPS, default_training_window, train
+    from ..train import FINAL_LOSS_STEPS, default_training_window, suggest_training_window, train
     from .synth import DEFAULT_SHAPES, generate, resolve_shape
 
     _check(args)
@@ -184,8 +251,18 @@ def run(args) -> int:
     window = args.window
     if window is not None and len(window) == 1:
         window = window * ndim
-    window = geometry.check_training_window(window or default_training_window(geometry),
-                                            allow_small=args.allow_small_window)
+    if window is None and args.synthetic == "nuclei":
+        window = suggest_training_window(geometry, [generate("nuclei", args, DEFAULT_SHAPES[ndim], VALIDATION_SEED_BASE)[1]])
+    elif window is None:
+        window = default_training_window(geometry) if args.synthetic else suggest_training_window(
+            geometry, [lab for _, lab in pairs])
+    window = geometry.check_training_window(window, allow_small=args.allow_small_window)
+    validation_pairs = None
+    if args.synthetic and args.validation > 0:
+        # Fresh images from seeds training never draws: validation for a generator.
+        val_shape = args.eval_shape or DEFAULT_SHAPES[ndim]
+        validation_pairs = [generate(args.synthetic, args, val_shape, VALIDATION_SEED_BASE + i, random_offset=True)
+                            for i in range(2)]
 
     if args.synthetic:
         # Input crop + context: crops see reflected image borders (as at inference) in about
@@ -219,6 +296,7 @@ def run(args) -> int:
             output_window=window,
             batch_size=args.batch_size, seed=args.seed, allow_small_window=args.allow_small_window,
             augment=not args.no_augment, noise_std=args.augment_noise,
+            validation=args.validation, tune=not args.no_tune, validation_pairs=validation_pairs,
             checkpoint_every=args.checkpoint_every, checkpoint_path=args.output, progress=progress,
             cancel=cancel, device=args.device, threads=args.threads, delta_v=args.delta_v,
             delta_d=args.delta_d, background_as_instance=args.background_as_instance,
@@ -252,6 +330,11 @@ def run(args) -> int:
     status = "stopped early" if history["cancelled"] else "done"
     summary = (f"{status}: {history['steps_done']} steps in {history['seconds']:.0f} s, final loss "
                f"{model.meta['final_loss']:.4f}" if history["steps_done"] else f"{status}: no steps")
+    record = model.meta.get("validation", {})
+    if "ap@0.5" in record:
+        summary += (f", held-out AP@0.5 {record.get('tuned', record)['ap@0.5']:.3f} "
+                    f"(best step {record['best_step']}; settings tuned: bandwidth "
+                    f"{model.meta['bandwidth']}, min size {model.meta['min_size']})")
     if "metrics" in model.meta:
         summary += f", AP@0.5 {model.meta['metrics']['ap@0.5']:.3f} on {args.eval_images} held-out images"
     print(f"{summary}; wrote {args.output}")

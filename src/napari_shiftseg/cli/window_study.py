@@ -52,7 +52,7 @@ def run(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     references = []
-    paths = args.reference if args.reference is not None else [bundled_model_path(2)]
+    paths = args.reference if args.reference is not None else [bundled_model_path(2, "disks")]
     for path in paths:
         try:
             model = load_model(path)

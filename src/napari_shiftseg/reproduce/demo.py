@@ -89,7 +89,7 @@ def _model(model):
 
     if model is None:
         try:
-            return load_bundled(3)
+            return load_bundled(3, kind="disks")
         except ShiftSegError as err:
             raise ShiftSegError(f"the bundled 3D model is missing or unreadable ({err}); reinstall "
                                 "napari-shiftseg or pass a 3D model file with --model") from None

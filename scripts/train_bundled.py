@@ -1,0 +1,125 @@
+"""Train the bundled default nuclei models (a dev script; the recipe is in docs/MODELS.md).
+
+2D: BBBC007 *train* images (9, fetched by ``python scripts/bbbc007.py``) mixed half and half
+with realistic synthetic nuclei (:func:`napari_shiftseg.synth.nuclei`, seeds outside
+``synth.TEST_SEEDS``); validation on the BBBC007 *val* images plus two synthetic images with
+seeds from ``VALIDATION_SEEDS``. The BBBC007 *test* images and the synthetic test seeds are
+never seen here.
+
+3D: synthetic nuclei volumes only (there are no 3D labels in BBBC007).
+
+    python scripts/train_bundled.py 2d --steps 3000 -o src/napari_shiftseg/models/default_2d.safetensors
+    python scripts/train_bundled.py 3d --steps 800 -o src/napari_shiftseg/models/default_3d.safetensors
+
+Runs on the CPU (about 0.3 s per 2D step on 2 cores) or ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+#: Seeds of the synthetic validation images (outside synth.TEST_SEEDS and the training range).
+VALIDATION_SEEDS = range(2_000_000_000, 2_000_000_002)
+SHAPES = {2: (256, 256), 3: (48, 112, 112)}
+
+
+def _config(ndim: int, args):
+    from napari_shiftseg.geometry import UNetGeometry
+    from napari_shiftseg.unet import UNetConfig
+
+    geometry = UNetGeometry(ndim=ndim, levels=args.levels)
+    return UNetConfig(geometry=geometry, base_channels=args.base_channels, embed_dim=ndim,
+                      embedding="spatial", position_scale=args.position_scale)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from napari_shiftseg import synth
+    from napari_shiftseg.modelio import load_model, save_model
+    from napari_shiftseg.train import train
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ndim", choices=("2d", "3d"))
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--position-scale", type=float, default=0.25)
+    p.add_argument("--window", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--real-fraction", type=float, default=0.5, help="2D: share of BBBC007 crops")
+    p.add_argument("--init", default=None, help="continue from this model file")
+    p.add_argument("--pool", type=int, default=48, help="3D: synthetic training volumes (seeds 0..N-1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    args = p.parse_args(argv)
+    ndim = int(args.ndim[0])
+    shape = SHAPES[ndim]
+    real = []
+    if ndim == 2:
+        import bbbc007
+
+        real = [(image, labels) for _, image, labels in bbbc007.load("train")]
+        val = [(image, labels) for _, image, labels in bbbc007.load("val")]
+    else:
+        val = []
+    val += [synth.nuclei(shape, seed=s) for s in VALIDATION_SEEDS]
+
+    if ndim == 3:
+        # A fixed pool of volumes, each normalised and padded once by train(): generating a
+        # 3D volume per crop would cost more than the training step itself.
+        pool = [synth.nuclei(shape, seed=s) for s in range(args.pool)]
+        source_or_pairs = pool
+    else:
+        source_or_pairs = None
+
+    def source(seed: int):
+        # train() never hands out synth.TEST_SEEDS; the validation seeds are far above its draws
+        # only by chance, so skip them explicitly.
+        rng = np.random.default_rng(seed)
+        if real and rng.random() < args.real_fraction:
+            return real[int(rng.integers(len(real)))]
+        if seed in VALIDATION_SEEDS:
+            seed += len(VALIDATION_SEEDS)
+        return synth.nuclei(shape, seed=seed)
+
+    config = load_model(args.init) if args.init else _config(ndim, args)
+    window = args.window or (92 if ndim == 2 else 28)
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def progress(step, parts):
+        if step % 50 == 0:
+            now = time.perf_counter()
+            print(f"step {step} loss {parts['loss']:.3f} ({(now - last[0]) / 50:.2f} s/step)", flush=True)
+            last[0] = now
+
+    model, history = train(
+        source_or_pairs or source, None, config, steps=args.steps, lr=args.lr, lr_schedule="cosine",
+        output_window=window, batch_size=args.batch_size, seed=args.seed, validation_pairs=val,
+        validate_every=max(50, args.steps // 12), device=args.device, threads=args.threads,
+        progress=progress, command="scripts/train_bundled.py " + " ".join(argv or sys.argv[1:]),
+    )
+    for v in history["validation"]:
+        print("validation", v, flush=True)
+    model.meta["purpose"] = (f"general {ndim}D fluorescence nuclei (BBBC007 train + synthetic nuclei)"
+                             if ndim == 2 else "general 3D fluorescence nuclei (synthetic nuclei)")
+    model.net.cpu()
+    save_model(model, args.output)
+    print(f"{time.perf_counter() - t0:.0f} s; validation {model.meta['validation']}; wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
