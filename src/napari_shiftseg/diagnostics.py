@@ -90,7 +90,7 @@ def stitch_check(image, model, tile, mode: str = "exact", region=None, device: s
 
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
-    norm = normalization if isinstance(normalization, Normalization) else _normalization(inp.source, normalization)
+    norm = normalization if isinstance(normalization, Normalization) else _normalization(inp.source, normalization, model)
     shape = tuple(inp.array.shape[1:])
     region = _region_slices(region, shape)
     tiled = predict_embeddings(inp.array, net, tile, device=device, mode=mode, channel_axis=0,

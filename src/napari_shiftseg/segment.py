@@ -20,6 +20,10 @@ identical to an uninterrupted run. Labels are computed from the stored embedding
 tile is done, and ``complete: true`` is written last, so an interrupted output never looks
 complete.
 
+**One run per output.** A run holds an exclusive lock on its output (:mod:`._lock`) from start to
+finish, so attribute updates (read-modify-write) never race; a second run is refused, naming
+the holder.
+
 **Arguments.** The settings that determine the embeddings (image, model, tile, mode) are stored
 and a later run with different ones is refused. Changing only the clustering settings
 (bandwidth, min_size, fg_threshold, ...) reuses the stored embeddings and just labels again, as
@@ -388,7 +392,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     client : distributed.Client, optional
         Run on a dask.distributed cluster (``out_path`` must be visible to its workers).
     overwrite : bool
-        Delete an existing output first instead of resuming it.
+        Replace an existing output instead of resuming it: the new run is written to a sibling
+        ``.NAME.zarr.new`` and swapped in once complete, so the old output survives a failure.
+        An input inside (or equal to) the output is always refused.
     stage : callable(str), optional
         Told when a new stage starts ("tiles", "clustering", "labels").
 

@@ -28,7 +28,7 @@ NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding":
                     "embedding": "spatial", "position_scale": 0.25}
 
 #: Default optimiser steps: about 10 minutes on a 2-core laptop CPU with the default batch.
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 1000
 
 #: Seeds of held-out evaluation images start here; training draws seeds below 2**31 - 1.
 EVAL_SEED_BASE = 2**31
