@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 #: Seeds of the synthetic validation images (outside synth.TEST_SEEDS and the training range).
-VALIDATION_SEEDS = range(2_000_000_000, 2_000_000_002)
+VALIDATION_SEEDS = range(2_000_000_000, 2_000_000_004)
 SHAPES = {2: (256, 256), 3: (48, 112, 112)}
 
 

@@ -276,3 +276,26 @@ def test_image_path_and_3d(tmp_path):
                             device="cpu", bandwidth=1.0, min_size=2, n_seeds=50)
     assert group["labels"].shape == volume.shape and group["done"].shape == (3, 3, 3)
     assert group.attrs["complete"] is True
+
+
+def test_recorded_settings_reach_the_zarr_job(tmp_path, image, model_path):
+    """Tuned settings stored in the model (post-processing included) are what the job applies."""
+    from napari_shiftseg.modelio import save_model
+
+    model = load_model(model_path)
+    model.meta.update(fg_threshold=0.4, merge_distance=1.5, absorb_small=True, fill_holes=True, min_size=4)
+    tuned = save_model(model, tmp_path / "tuned.safetensors")
+    group = segment_to_zarr(image, tmp_path / "out.zarr", tuned, tile=KW["tile"], device="cpu")
+    info = dict(group.attrs[ATTRS])
+    args = info["cluster_args"]
+    assert (args["fg_threshold"], args["merge_distance"], args["absorb_small"], args["fill_holes"],
+            args["min_size"]) == (0.4, 1.5, True, True, 4)
+    clustering = Clustering.from_dict(info["clustering"])
+    expected = label_instances(da.from_zarr(group["embeddings"]), clustering, min_size=4,
+                               merge_distance=1.5, absorb_small=True, fill_holes=True).compute()
+    np.testing.assert_array_equal(group["labels"][...], expected)
+    # A caller's value wins over the recorded one.
+    group = segment_to_zarr(image, tmp_path / "off.zarr", tuned, tile=KW["tile"], device="cpu",
+                            merge_distance=0.0, fill_holes=False)
+    args = dict(group.attrs[ATTRS])["cluster_args"]
+    assert args["merge_distance"] == 0.0 and args["fill_holes"] is False and args["absorb_small"] is True

@@ -358,11 +358,13 @@ def _first_line(err) -> str:
 
 
 def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto", mode: str = "exact",
-                    bandwidth: float | None = None, min_size: int | None = None, fg_threshold: float = 0.5,
+                    bandwidth: float | None = None, min_size: int | None = None,
+                    fg_threshold: float | None = None,
                     n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
                     connectivity: int = 1, progress: Callable[[int, int], None] | None = None,
                     cancel: threading.Event | None = None, client=None, overwrite: bool = False,
-                    stage: Callable[[str], None] | None = None):
+                    stage: Callable[[str], None] | None = None, *, merge_distance: float | None = None,
+                    absorb_small: bool | None = None, fill_holes: bool | None = None):
     """Segment ``image`` into a zarr group, resuming an interrupted run of the same arguments.
 
     Parameters
@@ -378,12 +380,13 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         Output tile per axis (snapped to n·f^l in ``exact`` mode); also the zarr chunk size.
     device, mode
         As for :func:`~napari_shiftseg.predict.predict_embeddings`.
-    bandwidth, fg_threshold, n_seeds, max_points, seed
-        As for :func:`~napari_shiftseg.instances.cluster_embeddings`; ``bandwidth=None`` takes the
-        value recorded in the model file (:func:`~napari_shiftseg.evaluate.default_bandwidth`).
-    min_size, connectivity
-        As for :func:`~napari_shiftseg.instances.label_instances`; ``min_size=None`` takes the
-        model's recorded value.
+    bandwidth, fg_threshold, min_size, merge_distance, absorb_small, fill_holes
+        Segmentation settings (:class:`~napari_shiftseg.settings.SegmentationSettings`); each
+        one left at None takes the value recorded in the model file (tuned at training time).
+    n_seeds, max_points, seed
+        As for :func:`~napari_shiftseg.instances.cluster_embeddings`.
+    connectivity
+        As for :func:`~napari_shiftseg.instances.label_instances`.
     progress : callable(done, total), optional
         Called as tiles finish, counting tiles done by earlier runs too.
     cancel : threading.Event, optional
@@ -411,8 +414,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     progress.Cancelled
         When ``cancel`` was set.
     """
-    from .evaluate import default_bandwidth, default_min_size
     from .io import read_image
+    from .settings import SegmentationSettings
     from .predict import predict_embeddings
     from .tiling import tile_plan
 
@@ -427,9 +430,11 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
     model = _load_model(model, image.ndim)
     geometry = model.geometry
-    # Cluster settings belong to the model: its embeddings were trained for a given spread.
-    bandwidth = default_bandwidth(model) if bandwidth is None else bandwidth
-    min_size = default_min_size(model) if min_size is None else min_size
+    # Cluster settings belong to the model (tuned on held-out annotations when it was trained);
+    # what the caller gives wins.
+    settings = SegmentationSettings.of(model).replace(
+        bandwidth=bandwidth, min_size=min_size, fg_threshold=fg_threshold,
+        merge_distance=merge_distance, absorb_small=absorb_small, fill_holes=fill_holes)
     if geometry.ndim != image.ndim:
         raise ShiftSegError(
             f"the model is {geometry.ndim}D but the image is {image.ndim}D (shape "
@@ -443,9 +448,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     grid = tuple(math.ceil(s / c) for s, c in zip(image.shape, chunk))
     foreground = bool(model.config.foreground_head)
     channels = model.config.out_channels
-    cluster_args = {"bandwidth": bandwidth, "fg_threshold": fg_threshold, "min_size": min_size,
-                    "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
-                    "connectivity": connectivity}
+    cluster_args = {**settings.to_meta(), "n_seeds": n_seeds, "max_points": max_points,
+                    "seed": seed, "connectivity": connectivity}
     _validate_cluster_args(cluster_args)
     if connectivity > image.ndim:
         raise ShiftSegError(f"connectivity must be 1 to {image.ndim} for a {image.ndim}D image, "
@@ -554,13 +558,16 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
     embeddings = da.from_zarr(group["embeddings"])
     args = dict(cluster_args)
     connectivity, min_size = args.pop("connectivity"), args.pop("min_size")
+    post = {"merge_distance": args.pop("merge_distance", 0.0) or None,
+            "absorb_small": bool(args.pop("absorb_small", False)),
+            "fill_holes": bool(args.pop("fill_holes", False))}
     if stage:
         stage("clustering")
     clustering = cluster_embeddings(embeddings, foreground=foreground, compute=compute, **args)
     if stage:
         stage("labels")
     count = write_instances(embeddings, clustering, group["labels"], min_size, connectivity,
-                            compute=compute)
+                            compute=compute, **post)
     _set_attrs(group, clustering=clustering.to_dict(), n_objects=count)
     group.attrs["complete"] = True
 
@@ -568,7 +575,9 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
 def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DEFAULT_MIN_SIZE,
               fg_threshold: float = 0.5, n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS,
               seed: int = 0, connectivity: int = 1, cancel: threading.Event | None = None,
-              client=None, stage: Callable[[str], None] | None = None):
+              client=None, stage: Callable[[str], None] | None = None, *,
+              merge_distance: float | None = None, absorb_small: bool = False,
+              fill_holes: bool = False):
     """Label the stored embeddings of a finished :func:`segment_to_zarr` output again.
 
     No network pass: mean-shift and labelling read ``embeddings`` back from the zarr group, and
@@ -583,9 +592,13 @@ def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DE
     out_path = Path(out_path).expanduser().resolve()
     if not out_path.is_dir():
         raise ShiftSegError(f"{out_path} does not exist")
-    cluster_args = {"bandwidth": bandwidth, "fg_threshold": fg_threshold, "min_size": min_size,
-                    "n_seeds": n_seeds, "max_points": max_points, "seed": seed,
-                    "connectivity": connectivity}
+    from .settings import SegmentationSettings
+
+    settings = SegmentationSettings(bandwidth=bandwidth, fg_threshold=fg_threshold, min_size=min_size,
+                                    merge_distance=merge_distance or 0.0, absorb_small=absorb_small,
+                                    fill_holes=fill_holes)
+    cluster_args = {**settings.to_meta(), "n_seeds": n_seeds, "max_points": max_points,
+                    "seed": seed, "connectivity": connectivity}
     _validate_cluster_args(cluster_args)
     with OutputLock(out_path):
         group = _open_output(out_path, overwrite=False)

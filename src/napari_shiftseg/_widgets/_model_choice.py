@@ -21,7 +21,10 @@ from ..modelio import bundled_model_path, read_metadata
 from ..settings import SegmentationSettings
 from ._common import file_stamp
 
-BUNDLED = {"default 2D": 2, "default 3D": 3}
+#: Bundled models shown first: the nuclei defaults, then the paper's disk models. Keys are
+#: ``bundled:<ndim>`` (nuclei) and ``bundled:disks:<ndim>``.
+BUNDLED = {"nuclei 2D (default)": "bundled:2", "nuclei 3D (default)": "bundled:3",
+           "disks 2D (paper demos)": "bundled:disks:2", "disks 3D (paper demos)": "bundled:disks:3"}
 
 
 def describe_config(config) -> str:
@@ -62,7 +65,7 @@ class ModelChooser(Container):
         self._refresh()
 
     def _choices(self, _widget=None):
-        return [(name, f"bundled:{ndim}") for name, ndim in BUNDLED.items()] + [
+        return list(BUNDLED.items()) + [
             (Path(p).name, p) for p in self._files]
 
     # ---- public ------------------------------------------------------------------------
@@ -70,7 +73,8 @@ class ModelChooser(Container):
     def path(self) -> Path:
         key = self.choice.value
         if key.startswith("bundled:"):
-            return bundled_model_path(int(key.split(":")[1]))
+            parts = key.split(":")
+            return bundled_model_path(int(parts[-1]), parts[1] if len(parts) == 3 else "nuclei")
         return Path(key)
 
     def metadata(self) -> dict:
@@ -110,8 +114,9 @@ class ModelChooser(Container):
 
     def match_ndim(self, ndim: int) -> None:
         """Switch between the bundled defaults to follow the image's dimensionality."""
-        if self.choice.value.startswith("bundled:") and ndim in BUNDLED.values():
-            self.choice.value = f"bundled:{ndim}"
+        value = self.choice.value
+        if value.startswith("bundled:") and ndim in (2, 3):
+            self.choice.value = f"{value.rsplit(':', 1)[0]}:{ndim}"
 
     # ---- callbacks ---------------------------------------------------------------------
     def _file_picked(self, value) -> None:

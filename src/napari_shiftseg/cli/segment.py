@@ -35,8 +35,11 @@ def add_parser(sub):
                    help="mean-shift bandwidth in embedding units (default: the model's recorded value)")
     p.add_argument("--min-size", type=int, default=None,
                    help="drop objects with fewer voxels (default: the model's recorded value)")
-    p.add_argument("--fg-threshold", type=float, default=0.5,
-                   help="foreground probability threshold (default 0.5)")
+    p.add_argument("--fg-threshold", type=float, default=None,
+                   help="foreground probability threshold (default: the model's recorded value)")
+    p.add_argument("--merge-distance", type=float, default=None,
+                   help="merge touching fragments whose mean embeddings are closer than this "
+                        "(default: the model's recorded value; 0 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mean-shift subsample (default 0)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
@@ -77,7 +80,7 @@ def run(args) -> int:
         group = segment_to_zarr(
             args.image, args.output, model=args.model, tile=args.tile, device=args.device,
             mode=args.mode, bandwidth=args.bandwidth, min_size=args.min_size,
-            fg_threshold=args.fg_threshold, seed=args.seed, progress=progress, client=client,
+            fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed, progress=progress, client=client,
             overwrite=args.overwrite, stage=stage)
     finally:
         if bar is not None:
