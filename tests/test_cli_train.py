@@ -175,13 +175,18 @@ def test_network_options_with_init_are_refused(tif_pair, tmp_path, capsys):
     _one_line_error(capsys, 2, argv, "give one or the other")
 
 
-def test_default_starts_from_the_bundled_model(tif_pair, tmp_path):
+def test_default_is_a_new_spatial_network_and_init_bundled_continues(tif_pair, tmp_path):
     from napari_shiftseg.modelio import load_bundled
 
-    out = tmp_path / "tuned.safetensors"
-    assert main(["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), "--steps", "1",
-                 "--batch-size", "1", "--window", "36", "--quiet", "-o", str(out)]) == 0
-    model, bundled = load_model(out), load_bundled(2)
+    data = ["--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), "--steps", "1",
+            "--batch-size", "1", "--window", "36", "--quiet"]
+    fresh, tuned = tmp_path / "fresh.safetensors", tmp_path / "tuned.safetensors"
+    assert main(["train", *data, "-o", str(fresh)]) == 0
+    config = load_model(fresh).config
+    assert config.embedding == "spatial" and config.embed_dim == 2 and config.base_channels == 16
+    assert "initialised_from" not in load_model(fresh).meta
+    assert main(["train", *data, "--init", "bundled", "-o", str(tuned)]) == 0
+    model, bundled = load_model(tuned), load_bundled(2)
     assert model.config == bundled.config
     assert model.meta["initialised_from"]["model"] == bundled.name
 

@@ -61,7 +61,7 @@ def test_train_cancel_saves_nothing(viewer, qtbot, wait_idle, tmp_path):
 
 def test_defaults_as_the_cli(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
-    assert widget.validation.value == 15 and widget.tune.value and widget.augment.value
+    assert widget.validation.value == 25 and widget.tune.value and widget.augment.value
     assert widget.training_window() is None and "sized to the objects" in widget.geometry_info.value
     config = widget.config()
     assert (config.embedding, config.embed_dim, config.position_scale) == ("spatial", 2, 0.25)
@@ -76,7 +76,7 @@ def test_defaults_as_the_cli(viewer):
 
 
 def test_validation_score_and_tuned_settings_reach_segment(viewer, wait_idle, tmp_path, lattice_crop):
-    """A tiny run with 15 % held out: the held-out AP@0.5 and the tuned settings are shown,
+    """A tiny run with 25 % held out: the held-out AP@0.5 and the tuned settings are shown,
     and "Use in Segment" puts the tuned settings into the Segment widget's controls."""
     from types import SimpleNamespace
 

@@ -6,7 +6,7 @@ when the window is not larger than f^l (THEORY.md, result 4: such a model shows 
 f^l grid). Training runs in a worker thread with the current loss, a small loss plot and a
 Cancel button; the model is saved as .safetensors and can be handed to the Segment widget.
 
-Defaults are those of ``shiftseg train``: a spatial embedding head, augmentation, 15 % of the
+Defaults are those of ``shiftseg train``: a spatial embedding head, augmentation, 25 % of the
 annotations held out to pick the best checkpoint, and the segmentation settings tuned on that
 part at the end and stored in the model (shown here afterwards; the Segment widget takes them
 from the file). The training window is sized to the objects unless one is given.
@@ -85,7 +85,7 @@ class TrainWidget(Container):
         self.steps = SpinBox(label="steps", value=500, min=1, max=10**6)
         self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1e-1, step=1e-5)
         self.augment = CheckBox(text="augment (flips, contrast, gamma, blur, noise)", value=True)
-        self.validation = SpinBox(label="hold out for validation (%)", value=15, min=0, max=50)
+        self.validation = SpinBox(label="hold out for validation (%)", value=25, min=0, max=50)
         self.tune = CheckBox(text="tune segmentation settings on the held-out part", value=True)
         self.save_path = FileEdit(label="save as", mode="w", filter="*.safetensors",
                                   value=Path.home() / "shiftseg_model.safetensors")

@@ -27,8 +27,8 @@ NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding":
                     "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
                     "embedding": "spatial", "position_scale": 0.25}
 
-#: Default optimiser steps: about 10 minutes on a 2-core laptop CPU with the default batch.
-DEFAULT_STEPS = 1000
+#: Default optimiser steps: about 4 minutes on an idle 2-core CPU for nuclei ~18 px across.
+DEFAULT_STEPS = 3000
 
 #: Seeds of held-out evaluation images start here; training draws seeds below 2**31 - 1.
 EVAL_SEED_BASE = 2**31
@@ -58,9 +58,9 @@ def add_parser(sub):
                       help="synthetic: size of each generated image (default: input crop + context)")
     add_object_options(data)
     net = p.add_argument_group(
-        "network", "By default training continues from the bundled model of the data's "
-        "dimensionality (fine-tuning: fastest and best with a few hundred annotated objects). "
-        "Giving any option of this group builds a new network instead.")
+        "network", "By default a new network is trained (measured: better than fine-tuning the "
+        "bundled model on one annotated BBBC007 crop, see benchmarks/RESULTS.md); "
+        "--init bundled or --init MODEL continues an existing one instead.")
     net.add_argument("--levels", type=_args.positive_int, default=None, help="pooling levels l (default 3)")
     net.add_argument("--factor", type=int, default=None, help="pooling factor f (default 2)")
     net.add_argument("--upsampling", choices=("learnt", "nearest"), default=None,
@@ -79,8 +79,8 @@ def add_parser(sub):
     net.add_argument("--no-foreground-head", action="store_true", default=None,
                      help="no foreground logit (use with --background-as-instance)")
     net.add_argument("--init", metavar="MODEL",
-                     help="continue training this model file; 'bundled' (default unless a network "
-                          "option is given) or 'none' for a new network")
+                     help="continue training this model file, or 'bundled' for the bundled model "
+                          "of the data's dimensionality (default: a new network)")
     opt = p.add_argument_group("training")
     opt.add_argument("--window", type=_window, default=None,
                      help="output window per crop, e.g. 60 or 60,60; must be > f^l "
@@ -93,9 +93,9 @@ def add_parser(sub):
     opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
                      help="constant, or cosine decay to 0 at the last step (default cosine)")
     opt.add_argument("--batch-size", type=_args.positive_int, default=4, help="crops per step (default 4)")
-    opt.add_argument("--validation", type=float, default=0.15, metavar="FRACTION",
+    opt.add_argument("--validation", type=float, default=0.25, metavar="FRACTION",
                      help="fraction of the annotations held out to pick the best checkpoint and "
-                          "tune the segmentation settings (default 0.15; 0 = off)")
+                          "tune the segmentation settings (default 0.25; 0 = off)")
     opt.add_argument("--no-tune", action="store_true",
                      help="keep the segmentation settings instead of tuning them on the held-out part")
     opt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -195,9 +195,7 @@ def _network_options_given(args) -> list[str]:
 def _init_choice(args) -> str | None:
     """The model file to continue from, or None for a new network (see the group's help)."""
     given = _network_options_given(args)
-    if args.init is None:
-        return None if given else "bundled"
-    if args.init.lower() == "none":
+    if args.init is None or args.init.lower() == "none":
         return None
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)

@@ -80,13 +80,12 @@ def _check_inputs(image, labels, model, tiles, mode):
     return labels, tiles
 
 
-def _score(embeddings, gt, model, bandwidth, fg_threshold, min_size, seed) -> dict:
+def _score(embeddings, gt, model, settings, seed) -> dict:
     from ..instances import segment_instances
     from ..metrics import evaluate
 
-    pred, _ = segment_instances(embeddings, bandwidth=bandwidth, fg_threshold=fg_threshold,
-                                min_size=min_size, seed=seed,
-                                foreground=model.config.foreground_head)
+    pred, _ = segment_instances(embeddings, seed=seed, foreground=model.config.foreground_head,
+                                **settings.instance_kwargs())
     pred = np.asarray(pred.compute(scheduler="sync"))
     scores = evaluate(gt, pred, thresholds=(0.5,))
     return {"false_splits": int(scores["false_splits"]), "false_merges": int(scores["false_merges"]),
@@ -95,7 +94,7 @@ def _score(embeddings, gt, model, bandwidth, fg_threshold, min_size, seed) -> di
 
 
 def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", device: str = "cpu",
-              bandwidth: float | None = None, fg_threshold: float = 0.5, min_size: int | None = None,
+              bandwidth: float | None = None, fg_threshold: float | None = None, min_size: int | None = None,
               seed: int = 0, progress: Callable[[int, int, str], None] | None = None,
               cancel: threading.Event | None = None, keep_labels: bool = False) -> dict:
     """Tile-and-stitch the image for every tile size and score the stitched segmentation.
@@ -118,7 +117,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         Mean-shift bandwidth; default the model's (:func:`~napari_shiftseg.evaluate.default_bandwidth`).
     fg_threshold, min_size, seed
         Clustering settings, identical for every tile size; ``min_size`` defaults to the
-        model's recorded ``min_size`` (else 0).
+        model's recorded settings (:class:`~napari_shiftseg.settings.SegmentationSettings`).
     progress : callable(done, total, message), optional
         Called before each tile size and once at the end.
     cancel : threading.Event, optional
@@ -133,15 +132,15 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         ``rows`` (one dict per tile size, keys :data:`COLUMNS`), ``whole`` (scores of whole-image
         inference), ``grid`` (f^l), ``mode``, ``shape`` and optionally ``labels``.
     """
-    from ..evaluate import default_bandwidth
     from ..predict import predict_embeddings, predict_plan, predict_whole
+    from ..settings import SegmentationSettings
     from ..progress import Cancelled, compute
 
     labels, tiles = _check_inputs(image, labels, model, tiles, mode)
     g = model.geometry
-    bandwidth = float(bandwidth) if bandwidth else default_bandwidth(model)
-    if min_size is None:
-        min_size = int((model.meta or {}).get("min_size") or 0)
+    # The model's own (tuned) settings, identical for every tile size; the caller's win.
+    settings = SegmentationSettings.of(model).replace(
+        bandwidth=float(bandwidth) if bandwidth else None, fg_threshold=fg_threshold, min_size=min_size)
     total = len(tiles) + 1
 
     def tell(done, message):
@@ -156,7 +155,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     start = time.perf_counter()
     whole = predict_whole(image, model, device=device)
     scale = float(np.abs(whole).max()) or 1.0
-    whole_scores = _score(whole, labels, model, bandwidth, fg_threshold, min_size, seed)
+    whole_scores = _score(whole, labels, model, settings, seed)
     whole_labels = whole_scores.pop("labels")
     kept = {"whole": whole_labels} if keep_labels else {}
     whole_scores["seconds"] = round(time.perf_counter() - start, 2)
@@ -169,7 +168,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         (emb,) = compute(lazy, cancel=cancel)
         emb = np.asarray(emb)
         diff = float(np.abs(emb - whole).max())
-        scores = _score(emb, labels, model, bandwidth, fg_threshold, min_size, seed)
+        scores = _score(emb, labels, model, settings, seed)
         pred = scores.pop("labels")
         if keep_labels:
             kept[tile] = pred
