@@ -77,3 +77,22 @@ def test_local_cluster_listens_on_loopback_only():
     finally:
         client.close()
         cluster.close()
+
+
+def test_tiles_run_with_the_thread_count_of_the_graph_builder():
+    """A worker with another torch thread count computes bit-identical embeddings (3D, where
+    oneDNN's algorithm choice by thread count changes the rounding)."""
+    from napari_shiftseg.modelio import load_bundled
+    from napari_shiftseg.predict import predict_embeddings
+
+    model = load_bundled(3, kind="disks")
+    image = np.random.default_rng(0).random((36, 36, 36)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        reference = predict_embeddings(image, model, tile=36, device="cpu").compute(scheduler="sync")
+        lazy = predict_embeddings(image, model, tile=36, device="cpu")
+        torch.set_num_threads(1)  # what a dask worker with one thread has
+        np.testing.assert_array_equal(lazy.compute(scheduler="sync"), reference)
+    finally:
+        torch.set_num_threads(before)

@@ -172,6 +172,7 @@ class _Run:
     half: bool
     ndim: int
     plan: TilePlan | None = None  # only to name tiles in error messages
+    threads: int = 0  # torch CPU threads every tile runs with (0: leave as is)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,12 @@ def _weight(tile, part) -> np.ndarray:
 
 def _run_net(net, batch: np.ndarray, run: _Run) -> np.ndarray:
     device = torch.device(run.device)
+    if device.type == "cpu" and run.threads and torch.get_num_threads() != run.threads:
+        # oneDNN picks its convolution algorithm by thread count, and different algorithms
+        # round differently (3D: up to 6e-5 measured). Every tile runs with the thread count of
+        # the process that built the graph, so a dask worker (often 1 thread) computes exactly
+        # what the client would. In the client it is already that count: nothing changes there.
+        torch.set_num_threads(run.threads)
     x = torch.from_numpy(batch).to(device).contiguous(memory_format=memory_format(run.ndim))
     autocast = torch.autocast(device.type, dtype=torch.float16) if run.half else nullcontext()
     with torch.inference_mode(), autocast:
@@ -465,7 +472,8 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
     plan = tile_plan(inp.spatial, net.config.geometry, tile, mode)
     norm = _normalization(inp.source, normalization, model)
     scale = norm.high - norm.low
-    run = _Run(norm.low, scale if scale > 0 else 1.0, str(dev), bool(half), net.config.geometry.ndim, plan)
+    run = _Run(norm.low, scale if scale > 0 else 1.0, str(dev), bool(half), net.config.geometry.ndim, plan,
+               torch.get_num_threads())
     return inp, _prepare_net(net, dev), plan, run, int(batch_size)
 
 
