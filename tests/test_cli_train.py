@@ -197,3 +197,14 @@ def test_output_is_checked_before_training(tif_pair, tmp_path, capsys):
     argv = ["train", "--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), *TINY, "-o", str(folder)]
     _one_line_error(capsys, 2, argv, "is a directory")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_huge_window_is_refused_before_anything_is_generated(capsys, monkeypatch):
+    from napari_shiftseg.cli import synth as cli_synth
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("an image was generated before the window was checked")
+
+    monkeypatch.setattr(cli_synth, "generate", no_generation)
+    _one_line_error(capsys, 2, ["train", "--synthetic", "random", "--window", "100000", "--quiet",
+                                "--validation", "0", "-o", "never.safetensors"], "smaller --window")

@@ -82,6 +82,10 @@ def default_training_window(geometry: UNetGeometry) -> tuple[int, ...]:
 #: Largest default window per axis: training steps must stay affordable on a laptop CPU.
 MAX_DEFAULT_WINDOW = {2: 132, 3: 52}
 
+#: Most input voxels in one training step (all crops of a batch): about 4 GB of activations
+#: for the default network, far above any sensible window.
+MAX_CROP_VOXELS = 2**24
+
 #: The default window spans this many median object diameters, so that most training windows
 #: hold whole objects *and* their neighbours (the push term needs both in one window).
 WINDOW_DIAMETERS = 3.0
@@ -380,6 +384,13 @@ def train(
     if min(window) < 1:
         raise ShiftSegError(f"training window {window} must be positive")
     crop = _Crop.plan(geometry, window)
+    crop_voxels = int(np.prod(crop.input)) * batch_size
+    if crop_voxels > MAX_CROP_VOXELS:
+        # Refused before any image is generated or padded: a 100000-wide window once took 6 GB.
+        raise ShiftSegError(
+            f"the training window {window} needs input crops of {crop.input} x {batch_size} "
+            f"({crop_voxels:,} voxels per step), more than the {MAX_CROP_VOXELS:,} a training step "
+            "can hold; use a smaller --window or --batch-size")
     if validation_pairs is not None:
         train_pairs = pairs
         val_pairs = [validate_pair(*p, geometry.ndim) for p in validation_pairs]
