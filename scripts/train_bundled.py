@@ -41,7 +41,6 @@ def _config(ndim: int, args):
 
 
 def main(argv=None) -> int:
-    import torch
 
     from napari_shiftseg import synth
     from napari_shiftseg.modelio import load_model, save_model

@@ -22,7 +22,7 @@ def test_split_holds_out_whole_images_or_a_band():
     train4, val4, note = split_validation(_pairs(5), 0.2, (36, 36))
     assert len(val4) == 1 and len(train4) == 4 and "1 of 5 images" in note
     train1, val1, note = split_validation(_pairs(1), 0.15, (36, 36))
-    (image, labels), (vimage, vlabels) = train1[0], val1[0]
+    (_, labels), (_, vlabels) = train1[0], val1[0]
     assert labels.shape == (72, 100) and vlabels.shape == (48, 100)  # longest axis, >= 48 rows
     np.testing.assert_array_equal(np.concatenate([labels, vlabels]), _pairs(1)[0][1])
     _, none, note = split_validation(_pairs(1, (60, 60)), 0.15, (36, 36))
@@ -45,7 +45,7 @@ def test_tuning_finds_better_settings_and_never_gets_worse():
     pairs = [(None, labels)]
     start = SegmentationSettings(bandwidth=2.0, fg_threshold=0.7)  # misses every voxel
     assert score([emb], pairs, start)["ap@0.5"] == 0.0
-    best, result, trials = tune_settings([emb], pairs, start, post_processing=False)
+    best, result, trials = tune_settings([emb], pairs, start)
     assert best.fg_threshold < 0.6 and result["ap@0.5"] == 1.0 and len(trials) > 5
     assert score([emb], pairs, best) == result
 

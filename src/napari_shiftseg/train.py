@@ -46,7 +46,8 @@ from .loss import discriminative_loss, foreground_loss
 from .modelio import Model, save_model
 from .settings import SegmentationSettings
 from .spatial import add_positions_torch
-from .tuning import quick_score, split_validation, tune_settings, validation_embeddings
+from .tuning import (better, median_object_size, quick_score, split_validation, tune_settings,
+                     validation_embeddings)
 from .normalize import percentile_normalization
 from .unet import UNet, UNetConfig, memory_format
 
@@ -79,6 +80,12 @@ def default_training_window(geometry: UNetGeometry) -> tuple[int, ...]:
     return (geometry.output_size(input_size),) * geometry.ndim
 
 
+#: A new network's settings (``shiftseg train`` option names; the Train widget shows the same):
+#: the spatial head won on the BBBC007 dev set (docs/MODELS.md).
+NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding": "valid",
+                    "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
+                    "embedding": "spatial", "position_scale": 0.25}
+
 #: Largest default window per axis: training steps must stay affordable on a laptop CPU.
 MAX_DEFAULT_WINDOW = {2: 132, 3: 52}
 
@@ -93,13 +100,10 @@ WINDOW_DIAMETERS = 3.0
 
 def median_diameter(labels_list) -> float:
     """Median equivalent diameter (voxels) of the objects in some label images (0 if none)."""
-    sizes = [np.bincount(np.asarray(lab).ravel().astype(np.int64))[1:] for lab in labels_list]
-    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    sizes = sizes[sizes > 0]
-    if not sizes.size:
+    volume = median_object_size(labels_list)
+    if not volume:
         return 0.0
     ndim = np.asarray(labels_list[0]).ndim
-    volume = float(np.median(sizes))
     # Diameter of the disk / ball of that area / volume.
     return 2 * (volume / np.pi) ** 0.5 if ndim == 2 else 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)
 
@@ -499,7 +503,7 @@ def train(
                 if val_pairs and (step % validate_every == 0 or step == steps):
                     result = _validate(net, meta(step, False), val_pairs, settings, device)
                     history["validation"].append({"step": step, **result})
-                    if best is None or _key(result) > _key(best[1]):
+                    if better(result, best[1] if best else None):
                         best = (step, result, copy.deepcopy(net.state_dict()))
                     net.train()
                 if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < steps:
@@ -515,8 +519,7 @@ def train(
                 tuned = Model(net, meta(history["steps_done"], False))
                 embeddings = validation_embeddings(tuned, val_pairs, str(device))
                 settings, result, trials = tune_settings(
-                    embeddings, val_pairs, settings, config.foreground_head, delta_d,
-                    post_processing=_post_processing_available())
+                    embeddings, val_pairs, settings, config.foreground_head, delta_d)
                 validation_record.update(tuned={k: round(v, 4) for k, v in result.items()},
                                          trials=len(trials))
     finally:
@@ -526,18 +529,6 @@ def train(
     done = history["steps_done"]
     model = Model(net, meta(done, done == steps and not history["cancelled"]))
     return model, history
-
-
-def _key(result: dict) -> tuple[float, float]:
-    return (round(result["ap@0.5"], 4), round(result["map"], 4))
-
-
-def _post_processing_available() -> bool:
-    import inspect
-
-    from .instances import segment_instances
-
-    return "merge_distance" in inspect.signature(segment_instances).parameters
 
 
 def _validate(net, meta: dict, val_pairs, settings: SegmentationSettings, device) -> dict:

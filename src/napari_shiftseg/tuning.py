@@ -101,18 +101,25 @@ def quick_score(embeddings, pairs, settings: SegmentationSettings, foreground: b
     return max(results, key=_key)
 
 
+def better(result: dict, than: dict | None) -> bool:
+    """Whether held-out ``result`` beats ``than``: AP@0.5 first, then averaged AP."""
+    return than is None or _key(result) > _key(than)
+
+
 def _key(result: dict) -> tuple[float, float]:
     return (round(result["ap@0.5"], 4), round(result["map"], 4))
 
 
-def _median_object_size(pairs) -> float:
-    sizes = np.concatenate([np.bincount(gt.ravel())[1:] for _, gt in pairs])
+def median_object_size(labels_list) -> float:
+    """Median object size (pixels / voxels) over some label images (0 if there are none)."""
+    sizes = [np.bincount(np.asarray(lab).ravel().astype(np.int64))[1:] for lab in labels_list]
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
     sizes = sizes[sizes > 0]
     return float(np.median(sizes)) if sizes.size else 0.0
 
 
 def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bool = True,
-                  delta_d: float = 3.0, post_processing: bool = True):
+                  delta_d: float = 3.0):
     """Coordinate search of the segmentation settings on the held-out images.
 
     One setting at a time, in the order that matters most (bandwidth, foreground threshold,
@@ -121,17 +128,16 @@ def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bo
 
     Returns ``(settings, result, trials)`` where ``trials`` lists every tried setting.
     """
-    median = _median_object_size(pairs)
+    median = median_object_size([gt for _, gt in pairs])
     grid = {
         # Trained means are >= 2·delta_d apart: bandwidths up to ~1.5·delta_d can still part them.
         "bandwidth": sorted({round(delta_d * f, 3) for f in (0.33, 0.5, 0.67, 0.83, 1.0, 1.15, 1.3, 1.5)}),
         "fg_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
         "min_size": sorted({int(median * f) for f in (0.0, 0.05, 0.1, 0.2, 0.35)}),
+        "merge_distance": [0.0] + [round(delta_d * f, 3) for f in (0.33, 0.5, 0.75)],
+        "absorb_small": [False, True],
+        "fill_holes": [False, True],
     }
-    if post_processing:
-        grid["merge_distance"] = [0.0] + [round(delta_d * f, 3) for f in (0.33, 0.5, 0.75)]
-        grid["absorb_small"] = [False, True]
-        grid["fill_holes"] = [False, True]
     best = start
     best_result = score(embeddings, pairs, best, foreground)
     trials = [{**best.to_meta(), **best_result}]
@@ -142,6 +148,6 @@ def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bo
             candidate = dataclasses.replace(best, **{name: value})
             result = score(embeddings, pairs, candidate, foreground)
             trials.append({**candidate.to_meta(), **result})
-            if _key(result) > _key(best_result):
+            if better(result, best_result):
                 best, best_result = candidate, result
     return best, best_result, trials

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import inspect
 import shutil
 import tempfile
 import uuid
@@ -21,7 +20,6 @@ import dask.array as da
 import zarr
 
 from .. import diagnostics, predict
-from .._errors import ShiftSegError
 from ..segment import recluster as recluster_zarr
 from ..segment import segment_to_zarr
 from ..tiling import tile_plan
@@ -80,22 +78,6 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
     return LargeResult(path, embeddings, da.from_zarr(group["labels"]), diag, "foreground" in group)
 
 
-def cluster_kwargs(function, settings) -> dict:
-    """``settings.instance_kwargs()`` for ``function`` (segment_to_zarr or recluster).
-
-    Refuses, with a message, post-processing the zarr path does not offer (yet) rather than
-    silently segmenting with other settings than the ones shown.
-    """
-    kwargs = settings.instance_kwargs()
-    missing = [k for k in kwargs if k not in inspect.signature(function).parameters]
-    if missing:
-        raise ShiftSegError(
-            f"{', '.join(k.replace('_', ' ') for k in missing)} cannot be used yet for images "
-            "larger than the memory budget; switch it off, or raise the budget (napari "
-            "Preferences > shiftseg)")
-    return kwargs
-
-
 def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:
     """Tiles -> zarr (progress per tile), cluster, label; then lazy views of the results."""
     stage = {"name": "tiles"}
@@ -104,7 +86,7 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
         stage["name"] = name
         report(0, 1, name)
 
-    kwargs = cluster_kwargs(segment_to_zarr, params.settings)
+    kwargs = params.settings.instance_kwargs()
     model = ModelCache().get(model_path, params.device)
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
                     mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
@@ -117,7 +99,7 @@ def recluster(report, cancel, result: LargeResult, params) -> da.Array:
     """Mean-shift and labelling again from the stored embeddings (no network pass)."""
 
     recluster_zarr(result.path, cancel=cancel, stage=lambda name: report(0, 1, name),
-                   **cluster_kwargs(recluster_zarr, params.settings))
+                   **params.settings.instance_kwargs())
     # A new dask name, so nothing cached for the old labels is shown again.
     labels = zarr.open_group(str(result.path), mode="r")["labels"]
     return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}")

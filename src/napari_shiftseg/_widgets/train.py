@@ -25,10 +25,9 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
-from ..cli.train import NETWORK_DEFAULTS
 from ..geometry import UNetGeometry
 from ..spatial import EMBEDDINGS
-from ..train import default_training_window
+from ..train import NETWORK_DEFAULTS, default_training_window
 from ..unet import UNetConfig
 from . import _pipeline
 from ._common import PLUGIN, layer_choices, set_running, watch_layers, wrap

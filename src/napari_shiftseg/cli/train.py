@@ -22,10 +22,6 @@ OBJECT_OPTIONS = {"spacing", "radius", "radius_jitter", "density", "n_objects", 
 NETWORK_OPTIONS = {"levels", "factor", "upsampling", "padding", "base_channels", "embed_dim",
                    "no_foreground_head", "embedding", "position_scale"}
 
-#: Network defaults when one is built from scratch (any network option given, or --init none).
-NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding": "valid",
-                    "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
-                    "embedding": "spatial", "position_scale": 0.25}
 
 #: Default optimiser steps: about 4 minutes on an idle 2-core CPU for nuclei ~18 px across.
 DEFAULT_STEPS = 3000
@@ -189,6 +185,8 @@ def _check_writable(output) -> None:
 
 
 def _network_options_given(args) -> list[str]:
+    from ..train import NETWORK_DEFAULTS
+
     return sorted(k for k in NETWORK_DEFAULTS if getattr(args, k, None) is not None)
 
 
@@ -207,6 +205,7 @@ def _init_choice(args) -> str | None:
 def _config(args, ndim: int):
     from ..geometry import UNetGeometry
     from ..modelio import bundled_model_path, load_model
+    from ..train import NETWORK_DEFAULTS
     from ..unet import UNetConfig
 
     init = _init_choice(args)
