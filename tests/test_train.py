@@ -232,3 +232,30 @@ def test_model_is_returned_on_cpu_in_eval_mode(pair):
     model, _ = train(*pair, TINY, steps=1, output_window=WINDOW)
     assert isinstance(model, Model) and not model.net.training
     assert next(model.net.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_unmove_turns_offset_vectors(ndim):
+    """A vector field computed on a moved crop, moved back, equals the field of the plain crop.
+
+    The "network" here is the image gradient (one channel per axis), the simplest vector-valued
+    equivariant map: flipping an axis negates that component, transposing swaps two. Without the
+    turn, a spatial head is asked for opposite offsets on flipped crops and learns zero.
+    """
+    from napari_shiftseg.augment import move, unmove
+
+    rng = np.random.default_rng(ndim)
+    x = rng.random((6,) * ndim)
+
+    def gradient(img):
+        return torch.from_numpy(np.stack(np.gradient(img)) .copy())
+
+    plain = gradient(x)
+    for axes in [(), (0,), (ndim - 1,), tuple(range(ndim))]:
+        for transpose in (False, True):
+            moved = np.ascontiguousarray(move(x, axes, transpose))
+            got = unmove(gradient(moved), axes, transpose, vector_channels=ndim)
+            torch.testing.assert_close(got, plain)
+            if axes or transpose:
+                # The spatial move alone is wrong for vectors: the old behaviour must fail.
+                assert not torch.allclose(unmove(gradient(moved), axes, transpose), plain)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ._errors import ShiftSegError
@@ -87,10 +88,26 @@ def move(x: np.ndarray, axes: tuple[int, ...], transpose: bool, first_axis: int 
     return x
 
 
-def unmove(out, axes: tuple[int, ...], transpose: bool):
-    """Undo :func:`move` on one raw output (C, *spatial) torch tensor (realigns it with labels)."""
+def unmove(out, axes: tuple[int, ...], transpose: bool, vector_channels: int = 0):
+    """Undo :func:`move` on one raw output (C, *spatial) torch tensor (realigns it with labels).
+
+    The first ``vector_channels`` channels are *vectors* along the spatial axes (the offsets of
+    a spatial head, one channel per axis). Moving them back is not enough: an offset the network
+    gave along a flipped axis points the other way in the original frame, and a transposition
+    swaps which axis a component belongs to. Without turning the vectors too, a flipped crop asks
+    the network for the opposite of what an unflipped one asks, and it learns offsets of zero.
+    """
+    d = len(out.shape) - 1
     if transpose:
         out = out.transpose(-1, -2)
+        if vector_channels:
+            order = list(range(out.shape[0]))
+            order[d - 2], order[d - 1] = order[d - 1], order[d - 2]
+            out = out[order]
     if axes:
         out = out.flip([a + 1 for a in axes])
+        if vector_channels:
+            sign = torch.ones(out.shape[0], dtype=out.dtype, device=out.device)
+            sign[list(axes)] = -1
+            out = out * sign.reshape(-1, *(1,) * d)
     return out

@@ -469,6 +469,8 @@ def train(
             optimizer = torch.optim.Adam(net.parameters(), lr=lr)
             if lr_schedule == "cosine":
                 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            # Offsets of a spatial head are vectors: flips and transpositions turn them too.
+            vectors = config.geometry.ndim if config.embedding == "spatial" else 0
             for step in range(1, steps + 1):
                 if cancel is not None and cancel.is_set():
                     history["cancelled"] = True
@@ -476,7 +478,7 @@ def train(
                 x, y, moves = _batch(next_image, rng, batch_size, augment)
                 x = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
                 y = torch.from_numpy(y).to(device)
-                out = _unmove(net(x), moves)[(slice(None), slice(None), *crop.raw_crop)]
+                out = _unmove(net(x), moves, vectors)[(slice(None), slice(None), *crop.raw_crop)]
                 embeddings = out[:, : config.embed_dim]
                 if config.embedding == "spatial":
                     embeddings = add_positions_torch(embeddings, config.position_scale)
@@ -539,11 +541,14 @@ def _validate(net, meta: dict, val_pairs, settings: SegmentationSettings, device
     return quick_score(embeddings, val_pairs, settings, net.config.foreground_head, delta_d)
 
 
-def _unmove(out: torch.Tensor, moves) -> torch.Tensor:
-    """Undo each batch item's geometric augmentation on the raw output (B, C, *S)."""
+def _unmove(out: torch.Tensor, moves, vector_channels: int = 0) -> torch.Tensor:
+    """Undo each batch item's geometric augmentation on the raw output (B, C, *S).
+
+    ``vector_channels``: leading channels that are offsets along the axes (spatial head).
+    """
     if not any(axes or transpose for axes, transpose in moves):
         return out
-    return torch.stack([unmove(o, *m) for o, m in zip(out, moves)])
+    return torch.stack([unmove(o, *m, vector_channels) for o, m in zip(out, moves)])
 
 
 def _batch(next_image, rng, batch_size: int, augment: Augmentation):
