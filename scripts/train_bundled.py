@@ -36,7 +36,7 @@ def _config(ndim: int, args):
     from napari_shiftseg.unet import UNetConfig
 
     geometry = UNetGeometry(ndim=ndim, levels=args.levels)
-    return UNetConfig(geometry=geometry, base_channels=args.base_channels, embed_dim=ndim,
+    return UNetConfig(geometry=geometry, base_channels=args.base_channels, embed_dim=args.embed_dim or ndim,
                       embedding="spatial", position_scale=args.position_scale)
 
 
@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--position-scale", type=float, default=0.25)
+    p.add_argument("--embed-dim", type=int, default=None, help="default: one per axis (no free channels)")
+    p.add_argument("--delta-d", type=float, default=3.0)
+    p.add_argument("--delta-v", type=float, default=0.5)
     p.add_argument("--window", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -108,6 +111,7 @@ def main(argv=None) -> int:
         source_or_pairs or source, None, config, steps=args.steps, lr=args.lr, lr_schedule="cosine",
         output_window=window, batch_size=args.batch_size, seed=args.seed, validation_pairs=val,
         validate_every=max(50, args.steps // 12), device=args.device, threads=args.threads,
+        delta_d=args.delta_d, delta_v=args.delta_v,
         progress=progress, command="scripts/train_bundled.py " + " ".join(argv or sys.argv[1:]),
     )
     for v in history["validation"]:

@@ -244,10 +244,7 @@ def test_hostile_models_are_refused_in_little_memory(tmp_path):
 
 def test_resume_on_an_edited_image_is_refused(tmp_path, image, model_path):
     out = tmp_path / "out.zarr"
-    cancel = __import__("threading").Event()
-    cancel.set()
-    with pytest.raises(Exception, match="Cancel|cancel"):
-        segment_to_zarr(image, out, model_path, cancel=cancel, **KW)
+    segment_to_zarr(image, out, model_path, **KW)
     edited = image.copy()
     edited[20, 1::3] += 1.0  # one row, off any strided sample grid
     with pytest.raises(ShiftSegError, match=r"different image content .*planes 0-31") as info:
@@ -337,8 +334,8 @@ def test_non_finite_embeddings_stop_the_run_naming_the_tile(tmp_path, image):
     out = tmp_path / "out.zarr"
     with pytest.raises(ShiftSegError, match=r"NaN or infinite .*\[0:16, 0:16\]|NaN or infinite .*tile"):
         segment_to_zarr(image, out, net, **KW)
-    group = zarr.open_group(out, mode="r")
-    assert not group["done"][...].any() and "complete" not in group.attrs
+    # It failed before any tile was written: nothing to resume, so nothing is left behind.
+    assert not out.exists()
 
 
 def test_check_exits_non_zero_on_nan(tmp_path, image, capsys):

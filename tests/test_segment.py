@@ -159,18 +159,41 @@ def test_other_settings_are_refused(tmp_path, image, model_path):
     out = tmp_path / "out.zarr"
     cancel = threading.Event()
     cancel.set()
+    # Cancelled before its first tile: nothing worth resuming, so nothing is left to block a
+    # retry with other settings (issue 11).
     with pytest.raises(Cancelled):
         segment_to_zarr(image, out, model_path, cancel=cancel, **KW)
-    with pytest.raises(ShiftSegError, match="different tile.*--overwrite"):
+    assert not out.exists()
+    segment_to_zarr(image, out, model_path, **KW)
+    with pytest.raises(ShiftSegError, match=r"different tile \(was 16x16, now 8x8\).*--overwrite"):
         segment_to_zarr(image, out, model_path, **{**KW, "tile": 8})
     with pytest.raises(ShiftSegError, match="different image content"):
         segment_to_zarr(image + 1, out, model_path, **KW)
     other = tiny_model(tmp_path / "other.safetensors", image, seed=1)
-    with pytest.raises(ShiftSegError, match="different model"):
+    with pytest.raises(ShiftSegError, match=r"different model \(other weights\)"):
         segment_to_zarr(image, out, other, **KW)
-    assert "complete" not in zarr.open_group(out, mode="r").attrs
+    assert zarr.open_group(out, mode="r").attrs["complete"] is True   # refusals touch nothing
     group = segment_to_zarr(image, out, other, overwrite=True, **KW)
     assert group.attrs["complete"] is True
+
+
+def test_failure_before_the_first_tile_leaves_nothing(tmp_path, image, model_path, monkeypatch):
+    """A run that fails before any tile (e.g. --device cuda on a CPU machine) removes what it
+    created: the retry is a fresh run, not refused as "different". A folder the user made stays."""
+    def no_device(*args, **kwargs):
+        raise ShiftSegError("device cuda is not available")
+
+    import napari_shiftseg.predict
+
+    monkeypatch.setattr(napari_shiftseg.predict, "predict_embeddings", no_device)
+    for out in (tmp_path / "new.zarr", tmp_path / "made_by_user.zarr"):
+        if out.name.startswith("made"):
+            out.mkdir()
+        with pytest.raises(ShiftSegError, match="cuda"):
+            segment_to_zarr(image, out, model_path, **KW)
+        assert (out.is_dir() and not any(out.iterdir())) if out.name.startswith("made") else not out.exists()
+    monkeypatch.undo()
+    assert segment_to_zarr(image, out, model_path, **{**KW, "tile": 8}).attrs["complete"] is True
 
 
 def test_new_clustering_settings_reuse_embeddings(tmp_path, image, model_path, reference, monkeypatch):
@@ -214,10 +237,8 @@ def test_bad_outputs_and_models(tmp_path, image, model_path):
         segment_to_zarr(image, tmp_path / "o4.zarr", model_path, **{**KW, "bandwidth": -1.0})
     with pytest.raises(ShiftSegError, match="not a shiftseg segmentation"):
         recluster(tmp_path / "foreign.zarr")
-    cancel = threading.Event()
-    cancel.set()
-    with pytest.raises(Cancelled):
-        segment_to_zarr(image, tmp_path / "o5.zarr", model_path, cancel=cancel, **KW)
+    group = segment_to_zarr(image, tmp_path / "o5.zarr", model_path, **KW)
+    group["done"][1, 2] = False          # as if a run had stopped before that tile
     with pytest.raises(ShiftSegError, match="incomplete"):
         recluster(tmp_path / "o5.zarr")
 

@@ -153,6 +153,8 @@ def _changed_planes(stored: dict | None, fingerprint: dict) -> str:
 
 _NAMES = {"image_shape": "image shape", "image_dtype": "image type", "image": "image content",
           "model": "model", "tile": "tile", "mode": "mode"}
+#: Arguments stored as digests (compared, never shown).
+_HASHED = ("image", "model")
 
 
 # --------------------------------------------------------------------------- the output group
@@ -232,14 +234,28 @@ def _open_output(path: Path, overwrite: bool):
 def _check_resume(group, args: dict, path: Path, fingerprint: dict | None = None) -> None:
     attrs = dict(group.attrs[ATTRS])
     stored = attrs.get("embedding_args", {})
-    changed = [_NAMES.get(k, k) for k in args if stored.get(k) != args[k]]
+    changed = [k for k in args if stored.get(k) != args[k]]
     if changed:
-        detail = ", ".join(changed)
-        if "image content" in changed and fingerprint is not None:
-            detail += _changed_planes(attrs.get("image_slabs"), fingerprint)
+        details = []
+        for key in changed:
+            text = _NAMES.get(key, key)
+            if key in _HASHED:  # digests say nothing to a reader: say what differs instead
+                text += {"model": " (other weights)", "image": " (other voxels)"}[key]
+                if key == "image" and fingerprint is not None:
+                    text += _changed_planes(attrs.get("image_slabs"), fingerprint)
+            else:
+                text += f" (was {_shown(stored.get(key))}, now {_shown(args[key])})"
+            details.append(text)
         raise ShiftSegError(
-            f"{path} was started with a different {detail}; to resume, repeat the first run's "
-            "settings, or use a new output path or --overwrite to start again")
+            f"{path} was started with a different {', '.join(details)}; to resume, repeat the "
+            "first run's settings, or use a new output path or --overwrite to start again")
+
+
+def _shown(value) -> str:
+    """A stored argument as a user typed it: 128x128 for a tile, plain text otherwise."""
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return "unknown" if value is None else str(value)
 
 
 def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: bool, attrs: dict):
@@ -416,7 +432,6 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     """
     from .io import read_image
     from .settings import SegmentationSettings
-    from .predict import predict_embeddings
     from .tiling import tile_plan
 
     out_path = Path(out_path).expanduser().resolve()
@@ -463,6 +478,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         embed_args = _embedding_args(image, model, plan, mode, fingerprint)
         target = out_path  # where this run writes; a staging sibling with overwrite
         group = _open_output(out_path, overwrite)
+        created = group is None
+        existed = out_path.exists()  # an empty folder made by the user stays on failure
         if group is None:
             if out_path.exists() and any(out_path.iterdir()):  # --overwrite: keep it until replaced
                 target = _staging_path(out_path)
@@ -484,45 +501,71 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                 del group.attrs["complete"]
             _set_attrs(group, cluster_args=cluster_args)
 
-        done = group["done"]
-        flags = _done_flags(done)
-        todo = [index for index in np.ndindex(grid) if not flags[index]]
-        total, before = len(flags.ravel()), int(flags.sum())
-        if stage:
-            stage("tiles")
-        if progress is not None:
-            progress(before, total)
-        if todo:
-            embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
-            if tuple(embeddings.shape) != (channels, *image.shape):
-                raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
-            embeddings = embeddings.rechunk(((channels,),) + tuple(
-                tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(image.shape, chunk)))
-            blocks = embeddings.to_delayed(optimize_graph=False)
-            # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
-            # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
-            size = _batch_size(client)
-            for start in range(0, len(todo), size):
-                batch = todo[start:start + size]
-                tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, image.shape)
-                         for index in batch]
+        try:
+            return _run_tiles(group, target, out_path, image, model, tile, device, mode, channels,
+                              chunk, grid, foreground, cluster_args, compute, client, progress, stage)
+        except BaseException:
+            # A run that fails (or is cancelled) before its first tile has nothing worth
+            # resuming: remove what it created, so the retry (another tile, another device)
+            # is not refused as a "different" run. With tiles written, keep them for --resume.
+            if created and not _done_flags(group["done"]).any():
+                _remove_created(target, out_path, existed)
+            raise
 
-                def tiles_done(count, of, offset=before + start, n=len(batch)):
-                    if progress is not None and of:
-                        progress(offset + round(count * n / of), total)
 
-                compute(*tasks, progress=tiles_done)
-            missing = int((~_done_flags(done)).sum())
-            if missing:
-                raise RuntimeError(f"{missing} tiles were not written")
-        _set_attrs(group, tiles=total)
-        _label(group, cluster_args, foreground, compute, stage)
-        if target != out_path:
-            import zarr
+def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
+    """Delete an output this run created; an empty folder the user made stays, empty."""
+    if target == out_path and existed:
+        for child in out_path.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(target, ignore_errors=True)
 
-            _swap_in(target, out_path)
-            group = zarr.open_group(out_path, mode="r+")
-        return group
+
+def _run_tiles(group, target, out_path, image, model, tile, device, mode, channels, chunk, grid,
+               foreground, cluster_args, compute, client, progress, stage):
+    """Predict and write the missing tiles, then cluster and label; returns the output group."""
+    from .predict import predict_embeddings
+
+    done = group["done"]
+    flags = _done_flags(done)
+    todo = [index for index in np.ndindex(grid) if not flags[index]]
+    total, before = len(flags.ravel()), int(flags.sum())
+    if stage:
+        stage("tiles")
+    if progress is not None:
+        progress(before, total)
+    if todo:
+        embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
+        if tuple(embeddings.shape) != (channels, *image.shape):
+            raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
+        embeddings = embeddings.rechunk(((channels,),) + tuple(
+            tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(image.shape, chunk)))
+        blocks = embeddings.to_delayed(optimize_graph=False)
+        # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
+        # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
+        size = _batch_size(client)
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, image.shape)
+                     for index in batch]
+
+            def tiles_done(count, of, offset=before + start, n=len(batch)):
+                if progress is not None and of:
+                    progress(offset + round(count * n / of), total)
+
+            compute(*tasks, progress=tiles_done)
+        missing = int((~_done_flags(done)).sum())
+        if missing:
+            raise RuntimeError(f"{missing} tiles were not written")
+    _set_attrs(group, tiles=total)
+    _label(group, cluster_args, foreground, compute, stage)
+    if target != out_path:
+        import zarr
+
+        _swap_in(target, out_path)
+        group = zarr.open_group(out_path, mode="r+")
+    return group
 
 
 def _batch_size(client) -> int:

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from ._errors import ShiftSegError
 
-__all__ = ["SegmentationSettings", "BANDWIDTH_OF_DELTA_D", "DEFAULT_MIN_SIZE"]
+__all__ = ["SegmentationSettings", "BANDWIDTH_OF_DELTA_D", "DEFAULT_MIN_SIZE", "TRAINING_DEFAULTS"]
+
+#: How ``shiftseg train`` and the Train widget train when not told otherwise (chosen on the
+#: BBBC007 dev set and synthetic nuclei: docs/MODELS.md); ``validation`` is the held-out
+#: fraction. Here, not in ``train.py``, so the CLI can build its parser without importing torch.
+TRAINING_DEFAULTS = {"steps": 3000, "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 4,
+                     "validation": 0.25}
 
 #: Fraction of the push margin used as mean-shift bandwidth when the model does not say.
 #: Trained means are >= 2·delta_d apart and pixels lie within ~delta_v of their mean, so a

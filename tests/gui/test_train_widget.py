@@ -62,6 +62,14 @@ def test_train_cancel_saves_nothing(viewer, qtbot, wait_idle, tmp_path):
 def test_defaults_as_the_cli(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
     assert widget.validation.value == 25 and widget.tune.value and widget.augment.value
+    # Steps, batch size and learning rate are the CLI parser's defaults (one owner for both).
+    from napari_shiftseg.cli.train import add_parser
+    import argparse
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parser(sub)
+    cli = sub.choices["train"].parse_args(["--image", "i.tif", "--labels", "l.tif", "-o", "m.safetensors"])
+    assert (widget.steps.value, widget.batch_size.value, widget.lr.value) == (cli.steps, cli.batch_size, cli.lr)
+    assert (cli.steps, cli.batch_size) == (3000, 4)
     assert widget.training_window() is None and "sized to the objects" in widget.geometry_info.value
     config = widget.config()
     assert (config.embedding, config.embed_dim, config.position_scale) == ("spatial", 2, 0.25)

@@ -27,6 +27,7 @@ from napari.utils.notifications import show_error, show_info
 from .._errors import ShiftSegError
 from ..geometry import UNetGeometry
 from ..spatial import EMBEDDINGS
+from ..settings import TRAINING_DEFAULTS
 from ..train import NETWORK_DEFAULTS, default_training_window
 from ..unet import UNetConfig
 from . import _pipeline
@@ -81,10 +82,13 @@ class TrainWidget(Container):
         self.geometry_info = Label(label="sizes")
         self.warning = Label(label="")
         self.allow_small = CheckBox(text="allow window ≤ f^l (reproduces seams)", value=False)
-        self.steps = SpinBox(label="steps", value=500, min=1, max=10**6)
-        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1e-1, step=1e-5)
+        # The same defaults as ``shiftseg train`` (one owner: settings.TRAINING_DEFAULTS).
+        self.steps = SpinBox(label="steps", value=TRAINING_DEFAULTS["steps"], min=1, max=10**6)
+        self.batch_size = SpinBox(label="batch size", value=TRAINING_DEFAULTS["batch_size"], min=1, max=64)
+        self.lr = FloatSpinBox(label="learning rate", value=TRAINING_DEFAULTS["lr"], min=1e-6, max=1e-1, step=1e-5)
         self.augment = CheckBox(text="augment (flips, contrast, gamma, blur, noise)", value=True)
-        self.validation = SpinBox(label="hold out for validation (%)", value=25, min=0, max=50)
+        self.validation = SpinBox(label="hold out for validation (%)",
+                                  value=round(100 * TRAINING_DEFAULTS["validation"]), min=0, max=50)
         self.tune = CheckBox(text="tune segmentation settings on the held-out part", value=True)
         self.save_path = FileEdit(label="save as", mode="w", filter="*.safetensors",
                                   value=Path.home() / "shiftseg_model.safetensors")
@@ -98,7 +102,7 @@ class TrainWidget(Container):
                                   self.factor, self.upsampling, self.padding, self.channels,
                                   self.embedding, self.position_scale, self.window,
                                   self.auto_window, self.geometry_info, self.warning,
-                                  self.allow_small, self.steps, self.lr, self.augment,
+                                  self.allow_small, self.steps, self.batch_size, self.lr, self.augment,
                                   self.validation, self.tune, self.save_path, buttons,
                                   self.progress, self.status, self.held_out])
         self.warning.native.setStyleSheet(WARN_STYLE)
@@ -185,7 +189,8 @@ class TrainWidget(Container):
         self._validating = bool(validation)
         self.held_out.value = ""
         self._task.start(_pipeline.train_model, source, labels, config, path,
-                         steps=self.steps.value, lr=self.lr.value, lr_schedule="cosine",
+                         steps=self.steps.value, lr=self.lr.value, batch_size=self.batch_size.value,
+                         lr_schedule=TRAINING_DEFAULTS["lr_schedule"],
                          output_window=window, allow_small_window=self.allow_small.value,
                          augment=self.augment.value, validation=validation,
                          tune=self.tune.value and bool(validation),

@@ -13,6 +13,7 @@ synthetic images with seeds never used for training and records AP@0.5 in the mo
 from __future__ import annotations
 
 from .._errors import ShiftSegError
+from ..settings import TRAINING_DEFAULTS
 from . import _args
 from .synth import add_object_options
 
@@ -24,7 +25,6 @@ NETWORK_OPTIONS = {"levels", "factor", "upsampling", "padding", "base_channels",
 
 
 #: Default optimiser steps: about 4 minutes on an idle 2-core CPU for nuclei ~18 px across.
-DEFAULT_STEPS = 3000
 
 #: Seeds of held-out evaluation images start here; training draws seeds below 2**31 - 1.
 EVAL_SEED_BASE = 2**31
@@ -83,15 +83,17 @@ def add_parser(sub):
                           "(default: about 3 median object diameters, capped for speed)")
     opt.add_argument("--allow-small-window", action="store_true",
                      help="allow windows <= f^l (reproduces the paper's seams; not for real use)")
-    opt.add_argument("--steps", type=_args.positive_int, default=DEFAULT_STEPS,
-                     help=f"optimiser steps (default {DEFAULT_STEPS})")
-    opt.add_argument("--lr", type=_args.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
+    opt.add_argument("--steps", type=_args.positive_int, default=TRAINING_DEFAULTS["steps"],
+                     help=f"optimiser steps (default {TRAINING_DEFAULTS['steps']})")
+    opt.add_argument("--lr", type=_args.positive_float, default=TRAINING_DEFAULTS["lr"],
+                     help=f"Adam learning rate (default {TRAINING_DEFAULTS['lr']:g})")
+    opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default=TRAINING_DEFAULTS["lr_schedule"],
                      help="constant, or cosine decay to 0 at the last step (default cosine)")
-    opt.add_argument("--batch-size", type=_args.positive_int, default=4, help="crops per step (default 4)")
-    opt.add_argument("--validation", type=float, default=0.25, metavar="FRACTION",
+    opt.add_argument("--batch-size", type=_args.positive_int, default=TRAINING_DEFAULTS["batch_size"],
+                     help=f"crops per step (default {TRAINING_DEFAULTS['batch_size']})")
+    opt.add_argument("--validation", type=float, default=TRAINING_DEFAULTS["validation"], metavar="FRACTION",
                      help="fraction of the annotations held out to pick the best checkpoint and "
-                          "tune the segmentation settings (default 0.25; 0 = off)")
+                          f"tune the segmentation settings (default {TRAINING_DEFAULTS['validation']}; 0 = off)")
     opt.add_argument("--no-tune", action="store_true",
                      help="keep the segmentation settings instead of tuning them on the held-out part")
     opt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
