@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--embed-dim", type=int, default=None, help="default: one per axis (no free channels)")
     p.add_argument("--delta-d", type=float, default=3.0)
     p.add_argument("--delta-v", type=float, default=0.5)
+    p.add_argument("--push-per-instance", action="store_true")
     p.add_argument("--window", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         source_or_pairs or source, None, config, steps=args.steps, lr=args.lr, lr_schedule="cosine",
         output_window=window, batch_size=args.batch_size, seed=args.seed, validation_pairs=val,
         validate_every=max(50, args.steps // 12), device=args.device, threads=args.threads,
-        delta_d=args.delta_d, delta_v=args.delta_v,
+        delta_d=args.delta_d, delta_v=args.delta_v, push_per_instance=args.push_per_instance,
         progress=progress, command="scripts/train_bundled.py " + " ".join(argv or sys.argv[1:]),
     )
     for v in history["validation"]:

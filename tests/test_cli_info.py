@@ -34,3 +34,15 @@ def test_console_script_help_is_fast_and_headless():
             "print(sorted(m for m in ('torch', 'napari', 'PyQt6') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_info_on_an_image_says_it_is_an_image(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, np.zeros((8, 8), np.uint8))
+    assert main(["info", str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "TIFF image, not a model file" in err and "shiftseg segment" in err
+    assert "corrupt" not in err

@@ -44,6 +44,8 @@ def test_segment_writes_the_three_arrays(files, tmp_path, capsys):
     assert main(segment_args(files, out)) == 0
     captured = capsys.readouterr()
     assert "objects" in captured.out and "tile" in captured.err  # summary + progress bar
+    # stderr is not a terminal here (a log file): the bar must not print a line per tile.
+    assert captured.err.count("\r") + captured.err.count("\n") <= 6, captured.err
     group = zarr.open_group(out, mode="r")
     assert group.attrs["complete"] is True
     assert group["embeddings"].shape == (3, 36, 44)

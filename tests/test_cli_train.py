@@ -183,7 +183,7 @@ def test_default_is_a_new_spatial_network_and_init_bundled_continues(tif_pair, t
     fresh, tuned = tmp_path / "fresh.safetensors", tmp_path / "tuned.safetensors"
     assert main(["train", *data, "-o", str(fresh)]) == 0
     config = load_model(fresh).config
-    assert config.embedding == "spatial" and config.embed_dim == 2 and config.base_channels == 16
+    assert config.embedding == "spatial" and config.embed_dim == 3 and config.base_channels == 16
     assert "initialised_from" not in load_model(fresh).meta
     assert main(["train", *data, "--init", "bundled", "-o", str(tuned)]) == 0
     model, bundled = load_model(tuned), load_bundled(2)

@@ -167,3 +167,25 @@ def test_foreground_loss():
         foreground_loss(logits, instances[..., :1])
     with pytest.raises(TypeError, match="float"):
         foreground_loss(instances, instances)
+
+
+def test_push_per_instance_does_not_dilute_in_crowded_windows():
+    """Two touching objects whose means are too close, plus far-away objects already apart.
+
+    The pull term is a mean over instances. Per pair (the paper), every far object added lowers
+    the close pair's push *relative to the pull* by another factor; per instance, push and pull
+    are both means over instances, so their balance does not depend on the crowd.
+    """
+    def terms(n_far, per_instance):
+        n = 2 + n_far
+        emb = torch.zeros(1, 2, 1, n)
+        labels = torch.arange(1, n + 1).reshape(1, 1, n)
+        emb[0, 0, 0, 1] = 1.0                                   # the close pair: means 1 apart
+        emb[0, 0, 0, 2:] = 100.0 * torch.arange(1, n_far + 1)   # far: beyond the margin
+        _, parts = discriminative_loss(emb, labels, delta_v=0.5, delta_d=3.0, gamma=0.0,
+                                       push_per_instance=per_instance)
+        return float(parts["push"]) * n                         # push relative to a mean over instances
+
+    hinge = 2 * (6.0 - 1.0) ** 2                                # both orders of the close pair
+    assert terms(0, True) == pytest.approx(hinge) and terms(6, True) == pytest.approx(hinge)
+    assert terms(0, False) == pytest.approx(hinge) and terms(6, False) == pytest.approx(hinge / 7)

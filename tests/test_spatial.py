@@ -9,34 +9,39 @@ from hypothesis import strategies as st
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.loss import discriminative_loss
-from napari_shiftseg.predict import predict_embeddings
+from napari_shiftseg.predict import predict_embeddings, predict_whole
 from napari_shiftseg.spatial import add_positions_torch, position_grid
 from napari_shiftseg.unet import UNet, UNetConfig
 
 torch.set_num_threads(1)
 
 
-def _pair(ndim=2, scale=0.5, seed=0):
-    """The same weights as a free and as a spatial head."""
+def _pair(ndim=2, scale=0.5, seed=0, free_channels=0):
+    """The same weights as a free and as a spatial head (with ``free_channels`` more)."""
     torch.manual_seed(seed)
     geometry = UNetGeometry(ndim=ndim, levels=2)
-    free = UNet(UNetConfig(geometry=geometry, base_channels=2, embed_dim=ndim)).eval()
-    spatial = UNet(UNetConfig(geometry=geometry, base_channels=2, embed_dim=ndim,
+    e = ndim + free_channels
+    free = UNet(UNetConfig(geometry=geometry, base_channels=2, embed_dim=e)).eval()
+    spatial = UNet(UNetConfig(geometry=geometry, base_channels=2, embed_dim=e,
                               embedding="spatial", position_scale=scale)).eval()
     spatial.load_state_dict(free.state_dict())
     return free, spatial
 
 
 @settings(max_examples=8, deadline=None)
-@given(st.tuples(st.integers(9, 40), st.integers(9, 40)), st.integers(1, 3), st.floats(0.05, 2.0))
-def test_spatial_head_adds_global_positions_to_the_stitched_offsets(shape, n, scale):
-    free, spatial = _pair(scale=scale)
+@given(st.tuples(st.integers(9, 40), st.integers(9, 40)), st.integers(1, 3), st.floats(0.05, 2.0),
+       st.integers(0, 1))
+def test_spatial_head_adds_global_positions_to_the_stitched_offsets(shape, n, scale, free_channels):
+    free, spatial = _pair(scale=scale, free_channels=free_channels)
     image = np.random.default_rng(n).normal(size=shape).astype(np.float32)
     a = predict_embeddings(image, free, tile=4 * n, device="cpu").compute(scheduler="sync")
     b = predict_embeddings(image, spatial, tile=4 * n, device="cpu").compute(scheduler="sync")
+    # Tiled is whole-image inference, positions and free channels included.
+    np.testing.assert_allclose(b, predict_whole(image, spatial, device="cpu"), rtol=1e-6, atol=1e-5)
     grid = position_grid(shape, scale)
     np.testing.assert_allclose(b[:2], a[:2] + grid, rtol=1e-6, atol=1e-5)
-    np.testing.assert_array_equal(b[2], a[2])  # the foreground logit is untouched
+    # The free channel(s) and the foreground logit are untouched.
+    np.testing.assert_array_equal(b[2:], a[2:])
 
 
 def test_two_d_model_on_a_stack_gets_in_plane_positions():

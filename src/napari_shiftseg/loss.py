@@ -93,6 +93,7 @@ def discriminative_loss(
     beta: float = 1.0,
     gamma: float = 1e-4,
     background_as_instance: bool = False,
+    push_per_instance: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Discriminative loss of De Brabandere et al. (2017) for a batch of embeddings.
 
@@ -113,6 +114,12 @@ def discriminative_loss(
     background_as_instance : bool
         If True, label 0 is treated as one more instance (the paper's reference setting);
         otherwise background pixels are ignored.
+    push_per_instance : bool
+        Divide the push term by the number of instances instead of the number of pairs (the
+        paper). With spatial embeddings far-apart objects are always apart, so in a crowded
+        window of C objects the few touching pairs would get 1/(C-1) of the push they get in a
+        sparse one; per instance, each object's push does not depend on how many others the
+        window holds.
 
     Returns
     -------
@@ -185,7 +192,7 @@ def discriminative_loss(
     same_item.fill_diagonal_(False)
     pair_hinge = torch.clamp(2.0 * delta_d - pair_dist, min=0.0).square()
     pair_hinge = torch.where(same_item, pair_hinge, torch.zeros_like(pair_hinge))
-    pairs = (n_inst * (n_inst - 1)).clamp(min=1)
+    pairs = n_inst if push_per_instance else (n_inst * (n_inst - 1)).clamp(min=1)
     push_seg = pair_hinge.sum(dim=1) / pairs
 
     reg_seg = _safe_norm(means.square().sum(dim=1)) / n_inst

@@ -95,7 +95,17 @@ def _why_unreadable(path: Path) -> str:
     if head[:2] == b"PK" or (head[:1] == b"\x80" and len(head) > 1 and 1 <= head[1] <= 5):
         return (f"{path.name} is a pickle/torch checkpoint; shiftseg only opens .safetensors model "
                 "files because pickle files can run code when loaded")
+    kind = next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if kind is not None:
+        return (f"{path.name} is a {kind} image, not a model file (models are .safetensors "
+                f"files); to segment it: shiftseg segment {path.name}")
     return f"{path.name} is corrupt or truncated, not a shiftseg model file"
+
+
+#: Leading bytes of image files a user may hand over where a model is expected.
+_IMAGE_MAGIC = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "BigTIFF"),
+                (b"MM\x00+", "BigTIFF"), (b"\x93NUMPY", "NumPy (.npy)"), (b"\x89PNG", "PNG"),
+                (b"\xff\xd8\xff", "JPEG"))
 
 
 def _check_regular_file(path: Path) -> None:

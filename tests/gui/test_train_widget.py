@@ -72,7 +72,7 @@ def test_defaults_as_the_cli(viewer):
     assert (cli.steps, cli.batch_size) == (3000, 4)
     assert widget.training_window() is None and "sized to the objects" in widget.geometry_info.value
     config = widget.config()
-    assert (config.embedding, config.embed_dim, config.position_scale) == ("spatial", 2, 0.25)
+    assert (config.embedding, config.embed_dim, config.position_scale) == ("spatial", 3, 0.25)
     widget.embedding.value = "free"
     assert not widget.position_scale.visible
     assert (widget.config().embedding, widget.config().embed_dim) == ("free", 3)

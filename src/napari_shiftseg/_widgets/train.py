@@ -28,7 +28,7 @@ from .._errors import ShiftSegError
 from ..geometry import UNetGeometry
 from ..spatial import EMBEDDINGS
 from ..settings import TRAINING_DEFAULTS
-from ..train import NETWORK_DEFAULTS, default_training_window
+from ..train import NETWORK_DEFAULTS, default_embed_dim, default_training_window
 from ..unet import UNetConfig
 from . import _pipeline
 from ._common import PLUGIN, layer_choices, set_running, watch_layers, wrap
@@ -146,10 +146,10 @@ class TrainWidget(Container):
     def config(self) -> UNetConfig:
         g = self.geometry()
         spatial = self.embedding.value == "spatial"
-        # As `shiftseg train`: one embedding channel per axis for spatial heads, 3 for free ones.
+        # As `shiftseg train` (one rule: train.default_embed_dim).
         return UNetConfig(geometry=g, base_channels=self.channels.value,
                           upsampling=self.upsampling.value, embedding=self.embedding.value,
-                          embed_dim=g.ndim if spatial else 3,
+                          embed_dim=default_embed_dim(g.ndim, self.embedding.value),
                           position_scale=self.position_scale.value if spatial else 0.0)
 
     def training_window(self) -> int | None:

@@ -34,3 +34,19 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+#: Seconds between progress lines when stderr is a log file rather than a terminal.
+LOG_INTERVAL = 30.0
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar on stderr. In a terminal it redraws in place; into a log file (a batch job,
+    ``2> log``) every redraw would be another line, so there it updates at most every 30 s."""
+    import sys
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(file=sys.stderr, dynamic_ncols=tty, mininterval=0.1 if tty else LOG_INTERVAL,
+                **kwargs)

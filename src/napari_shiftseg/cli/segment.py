@@ -54,8 +54,6 @@ def add_parser(sub):
 def run(args) -> int:
     import sys
 
-    from tqdm import tqdm
-
     from ..segment import ATTRS, connect, segment_to_zarr
 
     client = connect(args.scheduler, args.workers)
@@ -66,9 +64,8 @@ def run(args) -> int:
         if args.quiet:
             return
         if bar is None:
-            bar = tqdm(total=total, initial=done, unit="tile", desc="tiles", file=sys.stderr)
-        bar.n = done
-        bar.refresh()
+            bar = _args.progress_bar(total=total, initial=done, unit="tile", desc="tiles")
+        bar.update(done - bar.n)  # update, not refresh: it honours the bar's interval
 
     def stage(name):
         if bar is not None and name != "tiles":

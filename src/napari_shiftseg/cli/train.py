@@ -71,7 +71,7 @@ def add_parser(sub):
     net.add_argument("--position-scale", type=_args.positive_float, default=None,
                      help="spatial: embedding units per pixel (default 0.25)")
     net.add_argument("--embed-dim", type=_args.positive_int, default=None,
-                     help="embedding dimensions E (default: 3 free, d spatial)")
+                     help="embedding dimensions E (default: 3 free; spatial: d offsets + 1 free)")
     net.add_argument("--no-foreground-head", action="store_true", default=None,
                      help="no foreground logit (use with --background-as-instance)")
     net.add_argument("--init", metavar="MODEL",
@@ -207,7 +207,7 @@ def _init_choice(args) -> str | None:
 def _config(args, ndim: int):
     from ..geometry import UNetGeometry
     from ..modelio import bundled_model_path, load_model
-    from ..train import NETWORK_DEFAULTS
+    from ..train import NETWORK_DEFAULTS, default_embed_dim
     from ..unet import UNetConfig
 
     init = _init_choice(args)
@@ -219,7 +219,7 @@ def _config(args, ndim: int):
     o = {k: (v if getattr(args, k, None) is None else getattr(args, k)) for k, v in NETWORK_DEFAULTS.items()}
     geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"])
     spatial = o["embedding"] == "spatial"
-    embed_dim = o["embed_dim"] or (ndim if spatial else 3)
+    embed_dim = o["embed_dim"] or default_embed_dim(ndim, o["embedding"])
     return UNetConfig(geometry=geometry, base_channels=o["base_channels"], embed_dim=embed_dim,
                       upsampling=o["upsampling"], foreground_head=not o["no_foreground_head"],
                       embedding=o["embedding"], position_scale=o["position_scale"] if spatial else 0.0)
@@ -228,8 +228,6 @@ def _config(args, ndim: int):
 def run(args) -> int:
     import signal
     import threading
-
-    from tqdm import tqdm
 
     from ..data import load_training_pair
     from ..modelio import save_model
@@ -274,7 +272,7 @@ def run(args) -> int:
     else:
         source, labels = pairs, None
 
-    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet, dynamic_ncols=True)
+    bar = _args.progress_bar(total=args.steps, desc="training", unit="step", disable=args.quiet)
     recent = []
 
     def progress(step, parts):
