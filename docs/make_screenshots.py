@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         display = Display(visible=False, size=SIZE, color_depth=24)
         display.start()
     try:
+        from napari_shiftseg._widgets._layers import layer_name
         from napari_shiftseg.modelio import bundled_model_path
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,8 +106,8 @@ def main(argv=None) -> int:
             segment.run()
             _wait(segment)
             name = viewer.layers[0].name
-            viewer.layers[f"{name}_shiftseg_embeddings"].visible = True
-            viewer.layers[f"{name}_shiftseg_instances"].visible = True
+            viewer.layers[layer_name(name, "embeddings")].visible = True
+            viewer.layers[layer_name(name, "instances")].visible = True
             _save(viewer, args.out / "segment.png")
             viewer.close()
 

@@ -228,3 +228,22 @@ def test_window_study_cli_runs(tmp_path, capsys):
     assert len(list((out / "models").glob("*.safetensors"))) == 4
     assert (out / "window_study.png").stat().st_size > 5000
     assert "grid jump" in capsys.readouterr().out
+
+
+def test_sweep_plot_counts_start_at_zero():
+    """All-zero false splits (exact tiling) must not give a -0.04..0.04 count axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from napari_shiftseg.reproduce.figures import sweep_axes
+
+    fig, ax = plt.subplots()
+    rows = [{"tile": t, "false_splits": 0, "ap50": 0.9} for t in (16, 20, 24)]
+    sweep_axes(ax, rows, grid=8)
+    assert ax.get_ylim() == (0.0, 1.0)
+    ax.clear()
+    sweep_axes(ax, [{**r, "false_splits": 10 * i} for i, r in enumerate(rows)], grid=8)
+    assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] >= 20
+    plt.close(fig)

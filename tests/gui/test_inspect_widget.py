@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+from napari_shiftseg._widgets._layers import layer_name
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def _check(widget, wait_idle, mode, tile) -> float:
 def test_inspect(inspect, viewer, wait_idle):
     inspect.grid_button.clicked.emit()
     inspect.phase_button.clicked.emit()
-    grid, phase = viewer.layers["crop_shiftseg_grid"], viewer.layers["crop_shiftseg_phase"]
+    grid, phase = viewer.layers[layer_name("crop", "grid")], viewer.layers[layer_name("crop", "phase")]
     assert grid.data.shape == phase.data.shape == (64, 64) and tuple(grid.scale) == (2.0, 2.0)
     assert np.asarray(grid.data)[::8, 0].all() and not np.asarray(grid.data)[1:8, 1:8].any()
     assert int(np.asarray(phase.data).max()) == 63
@@ -35,5 +36,15 @@ def test_inspect(inspect, viewer, wait_idle):
 
     inspect.seams_button.clicked.emit()
     wait_idle(inspect)
-    assert viewer.layers["crop_shiftseg_seams"].data.shape == (64, 64)
-    assert np.asarray(viewer.layers["crop_shiftseg_tile_boundaries"].data).any()
+    assert viewer.layers[layer_name("crop", "seams")].data.shape == (64, 64)
+    assert np.asarray(viewer.layers[layer_name("crop", "tile_boundaries")].data).any()
+
+
+def test_inspect_picks_the_model_of_the_image_dimensionality(viewer):
+    viewer.add_image(np.zeros((8, 32, 32), np.float32), name="vol")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Inspect")
+    widget.image.value = viewer.layers["vol"]
+    assert widget.model.geometry.ndim == 3
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    widget.image.value = viewer.layers["img"]
+    assert widget.model.geometry.ndim == 2

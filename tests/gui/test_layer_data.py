@@ -5,6 +5,7 @@ import numpy as np
 
 from napari_shiftseg._widgets import _layers, _pipeline
 from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg._widgets._layers import layer_name
 
 
 def test_embeddings_to_rgb_pca_lazy_and_eager():
@@ -22,7 +23,13 @@ def test_layer_names_and_placement():
     where = _layers.placement((2.0, 0.5), (10.0, -5.0), origin=(8, 16))
     assert where == {"scale": (2.0, 0.5), "translate": (26.0, 3.0)}
     data, kwargs, kind = _layers.result_layer(np.zeros((4, 4), bool), "grid", "img", where)
-    assert kind == "image" and kwargs["name"] == "img_shiftseg_grid" and data.dtype == np.uint8
+    assert kind == "image" and kwargs["name"] == layer_name("img", "grid") and data.dtype == np.uint8
+    # What the layer is comes first (the layer list cuts names off at the right).
+    assert layer_name("a_long_image_name", "tile_boundaries").startswith("tile boundaries")
+    # Maps over the image leave it visible.
+    for over in ("embeddings", "phase"):
+        assert _layers.result_layer(np.zeros((4, 4, 3) if over == "embeddings" else (4, 4), np.float32),
+                                    over, "img", where)[1]["opacity"] < 1
 
 
 def test_preview_region_on_the_grid():

@@ -5,6 +5,7 @@ import numpy as np
 from napari_shiftseg.modelio import load_model
 from napari_shiftseg.predict import predict_whole
 from napari_shiftseg.synth import random_objects
+from napari_shiftseg._widgets._layers import layer_name
 
 
 def test_preview_2d_matches_full_run_and_screenshot(make_napari_viewer, qtbot, tiny_model_2d,
@@ -22,7 +23,7 @@ def test_preview_2d_matches_full_run_and_screenshot(make_napari_viewer, qtbot, t
     qtbot.wait(100)                                                    # let the canvas draw
     widget.preview_button.clicked.emit()
     wait_idle(widget)
-    layer = viewer.layers["img_shiftseg_instances"]
+    layer = viewer.layers[layer_name("img", "instances")]
     origin = tuple(int(t) for t in layer.translate)
     shape = layer.data.shape
     assert all(o % 8 == 0 for o in origin)                             # on the f^l grid
@@ -45,7 +46,7 @@ def test_preview_3d_current_slice(viewer, tiny_model_3d, wait_idle):
     viewer.dims.set_point(0, 2.0 * 10)                                 # world z 20 = slice 10
     widget.preview()
     wait_idle(widget)
-    layer = viewer.layers["vol_shiftseg_instances"]
+    layer = viewer.layers[layer_name("vol", "instances")]
     assert layer.data.shape == (4, 40, 40)                             # the f^l = 4 cell of slice 10
     assert tuple(layer.translate) == (16.0, 0.0, 0.0) and tuple(layer.scale) == (2.0, 1.0, 1.0)
 

@@ -10,6 +10,7 @@ from qtpy.QtCore import QTimer
 
 from napari_shiftseg.modelio import load_model
 from napari_shiftseg.predict import predict_whole
+from napari_shiftseg._widgets._layers import layer_name
 
 PLUGIN = "napari-shiftseg"
 KINDS = ("embeddings", "foreground", "instances", "tile_boundaries", "seams", "grid", "phase")
@@ -44,7 +45,7 @@ def test_live_geometry(segment):
 
 def test_run_layers_and_seams(segment, viewer, wait_idle, tiny_model_2d):
     _run(segment, wait_idle)
-    layers = {kind: viewer.layers[f"crop_shiftseg_{kind}"] for kind in KINDS}
+    layers = {kind: viewer.layers[layer_name("crop", kind)] for kind in KINDS}
     for kind, layer in layers.items():
         assert tuple(layer.scale) == SCALE and tuple(layer.translate) == TRANSLATE, kind
         shape = layer.data.shape[:-1] if kind == "embeddings" else layer.data.shape
@@ -61,11 +62,11 @@ def test_run_layers_and_seams(segment, viewer, wait_idle, tiny_model_2d):
     _run(segment, wait_idle, mode="naive", tile=20)   # not a multiple of f^l = 8
     assert len(viewer.layers) == n_layers              # reruns update the same layers
     naive_jump = np.abs(segment._result.embeddings - whole).max()
-    naive_seam = float(np.asarray(viewer.layers["crop_shiftseg_seams"].data).max())
+    naive_seam = float(np.asarray(viewer.layers[layer_name("crop", "seams")].data).max())
     assert exact_jump < 1e-4 and naive_jump > 0.1, (exact_jump, naive_jump)
     # the seam layer itself shows it: ~0 for exact tiles, order 1 for naive ones
     assert exact_seam < 1e-4 and naive_seam > 0.1, (exact_seam, naive_seam)
-    assert not np.array_equal(viewer.layers["crop_shiftseg_tile_boundaries"].data, layers["grid"].data)
+    assert not np.array_equal(viewer.layers[layer_name("crop", "tile_boundaries")].data, layers["grid"].data)
 
     # Re-cluster: only mean-shift again, on the cached embeddings.
     before = segment._result.embeddings
@@ -131,7 +132,7 @@ def test_over_budget_goes_through_zarr(segment, viewer, wait_idle, monkeypatch):
     stored = zarr.open_group(str(segment._result.path), mode="r").attrs["shiftseg"]["cluster_args"]
     assert {k: stored[k] for k in ("bandwidth", "fg_threshold", "min_size")} == {
         "bandwidth": segment.bandwidth.value, "fg_threshold": 0.45, "min_size": 3}
-    layers = {kind: viewer.layers[f"crop_shiftseg_{kind}"] for kind in KINDS}
+    layers = {kind: viewer.layers[layer_name("crop", kind)] for kind in KINDS}
     assert all(isinstance(layer.data, da.Array) for layer in layers.values())
     assert layers["instances"].data.dtype == np.int32 and layers["embeddings"].data.shape == (64, 64, 3)
     assert tuple(layers["seams"].scale) == SCALE

@@ -1,7 +1,8 @@
 """Layer data tuples ``(data, kwargs, layer_type)`` for the results of the widgets.
 
 Pure numpy/dask: nothing here imports Qt or napari, so it is tested without a display. Every
-layer is named ``<image>_shiftseg_<kind>`` and placed with the source image's scale and
+layer is named ``<kind> [<image>]`` (the kind first: the layer list cuts long names off at
+the right) and placed with the source image's scale and
 translate (shifted by the crop origin for a preview of part of the image).
 """
 
@@ -11,7 +12,8 @@ import numpy as np
 
 #: kind -> (layer type, display settings). Diagnostic layers start hidden.
 KINDS = {
-    "embeddings": ("image", {"rgb": True}),
+    # Maps drawn over the image are half transparent, so the image stays visible under them.
+    "embeddings": ("image", {"rgb": True, "opacity": 0.5}),
     "foreground": ("image", {"colormap": "green", "blending": "additive", "contrast_limits": (0.0, 1.0),
                              "visible": False}),
     "instances": ("labels", {"opacity": 0.6}),
@@ -19,7 +21,7 @@ KINDS = {
                                   "visible": False}),
     "seams": ("image", {"colormap": "inferno", "blending": "additive", "visible": False}),
     "grid": ("image", {"colormap": "cyan", "blending": "additive", "opacity": 0.5, "visible": False}),
-    "phase": ("image", {"colormap": "twilight", "visible": False}),
+    "phase": ("image", {"colormap": "twilight", "opacity": 0.5, "visible": False}),
 }
 
 #: Voxels sampled to fit the PCA and the colour range of the embedding layer.
@@ -27,7 +29,8 @@ PCA_SAMPLES = 100_000
 
 
 def layer_name(image_name: str, kind: str) -> str:
-    return f"{image_name}_shiftseg_{kind}"
+    """``instances [cells]``: what the layer is comes first, where it came from second."""
+    return f"{kind.replace('_', ' ')} [{image_name}]"
 
 
 def placement(scale, translate, origin=None) -> dict:

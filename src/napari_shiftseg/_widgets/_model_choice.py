@@ -118,6 +118,11 @@ class ModelChooser(Container):
         if value.startswith("bundled:") and ndim in (2, 3):
             self.choice.value = f"{value.rsplit(':', 1)[0]}:{ndim}"
 
+    def follow_layer(self, layer) -> None:
+        """Follow an image layer's dimensionality (Segment, Inspect and Sweep alike)."""
+        if layer is not None and not getattr(layer, "multiscale", False) and not getattr(layer, "rgb", False):
+            self.match_ndim(getattr(layer.data, "ndim", 0))
+
     # ---- callbacks ---------------------------------------------------------------------
     def _file_picked(self, value) -> None:
         if value and Path(value).is_file():

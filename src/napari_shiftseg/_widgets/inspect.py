@@ -56,7 +56,10 @@ class InspectWidget(Container):
         self.phase_button.changed.connect(lambda: self.show_geometry("phase"))
         self.seams_button.changed.connect(self.show_seams)
         self.check_button.changed.connect(self.stitch_check)
+        # A 3D image gets the 3D model, as in Segment and Sweep.
+        self.image.changed.connect(self.model.follow_layer)
         watch_layers(napari_viewer, self)
+        self.model.follow_layer(self.image.value)
 
     @property
     def busy(self) -> bool:

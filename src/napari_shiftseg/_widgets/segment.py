@@ -279,9 +279,7 @@ class SegmentWidget(Container):
                            f"{getattr(self, name).range}; set it by hand")
 
     def _image_changed(self, *_) -> None:
-        layer = self._layer()
-        if layer is not None and not layer.multiscale and not layer.rgb:
-            self.model.match_ndim(layer.data.ndim)
+        self.model.follow_layer(self._layer())
         self._update_tile_info()
 
     def _update_tile_info(self, *_) -> None:

@@ -68,7 +68,7 @@ class SweepWidget(Container):
                           failed=self._on_failed,
                           cancelled=self._on_cancelled, done=self._on_done)
         self.run_button.changed.connect(self._run_or_cancel)
-        self.image.changed.connect(self._follow_ndim)
+        self.image.changed.connect(self.model.follow_layer)
         watch_layers(napari_viewer, self)
 
     @property
@@ -80,10 +80,6 @@ class SweepWidget(Container):
         return self.model.select_file(path)
 
     # ---- actions -------------------------------------------------------------------------
-    def _follow_ndim(self, layer) -> None:
-        if layer is not None and getattr(layer.data, "ndim", 0) in (2, 3):
-            self.model.match_ndim(layer.data.ndim)
-
     def _run_or_cancel(self) -> None:
         if self._task.busy:
             self._task.cancel()

@@ -107,6 +107,9 @@ def sweep_axes(ax, rows, grid: int, title: str | None = None):
     ax.set_xlabel("output tile size")
     ax.set_ylabel("false splits", color="tab:blue")
     ax.tick_params(axis="y", colors="tab:blue")
+    # Counts: from 0, and at least 0..1 (all-zero splits must not give a -0.04..0.04 axis).
+    ax.set_ylim(0, max(1.0, float(splits.max()) * 1.1) if len(splits) else 1.0)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax2 = ax.twinx()
     (l2,) = ax2.plot(tiles, ap, color="tab:red", marker=".", label="AP 0.5")
     ax2.set_ylabel("AP@0.5", color="tab:red")
