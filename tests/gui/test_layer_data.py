@@ -38,3 +38,16 @@ def test_preview_region_on_the_grid():
     assert region == (slice(8, 12), slice(12, 52), slice(0, 100))
     grown = _pipeline.with_context(region, (30, 100, 100), g)
     assert all(r.start % 4 == 0 for r in grown) and grown[0] == slice(0, 30)
+
+
+def test_preview_keeps_objects_its_edge_cuts():
+    from napari_shiftseg._widgets._pipeline import keep_cut_objects
+
+    labels = np.zeros((4, 20, 20), np.int32)
+    labels[:, 8:12, 8:12] = 1          # 64 voxels, touches the slab's top and bottom faces
+    labels[1:3, 2:4, 14:16] = 2        # 8 voxels, inside: really small
+    labels[1:3, 14:18, 2:6] = 3        # 32 voxels, inside: kept by size
+    out, kept = keep_cut_objects(labels, min_size=100)
+    assert kept == 1 and out.max() == 1 and (out[labels == 1] == 1).all()
+    out, kept = keep_cut_objects(labels, min_size=20)
+    assert kept == 0 and out.max() == 2 and not out[labels == 2].any()

@@ -46,6 +46,7 @@ class SegmentResult:
     diagnostics: dict = field(default_factory=dict)  # kind -> array (see _layers.KINDS)
     origin: tuple | None = None     # crop origin in the source image (None: whole image)
     foreground: bool = True
+    note: str = ""                  # what the user should know about these labels
 
 
 class ModelCache:
@@ -172,13 +173,37 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
             d = g.ndim
             embeddings[:d] += position_grid((1,) * d, model.config.position_scale,
                                             [s.start for s in grown])
-    labels = _label(report, cancel, embeddings, params, model.config.foreground_head)
+    labels, note = _label(report, cancel, embeddings, params, model.config.foreground_head,
+                          preview=region is not None)
     origin = None if region is None else tuple(s.start for s in region)
     return SegmentResult(np.ascontiguousarray(embeddings), labels, diag, origin,
-                         model.config.foreground_head)
+                         model.config.foreground_head, note)
 
 
-def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool) -> np.ndarray:
+def keep_cut_objects(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """Drop objects below ``min_size`` except those touching the array's border.
+
+    A preview is a window (in 3D a slab a few planes thick): objects it cuts are only partly
+    inside, so the model's min size (whole objects) would drop most of them. Returns the
+    labels and how many cut objects were kept below the min size.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    sizes = np.bincount(labels.ravel())
+    border = np.zeros(len(sizes), bool)
+    for axis in range(labels.ndim):
+        for face in (labels.take(0, axis=axis), labels.take(-1, axis=axis)):
+            border[np.unique(face)] = True
+    small = sizes < min_size
+    small[0] = False
+    drop = small & ~border
+    kept_cut = int((small & border).sum())
+    out = np.where(drop[labels], 0, labels)
+    return relabel_sequential(out)[0].astype(np.int32, copy=False), kept_cut
+
+
+def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
+           preview: bool = False) -> tuple[np.ndarray, str]:
 
     # segment_instances' keywords, split between its two steps so mean-shift can run on the
     # chosen device and a cancel is seen in between.
@@ -191,14 +216,25 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool) 
     # Blocks of a few hundred thousand voxels: labelling reports progress and uses both cores.
     side = 512 if embeddings.ndim == 3 else 96
     blocks = da.from_array(embeddings, chunks=(-1,) + (side,) * (embeddings.ndim - 1))
-    labels = instances.label_instances(blocks, clustering, kwargs.pop("min_size"), **kwargs)
+    min_size = kwargs.pop("min_size")
+    # Preview: the size filter runs after labelling, sparing objects the window cuts (with
+    # absorb_small the min size also decides what is absorbed, so it stays in the labelling).
+    spare_cut = preview and not kwargs.get("absorb_small")
+    labels = instances.label_instances(blocks, clustering, 0 if spare_cut else min_size, **kwargs)
     (labels,) = progress.compute(labels, progress=lambda d, t: report(d, t, "labels"), cancel=cancel)
-    return labels.astype(np.int32, copy=False)
+    labels = labels.astype(np.int32, copy=False)
+    if not spare_cut:
+        return labels, ""
+    labels, kept = keep_cut_objects(labels, min_size)
+    note = (f"{kept} object(s) cut by the preview's edge kept although below min size {min_size}"
+            if kept else "")
+    return labels, note
 
 
-def recluster(report, cancel, result: SegmentResult, params: SegmentParams) -> np.ndarray:
+def recluster(report, cancel, result: SegmentResult, params: SegmentParams):
     """Mean-shift + labelling again on the cached embeddings (no network pass)."""
-    return _label(report, cancel, result.embeddings, params, result.foreground)
+    return _label(report, cancel, result.embeddings, params, result.foreground,
+                  preview=result.origin is not None)[0]
 
 
 # --------------------------------------------------------------------------- training

@@ -242,7 +242,8 @@ class SegmentWidget(Container):
             self._result, self._target = result, self._next_target
             done = "done" + ("" if result.origin is None else " (preview)") + (
                 f": results in {result.path}" if isinstance(result, _large.LargeResult)
-                else f": {int(result.labels.max())} objects")
+                else f": {int(result.labels.max())} objects") + (
+                f" ({result.note})" if getattr(result, "note", "") else "")
         else:  # re-clustered labels
             self._result.labels = result
             done = "re-clustered" + ("" if hasattr(result, "compute") else f": {int(result.max())} objects")
