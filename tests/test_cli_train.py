@@ -208,3 +208,23 @@ def test_huge_window_is_refused_before_anything_is_generated(capsys, monkeypatch
     monkeypatch.setattr(cli_synth, "generate", no_generation)
     _one_line_error(capsys, 2, ["train", "--synthetic", "random", "--window", "100000", "--quiet",
                                 "--validation", "0", "-o", "never.safetensors"], "smaller --window")
+
+
+def test_sparse_labels_from_the_cli(tif_pair, tmp_path, capsys):
+    import tifffile
+
+    labels = tifffile.imread(tif_pair[1])
+    ids = np.unique(labels[labels > 0])
+    sparse = np.where(np.isin(labels, ids[: len(ids) // 3]), labels, 0)
+    tifffile.imwrite(tmp_path / "sparse.tif", sparse.astype(np.uint16))
+    mask = np.zeros_like(labels, dtype=np.uint8)
+    mask[:24] = 1
+    tifffile.imwrite(tmp_path / "mask.tif", mask)
+    base = ["train", "--image", str(tif_pair[0]), "--labels", str(tmp_path / "sparse.tif"), *TINY]
+    assert main([*base, "--sparse", "-o", str(tmp_path / "a.safetensors")]) == 0
+    assert "painted objects plus a margin" in load_model(tmp_path / "a.safetensors").meta["training_data"]
+    assert main([*base, "--mask", str(tmp_path / "mask.tif"), "-o", str(tmp_path / "b.safetensors")]) == 0
+    assert "annotated-region mask" in load_model(tmp_path / "b.safetensors").meta["training_data"]
+    capsys.readouterr()
+    _one_line_error(capsys, 2, [*base, "--sparse", "--mask", str(tmp_path / "mask.tif"), "-o",
+                                str(tmp_path / "c.safetensors")], "not both")

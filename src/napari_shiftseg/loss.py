@@ -204,8 +204,12 @@ def discriminative_loss(
     return loss, {"pull": pull, "push": push, "reg": reg}
 
 
-def foreground_loss(logits: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+def foreground_loss(logits: torch.Tensor, instances: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy of a foreground logit against ``instances > 0``.
+
+    With ``mask`` (bool, same shape) only the pixels where it is True count: sparse
+    annotations, where unpainted pixels are not known to be background.
 
     Parameters
     ----------
@@ -237,4 +241,8 @@ def foreground_loss(logits: torch.Tensor, instances: torch.Tensor) -> torch.Tens
             f"{tuple(instances.shape)} must have the same shape (B, *spatial)"
         )
     target = (instances.to(logits.device) > 0).to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, target)
+    if mask is None:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    mask = mask.to(device=logits.device, dtype=logits.dtype)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (per_pixel * mask).sum() / mask.sum().clamp(min=1.0)

@@ -40,13 +40,14 @@ import torch
 
 from ._errors import ShiftSegError
 from .augment import NO_AUGMENTATION, Augmentation, move, unmove
+from .sparse import mark_unannotated
 from .data import validate_pair
 from .geometry import UNetGeometry
 from .loss import discriminative_loss, foreground_loss
 from .modelio import Model, save_model
 from .settings import SegmentationSettings
 from .spatial import add_positions_torch
-from .tuning import (better, median_object_size, quick_score, split_validation, tune_settings,
+from .tuning import (better, median_diameter, quick_score, split_validation, tune_settings,
                      validation_embeddings)
 from .normalize import percentile_normalization
 from .unet import UNet, UNetConfig, memory_format
@@ -105,16 +106,6 @@ MAX_CROP_VOXELS = 2**24
 WINDOW_DIAMETERS = 3.0
 
 
-def median_diameter(labels_list) -> float:
-    """Median equivalent diameter (voxels) of the objects in some label images (0 if none)."""
-    volume = median_object_size(labels_list)
-    if not volume:
-        return 0.0
-    ndim = np.asarray(labels_list[0]).ndim
-    # Diameter of the disk / ball of that area / volume.
-    return 2 * (volume / np.pi) ** 0.5 if ndim == 2 else 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)
-
-
 def suggest_training_window(geometry: UNetGeometry, labels_list) -> tuple[int, ...]:
     """A training window sized to the objects: about 3 median diameters, > f^l, affordable.
 
@@ -155,6 +146,10 @@ class _Crop:
         return tuple(slice((o - w) // 2, (o - w) // 2 + w) for o, w in zip(self.raw, self.window))
 
 
+#: Annotated pixels kept per image to draw sparse-label windows around.
+_MAX_ANCHORS = 100_000
+
+
 class _Prepared:
     """One image, normalised once, with its (never padded) labels.
 
@@ -183,10 +178,24 @@ class _Prepared:
             self.high = tuple(n - b - w for n, b, w in zip(labels.shape, crop.back, crop.window))
             self.shift = tuple(-f for f in crop.front)
         self.image, self.labels, self.crop = image, labels, crop
+        # Sparse labels: windows are drawn around annotated pixels (a subsample of them), so
+        # steps are not spent on windows where nothing enters the loss.
+        self.anchors = None
+        if (labels < 0).any():
+            anchors = np.argwhere(labels >= 0)
+            if len(anchors) > _MAX_ANCHORS:
+                anchors = anchors[np.random.default_rng(0).choice(len(anchors), _MAX_ANCHORS, replace=False)]
+            self.anchors = anchors
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A random (input crop, label window) pair; origins uniform over all positions."""
-        start = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(self.low, self.high)]
+        """A random (input crop, label window) pair; origins uniform over all positions (with
+        sparse labels: uniform over the windows holding a random annotated pixel)."""
+        if self.anchors is None:
+            start = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(self.low, self.high)]
+        else:
+            anchor = self.anchors[int(rng.integers(len(self.anchors)))]
+            start = [int(np.clip(a - rng.integers(0, w), lo, hi))
+                     for a, w, lo, hi in zip(anchor, self.crop.window, self.low, self.high)]
         inp = tuple(slice(s + d, s + d + i) for s, d, i in zip(start, self.shift, self.crop.input))
         win = tuple(slice(s, s + w) for s, w in zip(start, self.crop.window))
         return self.image[inp], self.labels[win]
@@ -223,6 +232,22 @@ def _training_seed(rng: np.random.Generator) -> int:
 
     seed = int(rng.integers(0, 2**31 - 1 - len(TEST_SEEDS)))
     return seed + len(TEST_SEEDS) if seed >= TEST_SEEDS.start else seed
+
+
+def _mark_sparse(pairs, annotated) -> tuple[list | None, str]:
+    """Pairs with unannotated pixels marked (sparse.UNANNOTATED), and a note for the record."""
+    if annotated is None:
+        return pairs, ""
+    if pairs is None:
+        raise ShiftSegError("sparse annotations need annotated images, not a generator")
+    masks = annotated if isinstance(annotated, (list, tuple)) else [annotated] * len(pairs)
+    if len(masks) != len(pairs):
+        raise ShiftSegError(f"{len(masks)} annotated-region masks for {len(pairs)} images")
+    marked = [(image, mark_unannotated(lab, mask)) for (image, lab), mask in zip(pairs, masks)]
+    known = sum(int((lab >= 0).sum()) for _, lab in marked) / sum(lab.size for _, lab in marked)
+    how = ("painted objects plus a margin" if isinstance(annotated, str)
+           else "the annotated-region mask")
+    return marked, f"; sparse labels: {known:.0%} of the pixels annotated ({how})"
 
 
 def _sampler(source, pairs, ndim: int, crop: _Crop):
@@ -281,6 +306,7 @@ def train(
     foreground_weight: float = LOSS_DEFAULTS["foreground_weight"],
     background_as_instance: bool = False,
     push_per_instance: bool = False,
+    annotated=None,
     command: str | None = None,
 ) -> tuple[Model, dict]:
     """Train a U-Net embedding model on labelled images or a synthetic generator.
@@ -351,6 +377,10 @@ def train(
         Normalise the push term per instance instead of per pair (the paper); see
         :func:`~napari_shiftseg.loss.discriminative_loss`. Off by default: on the dev set it
         separated crowded nuclei but blew up every object's spread (docs/MODELS.md).
+    annotated : None, "painted", array or list of arrays, optional
+        Where the labels are complete (sparse annotations, :mod:`napari_shiftseg.sparse`): None
+        = everywhere; "painted" = the painted objects plus a margin; a mask (one per training
+        pair) whose non-zero pixels are the annotated region. Outside it, pixels enter no loss.
     command : str, optional
         Command line to record in the model metadata.
 
@@ -393,6 +423,10 @@ def train(
     if noise_std > 0 and augment != NO_AUGMENTATION:
         augment = dataclasses.replace(augment, noise=float(noise_std))
     pairs = _collect_pairs(source, labels, geometry.ndim)
+    pairs, sparse_note = _mark_sparse(pairs, annotated)
+    if sparse_note and background_as_instance:
+        raise ShiftSegError("sparse annotations cannot train background as an instance: outside "
+                            "the annotated region nothing is known to be background")
     if output_window is None:
         output_window = (suggest_training_window(geometry, [lab for _, lab in pairs]) if pairs
                          else default_training_window(geometry))
@@ -466,7 +500,7 @@ def train(
             "loss": {**loss_args, "foreground_weight": foreground_weight},
             "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
             "augment": augment.to_dict(),
-            "noise_std": noise_std, "training_data": description, "device": str(device),
+            "noise_std": noise_std, "training_data": description + sparse_note, "device": str(device),
             "validation": validation_record,
             "seconds": round(time.perf_counter() - start, 1),
             **({"command": command} if command else {}),
@@ -495,8 +529,13 @@ def train(
                 embeddings = out[:, : config.embed_dim]
                 if config.embedding == "spatial":
                     embeddings = add_positions_torch(embeddings, config.position_scale)
+                # Unannotated pixels (sparse labels, -1) are ignored like background by the
+                # discriminative loss and left out of the foreground loss.
+                known = y >= 0 if sparse_note else None
+                y = y.clamp(min=0) if sparse_note else y
                 loss, parts = discriminative_loss(embeddings, y, **loss_args)
-                fg = foreground_loss(out[:, config.embed_dim], y) if config.foreground_head else loss * 0
+                fg = (foreground_loss(out[:, config.embed_dim], y, known) if config.foreground_head
+                      else loss * 0)
                 total = loss + foreground_weight * fg
                 if not torch.isfinite(total):
                     raise ShiftSegError(

@@ -50,7 +50,7 @@ def split_validation(pairs, fraction: float, window) -> tuple[list, list, str]:
         axis = int(np.argmax(labels.shape))
         n = labels.shape[axis]
         band = max(MIN_BAND, math.ceil(fraction * n))
-        if n - band < window[axis] or not labels.any():
+        if n - band < window[axis] or not (labels > 0).any():
             train.append((image, labels))
             continue
         cut = [slice(None)] * labels.ndim
@@ -59,7 +59,7 @@ def split_validation(pairs, fraction: float, window) -> tuple[list, list, str]:
         cut[axis] = slice(n - band, n)
         held = tuple(cut)
         train.append((image[keep], labels[keep]))
-        if labels[held].any():
+        if (labels[held] > 0).any():
             val.append((image[held], labels[held]))
     if not val:
         return train, [], "no validation (the images are too small to hold a band out)"
@@ -80,6 +80,10 @@ def score(embeddings, pairs, settings: SegmentationSettings, foreground: bool = 
     ap50, apm = [], []
     for emb, (_, gt) in zip(embeddings, pairs):
         pred = segment_embeddings(emb, settings, foreground)
+        if (gt < 0).any():
+            # Sparse annotations: what is predicted outside the annotated region is unknown.
+            pred = np.where(gt < 0, 0, pred)
+            gt = np.maximum(gt, 0)
         result = metrics.evaluate(gt, pred, thresholds=MAP_THRESHOLDS)
         ap50.append(result["ap@0.5"])
         apm.append(np.mean([result[f"ap@{t:g}"] for t in MAP_THRESHOLDS]))
@@ -112,10 +116,21 @@ def _key(result: dict) -> tuple[float, float]:
 
 def median_object_size(labels_list) -> float:
     """Median object size (pixels / voxels) over some label images (0 if there are none)."""
-    sizes = [np.bincount(np.asarray(lab).ravel().astype(np.int64))[1:] for lab in labels_list]
+    sizes = [np.bincount(np.maximum(np.asarray(lab), 0).ravel().astype(np.int64))[1:]
+             for lab in labels_list]
     sizes = np.concatenate(sizes) if sizes else np.zeros(0)
     sizes = sizes[sizes > 0]
     return float(np.median(sizes)) if sizes.size else 0.0
+
+
+def median_diameter(labels_list) -> float:
+    """Median equivalent diameter (voxels) of the objects in some label images (0 if none)."""
+    volume = median_object_size(labels_list)
+    if not volume:
+        return 0.0
+    ndim = np.asarray(labels_list[0]).ndim
+    # Diameter of the disk / ball of that area / volume.
+    return 2 * (volume / np.pi) ** 0.5 if ndim == 2 else 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)
 
 
 def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bool = True,

@@ -1,5 +1,6 @@
 """Segment widget end to end on a 64 x 64 crop of the spacing-15 sample with a tiny model."""
 
+import re
 import time
 
 import numpy as np
@@ -34,6 +35,8 @@ def _run(widget, wait_idle, mode="exact", tile=16):
     assert widget.busy and widget.run_button.text == "Cancel"
     wait_idle(widget)
     assert widget.run_button.text == "Run" and widget.status.value.startswith("done"), widget.status.value
+    # How many embedding clusters the objects came from (one cluster, many objects = inseparable).
+    assert re.search(r"\d+ objects \(\d+ embedding cluster", widget.status.value), widget.status.value
 
 
 def test_live_geometry(segment):

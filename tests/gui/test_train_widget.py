@@ -127,3 +127,30 @@ def test_synthetic_training_validates_on_fresh_images(viewer, wait_idle, tmp_pat
     record = read_metadata(widget.saved_path)["meta"]["validation"]
     assert record["held_out"] == "2 given validation image(s)" and "tuned" not in record
     assert widget.held_out.value.startswith(f"AP@0.5 {record['ap@0.5']:.3f}")
+
+
+def test_sparse_labels_with_a_drawn_region(viewer, wait_idle, tmp_path, lattice_crop):
+    """A third of the objects painted, the complete part drawn as a rectangle (Shapes)."""
+    import numpy as np
+
+    image, labels = lattice_crop
+    ids = np.unique(labels[labels > 0])
+    viewer.add_image(image, name="img")
+    viewer.add_labels(np.where(np.isin(labels, ids[: len(ids) // 3]), labels, 0), name="some")
+    h, w = labels.shape
+    viewer.add_shapes([np.array([[0, 0], [h // 2, 0], [h // 2, w], [0, w]])], shape_type="rectangle",
+                      name="done here")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
+    _small(widget, tmp_path)
+    widget.source.value = "image + labels layers"
+    widget.labels_layer.value = viewer.layers["some"]
+    widget.reset_choices()
+    names = [c if isinstance(c, str) else c for c in widget.annotated.choices]
+    assert len(names) == 3                          # complete, painted, the shapes layer
+    widget.annotated.value = viewer.layers["done here"]
+    region = widget.annotated_region(labels.shape)
+    assert region[: h // 2 - 1].all() and not region[h // 2 + 1:].any()
+    widget.train_button.clicked.emit()
+    wait_idle(widget)
+    meta = read_metadata(Path(widget.saved_path))["meta"]
+    assert "sparse labels" in meta["training_data"] and "annotated-region mask" in meta["training_data"]

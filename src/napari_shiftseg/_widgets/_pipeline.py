@@ -223,12 +223,15 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
     labels = instances.label_instances(blocks, clustering, 0 if spare_cut else min_size, **kwargs)
     (labels,) = progress.compute(labels, progress=lambda d, t: report(d, t, "labels"), cancel=cancel)
     labels = labels.astype(np.int32, copy=False)
-    if not spare_cut:
-        return labels, ""
-    labels, kept = keep_cut_objects(labels, min_size)
-    note = (f"{kept} object(s) cut by the preview's edge kept although below min size {min_size}"
-            if kept else "")
-    return labels, note
+    # Objects are connected pieces of embedding clusters: saying how many clusters there were
+    # shows the paper's point on inseparable inputs (one cluster, many objects).
+    notes = [f"{clustering.n_clusters} embedding cluster(s)"]
+    if spare_cut:
+        labels, kept = keep_cut_objects(labels, min_size)
+        if kept:
+            notes.append(f"{kept} object(s) cut by the preview's edge kept although below "
+                         f"min size {min_size}")
+    return labels, "; ".join(notes)
 
 
 def recluster(report, cancel, result: SegmentResult, params: SegmentParams):

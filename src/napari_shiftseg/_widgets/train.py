@@ -17,11 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
                               ProgressBar, PushButton, SpinBox)
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     import napari
 
 LAYERS = "image + labels layers"
+COMPLETE = "labels are complete"
+PAINTED = "only the painted objects (+ margin)"
 WARN_STYLE = "color: #e8a33d;"
 
 
@@ -63,6 +66,9 @@ class TrainWidget(Container):
         self.source = ComboBox(label="training data", choices=[LAYERS, *_pipeline.SYNTHETIC])
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
         self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels))
+        # Sparse labels: where are they complete? Everywhere, around the painted objects, or in
+        # a region drawn (Shapes) or painted (Labels) as its own layer.
+        self.annotated = ComboBox(label="annotated", choices=self._annotated_choices)
         self.ndim = ComboBox(label="d (dimensions)", choices=[2, 3], value=2)
         self.levels = SpinBox(label="l (levels)", value=3, min=1, max=5)
         self.factor = SpinBox(label="f (pooling)", value=2, min=2, max=4)
@@ -98,7 +104,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         self.held_out = Label(label="held-out")
-        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.ndim, self.levels,
+        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.annotated, self.ndim, self.levels,
                                   self.factor, self.upsampling, self.padding, self.channels,
                                   self.embedding, self.position_scale, self.window,
                                   self.auto_window, self.geometry_info, self.warning,
@@ -152,6 +158,22 @@ class TrainWidget(Container):
                           embed_dim=default_embed_dim(g.ndim, self.embedding.value),
                           position_scale=self.position_scale.value if spatial else 0.0)
 
+    def _annotated_choices(self, _widget=None):
+        regions = [(f"region: {layer.name}", layer) for layer in self._viewer.layers
+                   if isinstance(layer, (Shapes, Labels)) and layer is not self.labels_layer.value]
+        return [(COMPLETE, COMPLETE), (PAINTED, PAINTED), *regions]
+
+    def annotated_region(self, shape):
+        """What :func:`train.train` gets as ``annotated`` (None: the labels are complete)."""
+        choice = self.annotated.value
+        if choice in (COMPLETE, None):
+            return None
+        if choice == PAINTED:
+            return "painted"
+        if isinstance(choice, Shapes):   # drawn polygons / rectangles, rasterised on the labels
+            return choice.to_labels(labels_shape=tuple(shape)) > 0
+        return np.asarray(choice.data) > 0
+
     def training_window(self) -> int | None:
         """The window asked for; None = sized to the objects by :func:`train.train`."""
         return None if self.auto_window.value else self.window.value
@@ -170,7 +192,9 @@ class TrainWidget(Container):
                 if self.image.value is None or self.labels_layer.value is None:
                     raise ShiftSegError("choose an image layer and a labels layer (or synthetic data)")
                 source, labels = self.image.value.data, self.labels_layer.value.data
+                annotated = self.annotated_region(np.shape(labels))
             else:
+                annotated = None
                 kind = _pipeline.SYNTHETIC[self.source.value]
                 # A generator has no objects to size the window by: the CLI's default window.
                 window = window or default_training_window(g)[0]
@@ -194,7 +218,7 @@ class TrainWidget(Container):
                          output_window=window, allow_small_window=self.allow_small.value,
                          augment=self.augment.value, validation=validation,
                          tune=self.tune.value and bool(validation),
-                         validation_pairs=validation_pairs)
+                         validation_pairs=validation_pairs, annotated=annotated)
 
     def cancel(self) -> None:
         self._task.cancel()
@@ -259,7 +283,7 @@ class TrainWidget(Container):
     # ---- live geometry -----------------------------------------------------------------
     def _source_changed(self, *_) -> None:
         from_layers = self.source.value == LAYERS
-        self.image.visible = self.labels_layer.visible = from_layers
+        self.image.visible = self.labels_layer.visible = self.annotated.visible = from_layers
         layer = self.image.value
         if from_layers and layer is not None and layer.data.ndim in (2, 3):
             self.ndim.value = layer.data.ndim

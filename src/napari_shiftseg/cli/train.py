@@ -46,6 +46,12 @@ def add_parser(sub):
     data.add_argument("--image", action="append", metavar="IMG", help="raw image (repeatable)")
     data.add_argument("--labels", action="append", metavar="LBL",
                       help="instance labels for the matching --image (repeatable)")
+    data.add_argument("--mask", action="append", metavar="MASK",
+                      help="sparse labels: where the matching --labels are complete (non-zero "
+                           "pixels; repeatable, one per --image). Elsewhere nothing enters the loss")
+    data.add_argument("--sparse", action="store_true",
+                      help="sparse labels without a mask: only the painted objects and a margin "
+                           "around them are trusted (unpainted objects are not taught as background)")
     data.add_argument("--synthetic", choices=("lattice", "random", "nuclei"),
                       help="train on fresh synthetic images instead of files")
     data.add_argument("--ndim", type=int, choices=(2, 3), default=None,
@@ -160,6 +166,14 @@ def _check(args):
                                 "give one --labels per --image")
         if args.eval_images:
             raise ShiftSegError("--eval-images needs --synthetic (held-out images are generated)")
+        if args.mask and len(args.mask) != len(args.image):
+            raise ShiftSegError(f"got {len(args.image)} --image but {len(args.mask)} --mask; "
+                                "give one --mask per --image")
+        if args.mask and args.sparse:
+            raise ShiftSegError("give --mask (the annotated region) or --sparse (painted objects "
+                                "plus a margin), not both")
+    elif args.mask or args.sparse:
+        raise ShiftSegError("--mask and --sparse describe annotated images; not with --synthetic")
     if args.eval_images < 0:
         raise ShiftSegError(f"--eval-images must be >= 0, got {args.eval_images}")
     if args.seed < 0:
@@ -229,7 +243,7 @@ def run(args) -> int:
     import signal
     import threading
 
-    from ..data import load_training_pair
+    from ..data import load_training_pair, read_array
     from ..modelio import save_model
     from ..train import FINAL_LOSS_STEPS, default_training_window, suggest_training_window, train
     from .synth import DEFAULT_SHAPES, generate, resolve_shape
@@ -271,6 +285,11 @@ def run(args) -> int:
         labels = None
     else:
         source, labels = pairs, None
+    annotated = None
+    if args.sparse:
+        annotated = "painted"
+    elif args.mask:
+        annotated = [read_array(m) for m in args.mask]
 
     bar = _args.progress_bar(total=args.steps, desc="training", unit="step", disable=args.quiet)
     recent = []
@@ -297,7 +316,7 @@ def run(args) -> int:
             checkpoint_every=args.checkpoint_every, checkpoint_path=args.output, progress=progress,
             cancel=cancel, device=args.device, threads=args.threads, delta_v=args.delta_v,
             delta_d=args.delta_d, background_as_instance=args.background_as_instance,
-            command=command_line(args),
+            annotated=annotated, command=command_line(args),
         )
     finally:
         bar.close()
