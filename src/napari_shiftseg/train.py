@@ -52,7 +52,7 @@ from .tuning import (better, median_diameter, quick_score, split_validation, tun
 from .normalize import percentile_normalization
 from .unet import UNet, UNetConfig, memory_format
 
-__all__ = ["train", "default_training_window", "default_embed_dim", "suggest_training_window", "NORMALIZATION",
+__all__ = ["train", "default_training_window", "default_embed_dim", "network_config", "suggest_training_window", "NORMALIZATION",
            "LOSS_DEFAULTS"]
 
 #: Normalisation every model trained here records in its metadata; inference applies the same
@@ -92,6 +92,21 @@ def default_embed_dim(ndim: int, embedding: str) -> int:
     offset per axis plus one free channel (on the dev set the free channel lifted synthetic
     nuclei AP@0.5 from 0.42 to 0.51 at equal BBBC007 scores; docs/MODELS.md)."""
     return ndim + 1 if embedding == "spatial" else 3
+
+
+def network_config(ndim: int, **options) -> UNetConfig:
+    """A new network's config: :data:`NETWORK_DEFAULTS`, with any ``options`` (same names,
+    None = default) changed. ``shiftseg train`` builds its network here."""
+    unknown = set(options) - set(NETWORK_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown network options {sorted(unknown)}")
+    o = {**NETWORK_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"])
+    spatial = o["embedding"] == "spatial"
+    return UNetConfig(geometry=geometry, base_channels=o["base_channels"],
+                      embed_dim=o["embed_dim"] or default_embed_dim(ndim, o["embedding"]),
+                      upsampling=o["upsampling"], foreground_head=not o["no_foreground_head"],
+                      embedding=o["embedding"], position_scale=o["position_scale"] if spatial else 0.0)
 
 
 #: Largest default window per axis: training steps must stay affordable on a laptop CPU.

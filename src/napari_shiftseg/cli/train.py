@@ -219,10 +219,8 @@ def _init_choice(args) -> str | None:
 
 
 def _config(args, ndim: int):
-    from ..geometry import UNetGeometry
     from ..modelio import bundled_model_path, load_model
-    from ..train import NETWORK_DEFAULTS, default_embed_dim
-    from ..unet import UNetConfig
+    from ..train import NETWORK_DEFAULTS, network_config
 
     init = _init_choice(args)
     if init is not None:
@@ -230,13 +228,7 @@ def _config(args, ndim: int):
         if model.geometry.ndim != ndim:
             raise ShiftSegError(f"--init model is {model.geometry.ndim}D but the data are {ndim}D")
         return model
-    o = {k: (v if getattr(args, k, None) is None else getattr(args, k)) for k, v in NETWORK_DEFAULTS.items()}
-    geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"])
-    spatial = o["embedding"] == "spatial"
-    embed_dim = o["embed_dim"] or default_embed_dim(ndim, o["embedding"])
-    return UNetConfig(geometry=geometry, base_channels=o["base_channels"], embed_dim=embed_dim,
-                      upsampling=o["upsampling"], foreground_head=not o["no_foreground_head"],
-                      embedding=o["embedding"], position_scale=o["position_scale"] if spatial else 0.0)
+    return network_config(ndim, **{k: getattr(args, k, None) for k in NETWORK_DEFAULTS})
 
 
 def run(args) -> int:
