@@ -29,7 +29,7 @@ from .._errors import ShiftSegError
 from ..geometry import UNetGeometry
 from ..spatial import EMBEDDINGS
 from ..settings import TRAINING_DEFAULTS
-from ..train import NETWORK_DEFAULTS, default_embed_dim, default_training_window
+from ..train import NETWORK_DEFAULTS, default_training_window, network_config
 from ..unet import UNetConfig
 from . import _pipeline
 from ._common import PLUGIN, layer_choices, set_running, watch_layers, wrap
@@ -132,6 +132,8 @@ class TrainWidget(Container):
                   self.auto_window):
             w.changed.connect(self._update_geometry)
         self.source.changed.connect(self._source_changed)
+        # The labels layer itself is never offered as its own annotated region.
+        self.labels_layer.changed.connect(self.annotated.reset_choices)
         self.image.changed.connect(self._source_changed)
         self.embedding.changed.connect(self._embedding_changed)
         self.validation.changed.connect(self._validation_changed)
@@ -150,13 +152,11 @@ class TrainWidget(Container):
                             padding=self.padding.value)
 
     def config(self) -> UNetConfig:
-        g = self.geometry()
-        spatial = self.embedding.value == "spatial"
-        # As `shiftseg train` (one rule: train.default_embed_dim).
-        return UNetConfig(geometry=g, base_channels=self.channels.value,
-                          upsampling=self.upsampling.value, embedding=self.embedding.value,
-                          embed_dim=default_embed_dim(g.ndim, self.embedding.value),
-                          position_scale=self.position_scale.value if spatial else 0.0)
+        """The network ``shiftseg train`` would build with these options (one owner)."""
+        return network_config(self.ndim.value, levels=self.levels.value, factor=self.factor.value,
+                              padding=self.padding.value, upsampling=self.upsampling.value,
+                              base_channels=self.channels.value, embedding=self.embedding.value,
+                              position_scale=self.position_scale.value)
 
     def _annotated_choices(self, _widget=None):
         regions = [(f"region: {layer.name}", layer) for layer in self._viewer.layers
