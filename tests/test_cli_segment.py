@@ -114,3 +114,57 @@ def test_check_reports_the_stitching_difference(files, capsys):
     assert main(["check", str(files["image"]), "-m", str(files["model"]), "--tile", "10",
                  "--mode", "naive"]) == 0
     assert "NOT exact" in capsys.readouterr().out
+
+
+def test_segment_diameter(files, tmp_path, capsys):
+    """--diameter resamples the image for a model that records its object size; bad values are
+    refused by the parser with a one-line message."""
+    from napari_shiftseg.modelio import load_model, save_model
+
+    model = load_model(files["model"])
+    model.meta["object_diameter"] = 8.0
+    sized = save_model(model, tmp_path / "sized.safetensors")
+    out = tmp_path / "out.zarr"
+    args = segment_args(files, out, "--diameter", "4")
+    args[args.index("-m") + 1] = str(sized)
+    assert main(args) == 0
+    assert "resampled to 72x88" in capsys.readouterr().out
+    group = zarr.open_group(out, mode="r")
+    assert group["labels"].shape == (36, 44) and group["embeddings"].shape[1:] == (72, 88)
+    for bad in ("-3", "big", "inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(segment_args(files, tmp_path / "x.zarr", "--diameter", bad))
+        assert exit_info.value.code == 2
+        assert "diameter" in capsys.readouterr().err
+
+
+def test_segment_table_and_rgb(files, tmp_path, capsys):
+    """--table writes one row per object (voxel size from the file); an RGB file is refused
+    with a one-line message unless a channel is chosen."""
+    import csv
+
+    import tifffile
+
+    image = np.load(files["image"])
+    tifffile.imwrite(tmp_path / "cal.tif", (image * 200).astype(np.uint8), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"unit": "um"})
+    out, table = tmp_path / "out.zarr", tmp_path / "objects.csv"
+    args = segment_args(files, out, "--table", str(table))
+    args[1] = str(tmp_path / "cal.tif")
+    assert main(args) == 0
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    labels = zarr.open_group(out, mode="r")["labels"][...]
+    assert len(rows) == len(np.unique(labels[labels > 0])) > 0
+    first = rows[0]
+    voxels = int((labels == int(first["index"])).sum())
+    assert int(first["voxels"]) == voxels and float(first["size"]) == pytest.approx(voxels * 0.25)
+    assert {"centroid_y", "bbox_x_stop", "mean_intensity", "embedding_mean_0"} <= set(first)
+
+    rgb = np.stack([image] * 3, axis=-1).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    args = segment_args(files, tmp_path / "rgb.zarr")
+    args[1] = str(tmp_path / "rgb.tif")
+    assert main(args) == 2
+    assert_one_line_error(capsys, "RGB image", "--channel")
+    assert main(args + ["--channel", "0"]) == 0

@@ -128,3 +128,50 @@ def test_broken_ome_metadata(tmp_path):
     group.attrs["multiscales"] = [{"datasets": [{"path": "nope"}]}]
     with pytest.raises(ShiftSegError, match="OME-Zarr"):
         read_image(tmp_path / "b.zarr")
+
+
+def test_imagej_voxel_size_and_axes(tmp_path):
+    volume = np.zeros((5, 24, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "v.tif", volume, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    info = io.image_info(tmp_path / "v.tif")
+    assert info["axes"] == "ZYX" and info["voxel_size"] == pytest.approx((2.0, 0.25, 0.25))
+    assert info["unit"] == "um"
+    tifffile.imwrite(tmp_path / "plain.tif", IMAGE)
+    assert io.image_info(tmp_path / "plain.tif")["voxel_size"] is None
+
+
+def test_ome_zarr_voxel_size(tmp_path):
+    root = zarr.open_group(tmp_path / "o.zarr", mode="w")
+    root.create_array("0", shape=(1, 4, 24, 30), dtype="uint16")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "c", "type": "channel"}, {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 3.0, 0.5, 0.5]}]}]}]
+    info = io.image_info(tmp_path / "o.zarr")
+    assert info["axes"] == "CZYX" and info["voxel_size"] == (3.0, 0.5, 0.5)
+    assert info["unit"] == "micrometer"
+
+
+def test_rgb_and_multichannel_files_need_a_channel(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (24, 30, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    with pytest.raises(ShiftSegError, match=r"rgb.tif is an RGB image \(axes YXS.*--channel 0..2"):
+        io.read_spatial(tmp_path / "rgb.tif")
+    np.testing.assert_array_equal(io.read_spatial(tmp_path / "rgb.tif", 1), rgb[..., 1])
+    stack = np.zeros((2, 24, 30), np.uint16)
+    stack[1] = IMAGE
+    tifffile.imwrite(tmp_path / "c.tif", stack, imagej=True, metadata={"axes": "CYX"})
+    with pytest.raises(ShiftSegError, match=r"is a 2-channel image \(axes CYX"):
+        io.read_spatial(tmp_path / "c.tif")
+    np.testing.assert_array_equal(io.read_spatial(tmp_path / "c.tif", 1), IMAGE)
+    with pytest.raises(ShiftSegError, match="--channel 5 does not exist: c.tif has channels 0..1"):
+        io.read_spatial(tmp_path / "c.tif", 5)
+    tifffile.imwrite(tmp_path / "g.tif", IMAGE)
+    with pytest.raises(ShiftSegError, match="has one channel"):
+        io.read_spatial(tmp_path / "g.tif", 0)
+    movie = np.zeros((3, 24, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", movie, imagej=True, metadata={"axes": "TYX"})
+    with pytest.raises(ShiftSegError, match="is a time series"):
+        io.read_spatial(tmp_path / "t.tif")

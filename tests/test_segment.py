@@ -1,6 +1,7 @@
 """The resumable zarr segmentation job: layout, exactness, resume, refusal of other arguments."""
 
 import threading
+import time
 
 import dask.array as da
 import numpy as np
@@ -138,8 +139,13 @@ def test_half_written_tile_is_recomputed(tmp_path, image, model_path, reference,
 
     def die_after_writing_chunks(block, embeddings, foreground, done, region, index):
         if index == (1, 2):
-            # the chunks land, then the process dies before the done flag
+            # the chunks land, then the process dies before the done flag; another tile is
+            # finished first (a run that dies before its first tile leaves nothing to resume)
             embeddings[(slice(None),) + region] = np.full_like(block, 7.0)
+            for _ in range(200):
+                if np.asarray(done[...]).any():
+                    break
+                time.sleep(0.05)
             raise KeyboardInterrupt
         return original(block, embeddings, foreground, done, region, index)
 
@@ -320,3 +326,64 @@ def test_recorded_settings_reach_the_zarr_job(tmp_path, image, model_path):
                             merge_distance=0.0, fill_holes=False)
     args = dict(group.attrs[ATTRS])["cluster_args"]
     assert args["merge_distance"] == 0.0 and args["fill_holes"] is False and args["absorb_small"] is True
+
+
+def test_a_resampled_run_keeps_labels_on_the_image_grid(tmp_path, image, model_path):
+    """A model that records the object size it learnt (6 px here), told this image's objects
+    are 3 px: the tiles run on the image upsampled 2x (exactly, as on any image), the labels
+    are read back onto the image's grid, and a resume with another size is refused."""
+    from napari_shiftseg import rescale
+
+    model = load_model(model_path)
+    model.meta["object_diameter"] = 6.0
+    sized = save_model(model, tmp_path / "sized.safetensors")
+    out = tmp_path / "big.zarr"
+    group = segment_to_zarr(image, out, sized, diameter=3.0, **KW)
+    working = tuple(2 * n for n in SHAPE)
+    assert group["embeddings"].shape[1:] == working and group["labels"].shape == SHAPE
+    assert group.attrs[ATTRS]["resampled"] == {"image_shape": list(SHAPE), "working_shape": list(working)}
+    whole = predict_whole(rescale.resize_image(image, shape=working), load_model(sized), device="cpu")
+    np.testing.assert_allclose(group["embeddings"][...], whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(group["labels"][...], group["labels_resampled"][1::2, 1::2])
+    assert group["labels"][...].max() > 0
+    with pytest.raises(ShiftSegError, match=r"object-size resampling \(resampled image shape\) "
+                                            r"\(was 80x112, now none: as imaged\)"):
+        segment_to_zarr(image, out, sized, diameter=None, **KW)
+    # Re-clustering writes both label arrays again.
+    again = recluster(out, bandwidth=0.5, min_size=1)
+    np.testing.assert_array_equal(again["labels"][...], again["labels_resampled"][1::2, 1::2])
+    # Without a recorded size nothing is resampled, whatever the diameter says.
+    plain = segment_to_zarr(image, tmp_path / "plain.zarr", model_path, diameter=3.0, **KW)
+    assert plain["embeddings"].shape[1:] == SHAPE and "labels_resampled" not in plain
+
+
+def test_a_2d_model_on_a_stack_runs_slice_by_slice_and_links_across_z(tmp_path, image, model_path):
+    """Each slice is tiled exactly in the plane; an object present in consecutive slices
+    (same embedding cluster, touching across z) is one 3D object."""
+    stack = np.stack([image] * 4)                       # the same nuclei in four planes
+    out = segment_to_zarr(stack, tmp_path / "stack.zarr", model_path, **KW)
+    assert out.attrs[ATTRS]["embedding_args"]["per_slice"] is True
+    whole = predict_whole(stack, load_model(model_path), device="cpu", per_slice=True)
+    np.testing.assert_allclose(out["embeddings"][...], whole, rtol=1e-5, atol=1e-5)
+    labels = out["labels"][...]
+    # Identical planes have identical embeddings, hence identical clusters: every object runs
+    # through all four planes with the same outline (linked, never one object per plane).
+    ids = np.unique(labels[labels > 0])
+    assert len(ids) > 5
+    for i in ids:
+        planes = labels == i
+        assert planes.any(axis=(1, 2)).all()
+        np.testing.assert_array_equal(planes[0], planes[3])
+    with pytest.raises(ShiftSegError, match="per_slice runs a 2D model on a 3D image"):
+        segment_to_zarr(image, tmp_path / "x.zarr", model_path, per_slice=True, **KW)
+    with pytest.raises(ShiftSegError, match="the model is 2D but the image is 3D"):
+        segment_to_zarr(stack, tmp_path / "y.zarr", model_path, per_slice=False, **KW)
+
+
+def test_bundled_models_by_name():
+    from napari_shiftseg.segment import _load_model
+
+    assert _load_model("bundled:2", 3).geometry.ndim == 2
+    assert _load_model("bundled:3:disks", 2).path.name.startswith("disks_3d")
+    with pytest.raises(ShiftSegError, match="unknown bundled model 'bundled:4'"):
+        _load_model("bundled:4", 2)

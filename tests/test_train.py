@@ -105,6 +105,18 @@ def test_meta(pair):
     assert meta["final_loss"] == pytest.approx(np.mean(history["loss"]))
     assert meta["command"] == "shiftseg train ..."
     assert meta["loss"]["delta_d"] == 3.0
+    assert "object_diameter" not in meta  # free embeddings have no pixel scale to keep
+
+
+def test_spatial_model_records_the_object_diameter_it_learnt(pair):
+    from napari_shiftseg.tuning import median_diameter
+
+    spatial = dataclasses.replace(TINY, embedding="spatial", embed_dim=3, position_scale=0.25)
+    model, _ = train(*pair, spatial, steps=2, output_window=WINDOW)
+    assert model.meta["object_diameter"] == pytest.approx(median_diameter([pair[1]]), abs=0.05)
+    # Continued training on generated data (no labels to measure) keeps the base's value.
+    again, _ = train(lambda seed: pair, None, model, steps=1, output_window=WINDOW)
+    assert again.meta["object_diameter"] == model.meta["object_diameter"]
 
 
 def test_sources(pair):

@@ -71,6 +71,7 @@ def segment_array(
     seed: int = 0,
     device: str | torch.device = "cpu",
     settings: SegmentationSettings | None = None,
+    diameter: float | str | None = "auto",
 ) -> np.ndarray:
     """Instance labels of a small 2D/3D image (whole-image inference + mean-shift + CC).
 
@@ -90,16 +91,40 @@ def segment_array(
         Where to run the network.
     settings : SegmentationSettings, optional
         Use these instead of the model's recorded settings (the overrides above still apply).
+    diameter : float, 'auto' or None
+        Object diameter in the image (pixels). When it differs from the diameter the model
+        records (``meta["object_diameter"]``), the image is resampled to the model's scale and
+        the labels back (:mod:`napari_shiftseg.rescale`). ``'auto'`` (default) estimates it
+        from a first pass; None, or a model that records no diameter, segments as is.
 
     Returns
     -------
     numpy.ndarray
         int32 labels, 0 = background, objects 1..N.
     """
+    from . import rescale
+
     settings = (settings or SegmentationSettings.of(model)).replace(
         bandwidth=bandwidth, fg_threshold=foreground_threshold, min_size=min_size)
-    embeddings = embed_array(image, model, device)
-    return segment_embeddings(embeddings, settings, model.config.foreground_head, n_seeds, seed)
+    diameter = rescale.check_diameter(diameter)
+    target = rescale.model_diameter(model)
+    image = validate_image(image)
+
+    def run(img):
+        return segment_embeddings(embed_array(img, model, device), settings,
+                                  model.config.foreground_head, n_seeds, seed)
+
+    if diameter is None or target is None:
+        return run(image)
+    first = None
+    if diameter == "auto":
+        first = run(image)
+        diameter = rescale.estimate_diameter(first)
+    factor = rescale.scale_for(diameter, target)
+    if factor == 1.0:
+        return first if first is not None else run(image)
+    labels = run(rescale.resize_image(image, factor))
+    return np.ascontiguousarray(rescale.resize_labels(labels, image.shape), dtype=np.int32)
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:

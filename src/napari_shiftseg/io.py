@@ -15,7 +15,7 @@ import numpy as np
 
 from ._errors import ShiftSegError
 
-__all__ = ["EXTENSIONS", "read_image", "write_zarr"]
+__all__ = ["EXTENSIONS", "read_image", "read_spatial", "image_info", "write_zarr"]
 
 EXTENSIONS = (".tif", ".tiff", ".zarr", ".npy")
 # Below this many bytes a compressed TIFF is simply decoded into memory.
@@ -71,6 +71,137 @@ def read_image(path):
         f"cannot read {path.name}: unknown file type {suffix or '(no extension)'!r}; "
         f"supported: {', '.join(EXTENSIONS)} (OME-Zarr too)"
     )
+
+
+def image_info(path) -> dict:
+    """What a file says about its axes and voxel size, without reading the voxels.
+
+    Returns ``{"axes": str | None, "voxel_size": tuple | None, "unit": str | None}``. ``axes``
+    uses tifffile's letters (``T`` time, ``C`` channel, ``S`` RGB samples, ``Z``, ``Y``, ``X``),
+    from the TIFF series or the OME-Zarr ``axes``; ``voxel_size`` is one number per spatial axis
+    (ImageJ ``spacing`` + resolution tags, OME-TIFF physical sizes, OME-Zarr scale), None when
+    the file does not say.
+    """
+    path = Path(path).expanduser()
+    root = _zarr_root(path)
+    try:
+        if root is not None:
+            return _zarr_info(root, path)
+        if path.suffix.lower() in (".tif", ".tiff") and path.exists():
+            return _tiff_info(path)
+    except ShiftSegError:
+        raise
+    except Exception:  # noqa: BLE001 - metadata is optional: a file read elsewhere, or not at all
+        pass
+    return {"axes": None, "voxel_size": None, "unit": None}
+
+
+def _tiff_info(path: Path) -> dict:
+    import re
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes.upper().replace("Q", "").replace("I", "Z")
+        spatial = [a for a in axes if a in "ZYX"]
+        size = {a: None for a in spatial}
+        unit = None
+        page = tif.pages[0]
+        for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            value = page.tags.get(tag)
+            if value is not None and axis in size:
+                num, den = value.value
+                if num and den and num != den:  # 1/1 is "no calibration"
+                    size[axis] = den / num
+        ij = tif.imagej_metadata or {}
+        if "Z" in size and ij.get("spacing"):
+            size["Z"] = float(ij["spacing"])
+        unit = ij.get("unit") or None
+        if tif.ome_metadata:
+            for axis in spatial:
+                found = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
+                if found:
+                    size[axis] = float(found.group(1))
+            found = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+            unit = found.group(1) if found else (unit or "µm")
+    known = [size[a] for a in spatial]
+    voxel = None
+    if any(v is not None for v in known):
+        # An uncalibrated axis next to calibrated ones: take the in-plane value (Z stays 1).
+        plane = size.get("X") or size.get("Y") or 1.0
+        voxel = tuple(float(v if v is not None else (plane if a in "XY" else 1.0))
+                      for a, v in zip(spatial, known))
+    return {"axes": axes, "voxel_size": voxel, "unit": unit}
+
+
+def _zarr_info(root: Path, path: Path) -> dict:
+    import zarr
+
+    node = zarr.open(root, mode="r", path=path.relative_to(root).as_posix()) if path != root \
+        else zarr.open(root, mode="r")
+    if isinstance(node, zarr.Array):
+        return {"axes": None, "voxel_size": None, "unit": None}
+    multiscales = _multiscales(node.attrs)
+    if not multiscales:
+        return {"axes": None, "voxel_size": None, "unit": None}
+    meta = multiscales[0]
+    axes = meta.get("axes") or []
+    letters, units = "", []
+    for axis in axes:
+        kind = axis.get("type") if isinstance(axis, dict) else None
+        name = (axis.get("name") if isinstance(axis, dict) else str(axis)) or "?"
+        letter = {"time": "T", "channel": "C"}.get(kind) or name[:1].upper()
+        letters += letter
+        if isinstance(axis, dict) and axis.get("unit") and letter in "ZYX":
+            units.append(axis["unit"])
+    datasets = meta.get("datasets") or []
+    best = min(range(len(datasets)), key=lambda i: (_scale(datasets[i]), i)) if datasets else None
+    scale = None
+    if best is not None:
+        for transform in datasets[best].get("coordinateTransformations") or ():
+            if transform.get("type") == "scale":
+                scale = [float(v) for v in transform.get("scale") or ()]
+    voxel = None
+    if scale and len(scale) == len(letters):
+        voxel = tuple(v for v, a in zip(scale, letters) if a in "ZYX")
+    return {"axes": letters or None, "voxel_size": voxel, "unit": units[0] if units else None}
+
+
+def read_spatial(path, channel: int | None = None):
+    """:func:`read_image`, checked to be a 2D/3D single-channel image (one channel picked).
+
+    RGB TIFFs and multi-channel files (a ``C``/``S`` axis, or an OME ``channel`` axis, of size
+    > 1) need ``channel``; a time axis of size > 1 is refused (segment one time point at a time).
+    """
+    image = read_image(path)
+    info = image_info(path)
+    axes = info["axes"]
+    name = Path(path).name
+    if axes is None or len(axes) != image.ndim:
+        if channel is not None:
+            raise ShiftSegError(f"{name} has no channel axis that its metadata names (shape "
+                                f"{tuple(image.shape)}); leave out --channel")
+        return image
+    channel_axes = [i for i, a in enumerate(axes) if a in "CS"]
+    if channel_axes:
+        axis = channel_axes[0]
+        n = image.shape[axis]
+        if channel is None:
+            what = "an RGB image" if axes[axis] == "S" else f"a {n}-channel image"
+            raise ShiftSegError(f"{name} is {what} (axes {axes}, shape {tuple(image.shape)}); "
+                                f"shiftseg models take one channel: choose one with --channel "
+                                f"0..{n - 1}")
+        if not 0 <= channel < n:
+            raise ShiftSegError(f"--channel {channel} does not exist: {name} has channels 0..{n - 1}")
+        image = image[(slice(None),) * axis + (channel,)]
+        axes = axes[:axis] + axes[axis + 1:]
+    elif channel is not None:
+        raise ShiftSegError(f"{name} has one channel (axes {axes}); leave out --channel")
+    if "T" in axes and image.shape[axes.index("T")] > 1:
+        raise ShiftSegError(f"{name} is a time series (axes {axes}, shape {tuple(image.shape)}); "
+                            "segment one time point at a time")
+    return image
 
 
 def _read_npy(path: Path):

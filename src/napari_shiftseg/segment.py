@@ -7,6 +7,10 @@ the output group (every array chunked by the output tile)::
       embeddings  (E+1, *spatial) float32   network output, foreground logit last
       foreground  (*spatial) float32         sigmoid of the logit (models with a foreground head)
       labels      (*spatial) int32           instances 1..M, 0 = background
+      labels_resampled                       only when the network ran on the image resampled
+                                             to the model's object size (``diameter``): the
+                                             labels on that grid; ``embeddings``/``foreground``
+                                             are on it too, ``labels`` on the image's grid
       done        (tile grid) bool           True once a tile's chunks are completely written
       attrs: "shiftseg" (the run's arguments, clustering, counts), "complete" (only when done)
 
@@ -75,6 +79,14 @@ def _load_model(model, ndim: int):
 
     if model is None:
         return load_bundled(ndim)
+    if isinstance(model, str) and model.startswith("bundled:"):
+        # "bundled:2" / "bundled:3" / "bundled:2:disks": a shipped model by name, e.g. the 2D
+        # nuclei model for a 3D stack (run slice by slice).
+        parts = model.split(":")
+        if len(parts) not in (2, 3) or parts[1] not in ("2", "3"):
+            raise ShiftSegError(f"unknown bundled model {model!r}; use bundled:2, bundled:3, "
+                                "bundled:2:disks or bundled:3:disks")
+        return load_bundled(int(parts[1]), kind=parts[2] if len(parts) == 3 else "nuclei")
     if isinstance(model, (str, Path)):
         return load_model(model)
     if isinstance(model, UNet):
@@ -152,7 +164,8 @@ def _changed_planes(stored: dict | None, fingerprint: dict) -> str:
 
 
 _NAMES = {"image_shape": "image shape", "image_dtype": "image type", "image": "image content",
-          "model": "model", "tile": "tile", "mode": "mode"}
+          "model": "model", "tile": "tile", "mode": "mode",
+          "resampled_to": "object-size resampling (resampled image shape)"}
 #: Arguments stored as digests (compared, never shown).
 _HASHED = ("image", "model")
 
@@ -244,28 +257,40 @@ def _check_resume(group, args: dict, path: Path, fingerprint: dict | None = None
                 if key == "image" and fingerprint is not None:
                     text += _changed_planes(attrs.get("image_slabs"), fingerprint)
             else:
-                text += f" (was {_shown(stored.get(key))}, now {_shown(args[key])})"
+                text += f" (was {_shown(stored.get(key), key)}, now {_shown(args[key], key)})"
             details.append(text)
         raise ShiftSegError(
             f"{path} was started with a different {', '.join(details)}; to resume, repeat the "
             "first run's settings, or use a new output path or --overwrite to start again")
 
 
-def _shown(value) -> str:
+def _shown(value, key: str = "") -> str:
     """A stored argument as a user typed it: 128x128 for a tile, plain text otherwise."""
     if isinstance(value, (list, tuple)):
         return "x".join(str(v) for v in value)
-    return "unknown" if value is None else str(value)
+    if value is None:
+        return "none: as imaged" if key == "resampled_to" else "unknown"
+    return str(value)
 
 
-def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: bool, attrs: dict):
+def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: bool, attrs: dict,
+                   image_shape=None):
+    """The output arrays; with ``image_shape`` (a resampled run) ``labels`` is on the image's
+    grid and the network's labels go to ``labels_resampled``."""
     import zarr
 
     group = zarr.open_group(path, mode="w")
-    group.create_array("embeddings", shape=(channels, *spatial), chunks=(channels, *tile),
+    net_spatial, net_tile = tuple(spatial), tuple(tile)
+    if image_shape is not None:
+        group.create_array("labels_resampled", shape=spatial, chunks=tile, dtype="int32", fill_value=0)
+        attrs = {**attrs, "resampled": {"image_shape": list(image_shape), "working_shape": list(spatial)}}
+        spatial = tuple(image_shape)
+        tile = tuple(min(t, n) for t, n in zip(tile, spatial))
+    group.create_array("embeddings", shape=(channels, *net_spatial), chunks=(channels, *net_tile),
                        dtype="float32", fill_value=0.0)
     if foreground:
-        group.create_array("foreground", shape=spatial, chunks=tile, dtype="float32", fill_value=0.0)
+        group.create_array("foreground", shape=net_spatial, chunks=net_tile, dtype="float32",
+                           fill_value=0.0)
     group.create_array("labels", shape=spatial, chunks=tile, dtype="int32", fill_value=0)
     # One chunk per flag: each tile's flag is its own (atomically renamed) file.
     group.create_array("done", shape=grid, chunks=(1,) * len(grid), dtype="bool", fill_value=False)
@@ -380,7 +405,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                     connectivity: int = 1, progress: Callable[[int, int], None] | None = None,
                     cancel: threading.Event | None = None, client=None, overwrite: bool = False,
                     stage: Callable[[str], None] | None = None, *, merge_distance: float | None = None,
-                    absorb_small: bool | None = None, fill_holes: bool | None = None):
+                    absorb_small: bool | None = None, fill_holes: bool | None = None,
+                    diameter: float | str | None = None, channel: int | None = None,
+                    per_slice: bool | None = None):
     """Segment ``image`` into a zarr group, resuming an interrupted run of the same arguments.
 
     Parameters
@@ -416,6 +443,17 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         An input inside (or equal to) the output is always refused.
     stage : callable(str), optional
         Told when a new stage starts ("tiles", "clustering", "labels").
+    diameter : float, 'auto' or None
+        Object diameter in the image (pixels). When the model records the diameter it learnt
+        and this one differs (:mod:`napari_shiftseg.rescale`), the network runs on the image
+        resampled (lazily) to the model's scale: ``embeddings``, ``foreground`` and
+        ``labels_resampled`` are on that grid, and ``labels`` is read back onto the image's
+        own grid. ``'auto'`` estimates it from a central crop; None segments as imaged.
+    channel : int, optional
+        For an image file with channels (RGB, or a ``C`` axis): the one to segment.
+    per_slice : bool, optional
+        Run a 2D model on each slice of a 3D image (default: whenever a 2D model meets a 3D
+        image). Instances are linked across z where voxels of one embedding cluster touch.
 
     Returns
     -------
@@ -430,7 +468,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     progress.Cancelled
         When ``cancel`` was set.
     """
-    from .io import read_image
+    from .io import image_info, read_spatial
     from .settings import SegmentationSettings
     from .tiling import tile_plan
 
@@ -438,8 +476,12 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     if out_path.suffix.lower() != ".zarr":
         raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
     _refuse_input_in_output(image, out_path)
+    voxel_size = None
     if isinstance(image, (str, Path)):
-        image = read_image(image)
+        voxel_size = image_info(image)["voxel_size"]
+        image = read_spatial(image, channel)
+    elif channel is not None:
+        raise ShiftSegError("channel picks a channel of an image file; index arrays yourself")
     _refuse_input_in_output(image, out_path)
     if image.ndim not in (2, 3):
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
@@ -450,17 +492,30 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     settings = SegmentationSettings.of(model).replace(
         bandwidth=bandwidth, min_size=min_size, fg_threshold=fg_threshold,
         merge_distance=merge_distance, absorb_small=absorb_small, fill_holes=fill_holes)
-    if geometry.ndim != image.ndim:
+    # A 2D model on a 3D stack runs slice by slice (exactly tiled in-plane); the slices'
+    # instances are linked across z by the labelling: voxels of one embedding cluster that
+    # touch across z are one object (same centre in the plane, overlapping).
+    if per_slice is None:
+        per_slice = geometry.ndim == 2 and image.ndim == 3
+    if per_slice and not (geometry.ndim == 2 and image.ndim == 3):
+        raise ShiftSegError(f"per_slice runs a 2D model on a 3D image; here the model is "
+                            f"{geometry.ndim}D and the image {image.ndim}D")
+    if geometry.ndim != image.ndim and not per_slice:
         raise ShiftSegError(
             f"the model is {geometry.ndim}D but the image is {image.ndim}D (shape "
             f"{tuple(image.shape)}); use a {image.ndim}D model")
-    plan = tile_plan(image.shape, geometry, tile, mode)
+    # The network may run on a resampled image (the model's object size); the input's own
+    # shape and voxels still identify the run (fingerprint), the labels return to its grid.
+    source_shape = tuple(image.shape)
+    net_image = _resampled_input(image, model, diameter, device, per_slice)
+    resampled = tuple(net_image.shape) != source_shape
+    plan = tile_plan(net_image.shape[per_slice:], geometry, tile, mode)
     if mode == "blend":
         # Blended tiles overlap; chunks of one stride keep every chunk written by one task.
-        chunk = tuple(plan.stride)
+        chunk = (1,) * per_slice + tuple(plan.stride)
     else:
-        chunk = tuple(plan.tile)
-    grid = tuple(math.ceil(s / c) for s, c in zip(image.shape, chunk))
+        chunk = (1,) * per_slice + tuple(plan.tile)
+    grid = tuple(math.ceil(s / c) for s, c in zip(net_image.shape, chunk))
     foreground = bool(model.config.foreground_head)
     channels = model.config.out_channels
     cluster_args = {**settings.to_meta(), "n_seeds": n_seeds, "max_points": max_points,
@@ -476,6 +531,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         # Not cancellable (it creates nothing): an output exists as soon as a run has started.
         fingerprint = _image_fingerprint(image, _runner(client, None))
         embed_args = _embedding_args(image, model, plan, mode, fingerprint)
+        embed_args["resampled_to"] = list(net_image.shape) if resampled else None
+        if per_slice:
+            embed_args["per_slice"] = True
         target = out_path  # where this run writes; a staging sibling with overwrite
         group = _open_output(out_path, overwrite)
         created = group is None
@@ -487,8 +545,11 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                     shutil.rmtree(target)  # an earlier, unfinished --overwrite run of ours
             attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
                      "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk),
-                     "image_slabs": {k: fingerprint[k] for k in ("planes", "slabs")}}
-            group = _create_output(target, tuple(image.shape), channels, chunk, grid, foreground, attrs)
+                     "image_slabs": {k: fingerprint[k] for k in ("planes", "slabs")},
+                     **({"voxel_size": list(voxel_size)} if voxel_size and len(voxel_size) == image.ndim
+                        else {})}
+            group = _create_output(target, tuple(net_image.shape), channels, chunk, grid, foreground,
+                                   attrs, source_shape if resampled else None)
         else:
             _check_resume(group, embed_args, out_path, fingerprint)
             stored = dict(group.attrs[ATTRS])
@@ -502,8 +563,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             _set_attrs(group, cluster_args=cluster_args)
 
         try:
-            return _run_tiles(group, target, out_path, image, model, tile, device, mode, channels,
-                              chunk, grid, foreground, cluster_args, compute, client, progress, stage)
+            return _run_tiles(group, target, out_path, net_image, model, tile, device, mode, channels,
+                              chunk, grid, foreground, cluster_args, compute, client, progress, stage,
+                              per_slice)
         except BaseException:
             # A run that fails (or is cancelled) before its first tile has nothing worth
             # resuming: remove what it created, so the retry (another tile, another device)
@@ -511,6 +573,28 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             if created and not _done_flags(group["done"]).any():
                 _remove_created(target, out_path, existed)
             raise
+
+
+def _resampled_input(image, model, diameter, device, per_slice=False):
+    """``image``, lazily resampled to the object size the model learnt (or as it is); a 2D
+    model on a stack resamples in the plane only."""
+    import dask.array as da
+
+    from . import rescale
+
+    diameter = rescale.check_diameter(diameter)
+    target = rescale.model_diameter(model)
+    if diameter is None or target is None:
+        return image
+    if diameter == "auto":
+        diameter = rescale.estimate_from_crop(image[image.shape[0] // 2] if per_slice else image,
+                                              model, device)
+    factor = rescale.scale_for(diameter, target)
+    if factor == 1.0:
+        return image
+    factors = (1.0,) * per_slice + (factor,) * model.geometry.ndim
+    source = image if isinstance(image, da.Array) else da.from_array(image, asarray=True, name=False)
+    return rescale.resize_image(source, shape=rescale.working_shape(image.shape, factors))
 
 
 def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
@@ -523,7 +607,7 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
 
 
 def _run_tiles(group, target, out_path, image, model, tile, device, mode, channels, chunk, grid,
-               foreground, cluster_args, compute, client, progress, stage):
+               foreground, cluster_args, compute, client, progress, stage, per_slice=False):
     """Predict and write the missing tiles, then cluster and label; returns the output group."""
     from .predict import predict_embeddings
 
@@ -536,7 +620,8 @@ def _run_tiles(group, target, out_path, image, model, tile, device, mode, channe
     if progress is not None:
         progress(before, total)
     if todo:
-        embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
+        embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode,
+                                        per_slice=per_slice)
         if tuple(embeddings.shape) != (channels, *image.shape):
             raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
         embeddings = embeddings.rechunk(((channels,),) + tuple(
@@ -609,8 +694,17 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
     clustering = cluster_embeddings(embeddings, foreground=foreground, compute=compute, **args)
     if stage:
         stage("labels")
-    count = write_instances(embeddings, clustering, group["labels"], min_size, connectivity,
+    resampled = "labels_resampled" in group
+    out = group["labels_resampled" if resampled else "labels"]
+    count = write_instances(embeddings, clustering, out, min_size, connectivity,
                             compute=compute, **post)
+    if resampled:
+        # Nearest-centre read-back onto the image's grid, chunk by chunk (rescale.py).
+        from .rescale import resize_labels
+
+        labels = group["labels"]
+        back = resize_labels(da.from_zarr(out), labels.shape).rechunk(labels.chunks)
+        compute(da.store(back, labels, lock=False, compute=False))
     _set_attrs(group, clustering=clustering.to_dict(), n_objects=count)
     group.attrs["complete"] = True
 

@@ -502,6 +502,11 @@ def train(
                 else SegmentationSettings(bandwidth=round(2 * delta_d / 3, 3),
                                           merge_distance=round(delta_d / 2, 3), absorb_small=True))
     validation_record: dict = {"held_out": val_note}
+    # The object size the model learnt, so that images of other magnifications are resampled to
+    # it (rescale.py): position offsets and the bandwidth are in pixels. Spatial heads only.
+    diameter = (round(median_diameter([lab for _, lab in pairs]), 1) if pairs
+                else (base.meta.get("object_diameter") if base is not None else None))
+    diameter = diameter if config.embedding == "spatial" and diameter else None
 
     def meta(done: int, complete: bool) -> dict:
         tail = history["loss"][-FINAL_LOSS_STEPS:]
@@ -509,6 +514,7 @@ def train(
             **settings.to_meta(),
             "normalization": dict(NORMALIZATION),
             "training_window": list(window),
+            **({"object_diameter": diameter} if diameter else {}),
             "steps": done,
             "complete": complete,
             "final_loss": float(np.mean(tail)) if tail else None,

@@ -89,3 +89,72 @@ def test_preview_uses_the_models_normalisation_and_global_positions(tmp_path, la
     result = _pipeline.segment(lambda *_: None, threading.Event(), image, path, params,
                                _pipeline.ModelCache(), region)
     np.testing.assert_allclose(result.embeddings, full[(slice(None),) + region], rtol=1e-5, atol=1e-4)
+
+
+def test_resampled_run_and_preview(tmp_path, lattice_crop):
+    """A model that learnt 20 px objects, told the image's are 10 px: the network runs on the
+    image upsampled 2x (a preview equals the full resampled run there), the labels come back
+    on the image's grid and the embedding layers are placed over the image's pixels."""
+    import threading
+
+    from napari_shiftseg import rescale
+    from napari_shiftseg._widgets import _layers, _pipeline
+    from napari_shiftseg.settings import SegmentationSettings
+
+    image = np.tile(lattice_crop[0], (2, 2)).astype(np.float32)             # 128 x 128
+    path = _spatial_model(tmp_path / "spatial.safetensors", {"method": "percentile", "low": 1.0,
+                                                             "high": 99.8})
+    model = load_model(path)
+    model.meta["object_diameter"] = 20.0
+    from napari_shiftseg.modelio import save_model
+    save_model(model, path)
+    params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu",
+                                     diameter=10.0)
+    run = lambda region=None: _pipeline.segment(lambda *_: None, threading.Event(), image, path,  # noqa: E731
+                                                params, _pipeline.ModelCache(), region)
+    full = run()
+    assert full.resampled.factor == 2.0 and full.resampled.working_shape == (256, 256)
+    assert full.embeddings.shape[1:] == (256, 256) and full.labels.shape == image.shape
+    working = rescale.resize_image(image, shape=(256, 256))
+    np.testing.assert_allclose(full.embeddings, predict_whole(working, model, device="cpu"),
+                               rtol=1e-5, atol=1e-4)
+    # Labels on the image's grid are the working labels read at each pixel's nearest centre.
+    labels = _pipeline._label(lambda *_: None, threading.Event(), full.embeddings, params, True)[0]
+    np.testing.assert_array_equal(full.labels, labels[1::2, 1::2])
+
+    region = (slice(40, 72), slice(16, 48))
+    preview = run(region)
+    assert preview.labels.shape == (32, 32) and preview.origin == (40, 16)
+    part = tuple(slice(o, o + n) for o, n in zip(preview.resampled.origin, preview.embeddings.shape[1:]))
+    np.testing.assert_allclose(preview.embeddings, full.embeddings[(slice(None),) + part],
+                               rtol=1e-5, atol=1e-4)
+    # Placement: working pixel j of the preview is centred on image coordinate (o + j + 0.5) / 2 - 0.5.
+    where = _layers.placement((1.0, 1.0), (0.0, 0.0), preview.origin)
+    layers = _layers.segmentation_layers(preview, "img", where, 2)
+    emb = next(kw for _, kw, _ in layers if kw["name"].startswith("embeddings"))
+    inst = next(kw for _, kw, _ in layers if kw["name"].startswith("instances"))
+    assert emb["scale"] == (0.5, 0.5) and inst["translate"] == (40.0, 16.0)
+    np.testing.assert_allclose(emb["translate"], [(o + 0.5) / 2 - 0.5 for o in preview.resampled.origin])
+    assert "segmented at 2.00x" in full.note
+
+
+def test_spatial_preview_of_a_stack_slice(tmp_path, lattice_crop):
+    """A spatial 2D model on a stack: the preview of one slice's region equals the full
+    slice-by-slice run there (in-plane positions of the whole image)."""
+    import threading
+
+    from napari_shiftseg._widgets import _pipeline
+    from napari_shiftseg.settings import SegmentationSettings
+
+    plane = np.tile(lattice_crop[0], (4, 4)).astype(np.float32)
+    stack = np.stack([plane, plane[::-1], plane[:, ::-1]])
+    path = _spatial_model(tmp_path / "spatial.safetensors", {"method": "percentile", "low": 1.0,
+                                                             "high": 99.8})
+    model = load_model(path)
+    full = predict_whole(stack, model, device="cpu", per_slice=True)
+    params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu")
+    region = (slice(2, 3), slice(160, 192), slice(120, 160))
+    result = _pipeline.segment(lambda *_: None, threading.Event(), stack, path, params,
+                               _pipeline.ModelCache(), region)
+    np.testing.assert_allclose(result.embeddings, full[(slice(None),) + region], rtol=1e-5, atol=1e-4)
+    assert result.labels.shape == (1, 32, 40)

@@ -9,7 +9,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
-from napari_shiftseg.modelio import load_model
+from napari_shiftseg.modelio import load_model, save_model
 from napari_shiftseg.predict import predict_whole
 from napari_shiftseg._widgets._layers import layer_name
 
@@ -211,3 +211,135 @@ def test_run_uses_the_settings_shown(segment, tiny_model_2d, tmp_path, wait_idle
     used = {k: v for call in seen for k, v in call.items()}
     assert used["fg_threshold"] == 0.6 and not used.get("fill_holes") and used["min_size"] == 33
 
+
+
+def test_object_diameter_control_follows_the_model(segment, viewer, tiny_model_2d, tmp_path,
+                                                   wait_idle):
+    """The bundled nuclei model learnt ~20 px nuclei: the diameter control is on ('auto' by
+    default) and a number typed there resamples the image; a model without a recorded size
+    turns it off."""
+    assert segment.set_model_file(tiny_model_2d)
+    assert not segment.diameter.enabled and "segmented as imaged" in segment.diameter.tooltip
+    segment.model.choice.value = "bundled:2"
+    assert segment.diameter.enabled and "20 px" in segment.diameter.tooltip
+    assert segment.diameter.native.text() == "auto" and segment._params().diameter == "auto"
+    sized = load_model(tiny_model_2d)
+    sized.meta["object_diameter"] = 16.0
+    path = save_model(sized, tmp_path / "sized.safetensors")
+    assert segment.set_model_file(path)
+    segment.diameter.value = 8.0
+    _run(segment, wait_idle)
+    image = segment.image.value.data
+    assert segment._result.resampled.factor == 2.0
+    assert segment._result.labels.shape == image.shape
+    assert "segmented at 2.00x" in segment.status.value
+    emb = viewer.layers[layer_name(segment.image.value.name, "embeddings")]
+    assert tuple(emb.scale) == tuple(s / 2 for s in SCALE)  # the image's scale, halved
+    np.testing.assert_allclose(emb.translate, [t - s / 4 for t, s in zip(TRANSLATE, SCALE)])
+
+
+def test_over_budget_resampled_run(segment, viewer, tiny_model_2d, tmp_path, wait_idle, monkeypatch):
+    """A resampled run kept on disk: embeddings on the resampled grid (placed over the image),
+    instances on the image's grid."""
+    import dask.array as da
+
+    from napari_shiftseg._widgets import _common, segment as segment_module
+
+    monkeypatch.setattr(segment_module, "inference_settings",
+                        lambda: _common.InferenceSettings(memory_budget_gb=1e-6))
+    sized = load_model(tiny_model_2d)
+    sized.meta["object_diameter"] = 16.0
+    assert segment.set_model_file(save_model(sized, tmp_path / "sized.safetensors"))
+    segment.diameter.value = 8.0
+    _run(segment, wait_idle)
+    assert "results in" in segment.status.value
+    image = segment.image.value.data
+    emb = viewer.layers[layer_name("crop", "embeddings")]
+    labels = viewer.layers[layer_name("crop", "instances")]
+    assert isinstance(labels.data, da.Array) and labels.data.shape == image.shape
+    assert emb.data.shape[:2] == tuple(2 * n for n in image.shape)
+    assert tuple(emb.scale) == tuple(s / 2 for s in SCALE)
+    assert tuple(labels.scale) == SCALE
+
+
+def test_instances_carry_a_features_table(segment, viewer, wait_idle):
+    """Run and Re-cluster put one row per object on the instances layer (napari shows it on
+    hover): label id, size in world units (the layer's scale), centroid, intensities."""
+    segment.fg_threshold.value, segment.min_size.value = 0.45, 3  # objects from the tiny model
+    _run(segment, wait_idle)
+    layer = viewer.layers[layer_name("crop", "instances")]
+    features = layer.features
+    labels = np.asarray(layer.data)
+    ids = np.unique(labels[labels > 0])
+    assert list(features["index"]) == list(ids)
+    first = int(ids[0])
+    voxels = int((labels == first).sum())
+    assert features["voxels"].iloc[0] == voxels
+    assert features["size"].iloc[0] == pytest.approx(voxels * SCALE[0] * SCALE[1])
+    image = segment.image.value.data
+    assert features["mean_intensity"].iloc[0] == pytest.approx(image[labels == first].mean(), rel=1e-5)
+    segment.bandwidth.value = segment.bandwidth.value / 2
+    segment.recluster_button.clicked.emit()
+    wait_idle(segment)
+    labels = np.asarray(layer.data)
+    assert list(layer.features["index"]) == list(np.unique(labels[labels > 0]))
+
+
+def test_split_and_merge(segment, viewer, wait_idle):
+    """Merge two objects by id, then split the merged object again from its embeddings: the two
+    end up apart; the features table follows each edit."""
+    assert not segment.split_button.enabled                        # nothing to proofread yet
+    segment.fg_threshold.value, segment.min_size.value = 0.45, 3
+    _run(segment, wait_idle)
+    assert segment.split_button.enabled and segment.merge_button.enabled
+    layer = viewer.layers[layer_name("crop", "instances")]
+    before = np.asarray(layer.data).copy()
+    ids = np.unique(before[before > 0])
+    assert len(ids) >= 3
+    sizes = {i: int((before == i).sum()) for i in ids}
+    a, b = sorted(ids, key=lambda i: -sizes[i])[:2]                 # the two largest objects
+    segment.merge_ids.value = f"{b}, {a}"
+    segment.merge_button.clicked.emit()
+    merged = np.asarray(layer.data)
+    kept = min(a, b)
+    assert set(np.unique(merged[(before == a) | (before == b)])) == {kept}
+    assert f"into {kept}" in segment.status.value
+    assert max(a, b) not in set(layer.features["index"])
+    layer.selected_label = kept
+    segment.split_button.clicked.emit()
+    split = np.asarray(layer.data)
+    assert segment.status.value.startswith(f"split object {kept} into")
+    assert set(np.unique(split[before == a])).isdisjoint(np.unique(split[before == b]))
+    assert list(layer.features["index"]) == list(np.unique(split[split > 0]))
+    segment.merge_ids.value = "4, x"
+    segment.merge_button.clicked.emit()                             # an error, nothing changed
+    np.testing.assert_array_equal(np.asarray(layer.data), split)
+
+
+def test_2d_model_on_a_stack(viewer, tiny_model_2d, lattice_crop, wait_idle):
+    """A 2D model on a 3D layer runs slice by slice (exact in the plane, equal to the whole
+    stack run slice by slice); objects are linked across z; a preview is the current slice."""
+    image = np.stack([lattice_crop[0]] * 3).astype(np.float32)
+    viewer.add_image(image, name="stack")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.set_model_file(tiny_model_2d)
+    widget.image.value = viewer.layers["stack"]
+    widget.tile.value, widget.device.value = 16, "cpu"
+    widget.fg_threshold.value, widget.min_size.value = 0.45, 3
+    _run(widget, wait_idle)
+    full = predict_whole(image, load_model(tiny_model_2d), device="cpu", per_slice=True)
+    np.testing.assert_allclose(widget._result.embeddings, full, atol=1e-5)
+    labels = np.asarray(viewer.layers[layer_name("stack", "instances")].data)
+    assert labels.shape == image.shape
+    ids = np.unique(labels[labels > 0])
+    assert len(ids) > 0 and all((labels == i).any(axis=(1, 2)).all() for i in ids)  # linked in z
+    assert viewer.layers[layer_name("stack", "phase")].data.shape == image.shape
+    viewer.dims.set_point(0, 1)
+    widget.preview()
+    wait_idle(widget)
+    preview = viewer.layers[layer_name("stack", "instances")]
+    assert preview.data.shape[0] == 1 and tuple(preview.translate)[0] == 1.0
+    np.testing.assert_allclose(widget._result.embeddings[:, 0],
+                               full[(slice(None), 1) + tuple(slice(int(t), int(t) + n) for t, n in
+                                                             zip(preview.translate[1:], preview.data.shape[1:]))],
+                               atol=1e-4)

@@ -154,3 +154,44 @@ def test_sparse_labels_with_a_drawn_region(viewer, wait_idle, tmp_path, lattice_
     wait_idle(widget)
     meta = read_metadata(Path(widget.saved_path))["meta"]
     assert "sparse labels" in meta["training_data"] and "annotated-region mask" in meta["training_data"]
+
+
+def test_fine_tune_the_segment_model_on_corrected_labels(viewer, wait_idle, tmp_path, lattice_crop,
+                                                        tiny_model_2d):
+    """The human-in-the-loop round: Segment with a model, correct the instances layer (here
+    with a merge), fine-tune that model on it from the Train widget, and Segment runs with the
+    new file (same network, more steps, provenance recorded)."""
+    import numpy as np
+
+    from napari_shiftseg._widgets.train import FROM_SEGMENT
+    from napari_shiftseg.modelio import load_model
+
+    image, _ = lattice_crop
+    viewer.add_image(image, name="img")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
+    assert segment.set_model_file(tiny_model_2d)
+    segment.tile.value, segment.device.value = 16, "cpu"
+    segment.fg_threshold.value, segment.min_size.value = 0.45, 3
+    segment.run()
+    wait_idle(segment)
+    corrected = viewer.layers["instances [img]"]
+    ids = np.unique(np.asarray(corrected.data))[1:3]
+    segment.merge_ids.value = ", ".join(map(str, ids))
+    segment.merge()                                                   # a proofreading edit
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
+    _small(widget, tmp_path)
+    widget.source.value = "image + labels layers"
+    widget.labels_layer.value = corrected
+    widget.start_from.value = FROM_SEGMENT
+    assert not widget.levels.enabled                                  # the model's own network
+    widget.train_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.status.value.startswith("saved"), widget.status.value
+    tuned = load_model(widget.saved_path)
+    assert tuned.config == load_model(tiny_model_2d).config
+    assert tuned.meta["initialised_from"]["model"] == Path(tiny_model_2d).name
+    widget.use_button.clicked.emit()
+    assert segment.model.path == Path(widget.saved_path).resolve()
+    segment.run()
+    wait_idle(segment)
+    assert segment.status.value.startswith("done"), segment.status.value

@@ -19,12 +19,12 @@ from pathlib import Path
 import dask.array as da
 import zarr
 
-from .. import diagnostics, predict
+from .. import diagnostics, predict, rescale
 from ..segment import recluster as recluster_zarr
 from ..segment import segment_to_zarr
 from ..tiling import tile_plan
 from ._common import file_stamp
-from ._pipeline import ModelCache
+from ._pipeline import ModelCache, Resampled
 
 _SESSION_DIR: Path | None = None
 
@@ -38,12 +38,12 @@ def session_dir() -> Path:
     return _SESSION_DIR
 
 
-def output_path(image_name: str, model_path, tile: int, mode: str) -> Path:
+def output_path(image_name: str, model_path, tile: int, mode: str, diameter=None) -> Path:
     model_path = Path(model_path)
     # The file's time too: a model trained again under the same name gives other embeddings
     # (segment_to_zarr would refuse to resume the old group).
     stamp = file_stamp(model_path)
-    key = hashlib.sha1(repr((image_name, str(model_path), stamp, tile, mode)).encode()).hexdigest()[:10]
+    key = hashlib.sha1(repr((image_name, str(model_path), stamp, tile, mode, diameter)).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() else "_" for c in image_name)[:40]
     return session_dir() / f"{safe}-{key}.zarr"
 
@@ -58,6 +58,7 @@ class LargeResult:
     diagnostics: dict
     foreground: bool
     origin: tuple | None = None
+    resampled: object = None  # a _pipeline.Resampled when the network ran on a resampled image
 
 
 def _open(path: Path, plan, model, image, device) -> LargeResult:
@@ -66,16 +67,24 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
     embeddings = da.from_zarr(group["embeddings"])
     shape = embeddings.shape[1:]
     geometry = model.geometry
+    resampled = None
+    if tuple(shape) != tuple(image.shape):  # the network ran on the image resampled
+        resampled = Resampled((0,) * len(shape), tuple(shape), tuple(image.shape),
+                              shape[-1] / image.shape[-1])
+        source = image if isinstance(image, da.Array) else da.from_array(image)
+        image = rescale.resize_image(source, shape=shape)
     # Lazy: napari computes the reference only for the tiles of the slice on screen.
+    per_slice = geometry.ndim < len(shape)
     reference = predict.predict_embeddings(image, model, tile=diagnostics.reference_tile(plan, geometry),
-                                           device=device, mode="exact")
+                                           device=device, mode="exact", per_slice=per_slice)
     diag = {
-        "tile_boundaries": diagnostics.tile_boundaries(plan),
+        "tile_boundaries": diagnostics.tile_boundaries(plan, shape),
         "seams": diagnostics.seam_error(embeddings, reference, plan),
         "grid": diagnostics.grid_lines(shape, geometry),
         "phase": diagnostics.phase_map(shape, geometry),
     }
-    return LargeResult(path, embeddings, da.from_zarr(group["labels"]), diag, "foreground" in group)
+    return LargeResult(path, embeddings, da.from_zarr(group["labels"]), diag, "foreground" in group,
+                       resampled=resampled)
 
 
 def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:
@@ -90,8 +99,9 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
     model = ModelCache().get(model_path, params.device)
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
                     mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
-                    cancel=cancel, stage=on_stage, **kwargs)
-    plan = tile_plan(image.shape, model.geometry, params.tile, params.mode)
+                    cancel=cancel, stage=on_stage, diameter=params.diameter, **kwargs)
+    shape = zarr.open_group(str(out_path), mode="r")["embeddings"].shape[1:]
+    plan = tile_plan(shape[len(shape) - model.geometry.ndim:], model.geometry, params.tile, params.mode)
     return _open(out_path, plan, model, image, params.device)
 
 

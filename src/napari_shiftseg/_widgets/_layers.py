@@ -115,15 +115,37 @@ def _contrast(data, kind: str) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
+def resampled_placement(where: dict, origin, resampled) -> dict:
+    """Placement of a result on a resampled image's grid (see ``_pipeline.Resampled``), given
+    the image's own ``where`` for a crop starting at ``origin`` (None: the whole image).
+
+    Pixel j of the resampled image has its centre at image coordinate (j + 0.5)·r − 0.5 with
+    r = image size / resampled size per axis (as ``rescale`` samples it).
+    """
+    scale, translate = where["scale"], where["translate"]
+    origin = origin or (0,) * len(scale)
+    base = [t - o * s for t, o, s in zip(translate, origin, scale)]
+    ratio = [n / m for n, m in zip(resampled.image_shape, resampled.working_shape)]
+    return {"scale": tuple(s * r for s, r in zip(scale, ratio)),
+            "translate": tuple(b + s * ((o + 0.5) * r - 0.5)
+                               for b, s, o, r in zip(base, scale, resampled.origin, ratio))}
+
+
 def segmentation_layers(result, image_name: str, where: dict, embed_dim: int,
                         capacity: int | None = None) -> list[tuple]:
-    """All layers of a segmentation run (see :class:`~._pipeline.SegmentResult`)."""
+    """All layers of a segmentation run (see :class:`~._pipeline.SegmentResult`).
+
+    Instances are on the image's grid; embeddings and diagnostics on the grid the network ran
+    on, which differs when the image was resampled to the model's object size.
+    """
     emb = result.embeddings
-    layers = [result_layer(embeddings_to_rgb(emb[:embed_dim]), "embeddings", image_name, where)]
+    resampled = getattr(result, "resampled", None)
+    net_where = where if resampled is None else resampled_placement(where, result.origin, resampled)
+    layers = [result_layer(embeddings_to_rgb(emb[:embed_dim]), "embeddings", image_name, net_where)]
     if emb.shape[0] > embed_dim:
-        layers.append(result_layer(sigmoid(emb[embed_dim]), "foreground", image_name, where))
+        layers.append(result_layer(sigmoid(emb[embed_dim]), "foreground", image_name, net_where))
     layers.append(result_layer(result.labels, "instances", image_name, where))
-    layers += diagnostic_layers(result.diagnostics, image_name, where, capacity)
+    layers += diagnostic_layers(result.diagnostics, image_name, net_where, capacity)
     return layers
 
 
@@ -153,6 +175,8 @@ def show_layers(viewer, layer_tuples: list[tuple]) -> list:
             old.scale, old.translate = kwargs["scale"], kwargs["translate"]
             if "contrast_limits" in kwargs:
                 old.contrast_limits = kwargs["contrast_limits"]
+            if "features" in kwargs:
+                old.features = kwargs["features"]
             shown.append(old)
             continue
         if old is not None:

@@ -17,9 +17,10 @@ import numpy as np
 
 # Imported here, not inside the jobs: the widget module imports this one when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import diagnostics, instances, predict, progress, synth, tiling, train
+from .. import diagnostics, instances, predict, progress, rescale, synth, tiling, train
 from .._errors import ShiftSegError
 from ..devices import resolve_device
+from ..measure import AXES, measure
 from ..modelio import load_model, save_model
 from ..normalize import recorded_normalization
 from ..settings import SegmentationSettings
@@ -35,6 +36,19 @@ class SegmentParams:
     tile: int = 128          # n·f^l in exact mode; as requested in naive/blend mode
     device: str = "auto"
     mode: str = "exact"
+    # Object diameter in the image (px): "auto" (estimated by a first pass), a number, or None
+    # (segment as imaged). Used when the model records the diameter it learnt (rescale.py).
+    diameter: float | str | None = None
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """Where a result computed on a resampled image sits: its part of the resampled image."""
+
+    origin: tuple           # first voxel of the computed part, on the resampled image
+    working_shape: tuple    # shape of the whole resampled image
+    image_shape: tuple      # shape of the image itself
+    factor: float
 
 
 @dataclass
@@ -47,6 +61,9 @@ class SegmentResult:
     origin: tuple | None = None     # crop origin in the source image (None: whole image)
     foreground: bool = True
     note: str = ""                  # what the user should know about these labels
+    # Set when the network ran on a resampled image: embeddings and diagnostics are on that
+    # image's grid, labels on the image's own (rescale.py).
+    resampled: Resampled | None = None
 
 
 class ModelCache:
@@ -73,7 +90,7 @@ def check_image(layer, model_ndim: int):
         raise ShiftSegError(f"layer {name!r} is multiscale; add its full-resolution level as a layer")
     if getattr(layer, "rgb", False):
         raise ShiftSegError(f"layer {name!r} is an RGB image; shiftseg models take one channel")
-    if data.ndim != model_ndim:
+    if data.ndim != model_ndim and not (model_ndim == 2 and data.ndim == 3):
         raise ShiftSegError(
             f"layer {name!r} is {data.ndim}D but the model is {model_ndim}D; pick a {data.ndim}D model"
         )
@@ -106,7 +123,6 @@ def preview_region(shape, geometry, visible, point) -> tuple[slice, ...]:
     global grid), so the preview's tiles are the same tiles a full run computes; non-displayed
     axes get the one f^l cell that holds the current slice.
     """
-    g = geometry.grid
     region = []
     for axis, size in enumerate(shape):
         if axis in visible:
@@ -114,10 +130,20 @@ def preview_region(shape, geometry, visible, point) -> tuple[slice, ...]:
         else:
             start = int(np.clip(math.floor(point[axis]), 0, size - 1))
             stop = start + 1
-        start = max(0, (int(start) // g) * g)
-        stop = min(size, -(-int(stop) // g) * g)
-        region.append(slice(start, max(stop, start + 1)))
-    return tuple(region)
+        region.append(slice(int(start), int(stop)))
+    return on_grid(region, shape, geometry)
+
+
+def on_grid(region, shape, geometry) -> tuple[slice, ...]:
+    """``region`` widened to whole f^l cells (origins on the global grid), within ``shape``."""
+    g = geometry.grid
+    lead = len(shape) - geometry.ndim   # slice axis of a 2D model on a stack: left as it is
+    out = list(region[:lead])
+    for r, size in zip(region[lead:], shape[lead:]):
+        start = max(0, (r.start // g) * g)
+        stop = min(size, -(-r.stop // g) * g)
+        out.append(slice(start, max(stop, start + 1)))
+    return tuple(out)
 
 
 def with_context(region: tuple[slice, ...], shape, geometry) -> tuple[slice, ...]:
@@ -128,18 +154,68 @@ def with_context(region: tuple[slice, ...], shape, geometry) -> tuple[slice, ...
     """
     g = geometry.grid
     margin = -(-(geometry.context + geometry.output_residue) // g) * g
-    return tuple(slice(max(0, r.start - margin), min(n, r.stop + margin)) for r, n in zip(region, shape))
+    lead = len(shape) - geometry.ndim   # slices of a stack see no context of their neighbours
+    return tuple(region[:lead]) + tuple(slice(max(0, r.start - margin), min(n, r.stop + margin))
+                                        for r, n in zip(region[lead:], shape[lead:]))
 
 
 def segment(report, cancel, image, model_path, params: SegmentParams, cache: ModelCache,
             region: tuple[slice, ...] | None = None) -> SegmentResult:
-    """Embeddings, instances and diagnostics of ``image`` (or of ``image[region]``)."""
+    """Embeddings, instances and diagnostics of ``image`` (or of ``image[region]``).
 
+    When the model records the object diameter it learnt and ``params.diameter`` differs from
+    it (or, for "auto", a first pass finds objects of another size), the network runs on the
+    image resampled to the model's scale; the labels come back on the image's grid.
+    """
     model = cache.get(model_path, params.device)
-    g = model.geometry
     # The normalisation the model was trained with, from statistics of the WHOLE image (as a
-    # full run uses), computed once for the run and its reference.
+    # full run uses), computed once for the run and its reference (and the resampled image).
     norm = recorded_normalization(image, model.meta, model.name)
+    target = rescale.model_diameter(model)
+    diameter = rescale.check_diameter(params.diameter) if target else None
+    if diameter is None:
+        return _segment_at(report, cancel, image, model, params, region, norm)
+    if diameter == "auto":
+        first = _segment_at(report, cancel, image, model, params, region, norm)
+        diameter = rescale.estimate_diameter(first.labels)
+        factor = rescale.scale_for(diameter, target)
+        if factor == 1.0:
+            if diameter:
+                first.note += f"; objects ~{diameter:.0f} px, model {target:.0f} px: as imaged"
+            return first
+    factor = rescale.scale_for(diameter, target)
+    if factor == 1.0:
+        return _segment_at(report, cancel, image, model, params, region, norm)
+    shape = tuple(image.shape)
+    lead = len(shape) - model.geometry.ndim        # a stack's slice axis is not resampled
+    working_shape = rescale.working_shape(shape, (1.0,) * lead + (factor,) * model.geometry.ndim)
+    working = rescale.resize_image(da.asarray(image), shape=working_shape)  # lazy
+    image_region = region or tuple(slice(0, n) for n in shape)
+    working_part = None if region is None else on_grid(
+        rescale.working_region(region, shape, working_shape), working_shape, model.geometry)
+    result = _segment_at(report, cancel, working, model, params, working_part, norm)
+    result.resampled = Resampled(result.origin or (0,) * len(shape), working_shape, shape, factor)
+    result.labels = on_image_grid(result, result.labels, image_region)
+    result.origin = None if region is None else tuple(r.start for r in region)
+    result.note += (f"; objects ~{diameter:.0f} px, model {target:.0f} px: segmented at "
+                    f"{factor:.2f}x")
+    return result
+
+
+def on_image_grid(result: SegmentResult, labels, image_region=None, dtype=np.int32) -> np.ndarray:
+    """Labels (or any map) of a (possibly resampled) result on the image's own pixels."""
+    if result.resampled is None:
+        return labels
+    r = result.resampled
+    if image_region is None:
+        origin = result.origin or (0,) * len(r.image_shape)
+        image_region = tuple(slice(o, o + n) for o, n in zip(origin, result.labels.shape))
+    out = rescale.labels_on_image_grid(labels, r.origin, r.working_shape, image_region, r.image_shape)
+    return np.ascontiguousarray(out, dtype=dtype)
+
+
+def _segment_at(report, cancel, image, model, params: SegmentParams, region, norm) -> SegmentResult:
+    g = model.geometry
     if region is None:
         data, inner, grown = image, None, None
     else:
@@ -148,17 +224,19 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
         grown = with_context(region, image.shape, g)
         data = image[grown]
         inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
+    per_slice = g.ndim < image.ndim     # a 2D model on a stack: slice by slice
     embeddings = predict.predict_embeddings(data, model, tile=params.tile, device=params.device,
-                                            mode=params.mode, normalization=norm)
+                                            mode=params.mode, normalization=norm, per_slice=per_slice)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
     shape = embeddings.shape[1:]
-    plan = tiling.tile_plan(shape, g, params.tile, params.mode)
+    plan = tiling.tile_plan(shape[per_slice:], g, params.tile, params.mode)
     # Seams = where stitched output departs from whole-image output (an exact run, other borders).
     reference = predict.predict_embeddings(data, model, tile=diagnostics.reference_tile(plan, g),
-                                           device=params.device, mode="exact", normalization=norm)
+                                           device=params.device, mode="exact", normalization=norm,
+                                           per_slice=per_slice)
     diag = {
-        "tile_boundaries": diagnostics.tile_boundaries(plan),
+        "tile_boundaries": diagnostics.tile_boundaries(plan, shape),
         "seams": diagnostics.seam_error(embeddings, reference, plan),
         "grid": diagnostics.grid_lines(shape, g),
         "phase": diagnostics.phase_map(shape, g),
@@ -171,8 +249,9 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
             # Spatial embeddings hold positions in the predicted array (the grown crop): shift
             # them to the image's own positions, which a full run adds.
             d = g.ndim
-            embeddings[:d] += position_grid((1,) * d, model.config.position_scale,
-                                            [s.start for s in grown])
+            shift = position_grid((1,) * d, model.config.position_scale,
+                                  [s.start for s in grown[len(grown) - d:]])
+            embeddings[:d] += shift.reshape((d,) + (1,) * (embeddings.ndim - 1))
     labels, note = _label(report, cancel, embeddings, params, model.config.foreground_head,
                           preview=region is not None)
     origin = None if region is None else tuple(s.start for s in region)
@@ -234,10 +313,48 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
     return labels, "; ".join(notes)
 
 
+def object_features(result: SegmentResult, image, spacing) -> dict:
+    """The measurement table of an in-memory result (see :func:`napari_shiftseg.measure.measure`),
+    for the instances layer's ``features``: sizes in the layer's world units (its scale)."""
+    region = tuple(slice(o, o + n) for o, n in zip(result.origin or (0,) * result.labels.ndim,
+                                                   result.labels.shape))
+    intensities = np.asarray(image[region], dtype=np.float32)
+    embeddings = None
+    if result.resampled is None:  # on the image's grid: the mean embedding of each object too
+        embeddings = result.embeddings[:result.embeddings.shape[0] - int(result.foreground)]
+    table = measure(result.labels, intensities, spacing=spacing, embeddings=embeddings)
+    if result.origin is not None:  # a preview: positions in the whole image's pixels
+        for axis, o in zip(AXES[result.labels.ndim], result.origin):
+            for key in (f"centroid_{axis}", f"bbox_{axis}_start", f"bbox_{axis}_stop"):
+                table[key] = table[key] + o
+    return table
+
+
+def embeddings_on_image_grid(result: SegmentResult) -> np.ndarray:
+    """The result's embeddings (foreground channel excluded) on the labels' pixels."""
+    emb = result.embeddings[:result.embeddings.shape[0] - int(result.foreground)]
+    if result.resampled is None:
+        return emb
+    return np.stack([on_image_grid(result, channel, dtype=np.float32) for channel in emb])
+
+
+def split(result: SegmentResult, labels, object_id: int, bandwidth: float, min_size: int):
+    """Split one object of the (possibly hand-edited) ``labels`` of ``result``."""
+    from ..proofread import split_object
+
+    if isinstance(result.embeddings, da.Array) or hasattr(result, "path"):
+        raise ShiftSegError("split works on results kept in memory; this one is on disk")
+    if tuple(np.shape(labels)) != tuple(result.labels.shape):
+        raise ShiftSegError("the instances layer no longer matches the last run; run again")
+    return split_object(labels, embeddings_on_image_grid(result), object_id, bandwidth,
+                        min_size=min_size)
+
+
 def recluster(report, cancel, result: SegmentResult, params: SegmentParams):
     """Mean-shift + labelling again on the cached embeddings (no network pass)."""
-    return _label(report, cancel, result.embeddings, params, result.foreground,
-                  preview=result.origin is not None)[0]
+    labels = _label(report, cancel, result.embeddings, params, result.foreground,
+                    preview=result.origin is not None)[0]
+    return on_image_grid(result, labels)
 
 
 # --------------------------------------------------------------------------- training

@@ -17,15 +17,17 @@ passed on as one :class:`SegmentationSettings`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar,
-                              PushButton, SpinBox)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit,
+                              ProgressBar, PushButton, SpinBox)
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
+from .. import rescale
 from .._errors import ShiftSegError
 from ..settings import SegmentationSettings
 from . import _large, _layers, _pipeline
@@ -45,14 +47,28 @@ def _segment_job(report, cancel, image, model_path, params, cache, region, targe
     else:
         result = _large.segment(report, cancel, image, model_path, params, out_path)
     name, where, embed_dim, capacity = target
-    return result, _layers.segmentation_layers(result, name, where, embed_dim, capacity)
+    layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
+    if out_path is None:  # results on disk are not measured here: `shiftseg segment --table`
+        _with_features(layers, _pipeline.object_features(result, image, where["scale"]))
+    return result, layers
 
 
-def _recluster_job(report, cancel, result, params, target):
+def _with_features(layers, table) -> None:
+    """Put the measurement table on the instances layer (napari shows it on hover)."""
+    for _, kwargs, layer_type in layers:
+        if layer_type == "labels":
+            kwargs["features"] = table
+
+
+def _recluster_job(report, cancel, result, params, target, image):
     large = isinstance(result, _large.LargeResult)
     labels = (_large if large else _pipeline).recluster(report, cancel, result, params)
     name, where = target[:2]
-    return labels, [_layers.result_layer(labels, "instances", name, where)]
+    layers = [_layers.result_layer(labels, "instances", name, where)]
+    if not large:
+        measured = dataclasses.replace(result, labels=labels)
+        _with_features(layers, _pipeline.object_features(measured, image, where["scale"]))
+    return labels, layers
 
 
 class SegmentWidget(Container):
@@ -67,6 +83,11 @@ class SegmentWidget(Container):
         self.tile_info = Label(label="tile")
         self.device = device_choice(settings)
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
+        # cellpose's "diameter": 0 shows "auto" (estimated by a first pass); the image is
+        # resampled to the object size the model learnt (rescale.py).
+        self.diameter = FloatSpinBox(label="object diameter (px)", value=0.0, min=0.0, max=10000.0,
+                                     step=1.0)
+        self.diameter.native.setSpecialValueText("auto")
         # Values come from the model (_use_model_settings below); the ranges only need to hold
         # anything SegmentationSettings accepts.
         self.bandwidth = FloatSpinBox(label="bandwidth", min=0.001, max=1000.0, step=0.1)
@@ -86,11 +107,25 @@ class SegmentWidget(Container):
         self.recluster_button = PushButton(text="Re-cluster", enabled=False)
         buttons = Container(widgets=[self.preview_button, self.run_button, self.recluster_button],
                             layout="horizontal", labels=False)
+        # Proofreading (after a run): split one object by re-clustering its embeddings, merge
+        # objects by id; napari's own label tools do the rest (paint, erase, fill).
+        self.split_id = SpinBox(label="object", value=0, min=0, max=2**31 - 1)
+        self.split_id.native.setSpecialValueText("selected label")
+        self.split_button = PushButton(text="Split", enabled=False)
+        self.merge_ids = LineEdit(label="merge ids", value="")
+        self.merge_ids.tooltip = "object ids to merge into one, e.g. 4, 9"
+        self.merge_button = PushButton(text="Merge", enabled=False)
+        proofread = Container(widgets=[self.split_id, self.split_button, self.merge_ids,
+                                       self.merge_button], layout="horizontal", labels=True,
+                              label="proofread")
+        self.split_button.changed.connect(self.split)
+        self.merge_button.changed.connect(self.merge)
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         super().__init__(widgets=[self.image, self.model, self.tile, self.tile_info, self.device,
-                                  self.mode, self.bandwidth, self.fg_threshold, self.min_size,
-                                  self.merge_distance, post, buttons, self.progress, self.status])
+                                  self.mode, self.diameter, self.bandwidth, self.fg_threshold, self.min_size,
+                                  self.merge_distance, post, buttons, proofread, self.progress,
+                                  self.status])
         wrap(self.tile_info, self.status)
         self._cache = _pipeline.ModelCache()
         self._result: _pipeline.SegmentResult | None = None
@@ -168,7 +203,66 @@ class SegmentWidget(Container):
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
-        self._task.start(_recluster_job, self._result, params, self._target)
+        name = self._target[0]
+        if name not in self._viewer.layers:
+            show_error(f"shiftseg: the image layer {name!r} of the last run is gone; run again")
+            return
+        layer = self._viewer.layers[name]
+        self._task.start(_recluster_job, self._result, params, self._target, layer.data)
+
+    # ---- proofreading ----------------------------------------------------------------
+    def _instances_layer(self):
+        if self._result is None or self._target is None:
+            raise ShiftSegError("run Segment first")
+        name = _layers.layer_name(self._target[0], "instances")
+        if name not in self._viewer.layers:
+            raise ShiftSegError(f"the layer {name!r} is gone; run Segment again")
+        return self._viewer.layers[name]
+
+    def split(self) -> None:
+        """Re-cluster one object (the number given, else the layer's selected label) with half
+        the bandwidth; shows what happened in the status line."""
+        try:
+            layer = self._instances_layer()
+            object_id = self.split_id.value or int(layer.selected_label)
+            labels, ids = _pipeline.split(self._result, np.asarray(layer.data), object_id,
+                                          self.bandwidth.value / 2, self.min_size.value)
+        except ShiftSegError as err:
+            show_error(f"shiftseg: {err}")
+            return
+        if len(ids) == 1:
+            self.status.value = (f"object {object_id} has one embedding mode at bandwidth "
+                                 f"{self.bandwidth.value / 2:g}; lower the bandwidth to split it")
+            return
+        self._set_labels(layer, labels)
+        self.status.value = f"split object {object_id} into {', '.join(map(str, ids))}"
+
+    def merge(self) -> None:
+        """Merge the objects listed in 'merge ids' into the smallest of them."""
+        from ..proofread import merge_objects
+
+        try:
+            layer = self._instances_layer()
+            text = self.merge_ids.value.replace(";", ",").replace(" ", ",")
+            try:
+                ids = [int(v) for v in text.split(",") if v]
+            except ValueError:
+                raise ShiftSegError(f"merge ids must be whole numbers like 4, 9; got {self.merge_ids.value!r}") from None
+            labels, kept = merge_objects(np.asarray(layer.data), ids)
+        except ShiftSegError as err:
+            show_error(f"shiftseg: {err}")
+            return
+        self._set_labels(layer, labels)
+        self.status.value = f"merged {', '.join(map(str, sorted(set(ids))))} into {kept}"
+
+    def _set_labels(self, layer, labels) -> None:
+        """Show proofread labels; the table and the cached result follow."""
+        self._result.labels = labels
+        layer.data = labels
+        name = self._target[0]
+        if name in self._viewer.layers:
+            layer.features = _pipeline.object_features(self._result, self._viewer.layers[name].data,
+                                                       self._target[1]["scale"])
 
     # ---- running ---------------------------------------------------------------------
     def _layer(self):
@@ -176,7 +270,8 @@ class SegmentWidget(Container):
 
     def _params(self) -> _pipeline.SegmentParams:
         return _pipeline.SegmentParams(settings=self.settings(), tile=self._tile(),
-                                       device=self.device.value, mode=self.mode.value)
+                                       device=self.device.value, mode=self.mode.value,
+                                       diameter=self.diameter.value or "auto")
 
     def _tile(self) -> int:
         """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose)."""
@@ -205,7 +300,8 @@ class SegmentWidget(Container):
                              config.embed_dim, config.geometry.capacity)
         out_path = None  # results that do not fit the budget go to zarr and are shown lazily
         if region is None and not _pipeline.fits_budget(layer.data.shape, config.out_channels, budget):
-            out_path = _large.output_path(layer.name, self.model.path, params.tile, params.mode)
+            out_path = _large.output_path(layer.name, self.model.path, params.tile, params.mode,
+                                          params.diameter)
         self._task.start(_segment_job, layer.data, self.model.path, params, self._cache, region,
                          self._next_target, out_path)
 
@@ -221,6 +317,8 @@ class SegmentWidget(Container):
         if busy and not self._pending:
             self.progress.value, self.status.value = 0, "starting…"
         self.recluster_button.enabled = not busy and self._result is not None
+        in_memory = isinstance(self._result, _pipeline.SegmentResult)
+        self.split_button.enabled = self.merge_button.enabled = not busy and in_memory
 
     def _on_progress(self, done: int, total: int, what) -> None:
         self.progress.max = max(total, 1)
@@ -270,8 +368,14 @@ class SegmentWidget(Container):
         """Put the settings recorded in the model file (tuned for its embeddings) into the controls."""
         try:
             settings = self.model.settings()
+            learnt = rescale.model_diameter(self.model.metadata()["meta"])
         except ShiftSegError:
             return  # an unreadable model is reported by the tile info line, and cannot run
+        self.diameter.enabled = bool(learnt)
+        self.diameter.tooltip = (
+            f"diameter of the objects in this image; the model learnt ~{learnt:g} px and the image "
+            "is resampled to that size ('auto': estimated by a first pass)" if learnt else
+            "this model records no object size: images are segmented as imaged")
         for name, value in settings.to_meta().items():
             try:
                 getattr(self, name).value = value

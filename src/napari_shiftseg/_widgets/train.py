@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 LAYERS = "image + labels layers"
 COMPLETE = "labels are complete"
 PAINTED = "only the painted objects (+ margin)"
+NEW = "a new network"
+FROM_SEGMENT = "the Segment widget's model (fine-tune)"
 WARN_STYLE = "color: #e8a33d;"
 
 
@@ -69,6 +71,10 @@ class TrainWidget(Container):
         # Sparse labels: where are they complete? Everywhere, around the painted objects, or in
         # a region drawn (Shapes) or painted (Labels) as its own layer.
         self.annotated = ComboBox(label="annotated", choices=self._annotated_choices)
+        # Human in the loop: fine-tune the model the Segment widget uses on corrected labels.
+        self.start_from = ComboBox(label="start from", choices=[NEW, FROM_SEGMENT], value=NEW)
+        self.start_from.tooltip = ("a new network (geometry below), or continue the model chosen "
+                                   "in the Segment widget (its geometry and settings are kept)")
         self.ndim = ComboBox(label="d (dimensions)", choices=[2, 3], value=2)
         self.levels = SpinBox(label="l (levels)", value=3, min=1, max=5)
         self.factor = SpinBox(label="f (pooling)", value=2, min=2, max=4)
@@ -104,7 +110,8 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         self.held_out = Label(label="held-out")
-        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.annotated, self.ndim, self.levels,
+        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.annotated,
+                                  self.start_from, self.ndim, self.levels,
                                   self.factor, self.upsampling, self.padding, self.channels,
                                   self.embedding, self.position_scale, self.window,
                                   self.auto_window, self.geometry_info, self.warning,
@@ -136,6 +143,7 @@ class TrainWidget(Container):
         self.labels_layer.changed.connect(self.annotated.reset_choices)
         self.image.changed.connect(self._source_changed)
         self.embedding.changed.connect(self._embedding_changed)
+        self.start_from.changed.connect(self._start_from_changed)
         self.validation.changed.connect(self._validation_changed)
         self._embedding_changed()
         self._validation_changed()
@@ -178,14 +186,27 @@ class TrainWidget(Container):
         """The window asked for; None = sized to the objects by :func:`train.train`."""
         return None if self.auto_window.value else self.window.value
 
+    def segment_model(self):
+        """The model chosen in the Segment widget (opened if needed), loaded; ShiftSegError if none."""
+        from ..modelio import load_model
+
+        _, segment = self._viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+        if segment.model.path is None:
+            raise ShiftSegError("choose a model in the Segment widget first")
+        return load_model(segment.model.path)
+
     def start(self) -> None:
         """Start training with the current settings."""
         if self._task.busy:
             return
         try:
-            config = self.config()
+            config = self.config() if self.start_from.value == NEW else self.segment_model()
             g = config.geometry
             window = self.training_window()
+            if self.source.value == LAYERS and self.image.value is not None \
+                    and self.image.value.ndim != g.ndim:
+                raise ShiftSegError(f"the model is {g.ndim}D but the image layer is "
+                                    f"{self.image.value.ndim}D")
             validation = self.validation.value / 100
             validation_pairs = None
             if self.source.value == LAYERS:
@@ -288,6 +309,13 @@ class TrainWidget(Container):
         if from_layers and layer is not None and layer.data.ndim in (2, 3):
             self.ndim.value = layer.data.ndim
         self._update_geometry()
+
+    def _start_from_changed(self, *_) -> None:
+        """A continued model keeps its own network: its controls are then off."""
+        new = self.start_from.value == NEW
+        for w in (self.ndim, self.levels, self.factor, self.upsampling, self.padding, self.channels,
+                  self.embedding, self.position_scale):
+            w.enabled = new
 
     def _window_typed(self, *_) -> None:
         self.auto_window.value = False

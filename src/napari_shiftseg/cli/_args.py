@@ -40,6 +40,29 @@ def positive_float(text: str) -> float:
 LOG_INTERVAL = 30.0
 
 
+def diameter(text: str):
+    """'auto', 'none' (segment as imaged) or a positive number of pixels."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a size in pixels, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the object diameter must be a positive number of pixels, got {text}")
+    return value
+
+
+DIAMETER_HELP = ("object diameter in the image, in pixels: the image is resampled to the size the "
+                 "model learnt (models that record one, such as the bundled nuclei model); "
+                 "'auto' (default) estimates it, 'none' segments as imaged")
+
+
+def add_channel(parser) -> None:
+    parser.add_argument("--channel", type=int, default=None, metavar="K",
+                        help="for RGB or multi-channel files: the channel to segment (0-based)")
+
+
 def progress_bar(**kwargs):
     """A tqdm bar on stderr. In a terminal it redraws in place; into a log file (a batch job,
     ``2> log``) every redraw would be another line, so there it updates at most every 30 s."""

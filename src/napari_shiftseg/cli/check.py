@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import _args
 from .segment import _tile
 
 #: Differences below this are float rounding (convolution algorithms differ with input size).
@@ -40,17 +41,18 @@ def add_parser(sub):
     p.add_argument("--region", type=_region, default=None,
                    help="compare only this part, e.g. 0:256,0:256 (default: the whole image)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
+    _args.add_channel(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from .._errors import ShiftSegError
     from ..diagnostics import stitch_check
-    from ..io import read_image
+    from ..io import read_spatial
     from ..predict import predict_plan
     from ..segment import _load_model
 
-    image = read_image(args.image)
+    image = read_spatial(args.image, args.channel)
     if image.ndim not in (2, 3):
         raise ShiftSegError(f"the image must be 2D or 3D, got shape {tuple(image.shape)}")
     model = _load_model(args.model, image.ndim)

@@ -8,6 +8,8 @@ splits, false merges, object counts and seconds; ``--json`` also writes all numb
 
 from __future__ import annotations
 
+from . import _args
+
 BASELINE = "otsu+watershed"
 
 
@@ -29,6 +31,8 @@ def add_parser(sub):
                    help="also run Otsu + watershed (sigma 1, min_distance 7) on every image")
     p.add_argument("--no-model", action="store_true",
                    help="score only the baseline (implies --baseline)")
+    p.add_argument("--diameter", type=_args.diameter, default="auto", help=_args.DIAMETER_HELP)
+    _args.add_channel(p)
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write all scores as JSON")
     p.set_defaults(run=run)
@@ -43,14 +47,14 @@ def run(args) -> int:
     from .._errors import ShiftSegError
     from ..classical import otsu_watershed
     from ..evaluate import format_scores, model_method, score_methods
-    from ..io import read_image
+    from ..io import read_image, read_spatial
 
     if len(args.labels) != len(args.images):
         raise ShiftSegError(f"got {len(args.images)} image(s) but {len(args.labels)} label "
                             "image(s); give one label image per image, in the same order")
     pairs = []
     for image_path, label_path in zip(args.images, args.labels):
-        image = np.asarray(read_image(image_path))
+        image = np.asarray(read_spatial(image_path, args.channel))
         labels = np.asarray(read_image(label_path))
         if not np.issubdtype(labels.dtype, np.integer):
             raise ShiftSegError(f"labels {label_path} must hold whole numbers (an instance id per "
@@ -77,7 +81,8 @@ def run(args) -> int:
         else:
             models = {d: load_bundled(d, args.device) for d in ndims}
             label = "bundled model"
-        by_ndim = {d: model_method(m, device=args.device) for d, m in models.items()}
+        by_ndim = {d: model_method(m, device=args.device, diameter=args.diameter)
+                   for d, m in models.items()}
         methods[label] = lambda image: by_ndim[np.ndim(image)](image)
     if args.baseline or args.no_model:
         methods[BASELINE] = otsu_watershed

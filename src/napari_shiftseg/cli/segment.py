@@ -24,8 +24,10 @@ def add_parser(sub):
     )
     p.add_argument("image", help="input image: .tif/.tiff, .zarr (OME-Zarr too) or .npy")
     p.add_argument("-o", "--output", required=True, metavar="OUT.zarr", help="output zarr directory")
-    p.add_argument("-m", "--model", help="model file (.safetensors); default: the bundled model for "
-                                         "the image's dimensionality")
+    p.add_argument("-m", "--model", help="model file (.safetensors) or bundled:2 / bundled:3; default: "
+                                         "the bundled model for the image's dimensionality. A 2D "
+                                         "model on a 3D image runs slice by slice, and the "
+                                         "objects are linked across z")
     p.add_argument("--tile", type=_tile, default=128,
                    help="output tile per axis, e.g. 128 or 32,128,128 (snapped to n*f^l; default 128)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
@@ -40,6 +42,11 @@ def add_parser(sub):
     p.add_argument("--merge-distance", type=float, default=None,
                    help="merge touching fragments whose mean embeddings are closer than this "
                         "(default: the model's recorded value; 0 = off)")
+    p.add_argument("--diameter", type=_args.diameter, default="auto", help=_args.DIAMETER_HELP)
+    _args.add_channel(p)
+    p.add_argument("--table", metavar="OUT.csv", default=None,
+                   help="also write one row per object: size (in the file's voxel units when it "
+                        "records them), centroid, bounding box, mean/max intensity (blockwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mean-shift subsample (default 0)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
@@ -77,7 +84,8 @@ def run(args) -> int:
         group = segment_to_zarr(
             args.image, args.output, model=args.model, tile=args.tile, device=args.device,
             mode=args.mode, bandwidth=args.bandwidth, min_size=args.min_size,
-            fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed, progress=progress, client=client,
+            fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed,
+            diameter=args.diameter, channel=args.channel, progress=progress, client=client,
             overwrite=args.overwrite, stage=stage)
     finally:
         if bar is not None:
@@ -90,4 +98,33 @@ def run(args) -> int:
     info = dict(group.attrs[ATTRS])
     print(f"{args.output}: {info.get('n_objects', 0)} objects in 'labels'; "
           f"'embeddings' {tuple(group['embeddings'].shape)}, {info.get('tiles')} tiles")
+    if info.get("embedding_args", {}).get("per_slice"):
+        print("the 2D model ran slice by slice; objects are linked across z where one embedding "
+              "cluster touches itself in neighbouring slices")
+    if args.table:
+        write_object_table(group, args.image, args.channel, args.table)
+        print(f"wrote {args.table}")
+    if info.get("resampled"):
+        shape = "x".join(map(str, info["resampled"]["working_shape"]))
+        print(f"the network ran on the image resampled to {shape} (the object size the model "
+              "learnt); 'labels' are on the image's grid, 'labels_resampled' on that one")
     return 0
+
+
+def write_object_table(group, image_path, channel, out) -> None:
+    """Measure the labels of a finished output against its image, blockwise, into a CSV."""
+    import dask.array as da
+
+    from ..io import read_spatial
+    from ..measure import measure, write_table
+    from ..segment import ATTRS
+
+    info = dict(group.attrs[ATTRS])
+    labels = da.from_zarr(group["labels"])
+    image = read_spatial(image_path, channel)
+    image = image if isinstance(image, da.Array) else da.from_array(image, chunks=labels.chunksize)
+    embeddings = None
+    if not info.get("resampled"):  # embeddings on the image's grid: their mean per object too
+        emb = da.from_zarr(group["embeddings"])
+        embeddings = emb[:emb.shape[0] - int("foreground" in group)]
+    write_table(measure(labels, image, spacing=info.get("voxel_size"), embeddings=embeddings), out)

@@ -46,14 +46,14 @@ def run(args) -> int:
     import numpy as np
 
     from .._errors import ShiftSegError
-    from ..io import read_image
+    from ..io import read_image, read_spatial
     from ..modelio import bundled_model_path, load_model
     from ..reproduce import figures
     from ..reproduce.sweep import (format_summary, format_table, parse_tiles, run_sweep, summarize,
                                    write_csv)
 
     tiles = parse_tiles(args.tiles)
-    image = read_image(args.image)
+    image = read_spatial(args.image)
     labels = np.asarray(read_image(args.labels))
     if image.ndim not in (2, 3):
         raise ShiftSegError(f"the image must be 2D or 3D, got shape {tuple(image.shape)}")
