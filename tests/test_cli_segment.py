@@ -168,3 +168,24 @@ def test_segment_table_and_rgb(files, tmp_path, capsys):
     assert main(args) == 2
     assert_one_line_error(capsys, "RGB image", "--channel")
     assert main(args + ["--channel", "0"]) == 0
+
+
+def test_segment_isotropic_from_the_files_voxel_size(files, tmp_path, capsys):
+    import tifffile
+
+    stack = (np.random.default_rng(1).random((5, 20, 24)) * 200).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "aniso.tif", stack, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
+    out = tmp_path / "iso.zarr"
+    args = ["segment", str(tmp_path / "aniso.tif"), "-m", str(files["model3d"]), "--tile", "16",
+            "-o", str(out), "--device", "cpu", "--isotropic"]
+    assert main(args) == 0
+    group = zarr.open_group(out, mode="r")
+    # pixel 0.5 um, z step 1.5 um: three planes per plane
+    assert group["embeddings"].shape[1:] == (15, 20, 24) and group["labels"].shape == stack.shape
+    np.save(tmp_path / "plain.npy", stack)
+    args[1], args[7] = str(tmp_path / "plain.npy"), str(tmp_path / "p.zarr")
+    assert main(args) == 2
+    assert_one_line_error(capsys, "voxel size", "--voxel-size")
+    assert main(args + ["--voxel-size", "3,1,1"]) == 0
+    assert zarr.open_group(tmp_path / "p.zarr", mode="r")["embeddings"].shape[1:] == (15, 20, 24)

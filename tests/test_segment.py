@@ -387,3 +387,25 @@ def test_bundled_models_by_name():
     assert _load_model("bundled:3:disks", 2).path.name.startswith("disks_3d")
     with pytest.raises(ShiftSegError, match="unknown bundled model 'bundled:4'"):
         _load_model("bundled:4", 2)
+
+
+def test_isotropic_resampling_of_an_anisotropic_stack(tmp_path):
+    """z step 3x the pixel size: the network sees 3x the planes (cubic voxels); the labels come
+    back on the stack's own grid; without a voxel size the request is refused."""
+    from napari_shiftseg import rescale
+
+    rng = np.random.default_rng(3)
+    stack = rng.random((6, 24, 28)).astype(np.float32)
+    model = save_standardized(tmp_path / "m3.safetensors", np.zeros((24, 24, 24), np.float32), ndim=3)
+    group = segment_to_zarr(stack, tmp_path / "iso.zarr", model, tile=16, device="cpu",
+                            bandwidth=1.0, min_size=1, isotropic=True, voxel_size=(3.0, 1.0, 1.0))
+    assert group["embeddings"].shape[1:] == (18, 24, 28) and group["labels"].shape == stack.shape
+    np.testing.assert_array_equal(group["labels"][...],
+                                  rescale.resize_labels(group["labels_resampled"][...], stack.shape))
+    assert group.attrs[ATTRS]["voxel_size"] == [3.0, 1.0, 1.0]
+    with pytest.raises(ShiftSegError, match="isotropic resampling needs the voxel size"):
+        segment_to_zarr(stack, tmp_path / "x.zarr", model, tile=16, device="cpu", isotropic=True)
+    with pytest.raises(ShiftSegError, match=r"voxel size must be 3 positive numbers"):
+        segment_to_zarr(stack, tmp_path / "y.zarr", model, tile=16, device="cpu", isotropic=True,
+                        voxel_size=(1.0, 1.0))
+    assert rescale.isotropic_factors((3.0, 0.5, 0.5), 3) == (6.0, 1.0, 1.0)

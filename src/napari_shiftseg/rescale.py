@@ -85,6 +85,14 @@ def estimate_from_crop(image, model, device="cpu") -> float | None:
                                            device=resolve_device(device)))
 
 
+def isotropic_factors(voxel_size, ndim: int) -> tuple[float, ...]:
+    """Per-axis factors that make voxels cubic at the finest in-plane spacing (coarse axes,
+    usually z, gain planes; nothing is downsampled)."""
+    voxel = tuple(float(v) for v in voxel_size)[-ndim:]
+    finest = min(voxel[-2:])
+    return tuple(v / finest for v in voxel)
+
+
 def check_diameter(diameter) -> float | str | None:
     """``None``, ``"auto"`` or a positive number of pixels; anything else is refused."""
     if diameter is None or (isinstance(diameter, str) and diameter == "auto"):

@@ -407,7 +407,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                     stage: Callable[[str], None] | None = None, *, merge_distance: float | None = None,
                     absorb_small: bool | None = None, fill_holes: bool | None = None,
                     diameter: float | str | None = None, channel: int | None = None,
-                    per_slice: bool | None = None):
+                    per_slice: bool | None = None, isotropic: bool = False,
+                    voxel_size=None):
     """Segment ``image`` into a zarr group, resuming an interrupted run of the same arguments.
 
     Parameters
@@ -454,6 +455,12 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     per_slice : bool, optional
         Run a 2D model on each slice of a 3D image (default: whenever a 2D model meets a 3D
         image). Instances are linked across z where voxels of one embedding cluster touch.
+    isotropic : bool
+        Resample (lazily) to isotropic voxels before the network, e.g. a confocal stack with a
+        z step 3x the pixel size gets 3x the planes; labels come back on the image's grid.
+        The voxel size is ``voxel_size`` or, for an image file, the one its metadata records.
+    voxel_size : sequence of float, optional
+        Voxel size per axis (any unit), for ``isotropic``.
 
     Returns
     -------
@@ -476,9 +483,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     if out_path.suffix.lower() != ".zarr":
         raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
     _refuse_input_in_output(image, out_path)
-    voxel_size = None
     if isinstance(image, (str, Path)):
-        voxel_size = image_info(image)["voxel_size"]
+        voxel_size = voxel_size or image_info(image)["voxel_size"]
         image = read_spatial(image, channel)
     elif channel is not None:
         raise ShiftSegError("channel picks a channel of an image file; index arrays yourself")
@@ -507,7 +513,10 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     # The network may run on a resampled image (the model's object size); the input's own
     # shape and voxels still identify the run (fingerprint), the labels return to its grid.
     source_shape = tuple(image.shape)
-    net_image = _resampled_input(image, model, diameter, device, per_slice)
+    if isotropic:
+        voxel_size = _check_voxel_size(voxel_size, image.ndim)
+    net_image = _resampled_input(image, model, diameter, device, per_slice,
+                                 voxel_size if isotropic else None)
     resampled = tuple(net_image.shape) != source_shape
     plan = tile_plan(net_image.shape[per_slice:], geometry, tile, mode)
     if mode == "blend":
@@ -575,26 +584,41 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             raise
 
 
-def _resampled_input(image, model, diameter, device, per_slice=False):
-    """``image``, lazily resampled to the object size the model learnt (or as it is); a 2D
-    model on a stack resamples in the plane only."""
+def _resampled_input(image, model, diameter, device, per_slice=False, voxel_size=None):
+    """``image``, lazily resampled to isotropic voxels (``voxel_size`` given) and to the object
+    size the model learnt (or as it is); a 2D model on a stack resamples in the plane only."""
     import dask.array as da
 
     from . import rescale
 
     diameter = rescale.check_diameter(diameter)
     target = rescale.model_diameter(model)
-    if diameter is None or target is None:
-        return image
-    if diameter == "auto":
-        diameter = rescale.estimate_from_crop(image[image.shape[0] // 2] if per_slice else image,
-                                              model, device)
-    factor = rescale.scale_for(diameter, target)
-    if factor == 1.0:
-        return image
-    factors = (1.0,) * per_slice + (factor,) * model.geometry.ndim
     source = image if isinstance(image, da.Array) else da.from_array(image, asarray=True, name=False)
+    iso = rescale.isotropic_factors(voxel_size, image.ndim) if voxel_size is not None and not per_slice \
+        else (1.0,) * image.ndim
+    factor = 1.0
+    if diameter is not None and target is not None:
+        if diameter == "auto":
+            view = source if iso == (1.0,) * image.ndim else rescale.resize_image(
+                source, shape=rescale.working_shape(image.shape, iso))
+            diameter = rescale.estimate_from_crop(view[view.shape[0] // 2] if per_slice else view,
+                                                  model, device)
+        factor = rescale.scale_for(diameter, target)
+    factors = tuple(i * (1.0 if per_slice and a == 0 else factor) for a, i in enumerate(iso))
+    if all(f == 1.0 for f in factors):
+        return image
     return rescale.resize_image(source, shape=rescale.working_shape(image.shape, factors))
+
+
+def _check_voxel_size(voxel_size, ndim: int) -> tuple[float, ...]:
+    if voxel_size is None:
+        raise ShiftSegError("isotropic resampling needs the voxel size: the image file records "
+                            "none; give it (e.g. --voxel-size 2,0.5,0.5)")
+    values = tuple(float(v) for v in voxel_size)
+    if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ShiftSegError(f"the voxel size must be {ndim} positive numbers (one per axis), got "
+                            f"{tuple(voxel_size)}")
+    return values
 
 
 def _remove_created(target: Path, out_path: Path, existed: bool) -> None:

@@ -39,6 +39,9 @@ class SegmentParams:
     # Object diameter in the image (px): "auto" (estimated by a first pass), a number, or None
     # (segment as imaged). Used when the model records the diameter it learnt (rescale.py).
     diameter: float | str | None = None
+    # Voxel size of the model's axes (the layer's scale) when the image is to be resampled to
+    # isotropic voxels first (3D; a z step larger than the pixel size gets more planes).
+    voxel_size: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -171,24 +174,39 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     # The normalisation the model was trained with, from statistics of the WHOLE image (as a
     # full run uses), computed once for the run and its reference (and the resampled image).
     norm = recorded_normalization(image, model.meta, model.name)
+    ndim = model.geometry.ndim
+    lead = image.ndim - ndim                      # a stack's slice axis is never resampled
+    iso = (rescale.isotropic_factors(params.voxel_size, ndim)
+           if params.voxel_size is not None and not lead else (1.0,) * ndim)
     target = rescale.model_diameter(model)
     diameter = rescale.check_diameter(params.diameter) if target else None
-    if diameter is None:
-        return _segment_at(report, cancel, image, model, params, region, norm)
+    notes = [] if iso == (1.0,) * ndim else ["isotropic voxels: " + "x".join(f"{f:g}" for f in iso)]
+    first = None
     if diameter == "auto":
-        first = _segment_at(report, cancel, image, model, params, region, norm)
+        first = _resampled_run(report, cancel, image, model, params, region, norm,
+                               (1.0,) * lead + iso, 1.0)
         diameter = rescale.estimate_diameter(first.labels)
-        factor = rescale.scale_for(diameter, target)
-        if factor == 1.0:
-            if diameter:
-                first.note += f"; objects ~{diameter:.0f} px, model {target:.0f} px: as imaged"
-            return first
-    factor = rescale.scale_for(diameter, target)
-    if factor == 1.0:
+        if diameter:  # measured on the image's grid: in isotropic pixels, volumes scale by iso
+            diameter *= float(np.prod(iso)) ** (1 / ndim)
+    factor = rescale.scale_for(diameter, target) if diameter not in (None, "auto") else 1.0
+    if diameter not in (None, "auto"):
+        notes.append(f"objects ~{diameter:.0f} px, model {target:.0f} px: " + (
+            "as imaged" if factor == 1.0 else f"segmented at {factor:.2f}x"))
+    if first is not None and factor == 1.0:
+        result = first
+    else:
+        result = _resampled_run(report, cancel, image, model, params, region, norm,
+                                (1.0,) * lead + tuple(i * factor for i in iso), factor)
+    result.note = "; ".join([result.note, *notes]) if result.note else "; ".join(notes)
+    return result
+
+
+def _resampled_run(report, cancel, image, model, params, region, norm, factors, factor):
+    """A run on ``image`` resampled by ``factors`` per axis (as it is when all are 1)."""
+    if all(f == 1.0 for f in factors):
         return _segment_at(report, cancel, image, model, params, region, norm)
     shape = tuple(image.shape)
-    lead = len(shape) - model.geometry.ndim        # a stack's slice axis is not resampled
-    working_shape = rescale.working_shape(shape, (1.0,) * lead + (factor,) * model.geometry.ndim)
+    working_shape = rescale.working_shape(shape, factors)
     working = rescale.resize_image(da.asarray(image), shape=working_shape)  # lazy
     image_region = region or tuple(slice(0, n) for n in shape)
     working_part = None if region is None else on_grid(
@@ -197,8 +215,6 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     result.resampled = Resampled(result.origin or (0,) * len(shape), working_shape, shape, factor)
     result.labels = on_image_grid(result, result.labels, image_region)
     result.origin = None if region is None else tuple(r.start for r in region)
-    result.note += (f"; objects ~{diameter:.0f} px, model {target:.0f} px: segmented at "
-                    f"{factor:.2f}x")
     return result
 
 

@@ -30,7 +30,7 @@ from qtpy.QtCore import QTimer
 from .. import rescale
 from .._errors import ShiftSegError
 from ..settings import SegmentationSettings
-from . import _large, _layers, _pipeline
+from . import _axes, _large, _layers, _pipeline
 from ._common import device_choice, inference_settings, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import ModelChooser
 from ._worker import Task
@@ -39,9 +39,19 @@ if TYPE_CHECKING:
     import napari
 
 
-def _segment_job(report, cancel, image, model_path, params, cache, region, target, out_path):
+@dataclasses.dataclass(frozen=True)
+class _LayerAxes:
+    """The source layer's scale and translate (all its axes), for results given its time axis."""
+
+    scale: tuple
+    translate: tuple
+
+
+def _segment_job(report, cancel, image, model_path, params, cache, region, target, out_path,
+                 time_point=None):
     """Worker thread: segment (in memory, or via zarr when ``out_path``), then build the layer
-    data (colours etc.) off the GUI thread."""
+    data (colours etc.) off the GUI thread. ``time_point``: (index, layer axes) of one time
+    point of a series, whose results get the series' time axis."""
     if out_path is None:
         result = _pipeline.segment(report, cancel, image, model_path, params, cache, region)
     else:
@@ -50,6 +60,9 @@ def _segment_job(report, cancel, image, model_path, params, cache, region, targe
     layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
     if out_path is None:  # results on disk are not measured here: `shiftseg segment --table`
         _with_features(layers, _pipeline.object_features(result, image, where["scale"]))
+    if time_point is not None:
+        layers = _axes.with_time_axis(layers, _axes.TIME, *time_point)
+        result = TimeSeriesResult(int(np.max(result.labels, initial=0)), 1)
     return result, layers
 
 
@@ -58,6 +71,30 @@ def _with_features(layers, table) -> None:
     for _, kwargs, layer_type in layers:
         if layer_type == "labels":
             kwargs["features"] = table
+
+
+@dataclasses.dataclass
+class TimeSeriesResult:
+    """Every time point of a layer segmented (no re-cluster or proofreading: one per point)."""
+
+    n_objects: int
+    points: int
+    origin: None = None
+
+
+def _time_job(report, cancel, image, model_path, params, cache, target, layer_axes):
+    """Worker thread: each time point on its own; layers stacked along the time axis, object
+    ids numbered on from one point to the next."""
+    name, where, embed_dim, capacity = target
+    per_point, offset = [], 0
+    for t in range(image.shape[0]):
+        def point_report(done, total, what, t=t):
+            report(done, total, f"time point {t + 1}/{image.shape[0]}: {what}")
+        result = _pipeline.segment(point_report, cancel, image[t], model_path, params, cache)
+        result.labels = np.where(result.labels > 0, result.labels + offset, 0).astype(np.int32)
+        offset = max(offset, int(result.labels.max()))
+        per_point.append(_layers.segmentation_layers(result, name, where, embed_dim, capacity))
+    return TimeSeriesResult(offset, image.shape[0]), _axes.stack_time(per_point, layer_axes)
 
 
 def _recluster_job(report, cancel, result, params, target, image):
@@ -83,11 +120,17 @@ class SegmentWidget(Container):
         self.tile_info = Label(label="tile")
         self.device = device_choice(settings)
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
+        # A layer with one axis more than the model: z (slice by slice), time or channels.
+        self.extra_axis = ComboBox(label="extra axis", choices=self._extra_choices)
+        self.extra_index = SpinBox(label="channel", value=0, min=0, max=2**31 - 1)
         # cellpose's "diameter": 0 shows "auto" (estimated by a first pass); the image is
         # resampled to the object size the model learnt (rescale.py).
         self.diameter = FloatSpinBox(label="object diameter (px)", value=0.0, min=0.0, max=10000.0,
                                      step=1.0)
         self.diameter.native.setSpecialValueText("auto")
+        self.isotropic = CheckBox(text="resample to isotropic voxels (the layer's scale)")
+        self.isotropic.tooltip = ("for stacks whose z step is larger than the pixel size: the "
+                                  "network sees cubic voxels; labels stay on the layer's grid")
         # Values come from the model (_use_model_settings below); the ranges only need to hold
         # anything SegmentationSettings accepts.
         self.bandwidth = FloatSpinBox(label="bandwidth", min=0.001, max=1000.0, step=0.1)
@@ -123,7 +166,9 @@ class SegmentWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         super().__init__(widgets=[self.image, self.model, self.tile, self.tile_info, self.device,
-                                  self.mode, self.diameter, self.bandwidth, self.fg_threshold, self.min_size,
+                                  self.mode, self.extra_axis, self.extra_index, self.diameter,
+                                  self.isotropic,
+                                  self.bandwidth, self.fg_threshold, self.min_size,
                                   self.merge_distance, post, buttons, proofread, self.progress,
                                   self.status])
         wrap(self.tile_info, self.status)
@@ -143,6 +188,8 @@ class SegmentWidget(Container):
         self.tile.changed.connect(self._update_tile_info)
         self.mode.changed.connect(self._update_tile_info)
         self.image.changed.connect(self._image_changed)
+        self.model.choice.changed.connect(self._update_extra_axis)
+        self.extra_axis.changed.connect(self._update_extra_axis)
         watch_layers(napari_viewer, self)
         self._image_changed()
         self._use_model_settings()
@@ -271,7 +318,17 @@ class SegmentWidget(Container):
     def _params(self) -> _pipeline.SegmentParams:
         return _pipeline.SegmentParams(settings=self.settings(), tile=self._tile(),
                                        device=self.device.value, mode=self.mode.value,
-                                       diameter=self.diameter.value or "auto")
+                                       diameter=self.diameter.value or "auto",
+                                       voxel_size=self._voxel_size())
+
+    def _voxel_size(self) -> tuple | None:
+        """The layer's scale on the model's axes, when isotropic resampling is asked for."""
+        layer, g = self._layer(), self.model.geometry
+        if not self.isotropic.value or layer is None or g is None:
+            return None
+        scale, _ = _axes.model_axes(layer.scale, layer.translate, self.extra_axis.value,
+                                    bool(getattr(layer, "rgb", False)))
+        return tuple(float(v) for v in scale)[-g.ndim:]
 
     def _tile(self) -> int:
         """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose)."""
@@ -282,28 +339,66 @@ class SegmentWidget(Container):
         if self.busy:
             return
         layer = self._layer()
+        kind = self.extra_axis.value
         try:
             if layer is None:
                 raise ShiftSegError("add or select an image layer first")
             config = self.model.metadata()["config"]
-            _pipeline.check_image(layer, config.geometry.ndim)
+            if getattr(layer, "multiscale", False):
+                raise ShiftSegError(f"layer {layer.name!r} is multiscale; add its full-resolution "
+                                    "level as a layer")
+            rgb = bool(getattr(layer, "rgb", False))
+            _axes.check(layer.name, layer.ndim, rgb, config.geometry.ndim, kind)
+            index = self._time_point(layer) if kind == _axes.TIME else self.extra_index.value
+            data = _axes.select(layer.data, kind, index, rgb)
+            if region is not None and kind in (_axes.TIME, _axes.CHANNEL) and not rgb:
+                region = region[1:]      # the preview of the selected time point or channel
             budget = inference_settings().memory_budget_gb
             if region is not None:
                 _pipeline.check_budget([s.stop - s.start for s in region], config.out_channels, budget)
+            if kind == _axes.TIME_ALL:
+                _pipeline.check_budget(data.shape, config.out_channels, budget)
             params = self._params()
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
         origin = None if region is None else tuple(s.start for s in region)
         # Where the new result will go; the cached result (and its target) stay until it is done.
-        self._next_target = (layer.name, _layers.placement(layer.scale, layer.translate, origin),
+        scale, translate = _axes.model_axes(layer.scale, layer.translate, kind, rgb)
+        self._next_target = (layer.name, _layers.placement(scale, translate, origin),
                              config.embed_dim, config.geometry.capacity)
+        if kind == _axes.TIME_ALL:
+            self._task.start(_time_job, data, self.model.path, params, self._cache,
+                             self._next_target, _LayerAxes(tuple(layer.scale), tuple(layer.translate)))
+            return
         out_path = None  # results that do not fit the budget go to zarr and are shown lazily
-        if region is None and not _pipeline.fits_budget(layer.data.shape, config.out_channels, budget):
-            out_path = _large.output_path(layer.name, self.model.path, params.tile, params.mode,
-                                          params.diameter)
-        self._task.start(_segment_job, layer.data, self.model.path, params, self._cache, region,
-                         self._next_target, out_path)
+        if region is None and not _pipeline.fits_budget(data.shape, config.out_channels, budget):
+            out_path = _large.output_path(f"{layer.name}-{kind}-{index}", self.model.path,
+                                          params.tile, params.mode, params.diameter)
+        time_point = (index, _LayerAxes(tuple(layer.scale), tuple(layer.translate))) \
+            if kind == _axes.TIME else None
+        self._task.start(_segment_job, data, self.model.path, params, self._cache, region,
+                         self._next_target, out_path, time_point)
+
+    def _time_point(self, layer) -> int:
+        """The time point on screen (the layer's first axis)."""
+        point = layer.world_to_data(self._viewer.dims.point)
+        return int(np.clip(round(float(point[0])), 0, layer.data.shape[0] - 1))
+
+    def _extra_choices(self, _widget=None) -> list[str]:
+        """What the image layer's extra axis can be for the chosen model (a callable, so that
+        magicgui keeps the user's choice when layers come and go)."""
+        layer = self.image.value if hasattr(self, "image") else None
+        g = self.model.geometry if hasattr(self, "model") else None
+        if layer is None or g is None:
+            return [_axes.NONE]
+        return _axes.choices(layer.ndim, bool(getattr(layer, "rgb", False)), g.ndim) or [_axes.NONE]
+
+    def _update_extra_axis(self, *_) -> None:
+        """Offer what the layer's extra axis can be; hidden when it has none."""
+        self.extra_axis.reset_choices()
+        self.extra_axis.visible = list(self.extra_axis.choices) != [_axes.NONE]
+        self.extra_index.visible = self.extra_axis.value == _axes.CHANNEL
 
     def _run_or_cancel(self) -> None:
         if self._task.busy:
@@ -342,6 +437,12 @@ class SegmentWidget(Container):
                 f": results in {result.path}" if isinstance(result, _large.LargeResult)
                 else f": {int(result.labels.max())} objects") + (
                 f" ({result.note})" if getattr(result, "note", "") else "")
+        elif isinstance(result, TimeSeriesResult):
+            # One time point's (or every point's) layers carry the time axis; re-cluster and
+            # proofreading work on single images, so they are off until the next plain run.
+            self._result = None
+            done = (f"done: {result.n_objects} objects" if result.points == 1 else
+                    f"done: {result.n_objects} objects over {result.points} time points")
         else:  # re-clustered labels
             self._result.labels = result
             done = "re-clustered" + ("" if hasattr(result, "compute") else f": {int(result.max())} objects")
@@ -385,6 +486,7 @@ class SegmentWidget(Container):
 
     def _image_changed(self, *_) -> None:
         self.model.follow_layer(self._layer())
+        self._update_extra_axis()
         self._update_tile_info()
 
     def _update_tile_info(self, *_) -> None:

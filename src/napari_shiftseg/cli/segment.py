@@ -16,6 +16,18 @@ def _tile(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _voxel_size(text: str) -> tuple[float, ...]:
+    import argparse
+
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 2,0.5,0.5, got {text!r}") from None
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"voxel sizes must be positive numbers, got {text!r}")
+    return values
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "segment", help="segment an image into a zarr group (embeddings, foreground, labels); resumable",
@@ -44,6 +56,12 @@ def add_parser(sub):
                         "(default: the model's recorded value; 0 = off)")
     p.add_argument("--diameter", type=_args.diameter, default="auto", help=_args.DIAMETER_HELP)
     _args.add_channel(p)
+    p.add_argument("--isotropic", action="store_true",
+                   help="resample to cubic voxels first (e.g. a z step 3x the pixel size gets 3x "
+                        "the planes), using the file's voxel size or --voxel-size; labels stay "
+                        "on the image's grid")
+    p.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="Z,Y,X",
+                   help="voxel size per axis (any unit), when the file does not record it")
     p.add_argument("--table", metavar="OUT.csv", default=None,
                    help="also write one row per object: size (in the file's voxel units when it "
                         "records them), centroid, bounding box, mean/max intensity (blockwise)")
@@ -85,7 +103,8 @@ def run(args) -> int:
             args.image, args.output, model=args.model, tile=args.tile, device=args.device,
             mode=args.mode, bandwidth=args.bandwidth, min_size=args.min_size,
             fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed,
-            diameter=args.diameter, channel=args.channel, progress=progress, client=client,
+            diameter=args.diameter, channel=args.channel, isotropic=args.isotropic,
+            voxel_size=args.voxel_size, progress=progress, client=client,
             overwrite=args.overwrite, stage=stage)
     finally:
         if bar is not None:
