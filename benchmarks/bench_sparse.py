@@ -11,7 +11,7 @@ with the same defaults (``train.train``, new network) on the BBBC007 *train* spl
 
 Scores on the BBBC007 *test* split (never trained or tuned on).
 
-    python benchmarks/bench_sparse.py [--steps 1500] [--runs complete sparse naive]
+    python benchmarks/bench_sparse.py [--steps 1500] [--runs complete sparse naive] [--seed 0]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0, help="training seed (run several for the spread)")
     p.add_argument("--runs", nargs="+", default=["complete", "sparse", "naive"],
                    choices=("complete", "sparse", "naive"))
     args = p.parse_args(argv)
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     n_painted = sum(len(np.unique(s)) - 1 for s, _ in sparse)
     print(f"{len(pairs)} training images: {n_all} nuclei, {n_painted} painted in the sparse runs "
           f"({n_painted / n_all:.0%})", flush=True)
-    options = {**TRAINING_DEFAULTS, "steps": args.steps, "config": network_config(2)}
+    options = {**TRAINING_DEFAULTS, "steps": args.steps, "config": network_config(2),
+               "seed": args.seed}
     methods = {}
     for run in args.runs:
         start = time.perf_counter()

@@ -58,7 +58,7 @@ def test_region_reference_equals_whole_image(net, image):
     whole = predict_whole(image, net, device="cpu", normalization=(0.0, 1.0))
     g = net.config.geometry
     for region in [(slice(30, 45), slice(50, 75)), (slice(0, 7), slice(33, 34)), (slice(60, 61), slice(0, 75))]:
-        crop, inner = _reference_crop(region, image.shape, g, 0)
+        crop, inner = _reference_crop(region, image.shape, g)
         assert all(c.start % g.grid == 0 for c in crop)
         ref = predict_whole(image[crop], net, device="cpu", normalization=(0.0, 1.0))
         np.testing.assert_allclose(ref[(slice(None),) + inner], whole[(slice(None),) + region], atol=1e-6)

@@ -54,9 +54,27 @@ def test_unreachable_scheduler_fails_fast():
 
 
 def test_scheduler_and_workers_are_exclusive():
-    with pytest.raises(ShiftSegError, match="either"):
+    with pytest.raises(ShiftSegError, match="not several"):
         connect("tcp://127.0.0.1:1", workers=2)
     assert connect() is None
+
+
+def test_scheduler_file(tmp_path):
+    """--scheduler-file: the JSON a `dask scheduler --scheduler-file` writes (as in a SLURM job)."""
+    import json
+
+    with pytest.raises(ShiftSegError, match="scheduler file .* does not exist"):
+        connect(scheduler_file=tmp_path / "none.json")
+    with distributed.LocalCluster(n_workers=1, processes=False, protocol="tcp://",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        path = tmp_path / "scheduler.json"
+        path.write_text(json.dumps({"address": cluster.scheduler_address}))
+        client = connect(scheduler_file=str(path))
+        try:
+            assert client.scheduler.address == cluster.scheduler_address
+            assert client.submit(sum, [1, 2]).result() == 3
+        finally:
+            client.close()
 
 
 def test_local_cluster_listens_on_loopback_only():

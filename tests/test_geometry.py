@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_shiftseg._errors import ShiftSegError
@@ -103,3 +103,27 @@ def test_cell_offset(levels, offset):
     assert g.cell_offset == offset
     assert g.phase((offset, offset)) == 0 and g.phase((offset + 1, offset)) == g.grid
     assert UNetGeometry(levels=levels, padding="same").cell_offset == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(levels=st.integers(1, 3), ndim=st.integers(2, 3), lead=st.integers(0, 1),
+       data=st.data())
+def test_snap_and_context_regions(levels, ndim, lead, data):
+    """snap_region: whole f^l cells around the region; context_region: starts on the grid and
+    reaches past every voxel's receptive field; both keep a stack's slice axis as it is."""
+    g = UNetGeometry(ndim=ndim, levels=levels)
+    shape = tuple(data.draw(st.integers(1, 200)) for _ in range(lead + ndim))
+    region = []
+    for n in shape:
+        a = data.draw(st.integers(0, n - 1))
+        region.append(slice(a, data.draw(st.integers(a + 1, n))))
+    snapped = g.snap_region(region, shape)
+    grown = g.context_region(region, shape)
+    assert snapped[:lead] == tuple(region[:lead]) and grown[:lead] == tuple(region[:lead])
+    for r, s_, c, n in zip(region[lead:], snapped[lead:], grown[lead:], shape[lead:]):
+        assert s_.start % g.grid == 0 and s_.start <= r.start and r.stop <= s_.stop <= n
+        assert s_.stop == n or s_.stop % g.grid == 0
+        assert c.start % g.grid == 0 and c.start <= r.start and r.stop <= c.stop <= n
+        # the receptive field of the region's first and last voxels lies inside (or the image ends)
+        assert c.start == 0 or r.start - c.start >= g.context_per_side
+        assert c.stop == n or c.stop - r.stop >= g.context_per_side

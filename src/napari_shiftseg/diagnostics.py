@@ -44,27 +44,12 @@ def _region_slices(region, shape) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def _reference_crop(region: tuple[slice, ...], shape, geometry: UNetGeometry, n_stack: int):
-    """Image crop whose whole-image prediction equals the full image's inside ``region``.
-
-    The crop starts on the f^l grid (so its tiles are in phase with the full image's) and
-    reaches past the region by more than any output voxel's receptive field: a grid-sized
-    tile containing the voxel reads at most ``grid − input_offset`` before and
-    ``tile_input_size(grid) + input_offset + grid`` after it.
-    """
-    g = geometry
-    before = g.cover(g.grid - g.input_offset)
-    after = g.tile_input_size(g.grid) + g.input_offset + g.grid
-    crop, inner = [], []
-    for axis, (sl, n) in enumerate(zip(region, shape)):
-        if axis < n_stack:  # slices of a stack are independent
-            lo, hi = sl.start, sl.stop
-        else:
-            lo = max(0, (sl.start // g.grid) * g.grid - before)
-            hi = min(n, sl.stop + after)
-        crop.append(slice(lo, hi))
-        inner.append(slice(sl.start - lo, sl.stop - lo))
-    return tuple(crop), tuple(inner)
+def _reference_crop(region: tuple[slice, ...], shape, geometry: UNetGeometry):
+    """Image crop whose whole-image prediction equals the full image's inside ``region``
+    (:meth:`UNetGeometry.context_region`), and where ``region`` lies in it."""
+    crop = geometry.context_region(region, shape)
+    inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, crop))
+    return crop, inner
 
 
 def stitch_check(image, model, tile, mode: str = "exact", region=None, device: str = "auto",
@@ -96,7 +81,7 @@ def stitch_check(image, model, tile, mode: str = "exact", region=None, device: s
     tiled = predict_embeddings(inp.array, net, tile, device=device, mode=mode, channel_axis=0,
                                normalization=norm, per_slice=per_slice)
     tiled = tiled[(slice(None),) + region].compute()
-    crop, inner = _reference_crop(region, shape, net.config.geometry, int(inp.stacked))
+    crop, inner = _reference_crop(region, shape, net.config.geometry)
     whole = predict_whole(inp.array[(slice(None),) + crop], net, device=device, channel_axis=0,
                           normalization=norm, per_slice=per_slice)
     return float(np.abs(tiled - whole[(slice(None),) + inner]).max())

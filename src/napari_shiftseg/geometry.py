@@ -255,6 +255,37 @@ class UNetGeometry:
         tile = _per_axis(tile, self.ndim, "tile")
         return float(np.prod([self.tile_input_size(t) / t for t in tile]))
 
+    # ---- regions of an image ------------------------------------------------------------
+    def snap_region(self, region: Sequence[slice], shape: Sequence[int]) -> tuple[slice, ...]:
+        """``region`` widened to whole f^l cells (starts on the global grid), within ``shape``.
+
+        Axes before the model's own (the slice axis of a 2D model on a stack) are kept as they
+        are. A preview of such a region computes the very tiles a full run computes there.
+        """
+        lead = len(shape) - self.ndim
+        out = list(region[:lead])
+        for r, size in zip(region[lead:], shape[lead:]):
+            start = max(0, (r.start // self.grid) * self.grid)
+            stop = min(int(size), -(-r.stop // self.grid) * self.grid)
+            out.append(slice(start, max(stop, start + 1)))
+        return tuple(out)
+
+    def context_region(self, region: Sequence[slice], shape: Sequence[int]) -> tuple[slice, ...]:
+        """``region`` grown past the receptive field of every voxel in it, starting on the grid.
+
+        Predicting the grown crop whole and cutting ``region`` back out gives exactly the values
+        a whole-image run gives there (same grid phase, real image context instead of reflected
+        borders): a grid-sized tile containing a voxel reads at most ``grid - input_offset``
+        before it and ``tile_input_size(grid) + input_offset + grid`` after it. Leading axes (a
+        stack's slices, which see no neighbours) are kept.
+        """
+        before = self.cover(self.grid - self.input_offset)
+        after = self.tile_input_size(self.grid) + self.input_offset + self.grid
+        lead = len(shape) - self.ndim
+        return tuple(region[:lead]) + tuple(
+            slice(max(0, (r.start // self.grid) * self.grid - before), min(int(n), r.stop + after))
+            for r, n in zip(region[lead:], shape[lead:]))
+
     # ---- training windows -------------------------------------------------------------
     def training_input_size(self, output_window: int) -> int:
         """Valid input size whose raw output is the smallest valid one >= ``output_window``."""

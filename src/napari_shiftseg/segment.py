@@ -367,8 +367,11 @@ def _runner(client, cancel):
 # --------------------------------------------------------------------------- public API
 
 
-def connect(scheduler: str | None = None, workers: int | None = None, timeout: float = 5.0):
-    """A ``distributed.Client`` for ``scheduler`` (an address) or a new local cluster of ``workers``.
+def connect(scheduler: str | None = None, workers: int | None = None, timeout: float = 5.0,
+            scheduler_file: str | None = None):
+    """A ``distributed.Client`` for ``scheduler`` (an address), ``scheduler_file`` (the JSON file
+    ``dask scheduler --scheduler-file`` writes, as on SLURM/PBS clusters) or a new local cluster
+    of ``workers``.
 
     Raises
     ------
@@ -377,8 +380,19 @@ def connect(scheduler: str | None = None, workers: int | None = None, timeout: f
     """
     from distributed import Client, LocalCluster
 
-    if scheduler and workers:
-        raise ShiftSegError("give either a scheduler address or a number of workers, not both")
+    if sum(bool(v) for v in (scheduler, workers, scheduler_file)) > 1:
+        raise ShiftSegError("give one of a scheduler address, a scheduler file or a number of "
+                            "workers, not several")
+    if scheduler_file:
+        path = Path(scheduler_file).expanduser()
+        if not path.is_file():
+            raise ShiftSegError(f"scheduler file {path} does not exist (start the scheduler with "
+                                f"`dask scheduler --scheduler-file {path}` first)")
+        try:
+            return Client(scheduler_file=str(path), timeout=f"{timeout}s")
+        except (OSError, TimeoutError, ValueError, KeyError) as err:
+            raise ShiftSegError(f"cannot reach the dask scheduler named in {path} "
+                                f"({_first_line(err)})") from None
     if scheduler:
         try:
             return Client(scheduler, timeout=f"{timeout}s")

@@ -36,7 +36,7 @@ def test_preview_region_on_the_grid():
     g = UNetGeometry(ndim=3, levels=2)                           # f^l = 4
     region = _pipeline.preview_region((30, 100, 100), g, {1: (13, 50), 2: (0, 100)}, (9.6, 0, 0))
     assert region == (slice(8, 12), slice(12, 52), slice(0, 100))
-    grown = _pipeline.with_context(region, (30, 100, 100), g)
+    grown = g.context_region(region, (30, 100, 100))
     assert all(r.start % 4 == 0 for r in grown) and grown[0] == slice(0, 30)
 
 

@@ -134,32 +134,7 @@ def preview_region(shape, geometry, visible, point) -> tuple[slice, ...]:
             start = int(np.clip(math.floor(point[axis]), 0, size - 1))
             stop = start + 1
         region.append(slice(int(start), int(stop)))
-    return on_grid(region, shape, geometry)
-
-
-def on_grid(region, shape, geometry) -> tuple[slice, ...]:
-    """``region`` widened to whole f^l cells (origins on the global grid), within ``shape``."""
-    g = geometry.grid
-    lead = len(shape) - geometry.ndim   # slice axis of a 2D model on a stack: left as it is
-    out = list(region[:lead])
-    for r, size in zip(region[lead:], shape[lead:]):
-        start = max(0, (r.start // g) * g)
-        stop = min(size, -(-r.stop // g) * g)
-        out.append(slice(start, max(stop, start + 1)))
-    return tuple(out)
-
-
-def with_context(region: tuple[slice, ...], shape, geometry) -> tuple[slice, ...]:
-    """``region`` grown by whole f^l cells covering the network's context on both sides.
-
-    Predicting the grown region and cutting ``region`` back out gives the values a whole-image
-    run gives there (same grid phase, real image context instead of reflected crop borders).
-    """
-    g = geometry.grid
-    margin = -(-(geometry.context + geometry.output_residue) // g) * g
-    lead = len(shape) - geometry.ndim   # slices of a stack see no context of their neighbours
-    return tuple(region[:lead]) + tuple(slice(max(0, r.start - margin), min(n, r.stop + margin))
-                                        for r, n in zip(region[lead:], shape[lead:]))
+    return geometry.snap_region(region, shape)
 
 
 def segment(report, cancel, image, model_path, params: SegmentParams, cache: ModelCache,
@@ -209,8 +184,8 @@ def _resampled_run(report, cancel, image, model, params, region, norm, factors, 
     working_shape = rescale.working_shape(shape, factors)
     working = rescale.resize_image(da.asarray(image), shape=working_shape)  # lazy
     image_region = region or tuple(slice(0, n) for n in shape)
-    working_part = None if region is None else on_grid(
-        rescale.working_region(region, shape, working_shape), working_shape, model.geometry)
+    working_part = None if region is None else model.geometry.snap_region(
+        rescale.working_region(region, shape, working_shape), working_shape)
     result = _segment_at(report, cancel, working, model, params, working_part, norm)
     result.resampled = Resampled(result.origin or (0,) * len(shape), working_shape, shape, factor)
     result.labels = on_image_grid(result, result.labels, image_region)
@@ -237,7 +212,7 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
     else:
         # A preview: the region plus its context predicted, then the region cut out: the
         # preview equals the full run there.
-        grown = with_context(region, image.shape, g)
+        grown = g.context_region(region, image.shape)
         data = image[grown]
         inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
     per_slice = g.ndim < image.ndim     # a 2D model on a stack: slice by slice

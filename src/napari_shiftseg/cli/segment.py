@@ -71,6 +71,9 @@ def add_parser(sub):
                        help="dask.distributed scheduler, e.g. tcp://10.0.0.5:8786")
     where.add_argument("--workers", type=_args.positive_int, metavar="N",
                        help="start a local cluster of N worker processes")
+    where.add_argument("--scheduler-file", metavar="FILE",
+                       help="dask.distributed scheduler file (from `dask scheduler "
+                            "--scheduler-file FILE`, e.g. in a SLURM job; see docs/CLUSTER.md)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.zarr instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -81,7 +84,7 @@ def run(args) -> int:
 
     from ..segment import ATTRS, connect, segment_to_zarr
 
-    client = connect(args.scheduler, args.workers)
+    client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     bar = None
 
     def progress(done, total):

@@ -17,7 +17,13 @@ __all__ = ["new_figure", "embeddings_rgb", "label_colors", "capacity_figure", "s
 
 def new_figure(*args, **kwargs):
     """A matplotlib Figure that is not registered with pyplot (no GUI backend, no global state)."""
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # a core-only (headless) install
+        from .._errors import ShiftSegError
+
+        raise ShiftSegError("figures need matplotlib, which a core-only install leaves out: "
+                            "pip install matplotlib (or napari-shiftseg[napari])") from None
 
     return Figure(*args, **kwargs)
 
