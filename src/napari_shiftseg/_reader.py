@@ -29,3 +29,63 @@ def _open_in_segment_widget(path):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     widget.set_model_file(path)
     return [(None,)]
+
+
+def get_segmentation_reader(path):
+    """Return a reader for a ``shiftseg segment`` output (``OUT.zarr``), else None."""
+    if not isinstance(path, (str, Path)) or Path(path).suffix.lower() != ".zarr":
+        return None
+    from .segment import ATTRS, FORMAT
+
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        if dict(group.attrs.get(ATTRS) or {}).get("format") != FORMAT:
+            return None
+    except Exception:  # noqa: BLE001 - not a zarr group, or not ours: another reader's turn
+        return None
+    return read_segmentation
+
+
+def read_segmentation(path):
+    """Layers of a finished ``shiftseg segment`` output: the input image (when its file is still
+    there), instances, foreground and embeddings, all placed with the input's voxel size (the
+    network's own grid, for a resampled run, placed over the image)."""
+    import dask.array as da
+    import zarr
+
+    from .io import read_spatial
+    from .segment import ATTRS
+    from ._widgets._layers import embeddings_to_rgb, layer_name, sigmoid
+
+    group = zarr.open_group(str(path), mode="r")
+    info = dict(group.attrs[ATTRS])
+    name = Path(path).stem
+    labels = da.from_zarr(group["labels"])
+    scale = tuple(float(v) for v in info.get("voxel_size") or (1.0,) * labels.ndim)
+    layers = []
+    source = info.get("input") or {}
+    if source.get("path") and Path(source["path"]).exists():
+        try:
+            image = read_spatial(source["path"], source.get("channel"))
+            layers.append((image, {"name": Path(source["path"]).name, "scale": scale}, "image"))
+        except Exception:  # noqa: BLE001 - the input moved or changed: show the results anyway
+            pass
+    emb = da.from_zarr(group["embeddings"])
+    ratio = [n / m for n, m in zip(labels.shape, emb.shape[1:])]
+    net = {"scale": tuple(s * r for s, r in zip(scale, ratio)),
+           "translate": tuple(s * (r - 1) / 2 for s, r in zip(scale, ratio))}
+    foreground = "foreground" in group
+    channels = emb.shape[0] - int(foreground)
+    layers.append((embeddings_to_rgb(emb[:channels]),
+                   {"name": layer_name(name, "embeddings"), "rgb": True, "opacity": 0.5, **net},
+                   "image"))
+    if foreground:
+        layers.append((sigmoid(emb[channels]),
+                       {"name": layer_name(name, "foreground"), "colormap": "green",
+                        "blending": "additive", "contrast_limits": (0.0, 1.0), "visible": False,
+                        **net}, "image"))
+    layers.append((labels, {"name": layer_name(name, "instances"), "scale": scale, "opacity": 0.6},
+                   "labels"))
+    return layers

@@ -497,7 +497,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     if out_path.suffix.lower() != ".zarr":
         raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
     _refuse_input_in_output(image, out_path)
+    source_file = None
     if isinstance(image, (str, Path)):
+        source_file = {"path": str(Path(image).expanduser().resolve()), "channel": channel}
         voxel_size = voxel_size or image_info(image)["voxel_size"]
         image = read_spatial(image, channel)
     elif channel is not None:
@@ -570,7 +572,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                      "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk),
                      "image_slabs": {k: fingerprint[k] for k in ("planes", "slabs")},
                      **({"voxel_size": list(voxel_size)} if voxel_size and len(voxel_size) == image.ndim
-                        else {})}
+                        else {}),
+                     # where the input was read from: the napari reader shows it next to the labels
+                     **({"input": source_file} if source_file else {})}
             group = _create_output(target, tuple(net_image.shape), channels, chunk, grid, foreground,
                                    attrs, source_shape if resampled else None)
         else:

@@ -46,3 +46,26 @@ def test_reader_opens_model_in_segment_widget(viewer, tiny_model_2d):
     assert widget.model.path == tiny_model_2d.resolve() and "l=3" in widget.model.summary.value
 
 
+
+
+def test_segment_output_opens_as_layers(viewer, tiny_model_2d, lattice_crop, tmp_path):
+    """Dropping a `shiftseg segment` output on napari: the input image, embeddings, foreground
+    and instances, with the input's voxel size."""
+    import tifffile
+
+    from napari_shiftseg.segment import segment_to_zarr
+
+    image = (lattice_crop[0] * 200).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "cells.tif", image, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"unit": "um"})
+    out = tmp_path / "cells.zarr"
+    segment_to_zarr(tmp_path / "cells.tif", out, tiny_model_2d, tile=16, device="cpu",
+                    fg_threshold=0.45, min_size=3)
+    layers = viewer.open(str(out), plugin=PLUGIN)
+    names = [layer.name for layer in layers]
+    assert names == ["cells.tif", "embeddings [cells]", "foreground [cells]", "instances [cells]"]
+    for layer in layers:
+        np.testing.assert_allclose(layer.scale, (0.25, 0.25))
+    labels = viewer.layers["instances [cells]"]
+    assert labels.data.shape == image.shape and int(np.asarray(labels.data).max()) > 0
+    np.testing.assert_array_equal(np.asarray(viewer.layers["cells.tif"].data), image)
