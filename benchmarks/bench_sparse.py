@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0, help="training seed (run several for the spread)")
+    p.add_argument("--save", default=None, metavar="DIR", help="also save each run's model here")
     p.add_argument("--runs", nargs="+", default=["complete", "sparse", "naive"],
                    choices=("complete", "sparse", "naive"))
     args = p.parse_args(argv)
@@ -72,6 +73,10 @@ def main(argv=None) -> int:
         else:
             model, _ = train([(i, s) for (i, _), (s, _) in zip(pairs, sparse)], None, **options)
         seconds = time.perf_counter() - start
+        if args.save:
+            from napari_shiftseg.modelio import save_model
+
+            save_model(model, Path(args.save) / f"{run}_seed{args.seed}.safetensors")
         print(f"{run}: {seconds:.0f} s, validation {model.meta.get('validation')}", flush=True)
         methods[f"{run} ({seconds / 60:.1f} min)"] = model_method(model)
     rows, summary = score_methods(test, methods)

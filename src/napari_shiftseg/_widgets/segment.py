@@ -21,7 +21,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit,
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label,
                               ProgressBar, PushButton, SpinBox)
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
@@ -33,6 +33,7 @@ from ..settings import SegmentationSettings
 from . import _axes, _large, _layers, _pipeline
 from ._common import device_choice, inference_settings, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import ModelChooser
+from ._proofread import ProofreadPanel
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -150,30 +151,22 @@ class SegmentWidget(Container):
         self.recluster_button = PushButton(text="Re-cluster", enabled=False)
         buttons = Container(widgets=[self.preview_button, self.run_button, self.recluster_button],
                             layout="horizontal", labels=False)
-        # Proofreading (after a run): split one object by re-clustering its embeddings, merge
-        # objects by id; napari's own label tools do the rest (paint, erase, fill).
-        self.split_id = SpinBox(label="object", value=0, min=0, max=2**31 - 1)
-        self.split_id.native.setSpecialValueText("selected label")
-        self.split_button = PushButton(text="Split", enabled=False)
-        self.merge_ids = LineEdit(label="merge ids", value="")
-        self.merge_ids.tooltip = "object ids to merge into one, e.g. 4, 9"
-        self.merge_button = PushButton(text="Merge", enabled=False)
-        proofread = Container(widgets=[self.split_id, self.split_button, self.merge_ids,
-                                       self.merge_button], layout="horizontal", labels=True,
-                              label="proofread")
-        self.split_button.changed.connect(self.split)
-        self.merge_button.changed.connect(self.merge)
+        # Proofreading after a run (split / merge); napari's label tools do the rest.
+        self.proofread = ProofreadPanel(self)
+        self.split_id, self.split_button = self.proofread.split_id, self.proofread.split_button
+        self.merge_ids, self.merge_button = self.proofread.merge_ids, self.proofread.merge_button
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         super().__init__(widgets=[self.image, self.model, self.tile, self.tile_info, self.device,
                                   self.mode, self.extra_axis, self.extra_index, self.diameter,
                                   self.isotropic,
                                   self.bandwidth, self.fg_threshold, self.min_size,
-                                  self.merge_distance, post, buttons, proofread, self.progress,
+                                  self.merge_distance, post, buttons, self.proofread, self.progress,
                                   self.status])
         wrap(self.tile_info, self.status)
         self._cache = _pipeline.ModelCache()
         self._result: _pipeline.SegmentResult | None = None
+        self._source = self._next_source = None  # the array the cached result was computed from
         self._target: tuple | None = None  # (layer name, placement, E, capacity) of the cached result
         self._next_target: tuple | None = None
         self._pending: list = []  # layer tuples still to add, then the final status line
@@ -250,66 +243,14 @@ class SegmentWidget(Container):
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
-        name = self._target[0]
-        if name not in self._viewer.layers:
-            show_error(f"shiftseg: the image layer {name!r} of the last run is gone; run again")
-            return
-        layer = self._viewer.layers[name]
-        self._task.start(_recluster_job, self._result, params, self._target, layer.data)
+        self._task.start(_recluster_job, self._result, params, self._target, self._source)
 
-    # ---- proofreading ----------------------------------------------------------------
-    def _instances_layer(self):
-        if self._result is None or self._target is None:
-            raise ShiftSegError("run Segment first")
-        name = _layers.layer_name(self._target[0], "instances")
-        if name not in self._viewer.layers:
-            raise ShiftSegError(f"the layer {name!r} is gone; run Segment again")
-        return self._viewer.layers[name]
-
+    # ---- proofreading (see _proofread.ProofreadPanel) ---------------------------------
     def split(self) -> None:
-        """Re-cluster one object (the number given, else the layer's selected label) with half
-        the bandwidth; shows what happened in the status line."""
-        try:
-            layer = self._instances_layer()
-            object_id = self.split_id.value or int(layer.selected_label)
-            labels, ids = _pipeline.split(self._result, np.asarray(layer.data), object_id,
-                                          self.bandwidth.value / 2, self.min_size.value)
-        except ShiftSegError as err:
-            show_error(f"shiftseg: {err}")
-            return
-        if len(ids) == 1:
-            self.status.value = (f"object {object_id} has one embedding mode at bandwidth "
-                                 f"{self.bandwidth.value / 2:g}; lower the bandwidth to split it")
-            return
-        self._set_labels(layer, labels)
-        self.status.value = f"split object {object_id} into {', '.join(map(str, ids))}"
+        self.proofread.split()
 
     def merge(self) -> None:
-        """Merge the objects listed in 'merge ids' into the smallest of them."""
-        from ..proofread import merge_objects
-
-        try:
-            layer = self._instances_layer()
-            text = self.merge_ids.value.replace(";", ",").replace(" ", ",")
-            try:
-                ids = [int(v) for v in text.split(",") if v]
-            except ValueError:
-                raise ShiftSegError(f"merge ids must be whole numbers like 4, 9; got {self.merge_ids.value!r}") from None
-            labels, kept = merge_objects(np.asarray(layer.data), ids)
-        except ShiftSegError as err:
-            show_error(f"shiftseg: {err}")
-            return
-        self._set_labels(layer, labels)
-        self.status.value = f"merged {', '.join(map(str, sorted(set(ids))))} into {kept}"
-
-    def _set_labels(self, layer, labels) -> None:
-        """Show proofread labels; the table and the cached result follow."""
-        self._result.labels = labels
-        layer.data = labels
-        name = self._target[0]
-        if name in self._viewer.layers:
-            layer.features = _pipeline.object_features(self._result, self._viewer.layers[name].data,
-                                                       self._target[1]["scale"])
+        self.proofread.merge()
 
     # ---- running ---------------------------------------------------------------------
     def _layer(self):
@@ -377,6 +318,7 @@ class SegmentWidget(Container):
                                           params.tile, params.mode, params.diameter)
         time_point = (index, _LayerAxes(tuple(layer.scale), tuple(layer.translate))) \
             if kind == _axes.TIME else None
+        self._next_source = data  # what was segmented: measured again after re-cluster / edits
         self._task.start(_segment_job, data, self.model.path, params, self._cache, region,
                          self._next_target, out_path, time_point)
 
@@ -412,8 +354,7 @@ class SegmentWidget(Container):
         if busy and not self._pending:
             self.progress.value, self.status.value = 0, "starting…"
         self.recluster_button.enabled = not busy and self._result is not None
-        in_memory = isinstance(self._result, _pipeline.SegmentResult)
-        self.split_button.enabled = self.merge_button.enabled = not busy and in_memory
+        self.proofread.set_enabled(not busy and isinstance(self._result, _pipeline.SegmentResult))
 
     def _on_progress(self, done: int, total: int, what) -> None:
         self.progress.max = max(total, 1)
@@ -433,6 +374,7 @@ class SegmentWidget(Container):
         result, layers = outcome
         if isinstance(result, (_pipeline.SegmentResult, _large.LargeResult)):
             self._result, self._target = result, self._next_target
+            self._source = self._next_source
             done = "done" + ("" if result.origin is None else " (preview)") + (
                 f": results in {result.path}" if isinstance(result, _large.LargeResult)
                 else f": {int(result.labels.max())} objects") + (
