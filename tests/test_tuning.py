@@ -79,3 +79,27 @@ def test_training_keeps_the_best_checkpoint_and_stores_tuned_settings():
     again = score(validation_embeddings(model, val), val, settings)
     assert again == pytest.approx(record["tuned"], abs=1e-4)
     assert record["tuned"]["ap@0.5"] >= max(v["ap@0.5"] for v in history["validation"]) - 1e-9
+
+
+def test_checkpoint_score_breaks_ties_in_the_middle():
+    """Two well-separated objects with tight embeddings: every bandwidth scores the same, and
+    the middle of the plateau is kept (either end failed on unseen images)."""
+    from napari_shiftseg.tuning import quick_score
+
+    gt = np.zeros((20, 20), np.int32)
+    gt[2:8, 2:8], gt[12:18, 12:18] = 1, 2
+    emb = np.zeros((3, 20, 20), np.float32)
+    emb[0][gt == 2] = 20.0                          # the second object is far away in embedding
+    emb[2] = np.where(gt > 0, 10.0, -10.0)          # foreground logit
+    result = quick_score([emb], [(None, gt)], SegmentationSettings(min_size=1), delta_d=3.0)
+    assert result["ap@0.5"] == 1.0 and result["bandwidth"] == 2.25     # of 1.5, 2.25, 3.0, 3.9
+    # Where some bandwidths are worse, the tie is among the best only: touching objects whose
+    # embeddings are 1.6 apart merge at 3.0 and 3.9, and 1.5 (the one left, with 2.25 merging
+    # at its edge or not) is in the middle of the best.
+    gt[8:12, 2:8] = 1
+    gt[12:18, 2:8] = 2                              # object 2 now touches object 1
+    gt[2:18, 12:18] = 0
+    emb[0] = np.where(gt == 2, 1.6, 0.0)
+    emb[2] = np.where(gt > 0, 10.0, -10.0)
+    result = quick_score([emb], [(None, gt)], SegmentationSettings(min_size=1), delta_d=3.0)
+    assert result["ap@0.5"] == 1.0 and result["bandwidth"] in (1.5, 2.25)

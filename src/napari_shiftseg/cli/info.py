@@ -20,7 +20,7 @@ def run(args) -> int:
     rows = {"model": str(path), **g.describe(),
             "upsampling": config.upsampling, "embedding channels": config.embed_dim,
             "foreground head": config.foreground_head, "base channels": config.base_channels}
-    for key in ("training_window", "normalization", "metrics", "command"):
+    for key in ("training_window", "object_diameter", "normalization", "metrics", "command"):
         if key in meta:
             rows[key.replace("_", " ")] = meta[key]
     tiles = [n * g.grid for n in (4, 8, 16, 32)]
