@@ -316,7 +316,8 @@ def _markdown(report: dict) -> str:
     ]
     for key, path in report["files"].items():
         lines.append(f"- {key}: `{path}`")
-    lines += ["", "View in napari (Python): `import napari, zarr; v = napari.Viewer(); "
-              f"g = zarr.open_group('{report['files'].get('exact', 'exact.zarr')}'); "
-              "v.add_labels(g['labels'][...])`", ""]
+    exact = report['files'].get('exact', 'exact.zarr')
+    lines += ["", f"View in napari: drop `{exact}` onto the viewer (the plugin's reader shows "
+              "embeddings, foreground and instances), or from Python: `import napari; "
+              f"v = napari.Viewer(); v.open('{exact}', plugin='napari-shiftseg')`", ""]
     return "\n".join(lines)
