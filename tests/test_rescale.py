@@ -97,3 +97,22 @@ def test_an_image_at_half_magnification_is_segmented_at_the_models_scale():
     rescaled = metrics.evaluate(small_gt, auto)["ap@0.5"]
     given = metrics.evaluate(small_gt, segment_array(small, model, diameter=10.5))["ap@0.5"]
     assert rescaled > plain + 0.1 and given > plain + 0.1, (plain, rescaled, given)
+
+
+def test_object_factor_measures_only_for_auto():
+    calls = []
+
+    def estimate():
+        calls.append(1)
+        return 10.0
+
+    sized = Model(None, {"object_diameter": 20})
+    assert rescale.object_factor(sized, "auto", estimate) == (2.0, 10.0, 20.0) and calls == [1]
+    assert rescale.object_factor(sized, 19.0, estimate) == (1.0, 19.0, 20.0) and calls == [1]
+    assert rescale.object_factor(sized, None, estimate) == (1.0, None, 20.0)
+    assert rescale.object_factor(Model(None, {}), "auto", estimate) == (1.0, None, None)
+    assert calls == [1]
+    assert rescale.axis_factors(2.0, 2, lead=1) == (1.0, 2.0, 2.0)
+    assert rescale.axis_factors(1.5, 3, iso=(3.0, 1.0, 1.0)) == (4.5, 1.5, 1.5)
+    with pytest.raises(ShiftSegError, match="object diameter"):
+        rescale.object_factor(sized, -1, estimate)

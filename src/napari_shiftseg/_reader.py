@@ -57,7 +57,9 @@ def read_segmentation(path):
 
     from .io import read_spatial
     from .segment import ATTRS
-    from ._widgets._layers import embeddings_to_rgb, layer_name, sigmoid
+    from types import SimpleNamespace
+
+    from ._widgets._layers import embeddings_to_rgb, layer_name, resampled_placement, sigmoid
 
     group = zarr.open_group(str(path), mode="r")
     info = dict(group.attrs[ATTRS])
@@ -73,9 +75,10 @@ def read_segmentation(path):
         except Exception:  # noqa: BLE001 - the input moved or changed: show the results anyway
             pass
     emb = da.from_zarr(group["embeddings"])
-    ratio = [n / m for n, m in zip(labels.shape, emb.shape[1:])]
-    net = {"scale": tuple(s * r for s, r in zip(scale, ratio)),
-           "translate": tuple(s * (r - 1) / 2 for s, r in zip(scale, ratio))}
+    # A resampled run: the network's grid placed over the image's (one formula, _layers').
+    grid = SimpleNamespace(origin=(0,) * labels.ndim, working_shape=emb.shape[1:],
+                           image_shape=labels.shape)
+    net = resampled_placement({"scale": scale, "translate": (0.0,) * labels.ndim}, None, grid)
     foreground = "foreground" in group
     channels = emb.shape[0] - int(foreground)
     layers.append((embeddings_to_rgb(emb[:channels]),

@@ -106,23 +106,21 @@ def segment_array(
 
     settings = (settings or SegmentationSettings.of(model)).replace(
         bandwidth=bandwidth, fg_threshold=foreground_threshold, min_size=min_size)
-    diameter = rescale.check_diameter(diameter)
-    target = rescale.model_diameter(model)
     image = validate_image(image)
 
     def run(img):
         return segment_embeddings(embed_array(img, model, device), settings,
                                   model.config.foreground_head, n_seeds, seed)
 
-    if diameter is None or target is None:
-        return run(image)
-    first = None
-    if diameter == "auto":
-        first = run(image)
-        diameter = rescale.estimate_diameter(first)
-    factor = rescale.scale_for(diameter, target)
+    first = []  # the first pass of 'auto', kept: it is the answer when no resampling is needed
+
+    def estimate():
+        first.append(run(image))
+        return rescale.estimate_diameter(first[0])
+
+    factor, _, _ = rescale.object_factor(model, diameter, estimate)
     if factor == 1.0:
-        return first if first is not None else run(image)
+        return first[0] if first else run(image)
     labels = run(rescale.resize_image(image, factor))
     return np.ascontiguousarray(rescale.resize_labels(labels, image.shape), dtype=np.int32)
 

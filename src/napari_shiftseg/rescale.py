@@ -33,7 +33,8 @@ from ._errors import ShiftSegError
 
 __all__ = ["TOLERANCE", "LIMITS", "model_diameter", "estimate_diameter", "check_diameter",
            "scale_for", "working_shape", "resize_image", "resize_labels", "labels_on_image_grid",
-           "working_region", "estimate_from_crop"]
+           "working_region", "estimate_from_crop", "object_factor", "axis_factors",
+           "isotropic_factors"]
 
 #: Sizes within this ratio of the model's diameter are segmented as they are (resampling costs
 #: time and blurs a little, and the dev scores were flat within +-20 %).
@@ -102,6 +103,30 @@ def check_diameter(diameter) -> float | str | None:
         raise ShiftSegError(f"the object diameter must be 'auto' or a positive number of pixels, "
                             f"got {diameter!r}")
     return float(diameter)
+
+
+def object_factor(model, diameter, estimate) -> tuple[float, float | None, float | None]:
+    """How much to resample for ``model``: ``(factor, image diameter, model diameter)``.
+
+    ``diameter`` is checked (:func:`check_diameter`); for ``'auto'`` the image's diameter is
+    ``estimate()`` (called only then). A model that records no diameter, or ``None``, gives 1.
+    Every path that segments (``segment_array``, ``segment_to_zarr``, the Segment widget) asks
+    this one function and only differs in how it measures.
+    """
+    diameter = check_diameter(diameter)
+    target = model_diameter(model)
+    if diameter is None or target is None:
+        return 1.0, None, target
+    if diameter == "auto":
+        diameter = estimate()
+    return scale_for(diameter, target), diameter, target
+
+
+def axis_factors(factor: float, ndim: int, lead: int = 0, iso=None) -> tuple[float, ...]:
+    """Per-axis factors of an image with ``lead`` axes before the model's ``ndim`` (a stack's
+    slice axis: never resampled): the isotropic factors ``iso`` times the object ``factor``."""
+    iso = tuple(iso) if iso is not None else (1.0,) * ndim
+    return (1.0,) * lead + tuple(i * factor for i in iso)
 
 
 def scale_for(image_diameter: float | None, target: float | None) -> float:

@@ -609,20 +609,17 @@ def _resampled_input(image, model, diameter, device, per_slice=False, voxel_size
 
     from . import rescale
 
-    diameter = rescale.check_diameter(diameter)
-    target = rescale.model_diameter(model)
     source = image if isinstance(image, da.Array) else da.from_array(image, asarray=True, name=False)
-    iso = rescale.isotropic_factors(voxel_size, image.ndim) if voxel_size is not None and not per_slice \
-        else (1.0,) * image.ndim
-    factor = 1.0
-    if diameter is not None and target is not None:
-        if diameter == "auto":
-            view = source if iso == (1.0,) * image.ndim else rescale.resize_image(
-                source, shape=rescale.working_shape(image.shape, iso))
-            diameter = rescale.estimate_from_crop(view[view.shape[0] // 2] if per_slice else view,
-                                                  model, device)
-        factor = rescale.scale_for(diameter, target)
-    factors = tuple(i * (1.0 if per_slice and a == 0 else factor) for a, i in enumerate(iso))
+    ndim, lead = model.geometry.ndim, int(per_slice)
+    iso = rescale.isotropic_factors(voxel_size, ndim) if voxel_size is not None and not lead else None
+
+    def estimate():
+        view = source if iso is None else rescale.resize_image(
+            source, shape=rescale.working_shape(image.shape, iso))
+        return rescale.estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, device)
+
+    factor, _, _ = rescale.object_factor(model, diameter, estimate)
+    factors = rescale.axis_factors(factor, ndim, lead, iso)
     if all(f == 1.0 for f in factors):
         return image
     return rescale.resize_image(source, shape=rescale.working_shape(image.shape, factors))

@@ -95,3 +95,20 @@ def test_isotropic_resampling_of_an_anisotropic_layer(viewer, tiny_model_3d, wai
     emb = viewer.layers[layer_name("aniso", "embeddings")]
     assert labels.data.shape == volume.shape and tuple(labels.scale) == (3.0, 1.0, 1.0)
     assert tuple(emb.scale)[:3] == (1.0, 1.0, 1.0)
+
+
+def test_isotropic_resampling_of_a_layer_kept_on_disk(viewer, tiny_model_3d, wait_idle, monkeypatch):
+    """Results over the memory budget go through zarr: the isotropic choice reaches that run too."""
+    from napari_shiftseg._widgets import _common, segment as segment_module
+    from napari_shiftseg.synth import random_objects
+
+    monkeypatch.setattr(segment_module, "inference_settings",
+                        lambda: _common.InferenceSettings(memory_budget_gb=1e-6))
+    volume = random_objects((24, 24, 24), radius=4, seed=4)[0][::3].astype(np.float32)
+    viewer.add_image(volume, name="aniso", scale=(3.0, 1.0, 1.0))
+    widget = _widget(viewer, tiny_model_3d, "aniso")
+    widget.isotropic.value = True
+    _run(widget, wait_idle)
+    assert "results in" in widget.status.value
+    assert viewer.layers[layer_name("aniso", "embeddings")].data.shape[:3] == (24, 24, 24)
+    assert viewer.layers[layer_name("aniso", "instances")].data.shape == volume.shape

@@ -38,12 +38,13 @@ def session_dir() -> Path:
     return _SESSION_DIR
 
 
-def output_path(image_name: str, model_path, tile: int, mode: str, diameter=None) -> Path:
+def output_path(image_name: str, model_path, tile: int, mode: str, diameter=None,
+                voxel_size=None) -> Path:
     model_path = Path(model_path)
     # The file's time too: a model trained again under the same name gives other embeddings
     # (segment_to_zarr would refuse to resume the old group).
     stamp = file_stamp(model_path)
-    key = hashlib.sha1(repr((image_name, str(model_path), stamp, tile, mode, diameter)).encode()).hexdigest()[:10]
+    key = hashlib.sha1(repr((image_name, str(model_path), stamp, tile, mode, diameter, voxel_size)).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() else "_" for c in image_name)[:40]
     return session_dir() / f"{safe}-{key}.zarr"
 
@@ -99,7 +100,8 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
     model = ModelCache().get(model_path, params.device)
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
                     mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
-                    cancel=cancel, stage=on_stage, diameter=params.diameter, **kwargs)
+                    cancel=cancel, stage=on_stage, diameter=params.diameter,
+                    isotropic=params.voxel_size is not None, voxel_size=params.voxel_size, **kwargs)
     shape = zarr.open_group(str(out_path), mode="r")["embeddings"].shape[1:]
     plan = tile_plan(shape[len(shape) - model.geometry.ndim:], model.geometry, params.tile, params.mode)
     return _open(out_path, plan, model, image, params.device)

@@ -93,7 +93,7 @@ def check_image(layer, model_ndim: int):
         raise ShiftSegError(f"layer {name!r} is multiscale; add its full-resolution level as a layer")
     if getattr(layer, "rgb", False):
         raise ShiftSegError(f"layer {name!r} is an RGB image; shiftseg models take one channel")
-    if data.ndim != model_ndim and not (model_ndim == 2 and data.ndim == 3):
+    if data.ndim != model_ndim:
         raise ShiftSegError(
             f"layer {name!r} is {data.ndim}D but the model is {model_ndim}D; pick a {data.ndim}D model"
         )
@@ -152,26 +152,26 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     ndim = model.geometry.ndim
     lead = image.ndim - ndim                      # a stack's slice axis is never resampled
     iso = (rescale.isotropic_factors(params.voxel_size, ndim)
-           if params.voxel_size is not None and not lead else (1.0,) * ndim)
-    target = rescale.model_diameter(model)
-    diameter = rescale.check_diameter(params.diameter) if target else None
-    notes = [] if iso == (1.0,) * ndim else ["isotropic voxels: " + "x".join(f"{f:g}" for f in iso)]
-    first = None
-    if diameter == "auto":
-        first = _resampled_run(report, cancel, image, model, params, region, norm,
-                               (1.0,) * lead + iso, 1.0)
-        diameter = rescale.estimate_diameter(first.labels)
-        if diameter:  # measured on the image's grid: in isotropic pixels, volumes scale by iso
-            diameter *= float(np.prod(iso)) ** (1 / ndim)
-    factor = rescale.scale_for(diameter, target) if diameter not in (None, "auto") else 1.0
-    if diameter not in (None, "auto"):
+           if params.voxel_size is not None and not lead else None)
+    notes = [] if iso is None else ["isotropic voxels: " + "x".join(f"{f:g}" for f in iso)]
+    first = []  # the first pass of 'auto', kept: it is the answer when no resampling is needed
+
+    def estimate():
+        first.append(_resampled_run(report, cancel, image, model, params, region, norm,
+                                    rescale.axis_factors(1.0, ndim, lead, iso), 1.0))
+        measured = rescale.estimate_diameter(first[0].labels)
+        # Measured on the image's grid: in isotropic pixels, volumes scale by the iso factors.
+        return measured * float(np.prod(iso or 1.0)) ** (1 / ndim) if measured else measured
+
+    factor, diameter, target = rescale.object_factor(model, params.diameter, estimate)
+    if diameter:
         notes.append(f"objects ~{diameter:.0f} px, model {target:.0f} px: " + (
             "as imaged" if factor == 1.0 else f"segmented at {factor:.2f}x"))
-    if first is not None and factor == 1.0:
-        result = first
+    if first and factor == 1.0:
+        result = first[0]
     else:
         result = _resampled_run(report, cancel, image, model, params, region, norm,
-                                (1.0,) * lead + tuple(i * factor for i in iso), factor)
+                                rescale.axis_factors(factor, ndim, lead, iso), factor)
     result.note = "; ".join([result.note, *notes]) if result.note else "; ".join(notes)
     return result
 

@@ -315,7 +315,8 @@ class SegmentWidget(Container):
         out_path = None  # results that do not fit the budget go to zarr and are shown lazily
         if region is None and not _pipeline.fits_budget(data.shape, config.out_channels, budget):
             out_path = _large.output_path(f"{layer.name}-{kind}-{index}", self.model.path,
-                                          params.tile, params.mode, params.diameter)
+                                          params.tile, params.mode, params.diameter,
+                                          params.voxel_size)
         time_point = (index, _LayerAxes(tuple(layer.scale), tuple(layer.translate))) \
             if kind == _axes.TIME else None
         self._next_source = data  # what was segmented: measured again after re-cluster / edits

@@ -16,6 +16,17 @@ def shape(text: str) -> tuple[int, ...]:
     return values
 
 
+def voxel_size(text: str) -> tuple[float, ...]:
+    """'2,0.5,0.5' or '2x0.5x0.5' -> (2.0, 0.5, 0.5): positive, finite."""
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 2,0.5,0.5, got {text!r}") from None
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"voxel sizes must be positive numbers, got {text!r}")
+    return values
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

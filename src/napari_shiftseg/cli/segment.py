@@ -16,18 +16,6 @@ def _tile(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def _voxel_size(text: str) -> tuple[float, ...]:
-    import argparse
-
-    try:
-        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 2,0.5,0.5, got {text!r}") from None
-    if not values or not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"voxel sizes must be positive numbers, got {text!r}")
-    return values
-
-
 def add_parser(sub):
     p = sub.add_parser(
         "segment", help="segment an image into a zarr group (embeddings, foreground, labels); resumable",
@@ -60,7 +48,7 @@ def add_parser(sub):
                    help="resample to cubic voxels first (e.g. a z step 3x the pixel size gets 3x "
                         "the planes), using the file's voxel size or --voxel-size; labels stay "
                         "on the image's grid")
-    p.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="Z,Y,X",
+    p.add_argument("--voxel-size", type=_args.voxel_size, default=None, metavar="Z,Y,X",
                    help="voxel size per axis (any unit), when the file does not record it")
     p.add_argument("--table", metavar="OUT.csv", default=None,
                    help="also write one row per object: size (in the file's voxel units when it "
