@@ -40,6 +40,21 @@ def _config(ndim: int, args):
                       embedding="spatial", position_scale=args.position_scale)
 
 
+def _to_scale(pair, diameter: float):
+    """(image, labels) resampled so that the median object diameter is ``diameter`` (within
+    rescale.LIMITS, as at inference)."""
+    from napari_shiftseg import rescale
+    from napari_shiftseg.tuning import median_diameter
+
+    image, labels = pair
+    measured = median_diameter([labels])
+    if not measured:
+        return pair
+    factor = float(np.clip(diameter / measured, *rescale.LIMITS))
+    image = rescale.resize_image(np.asarray(image, np.float32), factor)
+    return image, np.asarray(rescale.resize_labels(labels, image.shape))
+
+
 def main(argv=None) -> int:
 
     from napari_shiftseg import synth
@@ -65,6 +80,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object-diameter", type=float, default=None,
+                   help="2D: resample every training and validation image so that its median "
+                        "object diameter is this (jittered by +-15 %% in training), as inference "
+                        "does with diameter='auto'; recorded in the model")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
     ndim = int(args.ndim[0])
@@ -92,10 +111,15 @@ def main(argv=None) -> int:
         # only by chance, so skip them explicitly.
         rng = np.random.default_rng(seed)
         if real and rng.random() < args.real_fraction:
-            return real[int(rng.integers(len(real)))]
-        if seed in VALIDATION_SEEDS:
-            seed += len(VALIDATION_SEEDS)
-        return synth.nuclei(shape, seed=seed)
+            pair = real[int(rng.integers(len(real)))]
+        else:
+            if seed in VALIDATION_SEEDS:
+                seed += len(VALIDATION_SEEDS)
+            pair = synth.nuclei(shape, seed=seed)
+        if not args.object_diameter:
+            return pair
+        # Jitter covers the band inference leaves as imaged (rescale.TOLERANCE).
+        return _to_scale(pair, args.object_diameter * float(np.exp(rng.uniform(-0.15, 0.15))))
 
     config = load_model(args.init) if args.init else _config(ndim, args)
     window = args.window or (92 if ndim == 2 else 28)
@@ -117,6 +141,8 @@ def main(argv=None) -> int:
     )
     for v in history["validation"]:
         print("validation", v, flush=True)
+    if args.object_diameter:
+        model.meta["object_diameter"] = args.object_diameter
     model.meta["purpose"] = (f"general {ndim}D fluorescence nuclei (BBBC007 train + synthetic nuclei)"
                              if ndim == 2 else "general 3D fluorescence nuclei (synthetic nuclei)")
     model.net.cpu()

@@ -154,7 +154,7 @@ def validate_labels(labels, name: str = "labels") -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
-def validate_pair(image, labels, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def validate_pair(image, labels, ndim: int | None = None, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Validate an image with its instance labels; returns (float32 image, int32 labels).
 
     Parameters
@@ -163,6 +163,9 @@ def validate_pair(image, labels, ndim: int | None = None) -> tuple[np.ndarray, n
         Raw image and instance labels of the same shape.
     ndim : int, optional
         Required dimensionality (the model's), if known.
+    channels : int
+        Input channels of the model: with more than one the image holds them on its first
+        axis, (C, y, x) or (C, z, y, x).
 
     Raises
     ------
@@ -170,6 +173,8 @@ def validate_pair(image, labels, ndim: int | None = None) -> tuple[np.ndarray, n
         If either array is invalid (see :func:`validate_image`, :func:`validate_labels`), the
         shapes differ, or the dimensionality is not ``ndim``.
     """
+    if channels > 1:
+        return _validate_channels_pair(image, labels, ndim, channels)
     image = validate_image(image)
     labels = validate_labels(labels)
     if image.shape != labels.shape:
@@ -182,15 +187,33 @@ def validate_pair(image, labels, ndim: int | None = None) -> tuple[np.ndarray, n
     return image, labels
 
 
-def load_training_pair(image_path, labels_path, ndim: int | None = None):
+def _validate_channels_pair(image, labels, ndim, channels: int):
+    """validate_pair for a channel-first image of a multi-channel model."""
+    labels = validate_labels(labels)
+    shape = tuple(np.shape(image))
+    if len(shape) != labels.ndim + 1 or shape[0] != channels:
+        raise ShiftSegError(
+            f"the model takes {channels} channels: the image must be channel-first, shape "
+            f"({channels}, {', '.join(map(str, labels.shape))}) for labels of shape {labels.shape}; "
+            f"got {shape}")
+    image = np.stack([validate_image(np.asarray(image)[c], f"image channel {c}") for c in range(channels)])
+    if image.shape[1:] != labels.shape:
+        raise ShiftSegError(f"image shape {image.shape[1:]} (per channel) and labels shape {labels.shape} "
+                            "differ; they must match pixel for pixel")
+    if ndim is not None and labels.ndim != ndim:
+        raise ShiftSegError(f"the model is {ndim}D but the labels are {labels.ndim}D (shape {labels.shape})")
+    return image, labels
+
+
+def load_training_pair(image_path, labels_path, ndim: int | None = None, channels=None):
     """Read and validate an image file and its label file.
 
     Returns
     -------
     image : numpy.ndarray
-        float32, 2D or 3D.
+        float32, 2D or 3D (with ``channels``: those channels of the file first, (C, *spatial)).
     labels : numpy.ndarray
-        int32, same shape, 0 = background.
+        int32, same spatial shape, 0 = background.
 
     Raises
     ------
@@ -202,9 +225,14 @@ def load_training_pair(image_path, labels_path, ndim: int | None = None):
     >>> image, labels = load_training_pair("sample_data/2d/image.tif",
     ...                                    "sample_data/2d/labels.tif")  # doctest: +SKIP
     """
-    image = read_array(image_path)
+    if channels is not None:  # a multi-channel model's channels, stacked first
+        from .io import read_spatial
+
+        image = np.asarray(read_spatial(image_path, list(channels)))
+    else:
+        image = read_array(image_path)
     labels = read_array(labels_path)
     try:
-        return validate_pair(image, labels, ndim)
+        return validate_pair(image, labels, ndim, len(channels) if channels is not None else 1)
     except ShiftSegError as err:
         raise ShiftSegError(f"{Path(image_path).name} / {Path(labels_path).name}: {err}") from None

@@ -98,9 +98,11 @@ def estimate_tile_memory(geometry: UNetGeometry, model, tile: int | Sequence[int
     tile = tuple(tile) if not isinstance(tile, (int, np.integer)) else (int(tile),) * geometry.ndim
     window = np.array(geometry.tile_input_size(tile), dtype=np.float64)
     values = window.prod() * config.in_channels  # the input itself
+    scale = np.ones(geometry.ndim)
     for level in range(geometry.levels + 1):
-        voxels = np.prod(window / geometry.factor**level)
-        values += config.channels(level) * voxels  # skip (or bottom) activations
+        values += config.channels(level) * np.prod(window / scale)  # skip (or bottom) activations
+        if level < geometry.levels:
+            scale = scale * np.array(geometry.level_factors(level))
     values += 4 * config.channels(0) * window.prod()
     weights = sum(p.numel() for p in getattr(model, "net", model).parameters())
     return int(_WORKSPACE * batch * values * bytes_per_value + 4 * weights)

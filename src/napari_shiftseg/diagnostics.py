@@ -196,7 +196,7 @@ def reference_tile(plan: TilePlan, geometry: UNetGeometry) -> tuple[int, ...]:
     Exact tiling of any tile size equals whole-image inference, so a second exact run with other
     borders is a whole-image reference that still costs only tiles (memory scales with the tile).
     """
-    return tuple(geometry.snap_tile(t) + geometry.grid for t in plan.tile)
+    return tuple(a.snap_tile(t) + a.grid for a, t in zip(geometry.axes, plan.tile))
 
 
 def seam_error(embeddings, reference, plan: TilePlan) -> da.Array:
@@ -227,19 +227,16 @@ def _spatial(shape, geometry: UNetGeometry) -> tuple[int, ...]:
 def phase_map(shape: Sequence[int], geometry: UNetGeometry, chunks="auto") -> da.Array:
     """Lazy int32 array: the phase (0 … f^(d·l) − 1) of each voxel, ``geometry.phase`` per voxel.
 
-    The phase index is separable (a mixed-radix number of per-axis positions modulo f^l), so
-    it is the sum of one small lookup per axis, taken from ``geometry.phase`` itself; leading
-    axes beyond the model's dimensionality (a slice stack) do not change it.
+    The phase index is separable (a mixed-radix number of per-axis cell positions modulo F_a),
+    so it is the sum of one small lookup per axis; leading axes beyond the model's
+    dimensionality (a slice stack) do not change it.
     """
     shape = _spatial(shape, geometry)
     out = da.zeros(shape, dtype=np.int32, chunks=chunks)
     lead = len(shape) - geometry.ndim
-    for i in range(geometry.ndim):
-        unit = [0] * geometry.ndim
-        table = np.empty(geometry.grid, dtype=np.int32)
-        for p in range(geometry.grid):
-            unit[i] = p
-            table[p] = geometry.phase(unit)
+    for i, a in enumerate(geometry.axes):
+        stride = int(np.prod(geometry.grids[i + 1:]))
+        table = (((np.arange(a.grid) - a.cell_offset) % a.grid) * stride).astype(np.int32)
         axis = lead + i
         idx = da.arange(shape[axis], chunks=(out.chunks[axis],))
         part = idx.map_blocks(lambda b, t=table: t[b % len(t)], dtype=np.int32)
@@ -251,6 +248,6 @@ def grid_lines(shape: Sequence[int], geometry: UNetGeometry, chunks="auto") -> d
     """Lazy bool array: True where a network cell of f^l voxels begins, along any model axis."""
     shape = _spatial(shape, geometry)
     lead = len(shape) - geometry.ndim
-    masks = [(np.arange(n) - geometry.cell_offset) % geometry.grid == 0 for n in shape[lead:]]
+    masks = [(np.arange(n) - a.cell_offset) % a.grid == 0 for a, n in zip(geometry.axes, shape[lead:])]
     template = da.zeros(shape, dtype=bool, chunks=chunks)
     return _broadcast_any(masks, shape, template.chunks)

@@ -36,6 +36,16 @@ def default_min_size(model: Model) -> int:
     return SegmentationSettings.of(model).min_size
 
 
+def channel_first(image, model: Model) -> np.ndarray:
+    """A multi-channel model's image, checked: float32, channels on the first axis, (C, *spatial)."""
+    channels = model.config.in_channels
+    if np.ndim(image) != model.geometry.ndim + 1 or np.shape(image)[0] != channels:
+        raise ShiftSegError(f"the model takes {channels} channels: give a channel-first image of "
+                            f"shape ({channels}, ...) with {model.geometry.ndim} spatial axes, "
+                            f"got shape {np.shape(image)}")
+    return np.stack([validate_image(np.asarray(image)[c], f"image channel {c}") for c in range(channels)])
+
+
 def embed_array(image, model: Model, device: str | torch.device = "cpu") -> np.ndarray:
     """Embeddings of a whole image, (E [+1 foreground logit], *image.shape), as numpy.
 
@@ -44,6 +54,8 @@ def embed_array(image, model: Model, device: str | torch.device = "cpu") -> np.n
     """
     from .predict import predict_whole
 
+    if model.config.in_channels > 1:
+        return np.asarray(predict_whole(channel_first(image, model), model, device=str(device), channel_axis=0))
     image = validate_image(image)
     if image.ndim != model.geometry.ndim:
         raise ShiftSegError(f"the model is {model.geometry.ndim}D but the image is {image.ndim}D "
@@ -106,7 +118,13 @@ def segment_array(
 
     settings = (settings or SegmentationSettings.of(model)).replace(
         bandwidth=bandwidth, fg_threshold=foreground_threshold, min_size=min_size)
-    image = validate_image(image)
+    multi = model.config.in_channels > 1
+    image = channel_first(image, model) if multi else validate_image(image)
+
+    def resize(img, factor):
+        if multi:  # each channel alike; the channel axis is not an image axis
+            return np.stack([rescale.resize_image(c, factor) for c in img])
+        return rescale.resize_image(img, factor)
 
     def run(img):
         return segment_embeddings(embed_array(img, model, device), settings,
@@ -121,8 +139,8 @@ def segment_array(
     factor, _, _ = rescale.object_factor(model, diameter, estimate)
     if factor == 1.0:
         return first[0] if first else run(image)
-    labels = run(rescale.resize_image(image, factor))
-    return np.ascontiguousarray(rescale.resize_labels(labels, image.shape), dtype=np.int32)
+    labels = run(resize(image, factor))
+    return np.ascontiguousarray(rescale.resize_labels(labels, image.shape[multi:]), dtype=np.int32)
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:

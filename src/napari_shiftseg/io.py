@@ -10,6 +10,7 @@ corrupt file, a zarr group with no image in it) raises :class:`ShiftSegError` na
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -168,12 +169,17 @@ def _zarr_info(root: Path, path: Path) -> dict:
     return {"axes": letters or None, "voxel_size": voxel, "unit": units[0] if units else None}
 
 
-def read_spatial(path, channel: int | None = None):
+def read_spatial(path, channel: int | Sequence[int] | None = None):
     """:func:`read_image`, checked to be a 2D/3D single-channel image (one channel picked).
 
     RGB TIFFs and multi-channel files (a ``C``/``S`` axis, or an OME ``channel`` axis, of size
     > 1) need ``channel``; a time axis of size > 1 is refused (segment one time point at a time).
+    A list of channels gives those channels stacked on a first axis, (C, *spatial), for a
+    multi-channel network.
     """
+    picks = None if channel is None or isinstance(channel, (int, np.integer)) else [int(c) for c in channel]
+    if picks is not None:
+        return _read_channels(path, picks)
     image = read_image(path)
     info = image_info(path)
     axes = info["axes"]
@@ -202,6 +208,30 @@ def read_spatial(path, channel: int | None = None):
         raise ShiftSegError(f"{name} is a time series (axes {axes}, shape {tuple(image.shape)}); "
                             "segment one time point at a time")
     return image
+
+
+def _read_channels(path, picks: list[int]):
+    """The channels ``picks`` of a file with a channel axis, stacked first (lazily for dask)."""
+    image = read_image(path)
+    axes = image_info(path)["axes"]
+    name = Path(path).name
+    if not axes or len(axes) != image.ndim or not any(a in "CS" for a in axes):
+        raise ShiftSegError(f"{name} has no channel axis that its metadata names (shape "
+                            f"{tuple(image.shape)}); a multi-channel model needs one")
+    axis = next(i for i, a in enumerate(axes) if a in "CS")
+    n = image.shape[axis]
+    bad = [c for c in picks if not 0 <= c < n]
+    if bad:
+        raise ShiftSegError(f"--channels {','.join(map(str, picks))}: {name} has channels 0..{n - 1}")
+    rest = axes[:axis] + axes[axis + 1:]
+    if "T" in rest and image.shape[axes.index("T")] > 1:
+        raise ShiftSegError(f"{name} is a time series (axes {axes}, shape {tuple(image.shape)}); "
+                            "segment one time point at a time")
+    if hasattr(image, "dask"):
+        import dask.array as da
+
+        return da.moveaxis(image[(slice(None),) * axis + (picks,)], axis, 0)
+    return np.moveaxis(np.asarray(image).take(picks, axis=axis), axis, 0)
 
 
 def _read_npy(path: Path):

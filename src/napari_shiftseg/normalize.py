@@ -17,14 +17,28 @@ from ._errors import ShiftSegError
 
 @dataclass(frozen=True)
 class Normalization:
-    """Map ``low`` → 0 and ``high`` → 1 (percentiles of the whole image)."""
+    """Map ``low`` → 0 and ``high`` → 1 (percentiles of the whole image).
 
-    low: float
-    high: float
+    For a multi-channel network ``low`` and ``high`` are tuples, one value per channel, and
+    the arrays they apply to hold the channels on their first axis.
+    """
+
+    low: float | tuple[float, ...]
+    high: float | tuple[float, ...]
+
+    @property
+    def offset_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, scale) as float32 arrays of shape (channels,) (a flat scale stays 1)."""
+        low = np.atleast_1d(np.asarray(self.low, dtype=np.float32))
+        scale = np.atleast_1d(np.asarray(self.high, dtype=np.float32)) - low
+        return low, np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
 
     def __call__(self, x):
-        scale = self.high - self.low
-        return (x - self.low) / (scale if scale > 0 else 1.0)
+        low, scale = self.offset_scale
+        if low.size == 1:
+            return (x - low[0]) / scale[0]
+        shape = (-1,) + (1,) * (np.ndim(x) - 1)  # channels first
+        return (x - low.reshape(shape)) / scale.reshape(shape)
 
 
 def _subsample(image, max_samples: int):
@@ -37,8 +51,17 @@ def _subsample(image, max_samples: int):
 
 
 def percentile_normalization(image, low: float = 1.0, high: float = 99.8,
-                             max_samples: int = 2_000_000) -> Normalization:
-    """Percentile statistics of ``image`` (numpy, dask or zarr), refusing NaN/inf and empty images."""
+                             max_samples: int = 2_000_000, channels_first: bool = False) -> Normalization:
+    """Percentile statistics of ``image`` (numpy, dask or zarr), refusing NaN/inf and empty images.
+
+    ``channels_first``: one pair of percentiles per channel (first axis), for multi-channel
+    networks (a bright channel must not squash a dim one).
+    """
+    if channels_first and image.shape[0] > 1:
+        per = [percentile_normalization(image[c], low, high, max_samples) for c in range(image.shape[0])]
+        return Normalization(tuple(n.low for n in per), tuple(n.high for n in per))
+    if channels_first:
+        image = image[0]
     if int(np.prod(image.shape)) == 0:
         raise ShiftSegError(f"the image is empty (shape {tuple(image.shape)})")
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.issubdtype(image.dtype, np.complexfloating):
@@ -50,7 +73,8 @@ def percentile_normalization(image, low: float = 1.0, high: float = 99.8,
     return Normalization(float(lo), float(hi))
 
 
-def recorded_normalization(image, meta: dict | None, name: str = "the model") -> Normalization:
+def recorded_normalization(image, meta: dict | None, name: str = "the model",
+                           channels_first: bool = False) -> Normalization:
     """The normalisation a model was trained with (its ``meta["normalization"]``), for ``image``.
 
     Models record the percentiles they were trained with; inference must apply the same ones
@@ -69,4 +93,4 @@ def recorded_normalization(image, meta: dict | None, name: str = "the model") ->
         raise ShiftSegError(f"{name} records unreadable normalisation percentiles {record!r}") from None
     if not 0.0 <= low < high <= 100.0:
         raise ShiftSegError(f"{name} records impossible percentiles low={low}, high={high}")
-    return percentile_normalization(image, low, high)
+    return percentile_normalization(image, low, high, channels_first=channels_first)

@@ -135,11 +135,12 @@ def _validate(image, net, channel_axis, per_slice) -> _Input:
     return _Input(arr, stacked, image)
 
 
-def _normalization(image, normalization, model=None) -> Normalization:
+def _normalization(image, normalization, model=None, channels_first: bool = False) -> Normalization:
     if normalization is None:
         # The percentiles the model was trained with (recorded in its file), never a default
-        # that merely happens to agree today.
-        return recorded_normalization(image, getattr(model, "meta", None), getattr(model, "name", "the model"))
+        # that merely happens to agree today; per channel for a multi-channel network.
+        return recorded_normalization(image, getattr(model, "meta", None), getattr(model, "name", "the model"),
+                                      channels_first=channels_first)
     if normalization is False:
         return Normalization(0.0, 1.0)
     if isinstance(normalization, Normalization):
@@ -166,8 +167,8 @@ def _prepare_net(net, device: torch.device):
 class _Run:
     """What every tile task shares (static; opaque to dask's key substitution)."""
 
-    low: float
-    scale: float
+    low: tuple[float, ...]    # per input channel (one value for a single channel)
+    scale: tuple[float, ...]
     device: str
     half: bool
     ndim: int
@@ -223,8 +224,9 @@ def _run_group(net, pieces, group: _Group, run: _Run, stacked: bool) -> np.ndarr
     buf = np.empty(group.buffer_shape, dtype=np.float32)
     for piece, combo in zip(pieces, itertools.product(*group.reads)):
         buf[tuple(c[1] for c in combo)] = piece[tuple(c[0] for c in combo)]
-    buf -= np.float32(run.low)
-    buf *= np.float32(1.0 / run.scale)
+    per_channel = (-1,) + (1,) * (buf.ndim - 1)  # buf is channel-first
+    buf -= np.asarray(run.low, dtype=np.float32).reshape(per_channel)
+    buf *= (1.0 / np.asarray(run.scale, dtype=np.float32)).reshape(per_channel)
     if not np.isfinite(buf).all():
         raise ShiftSegError(
             f"the input window of {_describe(group.items, run.plan)} contains NaN or infinite values "
@@ -361,7 +363,7 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
     net_key = dask.delayed(net, pure=True, name=f"shiftseg-net-{token}")
     tiles_name = TILE_PREFIX + token
     out_channels = net.config.out_channels
-    front = plan.geometry.crop_front
+    fronts = plan.geometry.crop_fronts
 
     # Everything per axis is solved once; a group only combines per-axis answers.
     per_axis = [[(a.window_slice(k), a.write(k), a.crop_slice(k)) for k in range(a.count)]
@@ -398,7 +400,7 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
         tile_weight = None
         if plan.mode == "blend":
             # crop - crop_front is the kept part's position inside the tile-sized map
-            tile_weight = (plan.tile, tuple(slice(c.start - front, c.stop - front) for c in crops[0]))
+            tile_weight = (plan.tile, tuple(slice(c.start - f, c.stop - f) for c, f in zip(crops[0], fronts)))
         group = _Group(
             buffer_shape=(channels,) + tuple(hi - lo for lo, hi in win),
             reads=tuple(tuple((c[1], c[2]) for c in r) for r in group_reads),
@@ -470,10 +472,12 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
     if half and dev.type == "cpu":
         raise ShiftSegError("half precision needs a GPU; on the CPU use half=False")
     plan = tile_plan(inp.spatial, net.config.geometry, tile, mode)
-    norm = _normalization(inp.source, normalization, model)
-    scale = norm.high - norm.low
-    run = _Run(norm.low, scale if scale > 0 else 1.0, str(dev), bool(half), net.config.geometry.ndim, plan,
-               torch.get_num_threads())
+    multi = net.config.in_channels > 1
+    # Multi-channel: percentiles of each channel of the channel-first view.
+    norm = _normalization(inp.array if multi else inp.source, normalization, model, channels_first=multi)
+    low, scale = norm.offset_scale
+    run = _Run(tuple(low.tolist()), tuple(scale.tolist()), str(dev), bool(half), net.config.geometry.ndim,
+               plan, torch.get_num_threads())
     return inp, _prepare_net(net, dev), plan, run, int(batch_size)
 
 

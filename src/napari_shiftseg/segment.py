@@ -464,8 +464,11 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         resampled (lazily) to the model's scale: ``embeddings``, ``foreground`` and
         ``labels_resampled`` are on that grid, and ``labels`` is read back onto the image's
         own grid. ``'auto'`` estimates it from a central crop; None segments as imaged.
-    channel : int, optional
-        For an image file with channels (RGB, or a ``C`` axis): the one to segment.
+    channel : int or list of int, optional
+        For an image file with channels (RGB, or a ``C`` axis): the one to segment; or, for a
+        multi-channel model, the ones it takes, in its order (of a file's channel axis, or of
+        a channel-first array's first axis). A multi-channel model segments as imaged (no
+        object-size or isotropic resampling, no per-slice runs).
     per_slice : bool, optional
         Run a 2D model on each slice of a 3D image (default: whenever a 2D model meets a 3D
         image). Instances are linked across z where voxels of one embedding cluster touch.
@@ -502,18 +505,31 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         source_file = {"path": str(Path(image).expanduser().resolve()), "channel": channel}
         voxel_size = voxel_size or image_info(image)["voxel_size"]
         image = read_spatial(image, channel)
+    elif isinstance(channel, (list, tuple)):
+        image = image[list(channel)]  # a channel-first array: the channels the model takes
     elif channel is not None:
         raise ShiftSegError("channel picks a channel of an image file; index arrays yourself")
     _refuse_input_in_output(image, out_path)
-    if image.ndim not in (2, 3):
+    # Several channels picked: a channel-first stack for a multi-channel network.
+    lead = int(isinstance(channel, (list, tuple)))
+    if image.ndim - lead not in (2, 3):
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
-    model = _load_model(model, image.ndim)
+    model = _load_model(model, image.ndim - lead)
     geometry = model.geometry
+    if model.config.in_channels != (image.shape[0] if lead else 1):
+        given = f"{image.shape[0]} channels ({', '.join(map(str, channel))})" if lead else "one channel"
+        raise ShiftSegError(f"the model takes {model.config.in_channels} input channel(s) but the image "
+                            f"gives {given}; pick {model.config.in_channels} with --channels")
     # Cluster settings belong to the model (tuned on held-out annotations when it was trained);
     # what the caller gives wins.
     settings = SegmentationSettings.of(model).replace(
         bandwidth=bandwidth, min_size=min_size, fg_threshold=fg_threshold,
         merge_distance=merge_distance, absorb_small=absorb_small, fill_holes=fill_holes)
+    if lead:
+        if per_slice or isotropic or (diameter not in (None, "auto")):
+            raise ShiftSegError("a multi-channel model segments the image as imaged: leave out "
+                                "--diameter, --isotropic and per-slice runs")
+        diameter, per_slice = None, False  # trained on the user's own images, at their scale
     # A 2D model on a 3D stack runs slice by slice (exactly tiled in-plane); the slices'
     # instances are linked across z by the labelling: voxels of one embedding cluster that
     # touch across z are one object (same centre in the plane, overlapping).
@@ -522,32 +538,34 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     if per_slice and not (geometry.ndim == 2 and image.ndim == 3):
         raise ShiftSegError(f"per_slice runs a 2D model on a 3D image; here the model is "
                             f"{geometry.ndim}D and the image {image.ndim}D")
-    if geometry.ndim != image.ndim and not per_slice:
+    if geometry.ndim != image.ndim - lead and not per_slice:
         raise ShiftSegError(
             f"the model is {geometry.ndim}D but the image is {image.ndim}D (shape "
             f"{tuple(image.shape)}); use a {image.ndim}D model")
+    spatial_ndim = image.ndim - lead
     # The network may run on a resampled image (the model's object size); the input's own
     # shape and voxels still identify the run (fingerprint), the labels return to its grid.
     source_shape = tuple(image.shape)
     if isotropic:
         voxel_size = _check_voxel_size(voxel_size, image.ndim)
-    net_image = _resampled_input(image, model, diameter, device, per_slice,
-                                 voxel_size if isotropic else None)
+    net_image = image if lead else _resampled_input(image, model, diameter, device, per_slice,
+                                                    voxel_size if isotropic else None)
     resampled = tuple(net_image.shape) != source_shape
-    plan = tile_plan(net_image.shape[per_slice:], geometry, tile, mode)
+    spatial = tuple(net_image.shape[lead:])  # the channels of a multi-channel image come first
+    plan = tile_plan(spatial[per_slice:], geometry, tile, mode)
     if mode == "blend":
         # Blended tiles overlap; chunks of one stride keep every chunk written by one task.
         chunk = (1,) * per_slice + tuple(plan.stride)
     else:
         chunk = (1,) * per_slice + tuple(plan.tile)
-    grid = tuple(math.ceil(s / c) for s, c in zip(net_image.shape, chunk))
+    grid = tuple(math.ceil(s / c) for s, c in zip(spatial, chunk))
     foreground = bool(model.config.foreground_head)
     channels = model.config.out_channels
     cluster_args = {**settings.to_meta(), "n_seeds": n_seeds, "max_points": max_points,
                     "seed": seed, "connectivity": connectivity}
     _validate_cluster_args(cluster_args)
-    if connectivity > image.ndim:
-        raise ShiftSegError(f"connectivity must be 1 to {image.ndim} for a {image.ndim}D image, "
+    if connectivity > spatial_ndim:
+        raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
                             f"got {connectivity}")
 
     compute = _runner(client, cancel)
@@ -571,11 +589,11 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
                      "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk),
                      "image_slabs": {k: fingerprint[k] for k in ("planes", "slabs")},
-                     **({"voxel_size": list(voxel_size)} if voxel_size and len(voxel_size) == image.ndim
+                     **({"voxel_size": list(voxel_size)} if voxel_size and len(voxel_size) == spatial_ndim
                         else {}),
                      # where the input was read from: the napari reader shows it next to the labels
                      **({"input": source_file} if source_file else {})}
-            group = _create_output(target, tuple(net_image.shape), channels, chunk, grid, foreground,
+            group = _create_output(target, spatial, channels, chunk, grid, foreground,
                                    attrs, source_shape if resampled else None)
         else:
             _check_resume(group, embed_args, out_path, fingerprint)
@@ -592,7 +610,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         try:
             return _run_tiles(group, target, out_path, net_image, model, tile, device, mode, channels,
                               chunk, grid, foreground, cluster_args, compute, client, progress, stage,
-                              per_slice)
+                              per_slice, bool(lead))
         except BaseException:
             # A run that fails (or is cancelled) before its first tile has nothing worth
             # resuming: remove what it created, so the retry (another tile, another device)
@@ -646,8 +664,11 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
 
 
 def _run_tiles(group, target, out_path, image, model, tile, device, mode, channels, chunk, grid,
-               foreground, cluster_args, compute, client, progress, stage, per_slice=False):
-    """Predict and write the missing tiles, then cluster and label; returns the output group."""
+               foreground, cluster_args, compute, client, progress, stage, per_slice=False,
+               channels_first=False):
+    """Predict and write the missing tiles, then cluster and label; returns the output group.
+
+    ``channels_first``: ``image`` holds a multi-channel network's input channels on axis 0."""
     from .predict import predict_embeddings
 
     done = group["done"]
@@ -660,18 +681,19 @@ def _run_tiles(group, target, out_path, image, model, tile, device, mode, channe
         progress(before, total)
     if todo:
         embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode,
-                                        per_slice=per_slice)
-        if tuple(embeddings.shape) != (channels, *image.shape):
-            raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *image.shape)}")
+                                        per_slice=per_slice, channel_axis=0 if channels_first else None)
+        spatial = tuple(image.shape[int(channels_first):])
+        if tuple(embeddings.shape) != (channels, *spatial):
+            raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *spatial)}")
         embeddings = embeddings.rechunk(((channels,),) + tuple(
-            tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(image.shape, chunk)))
+            tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(spatial, chunk)))
         blocks = embeddings.to_delayed(optimize_graph=False)
         # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
         # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
         size = _batch_size(client)
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
-            tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, image.shape)
+            tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, spatial)
                      for index in batch]
 
             def tiles_done(count, of, offset=before + start, n=len(batch)):

@@ -32,14 +32,16 @@ __all__ = ["EMBEDDINGS", "add_positions", "add_positions_torch", "position_grid"
 EMBEDDINGS = ("free", "spatial")
 
 
-def position_grid(shape, scale: float, origin=None, dtype=np.float32) -> np.ndarray:
-    """(d, *shape) array of ``scale · (origin + index)`` per axis."""
+def position_grid(shape, scale, origin=None, dtype=np.float32) -> np.ndarray:
+    """(d, *shape) array of ``scale · (origin + index)`` per axis (``scale``: one number, or one
+    per axis for anisotropic voxels)."""
     origin = (0,) * len(shape) if origin is None else tuple(origin)
-    axes = [(np.arange(n, dtype=np.float64) + o) * scale for n, o in zip(shape, origin)]
+    scales = tuple(scale) if isinstance(scale, (tuple, list)) else (scale,) * len(shape)
+    axes = [(np.arange(n, dtype=np.float64) + o) * s for n, o, s in zip(shape, origin, scales)]
     return np.stack(np.meshgrid(*axes, indexing="ij")).astype(dtype, copy=False)
 
 
-def add_positions_torch(out: torch.Tensor, scale: float) -> torch.Tensor:
+def add_positions_torch(out: torch.Tensor, scale) -> torch.Tensor:
     """Training: add window-local positions to the first d channels of (B, C, *spatial)."""
     spatial = tuple(out.shape[2:])
     d = len(spatial)
@@ -47,7 +49,7 @@ def add_positions_torch(out: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.cat([out[:, :d] + grid[None], out[:, d:]], dim=1)
 
 
-def _add_block(block, scale: float, spatial_axes: tuple[int, ...], block_info=None):
+def _add_block(block, scale, spatial_axes: tuple[int, ...], block_info=None):
     loc = block_info[0]["array-location"]
     shape = tuple(block.shape[a] for a in spatial_axes)
     origin = tuple(loc[a][0] for a in spatial_axes)
@@ -61,11 +63,12 @@ def _add_block(block, scale: float, spatial_axes: tuple[int, ...], block_info=No
     return out
 
 
-def add_positions(embeddings: da.Array, scale: float, ndim: int) -> da.Array:
+def add_positions(embeddings: da.Array, scale, ndim: int) -> da.Array:
     """Inference: add *global* positions to the first ``ndim`` channels of a lazy (C, *S) array.
 
     The last ``ndim`` axes are the model's spatial axes (a 2D model applied slice by slice to a
     3D stack gets in-plane positions only). Chunk by chunk, so it stays lazy and exact.
     """
     spatial_axes = tuple(range(embeddings.ndim - ndim, embeddings.ndim))
-    return embeddings.map_blocks(_add_block, float(scale), spatial_axes, dtype=embeddings.dtype)
+    scale = tuple(float(v) for v in scale) if isinstance(scale, (tuple, list)) else float(scale)
+    return embeddings.map_blocks(_add_block, scale, spatial_axes, dtype=embeddings.dtype)

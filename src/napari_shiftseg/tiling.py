@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ._errors import ShiftSegError
-from .geometry import UNetGeometry
+from .geometry import AxisGeometry, UNetGeometry
 
 MODES = ("exact", "naive", "blend")
 BLEND_OVERLAP = 0.25
@@ -216,12 +216,12 @@ def _finish(size, requested, tile, stride, compute, geometry, starts) -> AxisPla
                     tuple(starts), (before, after))
 
 
-def _compute_at_least(geometry: UNetGeometry, n: int) -> int:
+def _compute_at_least(geometry: AxisGeometry, n: int) -> int:
     """Smallest valid raw output that holds ``crop_front`` + ``n`` voxels."""
     return geometry.output_size(geometry.training_input_size(n + geometry.crop_front))
 
 
-def axis_exact(size: int, requested: int, geometry: UNetGeometry) -> AxisPlan:
+def axis_exact(size: int, requested: int, geometry: AxisGeometry) -> AxisPlan:
     """Exact tiling of one axis: n·f^l tiles from 0 on the global grid."""
     if requested < geometry.grid:
         raise ShiftSegError(
@@ -234,7 +234,7 @@ def axis_exact(size: int, requested: int, geometry: UNetGeometry) -> AxisPlan:
     return _finish(size, requested, tile, tile, geometry.tile_compute_size(tile), geometry, list(starts))
 
 
-def axis_naive(size: int, requested: int, geometry: UNetGeometry) -> AxisPlan:
+def axis_naive(size: int, requested: int, geometry: AxisGeometry) -> AxisPlan:
     """The common mistake: the tile as given, and the last tile moved inward to the border."""
     tile = int(requested)
     count = -(-size // tile)
@@ -242,7 +242,7 @@ def axis_naive(size: int, requested: int, geometry: UNetGeometry) -> AxisPlan:
     return _finish(size, requested, tile, tile, _compute_at_least(geometry, tile), geometry, starts)
 
 
-def axis_blend(size: int, requested: int, geometry: UNetGeometry,
+def axis_blend(size: int, requested: int, geometry: AxisGeometry,
                overlap: float = BLEND_OVERLAP) -> AxisPlan:
     """Overlapping tiles every ``tile·(1 − overlap)`` voxels (MONAI's scan interval)."""
     tile = int(requested)
@@ -432,14 +432,16 @@ def tile_plan(image_shape: Sequence[int], geometry: UNetGeometry, tile: int | Se
         raise ShiftSegError(f"the image is empty (shape {shape})")
     requested = _per_axis(tile, len(shape), "tile")
     build = {"exact": axis_exact, "naive": axis_naive, "blend": axis_blend}[mode]
-    axes = tuple(build(s, t, geometry) for s, t in zip(shape, requested))
+    # Each axis is planned alone, with its own rules (an anisotropic network's F_a differ).
+    axes = tuple(build(s, t, geometry.axis(a)) for a, (s, t) in enumerate(zip(shape, requested)))
     used = tuple(a.tile for a in axes)
     message = ""
     if used != requested:
         snapped = geometry.snap_tile(requested)
         reasons = []
         if snapped != requested:
-            reasons.append(f"multiples of f^l = {geometry.grid} for exact stitching")
+            grid = f"f^l = {geometry.grid}" if geometry.isotropic else f"the grid {geometry.grids}"
+            reasons.append(f"multiples of {grid} for exact stitching")
         if used != snapped:
             reasons.append("no larger than one tile covering the image")
         message = f"tile {requested} changed to {used} ({'; '.join(reasons)})"

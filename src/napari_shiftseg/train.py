@@ -77,15 +77,45 @@ def default_training_window(geometry: UNetGeometry) -> tuple[int, ...]:
 
     Rounded up to a raw output size the network produces, so no output voxel is wasted.
     """
-    input_size = geometry.training_input_size(max(4 * geometry.grid, 32))
-    return (geometry.output_size(input_size),) * geometry.ndim
+    return tuple(a.output_size(a.training_input_size(max(4 * a.grid, 32))) for a in geometry.axes)
 
 
 #: A new network's settings (``shiftseg train`` option names; the Train widget shows the same):
 #: the spatial head won on the BBBC007 dev set (docs/MODELS.md).
 NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding": "valid",
                     "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
-                    "embedding": "spatial", "position_scale": 0.25}
+                    "embedding": "spatial", "position_scale": 0.25, "factors": None,
+                    "in_channels": 1}
+
+
+def suggest_factors(voxel_size, levels: int, factor: int = 2):
+    """Per-level, per-axis pooling factors for voxels of ``voxel_size`` (one size per axis), or
+    None when pooling every axis alike suits them.
+
+    As nnU-Net plans its anisotropic networks: at each level an axis is pooled only while its
+    current voxel (the original size times the pooling so far) is at most twice the finest
+    axis' current voxel; so a stack whose z step is 3× its pixel keeps full z resolution at the
+    first level ((1, 2, 2)) and pools alike from then on.
+    """
+    size = np.asarray(voxel_size, dtype=np.float64)
+    if size.ndim != 1 or not np.all(np.isfinite(size)) or np.any(size <= 0):
+        raise ShiftSegError(f"voxel size must be positive numbers, one per axis, got {voxel_size!r}")
+    rows = []
+    for _ in range(int(levels)):
+        row = tuple(factor if s <= 2 * size.min() * (1 + 1e-9) else 1 for s in size)
+        rows.append(row)
+        size = size * np.array(row)
+    return None if all(f == factor for row in rows for f in row) else tuple(rows)
+
+
+def physical_position_scale(voxel_size, scale: float) -> tuple[float, ...] | float:
+    """A spatial head's position scale per axis for voxels of ``voxel_size``: ``scale`` on the
+    finest axis, proportionally more on coarser ones, so that embedding distances are physical
+    (a z step 3x the pixel: 3x the scale). One number when the voxels are cubic."""
+    size = np.asarray(voxel_size, dtype=np.float64)
+    if np.allclose(size, size.min()):
+        return scale
+    return tuple(round(float(scale * v / size.min()), 6) for v in size)
 
 def default_embed_dim(ndim: int, embedding: str) -> int:
     """Embedding channels of a new network: the paper's 3 free ones, or for a spatial head one
@@ -101,9 +131,10 @@ def network_config(ndim: int, **options) -> UNetConfig:
     if unknown:
         raise TypeError(f"unknown network options {sorted(unknown)}")
     o = {**NETWORK_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"])
+    geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"],
+                            factors=o["factors"])
     spatial = o["embedding"] == "spatial"
-    return UNetConfig(geometry=geometry, base_channels=o["base_channels"],
+    return UNetConfig(geometry=geometry, base_channels=o["base_channels"], in_channels=o["in_channels"],
                       embed_dim=o["embed_dim"] or default_embed_dim(ndim, o["embedding"]),
                       upsampling=o["upsampling"], foreground_head=not o["no_foreground_head"],
                       embedding=o["embedding"], position_scale=o["position_scale"] if spatial else 0.0)
@@ -127,13 +158,18 @@ def suggest_training_window(geometry: UNetGeometry, labels_list) -> tuple[int, .
     Never below :func:`default_training_window`, never above :data:`MAX_DEFAULT_WINDOW` nor
     the smallest image, and always a raw output size the network produces.
     """
-    base = default_training_window(geometry)[0]
-    want = max(base, int(np.ceil(WINDOW_DIAMETERS * median_diameter(labels_list))))
+    want = int(np.ceil(WINDOW_DIAMETERS * median_diameter(labels_list)))
     cap = min([MAX_DEFAULT_WINDOW[geometry.ndim]] + [int(min(np.shape(lab))) for lab in labels_list])
-    window = geometry.output_size(geometry.training_input_size(min(want, cap)))
+    return tuple(_axis_window(a, base, want, cap)
+                 for a, base in zip(geometry.axes, default_training_window(geometry)))
+
+
+def _axis_window(a, base: int, want: int, cap: int) -> int:
+    """One axis of :func:`suggest_training_window`."""
+    window = a.output_size(a.training_input_size(min(max(base, want), cap)))
     while window > cap and window > base:  # rounding up overshot a small image: step down
-        window = geometry.output_size(geometry.training_input_size(window - geometry.grid))
-    return (max(window, base) if window > geometry.grid else base,) * geometry.ndim
+        window = a.output_size(a.training_input_size(window - a.grid))
+    return max(window, base) if window > a.grid else base
 
 
 @dataclass(frozen=True)
@@ -148,10 +184,10 @@ class _Crop:
 
     @classmethod
     def plan(cls, geometry: UNetGeometry, window: tuple[int, ...]) -> "_Crop":
-        inp = tuple(geometry.training_input_size(w) for w in window)
-        raw = tuple(geometry.output_size(i) for i in inp)
+        inp = geometry.training_input_size(tuple(window))
+        raw = geometry.output_size(inp)
         # Same padding has context 0; valid padding's context is symmetric (context_per_side).
-        front = tuple(geometry.context_per_side + (o - w) // 2 for o, w in zip(raw, window))
+        front = tuple(c + (o - w) // 2 for c, o, w in zip(geometry.contexts_per_side, raw, window))
         back = tuple(i - f - w for i, f, w in zip(inp, front, window))
         return cls(window, inp, raw, front, back)
 
@@ -180,10 +216,13 @@ class _Prepared:
                 f"image shape {labels.shape} is smaller than the training window {crop.window}; "
                 "use a smaller window (still larger than f^l) or a larger image"
             )
-        norm = percentile_normalization(image, NORMALIZATION["low"], NORMALIZATION["high"])
+        if image.ndim == labels.ndim:
+            image = image[None]  # channel-first always; multi-channel images come that way
+        # One pair of percentiles per channel (the same rule inference applies).
+        norm = percentile_normalization(image, NORMALIZATION["low"], NORMALIZATION["high"], channels_first=True)
         image = norm(image).astype(np.float32, copy=False)
         if pad:
-            image = np.pad(image, list(zip(crop.front, crop.back)), mode="reflect")
+            image = np.pad(image, [(0, 0)] + list(zip(crop.front, crop.back)), mode="reflect")
             # Window start s in label coordinates; its input crop starts at s in padded ones.
             self.low = (0,) * labels.ndim
             self.high = tuple(n - w for n, w in zip(labels.shape, crop.window))
@@ -213,10 +252,10 @@ class _Prepared:
                      for a, w, lo, hi in zip(anchor, self.crop.window, self.low, self.high)]
         inp = tuple(slice(s + d, s + d + i) for s, d, i in zip(start, self.shift, self.crop.input))
         win = tuple(slice(s, s + w) for s, w in zip(start, self.crop.window))
-        return self.image[inp], self.labels[win]
+        return self.image[(slice(None),) + inp], self.labels[win]
 
 
-def _collect_pairs(source, labels, ndim: int):
+def _collect_pairs(source, labels, ndim: int, channels: int = 1):
     """Validated ``(image, labels)`` pairs, or None for a generator ``seed -> (image, labels)``."""
     if callable(source):
         if labels is not None:
@@ -235,7 +274,7 @@ def _collect_pairs(source, labels, ndim: int):
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise TypeError(f"training pair {i} must be (image, labels), got {type(pair).__name__}")
-        checked.append(validate_pair(*pair, ndim))
+        checked.append(validate_pair(*pair, ndim, channels))
     if not any(lab.any() for _, lab in checked):
         raise ShiftSegError("the labels contain no objects (all zero); nothing to learn from")
     return checked
@@ -265,12 +304,12 @@ def _mark_sparse(pairs, annotated) -> tuple[list | None, str]:
     return marked, f"; sparse labels: {known:.0%} of the pixels annotated ({how})"
 
 
-def _sampler(source, pairs, ndim: int, crop: _Crop):
+def _sampler(source, pairs, ndim: int, crop: _Crop, channels: int = 1):
     """``next_image(rng) -> _Prepared`` over the training pairs or a generator."""
     if pairs is None:
         def fresh(rng):
             # A new synthetic image per call, drawn from the run's own seed sequence.
-            image, lab = validate_pair(*source(_training_seed(rng)), ndim)
+            image, lab = validate_pair(*source(_training_seed(rng)), ndim, channels)
             # Padded like every other image: a model that never saw reflected borders in
             # training splits the objects at the border of every image it segments.
             return _Prepared(image, lab, crop, pad=True)
@@ -421,8 +460,6 @@ def train(
     config = config or UNetConfig()
     if not isinstance(config, UNetConfig):
         raise TypeError(f"config must be a UNetConfig or Model, got {type(config).__name__}")
-    if config.in_channels != 1:
-        raise ShiftSegError(f"training supports single-channel images; the config has {config.in_channels}")
     geometry = config.geometry
     steps = _check_positive("steps", steps)
     batch_size = _check_positive("batch_size", batch_size)
@@ -437,7 +474,10 @@ def train(
         augment = Augmentation() if augment else NO_AUGMENTATION
     if noise_std > 0 and augment != NO_AUGMENTATION:
         augment = dataclasses.replace(augment, noise=float(noise_std))
-    pairs = _collect_pairs(source, labels, geometry.ndim)
+    if augment.transpose and geometry.axis(geometry.ndim - 1) != geometry.axis(geometry.ndim - 2):
+        # Swapping y and x is a symmetry of the data only if the network treats them alike.
+        augment = dataclasses.replace(augment, transpose=False)
+    pairs = _collect_pairs(source, labels, geometry.ndim, config.in_channels)
     pairs, sparse_note = _mark_sparse(pairs, annotated)
     if sparse_note and background_as_instance:
         raise ShiftSegError("sparse annotations cannot train background as an instance: outside "
@@ -458,13 +498,13 @@ def train(
             "can hold; use a smaller --window or --batch-size")
     if validation_pairs is not None:
         train_pairs = pairs
-        val_pairs = [validate_pair(*p, geometry.ndim) for p in validation_pairs]
+        val_pairs = [validate_pair(*p, geometry.ndim, config.in_channels) for p in validation_pairs]
         val_note = f"{len(val_pairs)} given validation image(s)"
     elif pairs is not None:
         train_pairs, val_pairs, val_note = split_validation(pairs, validation, window)
     else:
         train_pairs, val_pairs, val_note = None, [], "no validation"
-    next_image, description = _sampler(source, train_pairs, geometry.ndim, crop)
+    next_image, description = _sampler(source, train_pairs, geometry.ndim, crop, config.in_channels)
     if validate_every is None:
         validate_every = max(25, steps // 10)
     validate_every = _check_positive("validate_every", validate_every)
@@ -625,13 +665,15 @@ def _unmove(out: torch.Tensor, moves, vector_channels: int = 0) -> torch.Tensor:
 
 
 def _batch(next_image, rng, batch_size: int, augment: Augmentation):
-    """Stack ``batch_size`` random crops: x (B, 1, *input), labels (B, *window), moves."""
+    """Stack ``batch_size`` random crops: x (B, C, *input), labels (B, *window), moves."""
     xs, ys, moves = [], [], []
     for _ in range(batch_size):
-        x, y = next_image(rng).sample(rng)
-        m = augment.moves(rng, x.shape)
-        x = augment.intensity(move(x, *m), rng)
+        x, y = next_image(rng).sample(rng)  # x: (C, *input)
+        m = augment.moves(rng, x.shape[1:])
+        x = move(x, *m, first_axis=1)
+        # Intensity changes per channel: a blur must not mix channels.
+        x = np.stack([augment.intensity(c, rng) for c in x])
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
         ys.append(y.astype(np.int64))
         moves.append(m)
-    return np.stack(xs)[:, None], np.stack(ys), moves
+    return np.stack(xs), np.stack(ys), moves

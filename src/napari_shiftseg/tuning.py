@@ -58,9 +58,10 @@ def split_validation(pairs, fraction: float, window) -> tuple[list, list, str]:
         keep = tuple(cut)
         cut[axis] = slice(n - band, n)
         held = tuple(cut)
-        train.append((image[keep], labels[keep]))
+        lead = (slice(None),) * (np.ndim(image) - labels.ndim)  # a multi-channel image's channels
+        train.append((image[lead + keep], labels[keep]))
         if (labels[held] > 0).any():
-            val.append((image[held], labels[held]))
+            val.append((image[lead + held], labels[held]))
     if not val:
         return train, [], "no validation (the images are too small to hold a band out)"
     return train, val, f"the last {fraction:.0%} of each image held out for validation"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,8 +61,10 @@ class UNetConfig:
     foreground_head: bool = True
     #: "free" (the paper's embeddings) or "spatial" (position + predicted offset, see spatial.py)
     embedding: str = "free"
-    #: spatial only: embedding units per voxel added to the first d channels after stitching
-    position_scale: float = 0.0
+    #: spatial only: embedding units per voxel added to the first d channels after stitching;
+    #: one per axis for anisotropic voxels (so that the units are physical: a z step 3x the
+    #: pixel gets 3x the scale)
+    position_scale: float | tuple[float, ...] = 0.0
 
     def __post_init__(self):
         if self.upsampling not in UPSAMPLINGS:
@@ -72,9 +75,7 @@ class UNetConfig:
             check_int(getattr(self, name), name, 1, high, why)
         if not isinstance(self.foreground_head, bool):
             raise ShiftSegError(f"foreground_head must be true or false, got {self.foreground_head!r}")
-        if isinstance(self.position_scale, bool) or not isinstance(self.position_scale, (int, float)) \
-                or not math.isfinite(self.position_scale):
-            raise ShiftSegError(f"position_scale must be a finite number, got {self.position_scale!r}")
+        object.__setattr__(self, "position_scale", _check_position_scale(self.position_scale, self.geometry.ndim))
         self._check_size()
         if self.embedding not in EMBEDDINGS:
             raise ShiftSegError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
@@ -82,8 +83,10 @@ class UNetConfig:
             if self.embed_dim < self.geometry.ndim:
                 raise ShiftSegError(f"a spatial embedding needs embed_dim >= {self.geometry.ndim} "
                                     f"(one channel per axis), got {self.embed_dim}")
-            if not (isinstance(self.position_scale, (int, float)) and 0 < self.position_scale <= 10):
-                raise ShiftSegError(f"position_scale must be a number in (0, 10], got {self.position_scale!r}")
+            scales = self.position_scale if isinstance(self.position_scale, tuple) else (self.position_scale,)
+            if not all(0 < v <= 10 for v in scales):
+                raise ShiftSegError(f"position_scale must be a number in (0, 10] (or one per axis), "
+                                    f"got {self.position_scale!r}")
 
     def estimate(self, tile: int = ESTIMATE_TILE) -> tuple[int, int]:
         """(parameters, bytes of float32 memory for one forward pass of a ``tile``-wide tile).
@@ -93,29 +96,31 @@ class UNetConfig:
         layer outputs alive at once), not a promise.
         """
         g = self.geometry
-        d, kernel, convs = g.ndim, g.kernel_size**g.ndim, g.convs_per_level
+        kernel, convs = g.kernel_size**g.ndim, g.convs_per_level
         ch = [self.channels(i) for i in range(g.levels + 1)]
 
         def block(cin: int, cout: int) -> int:
             return cin * cout * kernel + cout + (convs - 1) * (cout * cout * kernel + cout)
 
-        up = g.factor**d if self.upsampling == "learnt" else 1
+        def up(level: int) -> int:
+            return int(np.prod(g.level_factors(level))) if self.upsampling == "learnt" else 1
+
         params = sum(block(self.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(g.levels))
         params += block(ch[-2], ch[-1])
-        params += sum(ch[i + 1] * ch[i] * up + ch[i] + block(2 * ch[i], ch[i]) for i in range(g.levels))
+        params += sum(ch[i + 1] * ch[i] * up(i) + ch[i] + block(2 * ch[i], ch[i]) for i in range(g.levels))
         params += ch[0] * self.out_channels + self.out_channels
-        size = -(-tile // g.grid) * g.grid + g.context + g.output_residue
-        skips, largest = 0, self.in_channels * size**d
+        size = np.array([a.cover(tile) + a.context + a.output_residue for a in g.axes], dtype=np.int64)
+        skips, largest = 0, self.in_channels * int(np.prod(size))
         for level in range(g.levels):
-            size = max(size - g.conv_loss, 1)
-            skips += ch[level] * size**d
-            largest = max(largest, 2 * ch[level] * size**d)  # the concatenation on the way up
-            size = max(size // g.factor, 1)
-        largest = max(largest, ch[-1] * max(size - g.conv_loss, 1) ** d)
+            size = np.maximum(size - g.conv_loss, 1)
+            skips += ch[level] * int(np.prod(size))
+            largest = max(largest, 2 * ch[level] * int(np.prod(size)))  # the concatenation on the way up
+            size = np.maximum(size // np.array(g.level_factors(level)), 1)
+        largest = max(largest, ch[-1] * int(np.prod(np.maximum(size - g.conv_loss, 1))))
         return params, 4 * (params + skips + 3 * largest)
 
     def _check_size(self) -> None:
-        smallest = self.geometry.grid
+        smallest = max(self.geometry.grids)
         params, nbytes = self.estimate(smallest)
         if params > MAX_PARAMETERS:
             raise ShiftSegError(
@@ -124,7 +129,7 @@ class UNetConfig:
         if nbytes > MAX_TILE_BYTES:
             raise ShiftSegError(
                 f"this network would need about {_gb(nbytes)} of memory even for its smallest tile "
-                f"({smallest} voxels per axis, plus its context of {self.geometry.context}); "
+                f"({smallest} voxels per axis, plus its context of {self.geometry.contexts}); "
                 f"shiftseg refuses more than {_gb(MAX_TILE_BYTES)}")
 
     @property
@@ -147,6 +152,17 @@ class UNetConfig:
         if unknown:
             raise ShiftSegError(f"unknown model settings {sorted(unknown)}")
         return cls(geometry=geometry, **data)
+
+
+def _check_position_scale(value, ndim: int):
+    """A finite number, or one finite number per axis (stored as a tuple)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != ndim:
+            raise ShiftSegError(f"position_scale {tuple(value)} must have one value per axis ({ndim})")
+        return tuple(_check_position_scale(v, ndim) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ShiftSegError(f"position_scale must be a finite number, got {value!r}")
+    return value
 
 
 def _layers(ndim: int):
@@ -194,17 +210,20 @@ class UNet(nn.Module):
         self.down = nn.ModuleList(
             ConvBlock(g, config.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(g.levels)
         )
-        self.pool = pool(g.factor, g.factor)
+        # One pooling per level: an anisotropic network pools some axes by 1 (not at all).
+        self.pools = nn.ModuleList(pool(g.level_factors(i), g.level_factors(i)) for i in range(g.levels))
         self.bottom = ConvBlock(g, ch[g.levels - 1], ch[g.levels])
         if config.upsampling == "learnt":
             # kernel = stride = f: a different weight for each of the f^d sub-positions, which
             # is what lets the network reach f^(d·l) distinct output functions (Lemma 1).
-            self.upsample = nn.ModuleList(convt(ch[i + 1], ch[i], g.factor, g.factor) for i in range(g.levels))
+            self.upsample = nn.ModuleList(convt(ch[i + 1], ch[i], g.level_factors(i), g.level_factors(i))
+                                          for i in range(g.levels))
         else:
             # Nearest neighbour copies a value to all f^d sub-positions; the 1^d conv only
             # reduces channels and is position-independent, so the function count stays 1.
             self.upsample = nn.ModuleList(
-                nn.Sequential(nn.Upsample(scale_factor=g.factor, mode="nearest"), conv(ch[i + 1], ch[i], 1))
+                nn.Sequential(nn.Upsample(scale_factor=tuple(float(f) for f in g.level_factors(i)), mode="nearest"),
+                              conv(ch[i + 1], ch[i], 1))
                 for i in range(g.levels)
             )
         self.up = nn.ModuleList(ConvBlock(g, 2 * ch[i], ch[i]) for i in range(g.levels))
@@ -222,21 +241,22 @@ class UNet(nn.Module):
             )
         if x.shape[1] != self.config.in_channels:
             raise ShiftSegError(f"the network expects {self.config.in_channels} channel(s), got {x.shape[1]}")
-        bad = [s for s in x.shape[2:] if not g.is_valid_input(s)]
-        if bad:
+        shape = tuple(int(s) for s in x.shape[2:])
+        if not g.is_valid_input(shape):
+            rules = ", ".join(dict.fromkeys(f"≡ {a.input_residue} mod {a.grid}, >= {a.min_input_size}"
+                                            for a in g.axes))
             raise ShiftSegError(
-                f"input shape {tuple(x.shape[2:])} is not valid for this U-Net (sizes ≡ "
-                f"{g.input_residue} mod {g.grid}, >= {g.min_input_size}); e.g. "
-                f"{tuple(g.nearest_valid_input(s) for s in x.shape[2:])}"
+                f"input shape {shape} is not valid for this U-Net (sizes {rules}); e.g. "
+                f"{g.nearest_valid_input(shape)}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         skips = []
-        for block in self.down:
+        for block, pool in zip(self.down, self.pools):
             x = block(x)
             skips.append(x)
-            x = self.pool(x)
+            x = pool(x)
         x = self.bottom(x)
         for level in reversed(range(self.geometry.levels)):
             x = self.upsample[level](x)

@@ -112,3 +112,45 @@ def test_isotropic_resampling_of_a_layer_kept_on_disk(viewer, tiny_model_3d, wai
     assert "results in" in widget.status.value
     assert viewer.layers[layer_name("aniso", "embeddings")].data.shape[:3] == (24, 24, 24)
     assert viewer.layers[layer_name("aniso", "instances")].data.shape == volume.shape
+
+
+def test_multi_channel_model_takes_the_channels_listed(viewer, lattice_crop, tmp_path, wait_idle):
+    """A 2-channel network on a 3-channel layer: the listed channels, in the model's order; a
+    preview equals the full run there; the table has one intensity column per channel."""
+    import torch
+
+    from napari_shiftseg.geometry import UNetGeometry
+    from napari_shiftseg.modelio import Model, save_model
+    from napari_shiftseg.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=4, in_channels=2))
+    model = save_model(Model(net, {"bandwidth": 1.0, "fg_threshold": 0.5, "min_size": 0}),
+                       tmp_path / "two.safetensors")
+    crop = lattice_crop[0].astype(np.float32)
+    image = np.stack([crop, np.zeros_like(crop), 10 * crop[::-1]])
+    viewer.add_image(image, name="three", scale=(1.0, 2.0, 2.0))
+    widget = _widget(viewer, model, "three")
+    assert widget.extra_axis.choices == (_axes.CHANNELS,) or list(widget.extra_axis.choices) == [_axes.CHANNELS]
+    assert not widget.channels.native.isHidden() and widget.extra_index.native.isHidden()
+    widget.channels.value = "2,0"
+    _run(widget, wait_idle)
+    expected = predict_whole(image[[2, 0]], load_model(model), device="cpu", channel_axis=0)
+    np.testing.assert_allclose(widget._result.embeddings, expected, atol=1e-5)
+    labels = viewer.layers[layer_name("three", "instances")]
+    assert labels.data.shape == crop.shape and tuple(labels.scale) == (2.0, 2.0)
+    assert {"mean_intensity_c0", "mean_intensity_c1"} <= set(labels.features.columns)
+    widget.preview()
+    wait_idle(widget)
+    part = widget._result
+    region = tuple(slice(o, o + n) for o, n in zip(part.origin or (0, 0), part.labels.shape))
+    np.testing.assert_allclose(part.embeddings, expected[(slice(None),) + region], atol=1e-4)
+    widget.channels.value = "0"
+    widget.run_button.clicked.emit()
+    assert not widget.busy and "takes 2 channels" in widget.status.value + _last_error(viewer)
+
+
+def _last_error(viewer):
+    from napari.utils.notifications import notification_manager
+
+    return " ".join(str(n.message) for n in notification_manager.records[-3:])

@@ -16,12 +16,15 @@ Z = "z: slice by slice, objects linked"
 TIME = "time: the current point"
 TIME_ALL = "time: every point"
 CHANNEL = "channel: the one chosen"
+CHANNELS = "channels: those the model takes"
 NONE = "none"
 
 
-def choices(layer_ndim: int, rgb: bool, model_ndim: int) -> list[str]:
+def choices(layer_ndim: int, rgb: bool, model_ndim: int, in_channels: int = 1) -> list[str]:
     """What the extra axis can be for this layer and model (``[NONE]`` when there is none)."""
     spatial = layer_ndim
+    if in_channels > 1:  # a multi-channel network: the layer must bring channels
+        return [CHANNELS] if spatial == model_ndim + (not rgb) else []
     if rgb:
         return [CHANNEL] if spatial == model_ndim else []
     if spatial == model_ndim:
@@ -31,9 +34,14 @@ def choices(layer_ndim: int, rgb: bool, model_ndim: int) -> list[str]:
     return []
 
 
-def check(layer_name: str, layer_ndim: int, rgb: bool, model_ndim: int, kind: str) -> None:
+def check(layer_name: str, layer_ndim: int, rgb: bool, model_ndim: int, kind: str,
+          in_channels: int = 1) -> None:
     """One line saying what is wrong with this layer, model and choice."""
-    allowed = choices(layer_ndim, rgb, model_ndim)
+    allowed = choices(layer_ndim, rgb, model_ndim, in_channels)
+    if not allowed and in_channels > 1:
+        raise ShiftSegError(f"the model takes {in_channels} channels: layer {layer_name!r} needs a "
+                            f"channel axis first and {model_ndim} spatial axes (or RGB colours), "
+                            f"it has {layer_ndim} axes")
     if not allowed:
         what = "an RGB" if rgb else f"a {layer_ndim}D"
         raise ShiftSegError(f"layer {layer_name!r} is {what} image and the model is {model_ndim}D; "
@@ -44,10 +52,30 @@ def check(layer_name: str, layer_ndim: int, rgb: bool, model_ndim: int, kind: st
                             f"{' or '.join(repr(a) for a in allowed)}, not {kind!r}")
 
 
-def select(data, kind: str, index: int, rgb: bool = False):
-    """The array to segment: the whole layer, one time point or one channel."""
+def parse_channels(text: str, in_channels: int) -> list[int]:
+    """'0,2' -> [0, 2], exactly the model's number of channels (blank: 0..in_channels-1)."""
+    if not text.strip():
+        return list(range(in_channels))
+    try:
+        picks = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ShiftSegError(f"channels must be numbers like 0,2, got {text!r}") from None
+    if len(picks) != in_channels:
+        raise ShiftSegError(f"the model takes {in_channels} channels, {text!r} names {len(picks)}")
+    return picks
+
+
+def select(data, kind: str, index: int, rgb: bool = False, channels=None):
+    """The array to segment: the whole layer, one time point or one channel; for CHANNELS the
+    listed ``channels``, stacked first (C, *spatial)."""
     if kind in (NONE, Z, TIME_ALL):
         return data
+    if kind == CHANNELS:
+        n = data.shape[-1] if rgb else data.shape[0]
+        bad = [c for c in channels if not 0 <= c < n]
+        if bad:
+            raise ShiftSegError(f"channel {bad[0]} does not exist: the layer has channels 0..{n - 1}")
+        return np.moveaxis(np.asarray(data)[..., channels], -1, 0) if rgb else data[list(channels)]
     n = data.shape[-1] if rgb else data.shape[0]
     if not 0 <= index < n:
         what = "channel" if kind == CHANNEL else "time point"
@@ -66,7 +94,7 @@ def placement(where: dict, kind: str, index: int, layer_scale, layer_translate) 
 
 def model_axes(scale, translate, kind: str, rgb: bool):
     """The layer's scale/translate on the axes the model sees."""
-    if kind in (TIME, TIME_ALL, CHANNEL) and not rgb:
+    if kind in (TIME, TIME_ALL, CHANNEL, CHANNELS) and not rgb:
         return tuple(scale)[1:], tuple(translate)[1:]
     return tuple(scale), tuple(translate)
 

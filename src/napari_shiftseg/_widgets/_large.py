@@ -98,6 +98,8 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
 
     kwargs = params.settings.instance_kwargs()
     model = ModelCache().get(model_path, params.device)
+    if model.config.in_channels > 1:  # a channel-first array holding the model's channels
+        kwargs["channel"] = list(range(model.config.in_channels))
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
                     mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
                     cancel=cancel, stage=on_stage, diameter=params.diameter,

@@ -30,8 +30,12 @@ BUNDLED = {"nuclei 2D (default)": "bundled:2", "nuclei 3D (default)": "bundled:3
 def describe_config(config) -> str:
     """One line: the numbers of THEORY.md for this network."""
     g = config.geometry
-    return (f"d={g.ndim}  l={g.levels}  f={g.factor}  f^l={g.grid}  capacity f^(d·l)={g.capacity}  "
-            f"context={g.context}  E={config.embed_dim}  ({config.upsampling} upsampling, {g.padding})")
+    if g.isotropic:
+        pooling = f"f={g.factor}  f^l={g.grid}  capacity f^(d·l)={g.capacity}  context={g.context}"
+    else:  # anisotropic: the per-axis numbers
+        pooling = f"factors={g.factors}  F={g.grids}  capacity ∏F={g.capacity}  context={g.contexts}"
+    return (f"d={g.ndim}  l={g.levels}  {pooling}  E={config.embed_dim}  "
+            f"({config.upsampling} upsampling, {g.padding})")
 
 
 def recorded_settings(meta: dict, name: str) -> SegmentationSettings:
@@ -96,6 +100,14 @@ class ModelChooser(Container):
             return self.metadata()["config"].geometry
         except ShiftSegError:
             return None
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the chosen model (1 when it cannot be read)."""
+        try:
+            return int(self.metadata()["config"].in_channels)
+        except ShiftSegError:
+            return 1
 
     def select_file(self, path) -> bool:
         """Add a model file and select it; show an error (keeping the old choice) if it is bad."""

@@ -146,9 +146,12 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     image resampled to the model's scale; the labels come back on the image's grid.
     """
     model = cache.get(model_path, params.device)
+    multi = model.config.in_channels > 1  # ``image`` is then channel-first (C, *spatial)
     # The normalisation the model was trained with, from statistics of the WHOLE image (as a
     # full run uses), computed once for the run and its reference (and the resampled image).
-    norm = recorded_normalization(image, model.meta, model.name)
+    norm = recorded_normalization(image, model.meta, model.name, channels_first=multi)
+    if multi:  # trained on the user's own images: segmented as imaged (as segment_to_zarr does)
+        return _segment_at(report, cancel, image, model, params, region, norm)
     ndim = model.geometry.ndim
     lead = image.ndim - ndim                      # a stack's slice axis is never resampled
     iso = (rescale.isotropic_factors(params.voxel_size, ndim)
@@ -207,17 +210,21 @@ def on_image_grid(result: SegmentResult, labels, image_region=None, dtype=np.int
 
 def _segment_at(report, cancel, image, model, params: SegmentParams, region, norm) -> SegmentResult:
     g = model.geometry
+    lead = (slice(None),) * int(model.config.in_channels > 1)  # a multi-channel image's channels
+    channel_axis = 0 if lead else None
+    spatial = tuple(image.shape[len(lead):])
     if region is None:
         data, inner, grown = image, None, None
     else:
         # A preview: the region plus its context predicted, then the region cut out: the
         # preview equals the full run there.
-        grown = g.context_region(region, image.shape)
-        data = image[grown]
+        grown = g.context_region(region, spatial)
+        data = image[lead + grown]
         inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
-    per_slice = g.ndim < image.ndim     # a 2D model on a stack: slice by slice
+    per_slice = g.ndim < len(spatial)     # a 2D model on a stack: slice by slice
     embeddings = predict.predict_embeddings(data, model, tile=params.tile, device=params.device,
-                                            mode=params.mode, normalization=norm, per_slice=per_slice)
+                                            mode=params.mode, normalization=norm, per_slice=per_slice,
+                                            channel_axis=channel_axis)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
     shape = embeddings.shape[1:]
@@ -225,7 +232,7 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
     # Seams = where stitched output departs from whole-image output (an exact run, other borders).
     reference = predict.predict_embeddings(data, model, tile=diagnostics.reference_tile(plan, g),
                                            device=params.device, mode="exact", normalization=norm,
-                                           per_slice=per_slice)
+                                           per_slice=per_slice, channel_axis=channel_axis)
     diag = {
         "tile_boundaries": diagnostics.tile_boundaries(plan, shape),
         "seams": diagnostics.seam_error(embeddings, reference, plan),
@@ -309,11 +316,13 @@ def object_features(result: SegmentResult, image, spacing) -> dict:
     for the instances layer's ``features``: sizes in the layer's world units (its scale)."""
     region = tuple(slice(o, o + n) for o, n in zip(result.origin or (0,) * result.labels.ndim,
                                                    result.labels.shape))
-    intensities = np.asarray(image[region], dtype=np.float32)
+    channels = np.ndim(image) - result.labels.ndim  # 1: a multi-channel model's channels first
+    intensities = np.asarray(image[(slice(None),) * channels + region], dtype=np.float32)
     embeddings = None
     if result.resampled is None:  # on the image's grid: the mean embedding of each object too
         embeddings = result.embeddings[:result.embeddings.shape[0] - int(result.foreground)]
-    table = measure(result.labels, intensities, spacing=spacing, embeddings=embeddings)
+    table = measure(result.labels, intensities, spacing=spacing, embeddings=embeddings,
+                    channel_axis=0 if channels else None)
     if result.origin is not None:  # a preview: positions in the whole image's pixels
         for axis, o in zip(AXES[result.labels.ndim], result.origin):
             for key in (f"centroid_{axis}", f"bbox_{axis}_start", f"bbox_{axis}_stop"):
@@ -411,7 +420,10 @@ def describe_tile(geometry, requested: int, mode: str) -> str:
     """The live tile line: snapped n·f^l tile, its input window and compute amplification."""
     g = geometry
     t = g.snap_tile(requested)
-    text = f"{t} = {t // g.grid}·f^l → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"
+    if g.isotropic:
+        text = f"{t} = {t // g.grid}·f^l → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"
+    else:  # one tile per axis, each a multiple of that axis' grid
+        text = f"{t} on the grid {g.grids} → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"
     if mode != "exact":
         text += f"; {mode} mode uses {requested} as given (not exact)"
     return text

@@ -21,7 +21,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label,
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit,
                               ProgressBar, PushButton, SpinBox)
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
@@ -124,6 +124,9 @@ class SegmentWidget(Container):
         # A layer with one axis more than the model: z (slice by slice), time or channels.
         self.extra_axis = ComboBox(label="extra axis", choices=self._extra_choices)
         self.extra_index = SpinBox(label="channel", value=0, min=0, max=2**31 - 1)
+        # A multi-channel model: which of the layer's channels it takes, in its order.
+        self.channels = LineEdit(label="channels", value="")
+        self.channels.tooltip = "e.g. 0,2 (blank: the first ones, as many as the model takes)"
         # cellpose's "diameter": 0 shows "auto" (estimated by a first pass); the image is
         # resampled to the object size the model learnt (rescale.py).
         self.diameter = FloatSpinBox(label="object diameter (px)", value=0.0, min=0.0, max=10000.0,
@@ -158,7 +161,8 @@ class SegmentWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="idle")
         super().__init__(widgets=[self.image, self.model, self.tile, self.tile_info, self.device,
-                                  self.mode, self.extra_axis, self.extra_index, self.diameter,
+                                  self.mode, self.extra_axis, self.extra_index, self.channels,
+                                  self.diameter,
                                   self.isotropic,
                                   self.bandwidth, self.fg_threshold, self.min_size,
                                   self.merge_distance, post, buttons, self.proofread, self.progress,
@@ -289,10 +293,12 @@ class SegmentWidget(Container):
                 raise ShiftSegError(f"layer {layer.name!r} is multiscale; add its full-resolution "
                                     "level as a layer")
             rgb = bool(getattr(layer, "rgb", False))
-            _axes.check(layer.name, layer.ndim, rgb, config.geometry.ndim, kind)
+            _axes.check(layer.name, layer.ndim, rgb, config.geometry.ndim, kind, config.in_channels)
             index = self._time_point(layer) if kind == _axes.TIME else self.extra_index.value
-            data = _axes.select(layer.data, kind, index, rgb)
-            if region is not None and kind in (_axes.TIME, _axes.CHANNEL) and not rgb:
+            picks = (_axes.parse_channels(self.channels.value, config.in_channels)
+                     if kind == _axes.CHANNELS else None)
+            data = _axes.select(layer.data, kind, index, rgb, picks)
+            if region is not None and kind in (_axes.TIME, _axes.CHANNEL, _axes.CHANNELS) and not rgb:
                 region = region[1:]      # the preview of the selected time point or channel
             budget = inference_settings().memory_budget_gb
             if region is not None:
@@ -335,13 +341,15 @@ class SegmentWidget(Container):
         g = self.model.geometry if hasattr(self, "model") else None
         if layer is None or g is None:
             return [_axes.NONE]
-        return _axes.choices(layer.ndim, bool(getattr(layer, "rgb", False)), g.ndim) or [_axes.NONE]
+        return _axes.choices(layer.ndim, bool(getattr(layer, "rgb", False)), g.ndim,
+                             self.model.in_channels) or [_axes.NONE]
 
     def _update_extra_axis(self, *_) -> None:
         """Offer what the layer's extra axis can be; hidden when it has none."""
         self.extra_axis.reset_choices()
         self.extra_axis.visible = list(self.extra_axis.choices) != [_axes.NONE]
         self.extra_index.visible = self.extra_axis.value == _axes.CHANNEL
+        self.channels.visible = self.extra_axis.value == _axes.CHANNELS
 
     def _run_or_cancel(self) -> None:
         if self._task.busy:

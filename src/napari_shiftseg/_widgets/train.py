@@ -202,11 +202,14 @@ class TrainWidget(Container):
         try:
             config = self.config() if self.start_from.value == NEW else self.segment_model()
             g = config.geometry
+            channels = getattr(config, "config", config).in_channels
             window = self.training_window()
             if self.source.value == LAYERS and self.image.value is not None \
-                    and self.image.value.ndim != g.ndim:
-                raise ShiftSegError(f"the model is {g.ndim}D but the image layer is "
-                                    f"{self.image.value.ndim}D")
+                    and self.image.value.ndim != g.ndim + (channels > 1):
+                raise ShiftSegError(
+                    f"the model is {g.ndim}D but the image layer is {self.image.value.ndim}D"
+                    if channels == 1 else f"the model takes {channels} channels: the image layer "
+                    f"must be (channels, {g.ndim} spatial axes), it is {self.image.value.ndim}D")
             validation = self.validation.value / 100
             validation_pairs = None
             if self.source.value == LAYERS:

@@ -72,6 +72,32 @@ DIAMETER_HELP = ("object diameter in the image, in pixels: the image is resample
 def add_channel(parser) -> None:
     parser.add_argument("--channel", type=int, default=None, metavar="K",
                         help="for RGB or multi-channel files: the channel to segment (0-based)")
+    parser.add_argument("--channels", type=channel_list, default=None, metavar="K,K,...",
+                        help="for a multi-channel model: the file's channels it takes, in its "
+                             "order (e.g. 0,2: nuclei and membranes)")
+
+
+def channel_list(text: str) -> tuple[int, ...]:
+    """'0,2' -> (0, 2): two or more distinct channel indices."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channel numbers like 0,2, got {text!r}") from None
+    if len(values) < 2 or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"--channels takes two or more distinct channels (0-based), "
+                                         f"got {text!r}; for one channel use --channel")
+    return values
+
+
+def picked_channels(args):
+    """``--channel K`` or ``--channels K,K`` (a list), refusing both at once."""
+    if getattr(args, "channels", None) is not None:
+        if args.channel is not None:
+            from .._errors import ShiftSegError
+
+            raise ShiftSegError("give --channel (one) or --channels (several), not both")
+        return list(args.channels)
+    return args.channel
 
 
 def progress_bar(**kwargs):

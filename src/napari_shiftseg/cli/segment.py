@@ -94,7 +94,7 @@ def run(args) -> int:
             args.image, args.output, model=args.model, tile=args.tile, device=args.device,
             mode=args.mode, bandwidth=args.bandwidth, min_size=args.min_size,
             fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed,
-            diameter=args.diameter, channel=args.channel, isotropic=args.isotropic,
+            diameter=args.diameter, channel=_args.picked_channels(args), isotropic=args.isotropic,
             voxel_size=args.voxel_size, progress=progress, client=client,
             overwrite=args.overwrite, stage=stage)
     finally:
@@ -112,7 +112,7 @@ def run(args) -> int:
         print("the 2D model ran slice by slice; objects are linked across z where one embedding "
               "cluster touches itself in neighbouring slices")
     if args.table:
-        write_object_table(group, args.image, args.channel, args.table)
+        write_object_table(group, args.image, _args.picked_channels(args), args.table)
         print(f"wrote {args.table}")
     if info.get("resampled"):
         shape = "x".join(map(str, info["resampled"]["working_shape"]))
@@ -132,9 +132,12 @@ def write_object_table(group, image_path, channel, out) -> None:
     info = dict(group.attrs[ATTRS])
     labels = da.from_zarr(group["labels"])
     image = read_spatial(image_path, channel)
-    image = image if isinstance(image, da.Array) else da.from_array(image, chunks=labels.chunksize)
+    several = isinstance(channel, list)  # channel-first: (C, *spatial)
+    image = image if isinstance(image, da.Array) else da.from_array(
+        image, chunks=((image.shape[0],) if several else ()) + labels.chunksize)
     embeddings = None
     if not info.get("resampled"):  # embeddings on the image's grid: their mean per object too
         emb = da.from_zarr(group["embeddings"])
         embeddings = emb[:emb.shape[0] - int("foreground" in group)]
-    write_table(measure(labels, image, spacing=info.get("voxel_size"), embeddings=embeddings), out)
+    write_table(measure(labels, image, spacing=info.get("voxel_size"), embeddings=embeddings,
+                        channel_axis=0 if several else None), out)

@@ -12,6 +12,9 @@ synthetic images with seeds never used for training and records AP@0.5 in the mo
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from .._errors import ShiftSegError
 from ..settings import TRAINING_DEFAULTS
 from . import _args
@@ -20,7 +23,7 @@ from .synth import add_object_options
 #: Synthetic-object options (shared with ``shiftseg synth``), recorded only with --synthetic.
 OBJECT_OPTIONS = {"spacing", "radius", "radius_jitter", "density", "n_objects", "noise", "elastic"}
 #: Network options, ignored (and not recorded) when continuing from --init.
-NETWORK_OPTIONS = {"levels", "factor", "upsampling", "padding", "base_channels", "embed_dim",
+NETWORK_OPTIONS = {"levels", "factor", "factors", "voxel_size", "upsampling", "padding", "base_channels", "embed_dim",
                    "no_foreground_head", "embedding", "position_scale"}
 
 
@@ -30,6 +33,59 @@ NETWORK_OPTIONS = {"levels", "factor", "upsampling", "padding", "base_channels",
 EVAL_SEED_BASE = 2**31
 #: Seeds of the synthetic validation images (never drawn for training nor for evaluation).
 VALIDATION_SEED_BASE = 2**31 + 10_000
+
+
+def _factors_spec(text: str) -> str:
+    """'auto' or rows like '1,2,2/2,2,2' (checked here, turned into factors in _config)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        _factor_rows(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or one row of factors per level, e.g. 1,2,2/2,2,2, got {text!r}") from None
+    return text
+
+
+def _factor_rows(text: str) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in row.split(",")) for row in text.split("/"))
+
+
+def _anisotropic_options(args, ndim: int, options: dict) -> None:
+    """--factors (and, for 'auto', a per-axis position scale) into the network ``options``."""
+    from ..train import NETWORK_DEFAULTS, physical_position_scale, suggest_factors
+
+    spec = getattr(args, "factors", None)
+    if spec is None:
+        return
+    if spec != "auto":
+        options["factors"] = _factor_rows(spec)
+        return
+    voxel = _voxel_size(args, ndim)
+    rows = suggest_factors(voxel, options["levels"] or NETWORK_DEFAULTS["levels"],
+                           options["factor"] or NETWORK_DEFAULTS["factor"])
+    options["factors"] = rows
+    note = ""
+    if options["position_scale"] is None and (options["embedding"] or NETWORK_DEFAULTS["embedding"]) == "spatial":
+        # Embedding distances in physical units: a coarse z step gets a larger position scale.
+        options["position_scale"] = physical_position_scale(voxel, NETWORK_DEFAULTS["position_scale"])
+        note = f", position scale {options['position_scale']}"
+    print(f"shiftseg train: voxel size {tuple(voxel)} -> pooling factors "
+          f"{rows if rows else 'the same on every axis'}{note}", file=sys.stderr)
+
+
+def _voxel_size(args, ndim: int) -> tuple:
+    from ..io import image_info
+
+    voxel = args.voxel_size
+    if voxel is None and getattr(args, "image", None):
+        voxel = image_info(args.image[0]).get("voxel_size")
+    if voxel is None:
+        raise ShiftSegError("--factors auto needs the voxel size: give --voxel-size Z,Y,X (the first "
+                            "--image file records none)")
+    if len(voxel) != ndim:
+        raise ShiftSegError(f"--voxel-size {voxel} has {len(voxel)} values but the data are {ndim}D")
+    return tuple(voxel)
 
 
 def _window(text: str) -> tuple[int, ...]:
@@ -65,6 +121,16 @@ def add_parser(sub):
         "--init bundled or --init MODEL continues an existing one instead.")
     net.add_argument("--levels", type=_args.positive_int, default=None, help="pooling levels l (default 3)")
     net.add_argument("--factor", type=int, default=None, help="pooling factor f (default 2)")
+    net.add_argument("--factors", type=_factors_spec, default=None, metavar="SPEC",
+                     help="anisotropic network: pooling factors per level and axis, e.g. "
+                          "1,2,2/2,2,2/2,2,2 (z kept at full resolution at the first level), or "
+                          "'auto' to choose them from the voxel size (--voxel-size, or the first "
+                          "--image file's ImageJ/OME metadata). Tiles then sit on a per-axis grid")
+    data.add_argument("--channels", type=_args.channel_list, default=None, metavar="K,K,...",
+                      help="train a multi-channel network on these channels of each --image "
+                           "(e.g. 0,2); segment later with the same --channels")
+    net.add_argument("--voxel-size", type=_args.voxel_size, default=None, metavar="Z,Y,X",
+                     help="voxel size of the training images, for --factors auto")
     net.add_argument("--upsampling", choices=("learnt", "nearest"), default=None,
                      help="learnt (transposed conv, default) or nearest")
     net.add_argument("--padding", choices=("valid", "same"), default=None,
@@ -166,6 +232,8 @@ def _check(args):
                                 "give one --labels per --image")
         if args.eval_images:
             raise ShiftSegError("--eval-images needs --synthetic (held-out images are generated)")
+    elif args.channels:
+        raise ShiftSegError("--channels picks channels of --image files; synthetic images have one")
         if args.mask and len(args.mask) != len(args.image):
             raise ShiftSegError(f"got {len(args.image)} --image but {len(args.mask)} --mask; "
                                 "give one --mask per --image")
@@ -227,8 +295,15 @@ def _config(args, ndim: int):
         model = load_model(bundled_model_path(ndim) if init == "bundled" else init)
         if model.geometry.ndim != ndim:
             raise ShiftSegError(f"--init model is {model.geometry.ndim}D but the data are {ndim}D")
+        given = len(args.channels) if getattr(args, "channels", None) else 1
+        if model.config.in_channels != given:
+            raise ShiftSegError(f"--init model takes {model.config.in_channels} channel(s) but the "
+                                f"training images give {given} (--channels)")
         return model
-    return network_config(ndim, **{k: getattr(args, k, None) for k in NETWORK_DEFAULTS})
+    options = {k: getattr(args, k, None) for k in NETWORK_DEFAULTS}
+    options["in_channels"] = len(args.channels) if getattr(args, "channels", None) else None
+    _anisotropic_options(args, ndim, options)
+    return network_config(ndim, **options)
 
 
 def run(args) -> int:
@@ -245,9 +320,9 @@ def run(args) -> int:
         ndim = len(args.shape) if args.shape else (args.ndim or 2)
         resolve_shape(args.ndim, args.shape)  # refuses --ndim/--shape contradictions
     else:
-        pairs = [load_training_pair(i, l) for i, l in zip(args.image, args.labels)]
-        ndim = pairs[0][0].ndim
-        if any(p[0].ndim != ndim for p in pairs):
+        pairs = [load_training_pair(i, l, channels=args.channels) for i, l in zip(args.image, args.labels)]
+        ndim = pairs[0][1].ndim
+        if any(p[1].ndim != ndim for p in pairs):
             raise ShiftSegError("all training images must have the same dimensionality")
     config = _config(args, ndim)
     geometry = config.geometry
@@ -270,7 +345,7 @@ def run(args) -> int:
     if args.synthetic:
         # Input crop + context: crops see reflected image borders (as at inference) in about
         # half of the positions per axis, and real context in the others.
-        shape = args.shape or tuple(geometry.training_input_size(w) + geometry.context for w in window)
+        shape = args.shape or tuple(a.training_input_size(w) + a.context for a, w in zip(geometry.axes, window))
 
         def source(seed):
             return generate(args.synthetic, args, shape, seed, random_offset=True)
