@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 
-
 def make_model(path: Path, ndim: int) -> Path:
     """A hand-set U-Net: foreground logit = 20 · (normalised intensity − 0.5), constant embeddings.
 

@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-
 from bench_gflops import network_flops  # noqa: E402 (benchmarks/ is on sys.path)
 
 from napari_shiftseg.geometry import UNetGeometry
@@ -99,7 +98,8 @@ def main(argv=None):
     print("| method | windows | window | GFLOP | time (s) | Mvoxel/s | whole image (s) | max abs diff to whole (rel) |")
     print("|---|---|---|---|---|---|---|---|")
     for label, n, window, flops, t, t_whole, diff, peak in rows:
-        print(f"| {label} | {n} | {'x'.join(map(str, window))} | {flops / 1e9:.0f} | {t:.1f} | {voxels / t / 1e6:.2f} | "
+        size = "x".join(map(str, window))
+        print(f"| {label} | {n} | {size} | {flops / 1e9:.0f} | {t:.1f} | {voxels / t / 1e6:.2f} | "
               f"{t_whole:.1f} | {diff:.1e} ({diff / peak:.1e}) |")
 
 

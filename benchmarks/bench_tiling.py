@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-
 from bench_gflops import network_flops  # noqa: E402 (benchmarks/ is on sys.path)
 
 from napari_shiftseg.geometry import UNetGeometry

@@ -32,8 +32,9 @@ def main():
     torch.set_num_threads(2)
     tr = [(i, l) for _, i, l in bbbc007.load("train")]
     va = [(i, l) for _, i, l in bbbc007.load("val")]
-    cfg = UNetConfig(geometry=UNetGeometry(ndim=2, levels=3), base_channels=a.base, embed_dim=3 if a.head == "free" else 2,
-                     embedding=a.head, position_scale=a.scale if a.head == "spatial" else 0.0)
+    cfg = UNetConfig(geometry=UNetGeometry(ndim=2, levels=3), base_channels=a.base,
+                     embed_dim=3 if a.head == "free" else 2, embedding=a.head,
+                     position_scale=a.scale if a.head == "spatial" else 0.0)
     t = time.time()
     model, hist = train(tr, None, cfg, steps=a.steps, lr=a.lr, lr_schedule="cosine", validation_pairs=va,
                         validate_every=a.every, output_window=a.window, batch_size=a.batch,
@@ -42,7 +43,8 @@ def main():
     for v in hist["validation"]:
         print("val", v)
     print("record", {k: v for k, v in model.meta["validation"].items()})
-    print("settings", {k: model.meta[k] for k in ("bandwidth", "fg_threshold", "min_size", "merge_distance", "absorb_small", "fill_holes")})
+    keys = ("bandwidth", "fg_threshold", "min_size", "merge_distance", "absorb_small", "fill_holes")
+    print("settings", {k: model.meta[k] for k in keys})
     if a.o:
         from napari_shiftseg.modelio import save_model
         save_model(model, a.o)

@@ -6,4 +6,5 @@ bash scripts/install.sh
 export QT_API=pyqt6 OMP_NUM_THREADS=1 MPLBACKEND=Agg
 unset QT_QPA_PLATFORM
 .venv/bin/npe2 validate napari-shiftseg
+.venv/bin/ruff check src tests benchmarks scripts docs   # lint rules: pyproject.toml [tool.ruff]
 .venv/bin/python -m pytest -ra "$@"

@@ -114,7 +114,7 @@ def test_cli_train_and_segment_with_channels(tmp_path, capsys):
            "-o", str(out), "--device", "cpu", "--quiet", "--table", str(tmp_path / "t.csv")]
     assert main(seg) == 0
     group = zarr.open_group(out, mode="r")
-    assert group["labels"].shape == (48, 48)
+    assert group["labels/instances/0"].shape == (48, 48)
     header = (tmp_path / "t.csv").read_text().splitlines()[0]
     assert "mean_intensity_c0" in header and "mean_intensity_c1" in header
     # the same run, equal to whole-image inference of the two channels

@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import save_standardized  # noqa: E402
 
 from napari_shiftseg.cli import main
-
-from helpers import save_standardized  # noqa: E402
 
 
 def disk_labels(shape=(48, 48)):

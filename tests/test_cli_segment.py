@@ -6,11 +6,9 @@ import sys
 import numpy as np
 import pytest
 import zarr
-
-from napari_shiftseg.cli import main
-
 from helpers import save_standardized  # noqa: E402
 
+from napari_shiftseg.cli import main
 
 tiny_model = save_standardized
 
@@ -49,12 +47,12 @@ def test_segment_writes_the_three_arrays(files, tmp_path, capsys):
     group = zarr.open_group(out, mode="r")
     assert group.attrs["complete"] is True
     assert group["embeddings"].shape == (3, 36, 44)
-    assert group["foreground"].shape == group["labels"].shape == (36, 44)
-    assert group["labels"][...].max() > 0
+    assert group["foreground"].shape == group["labels/instances/0"].shape == (36, 44)
+    assert group["labels/instances/0"][...].max() > 0
     # the same command again resumes a finished output: nothing to do, same result
-    before = group["labels"][...]
+    before = group["labels/instances/0"][...]
     assert main(segment_args(files, out, "--quiet")) == 0
-    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][...], before)
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels/instances/0"][...], before)
 
 
 def test_other_settings_need_overwrite(files, tmp_path, capsys):
@@ -130,7 +128,7 @@ def test_segment_diameter(files, tmp_path, capsys):
     assert main(args) == 0
     assert "resampled to 72x88" in capsys.readouterr().out
     group = zarr.open_group(out, mode="r")
-    assert group["labels"].shape == (36, 44) and group["embeddings"].shape[1:] == (72, 88)
+    assert group["labels/instances/0"].shape == (36, 44) and group["embeddings"].shape[1:] == (72, 88)
     for bad in ("-3", "big", "inf"):
         with pytest.raises(SystemExit) as exit_info:
             main(segment_args(files, tmp_path / "x.zarr", "--diameter", bad))
@@ -154,7 +152,7 @@ def test_segment_table_and_rgb(files, tmp_path, capsys):
     assert main(args) == 0
     with table.open() as f:
         rows = list(csv.DictReader(f))
-    labels = zarr.open_group(out, mode="r")["labels"][...]
+    labels = zarr.open_group(out, mode="r")["labels/instances/0"][...]
     assert len(rows) == len(np.unique(labels[labels > 0])) > 0
     first = rows[0]
     voxels = int((labels == int(first["index"])).sum())
@@ -182,7 +180,7 @@ def test_segment_isotropic_from_the_files_voxel_size(files, tmp_path, capsys):
     assert main(args) == 0
     group = zarr.open_group(out, mode="r")
     # pixel 0.5 um, z step 1.5 um: three planes per plane
-    assert group["embeddings"].shape[1:] == (15, 20, 24) and group["labels"].shape == stack.shape
+    assert group["embeddings"].shape[1:] == (15, 20, 24) and group["labels/instances/0"].shape == stack.shape
     np.save(tmp_path / "plain.npy", stack)
     args[1], args[7] = str(tmp_path / "plain.npy"), str(tmp_path / "p.zarr")
     assert main(args) == 2

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import save_tiny  # noqa: E402
 
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
 from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.reproduce.demo import demo_tiles, run_demo
-
-from helpers import save_tiny  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -51,7 +50,7 @@ def test_demo_end_to_end(tmp_path, tiny_3d, capsys):
     for mode in ("exact", "naive"):
         group = zarr.open_group(str(out / f"{mode}.zarr"), mode="r")
         assert group.attrs["complete"] is True
-        assert group["labels"].shape == (12, 32, 32)
+        assert group["labels/instances/0"].shape == (12, 32, 32)
         assert group["embeddings"].shape[1:] == (12, 32, 32)
     sample = zarr.open_group(str(out / "sample.zarr"), mode="r")
     assert sample["image"].shape == sample["labels"].shape == (12, 32, 32)

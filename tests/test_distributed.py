@@ -30,19 +30,27 @@ def tiny_model(path, image, seed=0):
     return save_model(net, path)
 
 
-def test_local_cluster_matches_in_process(tmp_path):
-    rng = np.random.default_rng(0)
-    image = (rng.random((40, 48)) > 0.6).astype(np.float32)
+def _local_run(tmp_path, shape, seed):
+    """(image, model path, in-process output) for a random binary image of ``shape``."""
+    image = (np.random.default_rng(seed).random(shape) > 0.6).astype(np.float32)
     model = tiny_model(tmp_path / "m.safetensors", image)
-    local = segment_to_zarr(image, tmp_path / "local.zarr", model, **KW)
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  host="127.0.0.1", dashboard_address=None,
-                                  worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    return image, model, segment_to_zarr(image, tmp_path / "local.zarr", model, **KW)
+
+
+def _loopback_cluster():
+    """Two worker processes on 127.0.0.1, no dashboards."""
+    return distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                    dashboard_address=None, worker_dashboard_address=None)
+
+
+def test_local_cluster_matches_in_process(tmp_path):
+    image, model, local = _local_run(tmp_path, (40, 48), 0)
+    with _loopback_cluster() as cluster, distributed.Client(cluster) as client:
         seen = []
         remote = segment_to_zarr(image, tmp_path / "remote.zarr", model, client=client,
                                  progress=lambda d, t: seen.append((d, t)), **KW)
     assert remote.attrs["complete"] is True and seen[-1] == (9, 9)
-    for name in ("embeddings", "foreground", "labels"):
+    for name in ("embeddings", "foreground", "labels/instances/0"):
         np.testing.assert_array_equal(remote[name][...], local[name][...], err_msg=name)
 
 
@@ -114,3 +122,56 @@ def test_tiles_run_with_the_thread_count_of_the_graph_builder():
         np.testing.assert_array_equal(lazy.compute(scheduler="sync"), reference)
     finally:
         torch.set_num_threads(before)
+
+
+def _gpu_cpu_cluster():
+    """A loopback scheduler with one worker process declaring a GPU and one that does not."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    common = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": None}
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}},
+        workers={"gpu": {"cls": Nanny, "options": {**common, "resources": {"GPU": 1}}},
+                 "cpu": {"cls": Nanny, "options": common}},
+        asynchronous=False)
+
+
+def test_tiles_run_on_workers_with_the_tile_resources(tmp_path):
+    """Tile tasks carry {"GPU": 1}: they run on the worker declaring it, the labels equal an
+    in-process run; a cluster without such a worker is refused before anything is written."""
+    image, model, local = _local_run(tmp_path, (40, 48), 0)
+    with _gpu_cpu_cluster() as cluster, distributed.Client(cluster) as client:
+        gpu = next(a for a, w in client.scheduler_info()["workers"].items() if w.get("resources"))
+        with distributed.get_task_stream(client) as stream:
+            remote = segment_to_zarr(image, tmp_path / "remote.zarr", model, client=client,
+                                     tile_resources={"GPU": 1}, **KW)
+        tiles = [t for t in stream.data if "write_tile" in str(t["key"]) or "shiftseg-tiles" in str(t["key"])]
+        assert tiles and {t["worker"] for t in tiles} == {gpu}
+        with pytest.raises(ShiftSegError, match="no worker of the cluster declares the tile resources TPU=1"):
+            segment_to_zarr(image, tmp_path / "none.zarr", model, client=client, tile_resources={"TPU": 1}, **KW)
+    assert not (tmp_path / "none.zarr").exists()
+    np.testing.assert_array_equal(remote["labels/instances/0"][...], local["labels/instances/0"][...])
+    np.testing.assert_array_equal(remote["embeddings"][...], local["embeddings"][...])
+
+
+def test_losing_a_worker_mid_run_loses_and_duplicates_nothing(tmp_path):
+    import os
+
+    image, model, local = _local_run(tmp_path, (96, 96), 1)
+    with _loopback_cluster() as cluster, distributed.Client(cluster) as client:
+        import signal
+
+        victim = sorted(client.run(os.getpid).values())[0]  # a worker process (its nanny restarts it)
+        killed = []
+
+        def progress(done, total):
+            if done >= 2 and not killed:  # some tiles are written, most are not
+                killed.append(done)
+                os.kill(victim, signal.SIGKILL)
+
+        remote = segment_to_zarr(image, tmp_path / "remote.zarr", model, client=client,
+                                 progress=progress, **KW)
+    assert killed and killed[0] < 36
+    assert remote.attrs["complete"] is True
+    for name in ("embeddings", "foreground", "labels/instances/0"):
+        np.testing.assert_array_equal(remote[name][...], local[name][...], err_msg=name)

@@ -64,7 +64,8 @@ def test_zarr_group_with_one_array_or_named_array(tmp_path):
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_ome_zarr_reads_the_highest_resolution(tmp_path, version):
     group = zarr.open_group(tmp_path / "ome.zarr", mode="w")
-    group.create_array("s0", shape=(1, 1, *IMAGE.shape), dtype=IMAGE.dtype, chunks=(1, 1, 8, 8))[...] = IMAGE[None, None]
+    level = group.create_array("s0", shape=(1, 1, *IMAGE.shape), dtype=IMAGE.dtype, chunks=(1, 1, 8, 8))
+    level[...] = IMAGE[None, None]
     group.create_array("s1", shape=(1, 1, 12, 15), dtype=IMAGE.dtype)[...] = IMAGE[None, None, ::2, ::2]
     axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
             {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]

@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny, tiny_net  # noqa: E402
 
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
@@ -16,8 +17,6 @@ from napari_shiftseg.reproduce import capacity, window_study
 from napari_shiftseg.reproduce.sweep import parse_tiles, run_sweep
 from napari_shiftseg.synth import random_objects
 from napari_shiftseg.unet import UNet, UNetConfig
-
-from helpers import save_tiny, tiny_net  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from helpers import save_standardized, tiny_net  # noqa: E402
 from safetensors.torch import save_file
 
 from napari_shiftseg import segment as segment_module
@@ -26,8 +27,6 @@ from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.modelio import FORMAT, load_model, read_metadata, save_model
 from napari_shiftseg.segment import segment_to_zarr
 from napari_shiftseg.unet import UNet, UNetConfig
-
-from helpers import save_standardized, tiny_net  # noqa: E402
 
 KW = dict(tile=16, device="cpu", bandwidth=1.0, min_size=3, n_seeds=100)
 
@@ -79,7 +78,7 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, 
                                                                       monkeypatch):
     out = tmp_path / "out.zarr"
     segment_to_zarr(image, out, model_path, **KW)
-    labels = zarr.open_group(out, mode="r")["labels"][...]
+    labels = zarr.open_group(out, mode="r")["labels/instances/0"][...]
 
     def crash(*args, **kwargs):
         raise RuntimeError("crash in the label stage")
@@ -89,13 +88,13 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, 
         segment_to_zarr(image * 2, out, model_path, overwrite=True, **KW)
     old = zarr.open_group(out, mode="r")
     assert old.attrs["complete"] is True  # untouched
-    np.testing.assert_array_equal(old["labels"][...], labels)
+    np.testing.assert_array_equal(old["labels/instances/0"][...], labels)
     monkeypatch.undo()
     new = segment_to_zarr(image[::-1].copy(), out, model_path, overwrite=True, **KW)
     assert new.attrs["complete"] is True and str(new.store_path).rstrip("/").endswith("out.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no staging, no lock left
     fresh = segment_to_zarr(image[::-1].copy(), tmp_path / "fresh.zarr", model_path, **KW)
-    np.testing.assert_array_equal(new["labels"][...], fresh["labels"][...])
+    np.testing.assert_array_equal(new["labels/instances/0"][...], fresh["labels/instances/0"][...])
 
 
 # --------------------------------------------------------------------------- 2./7. model files
@@ -307,7 +306,7 @@ def test_two_segment_processes_on_one_output(tmp_path, image, model_path):
     single = segment_to_zarr(image, tmp_path / "single.zarr", model_path, **KW)
     result = zarr.open_group(out, mode="r")
     assert result.attrs["complete"] is True and not lock_path(out).exists()
-    for name in ("embeddings", "labels"):
+    for name in ("embeddings", "labels/instances/0"):
         np.testing.assert_array_equal(result[name][...], single[name][...])
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import save_standardized  # noqa: E402
 
 from napari_shiftseg import segment as segment_module
 from napari_shiftseg._errors import ShiftSegError
@@ -18,8 +19,6 @@ from napari_shiftseg.predict import predict_whole
 from napari_shiftseg.progress import Cancelled
 from napari_shiftseg.segment import ATTRS, recluster, segment_to_zarr
 from napari_shiftseg.unet import UNet, UNetConfig
-
-from helpers import save_standardized  # noqa: E402
 
 SHAPE = (40, 56)
 TILE = 16  # f^l = 4 for the 2-level test net: a 3 x 4 tile grid
@@ -48,7 +47,7 @@ def model_path(tmp_path_factory, image):
 def reference(tmp_path_factory, image, model_path):
     """An uninterrupted run, to compare every other run with."""
     group = segment_to_zarr(image, tmp_path_factory.mktemp("ref") / "ref.zarr", model_path, **KW)
-    return {name: group[name][...] for name in ("embeddings", "foreground", "labels")}
+    return {name: group[name][...] for name in ("embeddings", "foreground", "labels/instances/0")}
 
 
 def assert_same_output(group, reference):
@@ -72,7 +71,7 @@ def count_tiles(monkeypatch):
 def test_layout_and_values(tmp_path, image, model_path, reference):
     group = segment_to_zarr(image, tmp_path / "out.zarr", model_path, **KW)
     assert group.attrs["complete"] is True
-    emb, fg, labels = group["embeddings"], group["foreground"], group["labels"]
+    emb, fg, labels = group["embeddings"], group["foreground"], group["labels/instances/0"]
     assert emb.shape == (3, *SHAPE) and emb.chunks == (3, TILE, TILE) and emb.dtype == np.float32
     assert fg.shape == labels.shape == SHAPE and labels.chunks == (TILE, TILE)
     assert labels.dtype == np.int32 and group["done"][...].all()
@@ -208,7 +207,7 @@ def test_new_clustering_settings_reuse_embeddings(tmp_path, image, model_path, r
     written = count_tiles(monkeypatch)
     group = segment_to_zarr(image, out, model_path, **{**KW, "min_size": 1000})
     assert written == [] and group.attrs["complete"] is True
-    assert group["labels"][...].max() == 0
+    assert group["labels/instances/0"][...].max() == 0
     group = recluster(out, bandwidth=1.0, min_size=3, n_seeds=100)
     assert written == []
     assert_same_output(group, reference)
@@ -272,7 +271,7 @@ def test_synthetic_objects_are_recovered(tmp_path):
     image, truth = random_objects((72, 88), radius=4, density=0.2, noise_std=0.05, seed=2)
     group = segment_to_zarr(image, tmp_path / "out.zarr", threshold_model(tmp_path / "t.safetensors"),
                             tile=16, device="cpu", bandwidth=1.0, min_size=5, n_seeds=50)
-    labels = group["labels"][...]
+    labels = group["labels/instances/0"][...]
     # one embedding for all objects: only the connected components across tiles separate them
     assert len(Clustering.from_dict(dict(group.attrs[ATTRS])["clustering"]).modes) == 1
     assert labels.max() == truth.max() > 10
@@ -288,7 +287,7 @@ def test_model_without_foreground_head(tmp_path, image):
     assert "foreground" not in group and group["embeddings"].shape == (2, *SHAPE)
     clustering = Clustering.from_dict(dict(group.attrs[ATTRS])["clustering"])
     assert not clustering.foreground and clustering.background is not None
-    labels = group["labels"][...]
+    labels = group["labels/instances/0"][...]
     assert (labels == 0).any()  # the most populous cluster is the background
     with pytest.raises(ShiftSegError, match="connectivity"):
         segment_to_zarr(image, tmp_path / "c.zarr", path, **{**KW, "connectivity": 3})
@@ -301,7 +300,7 @@ def test_image_path_and_3d(tmp_path):
     model = tiny_model(tmp_path / "m3.safetensors", volume, ndim=3)
     group = segment_to_zarr(tmp_path / "vol.npy", tmp_path / "vol.zarr", model, tile=8,
                             device="cpu", bandwidth=1.0, min_size=2, n_seeds=50)
-    assert group["labels"].shape == volume.shape and group["done"].shape == (3, 3, 3)
+    assert group["labels/instances/0"].shape == volume.shape and group["done"].shape == (3, 3, 3)
     assert group.attrs["complete"] is True
 
 
@@ -320,7 +319,7 @@ def test_recorded_settings_reach_the_zarr_job(tmp_path, image, model_path):
     clustering = Clustering.from_dict(info["clustering"])
     expected = label_instances(da.from_zarr(group["embeddings"]), clustering, min_size=4,
                                merge_distance=1.5, absorb_small=True, fill_holes=True).compute()
-    np.testing.assert_array_equal(group["labels"][...], expected)
+    np.testing.assert_array_equal(group["labels/instances/0"][...], expected)
     # A caller's value wins over the recorded one.
     group = segment_to_zarr(image, tmp_path / "off.zarr", tuned, tile=KW["tile"], device="cpu",
                             merge_distance=0.0, fill_holes=False)
@@ -340,18 +339,18 @@ def test_a_resampled_run_keeps_labels_on_the_image_grid(tmp_path, image, model_p
     out = tmp_path / "big.zarr"
     group = segment_to_zarr(image, out, sized, diameter=3.0, **KW)
     working = tuple(2 * n for n in SHAPE)
-    assert group["embeddings"].shape[1:] == working and group["labels"].shape == SHAPE
+    assert group["embeddings"].shape[1:] == working and group["labels/instances/0"].shape == SHAPE
     assert group.attrs[ATTRS]["resampled"] == {"image_shape": list(SHAPE), "working_shape": list(working)}
     whole = predict_whole(rescale.resize_image(image, shape=working), load_model(sized), device="cpu")
     np.testing.assert_allclose(group["embeddings"][...], whole, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(group["labels"][...], group["labels_resampled"][1::2, 1::2])
-    assert group["labels"][...].max() > 0
+    np.testing.assert_array_equal(group["labels/instances/0"][...], group["labels_resampled"][1::2, 1::2])
+    assert group["labels/instances/0"][...].max() > 0
     with pytest.raises(ShiftSegError, match=r"object-size resampling \(resampled image shape\) "
                                             r"\(was 80x112, now none: as imaged\)"):
         segment_to_zarr(image, out, sized, diameter=None, **KW)
     # Re-clustering writes both label arrays again.
     again = recluster(out, bandwidth=0.5, min_size=1)
-    np.testing.assert_array_equal(again["labels"][...], again["labels_resampled"][1::2, 1::2])
+    np.testing.assert_array_equal(again["labels/instances/0"][...], again["labels_resampled"][1::2, 1::2])
     # Without a recorded size nothing is resampled, whatever the diameter says.
     plain = segment_to_zarr(image, tmp_path / "plain.zarr", model_path, diameter=3.0, **KW)
     assert plain["embeddings"].shape[1:] == SHAPE and "labels_resampled" not in plain
@@ -365,7 +364,7 @@ def test_a_2d_model_on_a_stack_runs_slice_by_slice_and_links_across_z(tmp_path, 
     assert out.attrs[ATTRS]["embedding_args"]["per_slice"] is True
     whole = predict_whole(stack, load_model(model_path), device="cpu", per_slice=True)
     np.testing.assert_allclose(out["embeddings"][...], whole, rtol=1e-5, atol=1e-5)
-    labels = out["labels"][...]
+    labels = out["labels/instances/0"][...]
     # Identical planes have identical embeddings, hence identical clusters: every object runs
     # through all four planes with the same outline (linked, never one object per plane).
     ids = np.unique(labels[labels > 0])
@@ -399,8 +398,8 @@ def test_isotropic_resampling_of_an_anisotropic_stack(tmp_path):
     model = save_standardized(tmp_path / "m3.safetensors", np.zeros((24, 24, 24), np.float32), ndim=3)
     group = segment_to_zarr(stack, tmp_path / "iso.zarr", model, tile=16, device="cpu",
                             bandwidth=1.0, min_size=1, isotropic=True, voxel_size=(3.0, 1.0, 1.0))
-    assert group["embeddings"].shape[1:] == (18, 24, 28) and group["labels"].shape == stack.shape
-    np.testing.assert_array_equal(group["labels"][...],
+    assert group["embeddings"].shape[1:] == (18, 24, 28) and group["labels/instances/0"].shape == stack.shape
+    np.testing.assert_array_equal(group["labels/instances/0"][...],
                                   rescale.resize_labels(group["labels_resampled"][...], stack.shape))
     assert group.attrs[ATTRS]["voxel_size"] == [3.0, 1.0, 1.0]
     with pytest.raises(ShiftSegError, match="isotropic resampling needs the voxel size"):

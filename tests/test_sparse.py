@@ -7,9 +7,9 @@ import torch
 from napari_shiftseg import train as train_module
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.loss import foreground_loss
+from napari_shiftseg.settings import SegmentationSettings
 from napari_shiftseg.sparse import UNANNOTATED, annotated_region, mark_unannotated, painted_margin
 from napari_shiftseg.tuning import score
-from napari_shiftseg.settings import SegmentationSettings
 
 
 def _labels():

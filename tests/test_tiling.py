@@ -62,7 +62,7 @@ def test_windows_valid_inside_padding_and_on_grid(case):
     g, shape, tile, mode = case
     plan = tile_plan(shape, g, tile, mode)
     for t in plan:
-        for axis, (a, w, start) in enumerate(zip(plan.axes, t.window, t.start)):
+        for a, w, start in zip(plan.axes, t.window, t.start):
             assert g.is_valid_input(w.stop - w.start)
             assert 0 <= w.start and w.stop <= a.padded
             image_start = w.start - a.pad[0]  # window start in image coordinates

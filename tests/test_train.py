@@ -1,8 +1,7 @@
 """Training loop (napari_shiftseg.train): windows, crops, determinism, cancel, checkpoints."""
 
-import threading
-
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -12,10 +11,10 @@ from hypothesis import strategies as st
 
 from napari_shiftseg import synth
 from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.augment import NO_AUGMENTATION, Augmentation
 from napari_shiftseg.geometry import UNetGeometry
 from napari_shiftseg.modelio import Model, load_model
 from napari_shiftseg.normalize import percentile_normalization
-from napari_shiftseg.augment import NO_AUGMENTATION, Augmentation
 from napari_shiftseg.train import _batch, _Crop, _Prepared, _unmove, default_training_window, train
 from napari_shiftseg.unet import UNet, UNetConfig
 

@@ -80,7 +80,7 @@ class OutputLock:
         log.warning("shiftseg: taking over the stale lock %s left by %s, which is no longer "
                     "running", self.path, _describe(holder))
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         for _ in range(20):
@@ -156,7 +156,7 @@ class OutputLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

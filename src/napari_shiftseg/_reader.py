@@ -52,26 +52,29 @@ def read_segmentation(path):
     """Layers of a finished ``shiftseg segment`` output: the input image (when its file is still
     there), instances, foreground and embeddings, all placed with the input's voxel size (the
     network's own grid, for a resampled run, placed over the image)."""
+    from types import SimpleNamespace
+
     import dask.array as da
     import zarr
 
-    from .io import read_spatial
-    from .segment import ATTRS
-    from types import SimpleNamespace
-
     from ._widgets._layers import embeddings_to_rgb, layer_name, resampled_placement, sigmoid
+    from .io import read_spatial
+    from .ngff import LABELS
+    from .segment import ATTRS
 
     group = zarr.open_group(str(path), mode="r")
     info = dict(group.attrs[ATTRS])
     name = Path(path).stem
-    labels = da.from_zarr(group["labels"])
+    labels = da.from_zarr(group[LABELS])
     scale = tuple(float(v) for v in info.get("voxel_size") or (1.0,) * labels.ndim)
     layers = []
     source = info.get("input") or {}
     if source.get("path") and Path(source["path"]).exists():
         try:
             image = read_spatial(source["path"], source.get("channel"))
-            layers.append((image, {"name": Path(source["path"]).name, "scale": scale}, "image"))
+            several = isinstance(source.get("channel"), list)  # a multi-channel model's input
+            layers.append((image, {"name": Path(source["path"]).name, "scale": scale,
+                                   **({"channel_axis": 0} if several else {})}, "image"))
         except Exception:  # noqa: BLE001 - the input moved or changed: show the results anyway
             pass
     emb = da.from_zarr(group["embeddings"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch

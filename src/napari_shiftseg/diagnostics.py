@@ -13,7 +13,7 @@ Everything except :func:`stitch_check` returns a dask array built from 1-D index
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
@@ -75,7 +75,8 @@ def stitch_check(image, model, tile, mode: str = "exact", region=None, device: s
 
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
-    norm = normalization if isinstance(normalization, Normalization) else _normalization(inp.source, normalization, model)
+    norm = (normalization if isinstance(normalization, Normalization)
+            else _normalization(inp.source, normalization, model))
     shape = tuple(inp.array.shape[1:])
     region = _region_slices(region, shape)
     tiled = predict_embeddings(inp.array, net, tile, device=device, mode=mode, channel_axis=0,

@@ -23,8 +23,8 @@ Same ("zero") padding keeps sizes (context 0) but breaks all of the above near b
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

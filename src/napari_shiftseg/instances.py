@@ -182,7 +182,7 @@ class Clustering:
                 "background": self.background, "n_points": self.n_points}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Clustering":
+    def from_dict(cls, data: dict) -> Clustering:
         data = dict(data)
         modes = np.asarray(data.pop("modes"), dtype=np.float32)
         return cls(modes.reshape(len(modes), -1) if modes.size else modes.reshape(0, 0), **data)

@@ -9,8 +9,8 @@ corrupt file, a zarr group with no image in it) raises :class:`ShiftSegError` na
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -165,7 +165,11 @@ def read_metadata(path) -> dict:
     """
     from safetensors import safe_open
 
+    from . import bmz
+
     path = Path(path)
+    if bmz.is_package(path):  # a bioimage.io package exported by shiftseg (bmz.py)
+        return bmz.read_package_metadata(path)
     _check_regular_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -220,7 +224,11 @@ def load_model(path, device: str | torch.device = "cpu") -> Model:
     bounds (size estimated, not allocated), and every tensor's name and shape matches it. The
     weights must then be finite.
     """
+    from . import bmz
+
     path = Path(path)
+    if bmz.is_package(path):  # a bioimage.io package exported by shiftseg (bmz.py)
+        return bmz.load_package(path, device)
     info = read_metadata(path)
     try:
         _check_tensors(path, info["config"])
@@ -250,6 +258,18 @@ def bundled_model_path(ndim: int, kind: str = "nuclei") -> Path:
     if ndim not in BUNDLED_KINDS[kind]:
         raise ShiftSegError(f"there is no bundled model for {ndim}D images (2D and 3D only)")
     return Path(str(files("napari_shiftseg") / "models" / BUNDLED_KINDS[kind][ndim]))
+
+
+def load_named(model, device: str | torch.device = "cpu") -> Model:
+    """A model file, a bioimage.io package exported by shiftseg, or a shipped model by name:
+    ``bundled:2`` / ``bundled:3`` / ``bundled:2:disks`` (e.g. the 2D nuclei model for a stack)."""
+    if isinstance(model, str) and model.startswith("bundled:"):
+        parts = model.split(":")
+        if len(parts) not in (2, 3) or parts[1] not in ("2", "3"):
+            raise ShiftSegError(f"unknown bundled model {model!r}; use bundled:2, bundled:3, "
+                                "bundled:2:disks or bundled:3:disks")
+        return load_bundled(int(parts[1]), device, kind=parts[2] if len(parts) == 3 else "nuclei")
+    return load_model(model, device)
 
 
 def load_bundled(ndim: int, device: str | torch.device = "cpu", kind: str = "nuclei") -> Model:

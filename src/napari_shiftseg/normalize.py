@@ -64,7 +64,8 @@ def percentile_normalization(image, low: float = 1.0, high: float = 99.8,
         image = image[0]
     if int(np.prod(image.shape)) == 0:
         raise ShiftSegError(f"the image is empty (shape {tuple(image.shape)})")
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.issubdtype(image.dtype, np.complexfloating):
+    real = np.issubdtype(image.dtype, np.number) or image.dtype == bool
+    if not real or np.issubdtype(image.dtype, np.complexfloating):
         raise ShiftSegError(f"the image must hold real numbers, got dtype {image.dtype}")
     sample = _subsample(image, max_samples)
     if not np.isfinite(sample).all():

@@ -24,9 +24,9 @@ import functools
 import gc
 import itertools
 import uuid
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
 
 import dask
 import dask.array as da
@@ -37,8 +37,8 @@ from dask.highlevelgraph import HighLevelGraph
 from ._errors import ShiftSegError
 from .devices import resolve_device
 from .normalize import Normalization, recorded_normalization
-from .spatial import add_positions
 from .progress import TILE_PREFIX
+from .spatial import add_positions
 from .tiling import TilePlan, gaussian_weight, reflect_pad, tile_plan
 from .unet import memory_format
 
@@ -70,7 +70,7 @@ class _Input:
 
 def _check_dtype(image) -> None:
     dtype = np.dtype(image.dtype)
-    if dtype == bool:
+    if dtype == np.bool_:
         return
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise ShiftSegError(f"the image must hold real numbers, got dtype {dtype}")

@@ -45,10 +45,10 @@ import math
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -56,13 +56,18 @@ from . import __version__
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .instances import DEFAULT_BANDWIDTH, DEFAULT_MAX_POINTS, DEFAULT_MIN_SIZE
+from .ngff import AXIS_NAMES, LABELS
+from .ngff import check_version as check_ngff
+from .ngff import write_metadata as write_ngff
+from .ngff import zarr_format as ngff_zarr_format
 
 __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
 
 #: Group attribute holding the run's arguments and results.
 ATTRS = "shiftseg"
-FORMAT = "napari-shiftseg-segmentation/1"
-_ARRAYS = ("embeddings", "foreground", "labels", "done")
+#: /2: an OME-Zarr image (ngff.py): the labels moved to ``labels/instances/0``.
+FORMAT = "napari-shiftseg-segmentation/2"
+_ARRAYS = ("embeddings", "foreground", LABELS, "done")
 # Tiles handed to the scheduler at a time (raised to 4 per worker thread on big clusters).
 _TILE_BATCH = 256
 # The input is hashed in slabs of whole planes (first axis) of about this many bytes, in parallel:
@@ -74,21 +79,13 @@ _FINGERPRINT_SLAB = 64 * 2**20
 
 
 def _load_model(model, ndim: int):
-    from .modelio import Model, load_bundled, load_model
+    from .modelio import Model, load_bundled, load_named
     from .unet import UNet
 
     if model is None:
         return load_bundled(ndim)
-    if isinstance(model, str) and model.startswith("bundled:"):
-        # "bundled:2" / "bundled:3" / "bundled:2:disks": a shipped model by name, e.g. the 2D
-        # nuclei model for a 3D stack (run slice by slice).
-        parts = model.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in ("2", "3"):
-            raise ShiftSegError(f"unknown bundled model {model!r}; use bundled:2, bundled:3, "
-                                "bundled:2:disks or bundled:3:disks")
-        return load_bundled(int(parts[1]), kind=parts[2] if len(parts) == 3 else "nuclei")
     if isinstance(model, (str, Path)):
-        return load_model(model)
+        return load_named(model)
     if isinstance(model, UNet):
         return Model(model)
     if isinstance(model, Model):
@@ -165,7 +162,8 @@ def _changed_planes(stored: dict | None, fingerprint: dict) -> str:
 
 _NAMES = {"image_shape": "image shape", "image_dtype": "image type", "image": "image content",
           "model": "model", "tile": "tile", "mode": "mode",
-          "resampled_to": "object-size resampling (resampled image shape)"}
+          "resampled_to": "object-size resampling (resampled image shape)",
+          "ngff": "OME-Zarr version"}
 #: Arguments stored as digests (compared, never shown).
 _HASHED = ("image", "model")
 
@@ -274,27 +272,41 @@ def _shown(value, key: str = "") -> str:
 
 
 def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: bool, attrs: dict,
-                   image_shape=None):
-    """The output arrays; with ``image_shape`` (a resampled run) ``labels`` is on the image's
-    grid and the network's labels go to ``labels_resampled``."""
+                   image_shape=None, ngff: str = "0.5", voxel_size=None, unit=None):
+    """The output arrays and their OME-Zarr metadata (:mod:`ngff`); with ``image_shape`` (a
+    resampled run) the labels are on the image's grid and the network's labels go to
+    ``labels_resampled``."""
     import zarr
 
-    group = zarr.open_group(path, mode="w")
+    version = check_ngff(ngff)
+    group = zarr.open_group(path, mode="w", zarr_format=ngff_zarr_format(version))
+    # NGFF 0.4 (zarr v2) asks for nested chunk keys, as zarr v3 always has.
+    keys = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
+
+    def array(name, shape, chunks, dtype, fill, channel=False):
+        # NGFF 0.5: every array names its axes (zarr v3 dimension_names), as its metadata does.
+        names = {} if version == "0.4" or name == "done" else {"dimension_names": (
+            ("c",) * channel + AXIS_NAMES[len(shape) - channel])}
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                                  **keys, **names)
+
     net_spatial, net_tile = tuple(spatial), tuple(tile)
     if image_shape is not None:
-        group.create_array("labels_resampled", shape=spatial, chunks=tile, dtype="int32", fill_value=0)
+        array("labels_resampled", spatial, tile, "int32", 0)
         attrs = {**attrs, "resampled": {"image_shape": list(image_shape), "working_shape": list(spatial)}}
         spatial = tuple(image_shape)
         tile = tuple(min(t, n) for t, n in zip(tile, spatial))
-    group.create_array("embeddings", shape=(channels, *net_spatial), chunks=(channels, *net_tile),
-                       dtype="float32", fill_value=0.0)
+    array("embeddings", (channels, *net_spatial), (channels, *net_tile), "float32", 0.0, channel=True)
     if foreground:
-        group.create_array("foreground", shape=net_spatial, chunks=net_tile, dtype="float32",
-                           fill_value=0.0)
-    group.create_array("labels", shape=spatial, chunks=tile, dtype="int32", fill_value=0)
+        array("foreground", net_spatial, net_tile, "float32", 0.0)
+    array(LABELS, spatial, tile, "int32", 0)
     # One chunk per flag: each tile's flag is its own (atomically renamed) file.
-    group.create_array("done", shape=grid, chunks=(1,) * len(grid), dtype="bool", fill_value=False)
-    group.attrs[ATTRS] = attrs
+    array("done", grid, (1,) * len(grid), "bool", False)
+    group.attrs[ATTRS] = {**attrs, "ngff": version}
+    # Embeddings of a resampled run sit on a finer or coarser grid than the input's voxels.
+    voxel = tuple(voxel_size) if voxel_size else (1.0,) * len(spatial)
+    emb_scale = tuple(v * n / m for v, n, m in zip(voxel, spatial, net_spatial))
+    write_ngff(group, version, voxel_size=voxel, unit=unit, embedding_scale=emb_scale)
     return group
 
 
@@ -422,8 +434,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                     absorb_small: bool | None = None, fill_holes: bool | None = None,
                     diameter: float | str | None = None, channel: int | None = None,
                     per_slice: bool | None = None, isotropic: bool = False,
-                    voxel_size=None):
-    """Segment ``image`` into a zarr group, resuming an interrupted run of the same arguments.
+                    voxel_size=None, ngff: str = "0.5", tile_resources: dict | None = None):
+    """Segment ``image`` into an OME-Zarr group, resuming an interrupted run of the same arguments.
 
     Parameters
     ----------
@@ -476,6 +488,13 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         Resample (lazily) to isotropic voxels before the network, e.g. a confocal stack with a
         z step 3x the pixel size gets 3x the planes; labels come back on the image's grid.
         The voxel size is ``voxel_size`` or, for an image file, the one its metadata records.
+    tile_resources : dict, optional
+        dask resources every tile task needs, e.g. ``{"GPU": 1}``: with a ``client`` whose
+        cluster has GPU workers (``dask worker --resources GPU=1``) and CPU workers, the
+        network tiles run on the former and the clustering on any (docs/CLUSTER.md).
+    ngff : {"0.5", "0.4"}
+        OME-Zarr version of the output (:mod:`napari_shiftseg.ngff`): 0.5 (zarr v3, default)
+        or 0.4 (zarr v2) for older readers.
     voxel_size : sequence of float, optional
         Voxel size per axis (any unit), for ``isotropic``.
 
@@ -500,10 +519,12 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     if out_path.suffix.lower() != ".zarr":
         raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
     _refuse_input_in_output(image, out_path)
-    source_file = None
+    source_file, unit = None, None
+    ngff = check_ngff(ngff)
     if isinstance(image, (str, Path)):
         source_file = {"path": str(Path(image).expanduser().resolve()), "channel": channel}
-        voxel_size = voxel_size or image_info(image)["voxel_size"]
+        info = image_info(image)
+        voxel_size, unit = voxel_size or info["voxel_size"], info["unit"]
         image = read_spatial(image, channel)
     elif isinstance(channel, (list, tuple)):
         image = image[list(channel)]  # a channel-first array: the channels the model takes
@@ -568,6 +589,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
                             f"got {connectivity}")
 
+    _check_resources(tile_resources, client)
     compute = _runner(client, cancel)
     # One run per output at a time; everything below (attribute updates included) holds it.
     with OutputLock(out_path):
@@ -577,6 +599,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         embed_args["resampled_to"] = list(net_image.shape) if resampled else None
         if per_slice:
             embed_args["per_slice"] = True
+        embed_args["ngff"] = ngff
         target = out_path  # where this run writes; a staging sibling with overwrite
         group = _open_output(out_path, overwrite)
         created = group is None
@@ -593,8 +616,10 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                         else {}),
                      # where the input was read from: the napari reader shows it next to the labels
                      **({"input": source_file} if source_file else {})}
-            group = _create_output(target, spatial, channels, chunk, grid, foreground,
-                                   attrs, source_shape if resampled else None)
+            group = _create_output(
+                target, spatial, channels, chunk, grid, foreground, attrs,
+                source_shape[lead:] if resampled else None, ngff,
+                voxel_size if voxel_size and len(voxel_size) == spatial_ndim else None, unit)
         else:
             _check_resume(group, embed_args, out_path, fingerprint)
             stored = dict(group.attrs[ATTRS])
@@ -610,7 +635,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         try:
             return _run_tiles(group, target, out_path, net_image, model, tile, device, mode, channels,
                               chunk, grid, foreground, cluster_args, compute, client, progress, stage,
-                              per_slice, bool(lead))
+                              per_slice, bool(lead), tile_resources)
         except BaseException:
             # A run that fails (or is cancelled) before its first tile has nothing worth
             # resuming: remove what it created, so the retry (another tile, another device)
@@ -665,10 +690,14 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
 
 def _run_tiles(group, target, out_path, image, model, tile, device, mode, channels, chunk, grid,
                foreground, cluster_args, compute, client, progress, stage, per_slice=False,
-               channels_first=False):
+               channels_first=False, tile_resources=None):
     """Predict and write the missing tiles, then cluster and label; returns the output group.
 
     ``channels_first``: ``image`` holds a multi-channel network's input channels on axis 0."""
+    from contextlib import nullcontext
+
+    import dask
+
     from .predict import predict_embeddings
 
     done = group["done"]
@@ -680,27 +709,32 @@ def _run_tiles(group, target, out_path, image, model, tile, device, mode, channe
     if progress is not None:
         progress(before, total)
     if todo:
-        embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode,
-                                        per_slice=per_slice, channel_axis=0 if channels_first else None)
-        spatial = tuple(image.shape[int(channels_first):])
-        if tuple(embeddings.shape) != (channels, *spatial):
-            raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *spatial)}")
-        embeddings = embeddings.rechunk(((channels,),) + tuple(
-            tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(spatial, chunk)))
-        blocks = embeddings.to_delayed(optimize_graph=False)
-        # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
-        # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
-        size = _batch_size(client)
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, spatial)
-                     for index in batch]
+        # Everything a tile needs (reading its window, the network, writing it) carries the
+        # tile resources, e.g. {"GPU": 1}: a cluster runs it on workers that declare them, and
+        # the clustering below on any worker.
+        annotate = dask.annotate(resources=tile_resources) if tile_resources else nullcontext()
+        with annotate:
+            embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode,
+                                            per_slice=per_slice, channel_axis=0 if channels_first else None)
+            spatial = tuple(image.shape[int(channels_first):])
+            if tuple(embeddings.shape) != (channels, *spatial):
+                raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *spatial)}")
+            embeddings = embeddings.rechunk(((channels,),) + tuple(
+                tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(spatial, chunk)))
+            blocks = embeddings.to_delayed(optimize_graph=False)
+            # Tiles go to the scheduler in batches (in raster order): its bookkeeping and the input
+            # chunks it holds for neighbouring windows then stay bounded however many tiles remain.
+            size = _batch_size(client)
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                tasks = [_tile_task(blocks[(0,) + index], group, foreground, index, chunk, spatial)
+                         for index in batch]
 
-            def tiles_done(count, of, offset=before + start, n=len(batch)):
-                if progress is not None and of:
-                    progress(offset + round(count * n / of), total)
+                def tiles_done(count, of, offset=before + start, n=len(batch)):  # noqa: B008 - bound per batch
+                    if progress is not None and of:
+                        progress(offset + round(count * n / of), total)
 
-            compute(*tasks, progress=tiles_done)
+                compute(*tasks, progress=tiles_done)
         missing = int((~_done_flags(done)).sum())
         if missing:
             raise RuntimeError(f"{missing} tiles were not written")
@@ -712,6 +746,23 @@ def _run_tiles(group, target, out_path, image, model, tile, device, mode, channe
         _swap_in(target, out_path)
         group = zarr.open_group(out_path, mode="r+")
     return group
+
+
+def _check_resources(resources, client) -> None:
+    """Refuse tile resources no worker declares (the tiles would wait forever)."""
+    if not resources:
+        return
+    if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in resources.items()):
+        raise ShiftSegError(f"tile resources must be names with positive amounts, e.g. GPU=1, got {resources!r}")
+    if client is None:
+        raise ShiftSegError("tile resources place tiles on a cluster's workers: give a scheduler")
+    workers = client.scheduler_info().get("workers", {}).values()
+    able = [w for w in workers if all((w.get("resources") or {}).get(k, 0) >= v for k, v in resources.items())]
+    if not able:
+        wanted = ",".join(f"{k}={v:g}" for k, v in resources.items())
+        raise ShiftSegError(f"no worker of the cluster declares the tile resources {wanted}; start "
+                            f"GPU workers with `dask worker ... --resources {wanted}`")
 
 
 def _batch_size(client) -> int:
@@ -756,14 +807,14 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
     if stage:
         stage("labels")
     resampled = "labels_resampled" in group
-    out = group["labels_resampled" if resampled else "labels"]
+    out = group["labels_resampled" if resampled else LABELS]
     count = write_instances(embeddings, clustering, out, min_size, connectivity,
                             compute=compute, **post)
     if resampled:
         # Nearest-centre read-back onto the image's grid, chunk by chunk (rescale.py).
         from .rescale import resize_labels
 
-        labels = group["labels"]
+        labels = group[LABELS]
         back = resize_labels(da.from_zarr(out), labels.shape).rechunk(labels.chunks)
         compute(da.store(back, labels, lock=False, compute=False))
     _set_attrs(group, clustering=clustering.to_dict(), n_objects=count)

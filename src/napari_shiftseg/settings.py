@@ -60,7 +60,8 @@ class SegmentationSettings:
             "merge_distance": (self.merge_distance, lambda v: v >= 0),
         }
         for name, (value, ok) in checks.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not number or not ok(value):
                 raise ShiftSegError(f"segmentation setting {name} has an impossible value {value!r}")
         object.__setattr__(self, "min_size", int(self.min_size))
         for name in ("absorb_small", "fill_holes"):
@@ -68,7 +69,7 @@ class SegmentationSettings:
                 raise ShiftSegError(f"segmentation setting {name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
-    def of(cls, model) -> "SegmentationSettings":
+    def of(cls, model) -> SegmentationSettings:
         """The settings recorded in ``model.meta``; what is missing falls back to defaults.
 
         The bandwidth fallback is 2/3 of the model's push margin delta_d (2.0 for delta_d 3).
@@ -86,7 +87,7 @@ class SegmentationSettings:
         except ShiftSegError as err:
             raise ShiftSegError(f"{getattr(model, 'name', 'the model')}: {err}") from None
 
-    def replace(self, **changes) -> "SegmentationSettings":
+    def replace(self, **changes) -> SegmentationSettings:
         """A copy with the given settings changed (``None`` values mean "keep")."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

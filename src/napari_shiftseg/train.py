@@ -32,28 +32,27 @@ import copy
 import dataclasses
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ._errors import ShiftSegError
 from .augment import NO_AUGMENTATION, Augmentation, move, unmove
-from .sparse import mark_unannotated
 from .data import validate_pair
 from .geometry import UNetGeometry
 from .loss import discriminative_loss, foreground_loss
 from .modelio import Model, save_model
-from .settings import SegmentationSettings
-from .spatial import add_positions_torch
-from .tuning import (better, median_diameter, quick_score, split_validation, tune_settings,
-                     validation_embeddings)
 from .normalize import percentile_normalization
+from .settings import SegmentationSettings
+from .sparse import mark_unannotated
+from .spatial import add_positions_torch
+from .tuning import better, median_diameter, quick_score, split_validation, tune_settings, validation_embeddings
 from .unet import UNet, UNetConfig, memory_format
 
-__all__ = ["train", "default_training_window", "default_embed_dim", "network_config", "suggest_training_window", "NORMALIZATION",
-           "LOSS_DEFAULTS"]
+__all__ = ["train", "default_training_window", "default_embed_dim", "network_config", "suggest_training_window",
+           "suggest_factors", "physical_position_scale", "NORMALIZATION", "LOSS_DEFAULTS"]
 
 #: Normalisation every model trained here records in its metadata; inference applies the same
 #: percentiles of the *whole* image.
@@ -183,7 +182,7 @@ class _Crop:
     back: tuple[int, ...]    # input voxels after the window
 
     @classmethod
-    def plan(cls, geometry: UNetGeometry, window: tuple[int, ...]) -> "_Crop":
+    def plan(cls, geometry: UNetGeometry, window: tuple[int, ...]) -> _Crop:
         inp = geometry.training_input_size(tuple(window))
         raw = geometry.output_size(inp)
         # Same padding has context 0; valid padding's context is symmetric (context_per_side).

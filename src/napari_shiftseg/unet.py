@@ -144,7 +144,7 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UNetConfig":
+    def from_dict(cls, data: dict) -> UNetConfig:
         data = dict(data)
         geometry = UNetGeometry(**data.pop("geometry"))
         known = set(cls.__dataclass_fields__)

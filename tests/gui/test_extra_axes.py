@@ -99,7 +99,8 @@ def test_isotropic_resampling_of_an_anisotropic_layer(viewer, tiny_model_3d, wai
 
 def test_isotropic_resampling_of_a_layer_kept_on_disk(viewer, tiny_model_3d, wait_idle, monkeypatch):
     """Results over the memory budget go through zarr: the isotropic choice reaches that run too."""
-    from napari_shiftseg._widgets import _common, segment as segment_module
+    from napari_shiftseg._widgets import _common
+    from napari_shiftseg._widgets import segment as segment_module
     from napari_shiftseg.synth import random_objects
 
     monkeypatch.setattr(segment_module, "inference_settings",

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+
 from napari_shiftseg._widgets._layers import layer_name
 
 

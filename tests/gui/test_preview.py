@@ -2,10 +2,10 @@
 
 import numpy as np
 
+from napari_shiftseg._widgets._layers import layer_name
 from napari_shiftseg.modelio import load_model
 from napari_shiftseg.predict import predict_whole
 from napari_shiftseg.synth import random_objects
-from napari_shiftseg._widgets._layers import layer_name
 
 
 def test_preview_2d_matches_full_run_and_screenshot(make_napari_viewer, qtbot, tiny_model_2d,

@@ -9,9 +9,9 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
+from napari_shiftseg._widgets._layers import layer_name
 from napari_shiftseg.modelio import load_model, save_model
 from napari_shiftseg.predict import predict_whole
-from napari_shiftseg._widgets._layers import layer_name
 
 PLUGIN = "napari-shiftseg"
 KINDS = ("embeddings", "foreground", "instances", "tile_boundaries", "seams", "grid", "phase")
@@ -126,7 +126,8 @@ def test_over_budget_goes_through_zarr(segment, viewer, wait_idle, monkeypatch):
     import dask.array as da
     import zarr
 
-    from napari_shiftseg._widgets import _common, segment as segment_module
+    from napari_shiftseg._widgets import _common
+    from napari_shiftseg._widgets import segment as segment_module
 
     monkeypatch.setattr(segment_module, "inference_settings",
                         lambda: _common.InferenceSettings(memory_budget_gb=1e-6))
@@ -243,7 +244,8 @@ def test_over_budget_resampled_run(segment, viewer, tiny_model_2d, tmp_path, wai
     instances on the image's grid."""
     import dask.array as da
 
-    from napari_shiftseg._widgets import _common, segment as segment_module
+    from napari_shiftseg._widgets import _common
+    from napari_shiftseg._widgets import segment as segment_module
 
     monkeypatch.setattr(segment_module, "inference_settings",
                         lambda: _common.InferenceSettings(memory_budget_gb=1e-6))

@@ -63,8 +63,9 @@ def test_defaults_as_the_cli(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
     assert widget.validation.value == 25 and widget.tune.value and widget.augment.value
     # Steps, batch size and learning rate are the CLI parser's defaults (one owner for both).
-    from napari_shiftseg.cli.train import add_parser
     import argparse
+
+    from napari_shiftseg.cli.train import add_parser
     sub = argparse.ArgumentParser().add_subparsers()
     add_parser(sub)
     cli = sub.choices["train"].parse_args(["--image", "i.tif", "--labels", "l.tif", "-o", "m.safetensors"])
@@ -88,9 +89,9 @@ def test_validation_score_and_tuned_settings_reach_segment(viewer, wait_idle, tm
     and "Use in Segment" puts the tuned settings into the Segment widget's controls."""
     from types import SimpleNamespace
 
-    from napari_shiftseg.settings import SegmentationSettings
-
     import numpy as np
+
+    from napari_shiftseg.settings import SegmentationSettings
 
     image, labels = lattice_crop                      # 128 x 64 below: room for a held-out band
     image = np.concatenate([image, image])

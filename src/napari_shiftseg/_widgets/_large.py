@@ -20,6 +20,7 @@ import dask.array as da
 import zarr
 
 from .. import diagnostics, predict, rescale
+from ..ngff import LABELS
 from ..segment import recluster as recluster_zarr
 from ..segment import segment_to_zarr
 from ..tiling import tile_plan
@@ -44,7 +45,8 @@ def output_path(image_name: str, model_path, tile: int, mode: str, diameter=None
     # The file's time too: a model trained again under the same name gives other embeddings
     # (segment_to_zarr would refuse to resume the old group).
     stamp = file_stamp(model_path)
-    key = hashlib.sha1(repr((image_name, str(model_path), stamp, tile, mode, diameter, voxel_size)).encode()).hexdigest()[:10]
+    settings = (image_name, str(model_path), stamp, tile, mode, diameter, voxel_size)
+    key = hashlib.sha1(repr(settings).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() else "_" for c in image_name)[:40]
     return session_dir() / f"{safe}-{key}.zarr"
 
@@ -84,7 +86,7 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
         "grid": diagnostics.grid_lines(shape, geometry),
         "phase": diagnostics.phase_map(shape, geometry),
     }
-    return LargeResult(path, embeddings, da.from_zarr(group["labels"]), diag, "foreground" in group,
+    return LargeResult(path, embeddings, da.from_zarr(group[LABELS]), diag, "foreground" in group,
                        resampled=resampled)
 
 
@@ -115,5 +117,5 @@ def recluster(report, cancel, result: LargeResult, params) -> da.Array:
     recluster_zarr(result.path, cancel=cancel, stage=lambda name: report(0, 1, name),
                    **params.settings.instance_kwargs())
     # A new dask name, so nothing cached for the old labels is shown again.
-    labels = zarr.open_group(str(result.path), mode="r")["labels"]
+    labels = zarr.open_group(str(result.path), mode="r")[LABELS]
     return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}")

@@ -18,8 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
-                              ProgressBar, PushButton, SpinBox)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Labels, Shapes
@@ -27,8 +36,8 @@ from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
 from ..geometry import UNetGeometry
-from ..spatial import EMBEDDINGS
 from ..settings import TRAINING_DEFAULTS
+from ..spatial import EMBEDDINGS
 from ..train import NETWORK_DEFAULTS, default_training_window, network_config
 from ..unet import UNetConfig
 from . import _pipeline

@@ -23,9 +23,12 @@ def run(args) -> int:
     for key in ("training_window", "object_diameter", "normalization", "metrics", "command"):
         if key in meta:
             rows[key.replace("_", " ")] = meta[key]
-    tiles = [n * g.grid for n in (4, 8, 16, 32)]
+    def shown(sizes):  # one number when every axis agrees
+        return sizes[0] if len(set(sizes)) == 1 else "x".join(map(str, sizes))
+
+    tiles = [tuple(n * a.grid for a in g.axes) for n in (4, 8, 16, 32)]
     rows["output tiles (input, cost)"] = ", ".join(
-        f"{t} ({g.tile_input_size(t)}, {g.amplification((t,) * g.ndim):.2f}x)" for t in tiles)
+        f"{shown(t)} ({shown(g.tile_input_size(t))}, {g.amplification(t):.2f}x)" for t in tiles)
     width = max(len(k) for k in rows)
     for key, value in rows.items():
         print(f"{key:<{width}}  {value}")

@@ -1,6 +1,7 @@
-"""``shiftseg segment IMAGE -o OUT.zarr``: resumable tiled segmentation into a zarr group.
+"""``shiftseg segment IMAGE -o OUT.zarr``: resumable tiled segmentation into an OME-Zarr group.
 
-Writes ``embeddings``, ``foreground`` and ``labels`` (see :mod:`napari_shiftseg.segment`).
+Writes ``embeddings``, ``foreground`` and ``labels/instances/0`` with OME-Zarr (NGFF 0.5, or
+0.4 with ``--ngff 0.4``) metadata (see :mod:`napari_shiftseg.segment`, :mod:`napari_shiftseg.ngff`).
 Interrupted runs (Ctrl-C, a crash, a killed worker) keep every finished tile; running the same
 command again resumes. ``--scheduler tcp://HOST:PORT`` runs on an existing dask.distributed
 cluster (its workers must see the output path), ``--workers N`` starts a local one.
@@ -8,12 +9,29 @@ cluster (its workers must see the output path), ``--workers N`` starts a local o
 
 from __future__ import annotations
 
+import argparse
+
 from . import _args
 
 
 def _tile(text: str):
     values = _args.shape(text)
     return values[0] if len(values) == 1 else values
+
+
+def _resources(text: str) -> dict:
+    """'GPU=1' or 'GPU=1,MEMORY=4e9' -> {"GPU": 1.0, ...}."""
+    out = {}
+    for part in text.split(","):
+        name, _, amount = part.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not name.strip() or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected resources like GPU=1, got {text!r}")
+        out[name.strip()] = value
+    return out
 
 
 def add_parser(sub):
@@ -53,6 +71,13 @@ def add_parser(sub):
     p.add_argument("--table", metavar="OUT.csv", default=None,
                    help="also write one row per object: size (in the file's voxel units when it "
                         "records them), centroid, bounding box, mean/max intensity (blockwise)")
+    p.add_argument("--tile-resources", type=_resources, default=None, metavar="NAME=N",
+                   help="with --scheduler/--scheduler-file: dask resources each network tile needs, "
+                        "e.g. GPU=1 (start GPU workers with `dask worker ... --resources GPU=1`); "
+                        "clustering runs on any worker")
+    p.add_argument("--ngff", choices=("0.5", "0.4"), default="0.5",
+                   help="OME-Zarr version of the output: 0.5 (zarr v3, default) or 0.4 (zarr v2, "
+                        "for older readers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mean-shift subsample (default 0)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
@@ -96,7 +121,7 @@ def run(args) -> int:
             fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed,
             diameter=args.diameter, channel=_args.picked_channels(args), isotropic=args.isotropic,
             voxel_size=args.voxel_size, progress=progress, client=client,
-            overwrite=args.overwrite, stage=stage)
+            overwrite=args.overwrite, stage=stage, ngff=args.ngff, tile_resources=args.tile_resources)
     finally:
         if bar is not None:
             bar.close()
@@ -127,10 +152,11 @@ def write_object_table(group, image_path, channel, out) -> None:
 
     from ..io import read_spatial
     from ..measure import measure, write_table
+    from ..ngff import LABELS
     from ..segment import ATTRS
 
     info = dict(group.attrs[ATTRS])
-    labels = da.from_zarr(group["labels"])
+    labels = da.from_zarr(group[LABELS])
     image = read_spatial(image_path, channel)
     several = isinstance(channel, list)  # channel-first: (C, *spatial)
     image = image if isinstance(image, da.Array) else da.from_array(

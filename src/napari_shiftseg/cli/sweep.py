@@ -49,8 +49,7 @@ def run(args) -> int:
     from ..io import read_image, read_spatial
     from ..modelio import bundled_model_path, load_model
     from ..reproduce import figures
-    from ..reproduce.sweep import (format_summary, format_table, parse_tiles, run_sweep, summarize,
-                                   write_csv)
+    from ..reproduce.sweep import format_summary, format_table, parse_tiles, run_sweep, summarize, write_csv
 
     tiles = parse_tiles(args.tiles)
     image = read_spatial(args.image)

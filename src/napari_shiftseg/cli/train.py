@@ -330,7 +330,8 @@ def run(args) -> int:
     if window is not None and len(window) == 1:
         window = window * ndim
     if window is None and args.synthetic == "nuclei":
-        window = suggest_training_window(geometry, [generate("nuclei", args, DEFAULT_SHAPES[ndim], VALIDATION_SEED_BASE)[1]])
+        sample = generate("nuclei", args, DEFAULT_SHAPES[ndim], VALIDATION_SEED_BASE)[1]
+        window = suggest_training_window(geometry, [sample])
     elif window is None:
         window = default_training_window(geometry) if args.synthetic else suggest_training_window(
             geometry, [lab for _, lab in pairs])

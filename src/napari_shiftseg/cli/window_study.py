@@ -43,11 +43,10 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..reproduce import figures
-    from ..reproduce.window_study import format_table, run_window_study
-
     from .._errors import ShiftSegError
     from ..modelio import bundled_model_path, load_model
+    from ..reproduce import figures
+    from ..reproduce.window_study import format_table, run_window_study
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

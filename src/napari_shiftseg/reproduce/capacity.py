@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -265,7 +265,7 @@ def run_capacity(cases=QUICK_CASES, steps: int = 1000, lr: float = 1e-3, base_ch
 
 def format_table(results: list[CapacityResult]) -> str:
     """Plain-text table: one line per case."""
-    head = f"{'case':<34} {'f^(dl)':>6} {'disks':>5} {'phases':>6} {'clusters':>8} {'of bound':>8} {'steps':>6} {'loss':>7} {'s':>6}"
+    head = f"{'case':<34} {'f^(dl)':>6} {'disks':>5} {'phases':>6} {'clusters':>8} {'of bound':>8} {'steps':>6} {'loss':>7} {'s':>6}"  # noqa: E501 - one table header
     lines = [head, "-" * len(head)]
     for r in results:
         frac = f"{100 * r.clusters / r.phases:.0f}%" if r.phases else "-"

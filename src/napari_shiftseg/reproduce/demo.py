@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .._errors import ShiftSegError
+from ..ngff import LABELS
 
 __all__ = ["run_demo", "demo_tiles", "DEFAULT_SHAPE", "DEFAULT_TILE"]
 
@@ -182,7 +183,7 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
                                 seed=seed, overwrite=True, progress=tick, cancel=cancel,
                                 **cluster_args)
         seconds = time.perf_counter() - start
-        pred = np.asarray(group["labels"][...])
+        pred = np.asarray(group[LABELS][...])
         results[mode] = {"group": group, "plan": plan, "labels": pred}
         scale = float(np.abs(np.asarray(group["embeddings"][...])).max()) or 1.0
         report["modes"][mode] = {"tile": list(plan.tile), "n_tiles": plan.n_tiles,

@@ -23,8 +23,8 @@ from __future__ import annotations
 import csv
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -133,8 +133,8 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         inference), ``grid`` (f^l), ``mode``, ``shape`` and optionally ``labels``.
     """
     from ..predict import predict_embeddings, predict_plan, predict_whole
-    from ..settings import SegmentationSettings
     from ..progress import Cancelled, compute
+    from ..settings import SegmentationSettings
 
     labels, tiles = _check_inputs(image, labels, model, tiles, mode)
     g = model.geometry
@@ -227,7 +227,7 @@ def write_csv(rows, path) -> Path:
 
 def format_table(rows) -> str:
     """Plain-text table of sweep rows."""
-    head = f"{'mode':<6} {'tile':>5} {'used':>5} {'grid':>4} {'splits':>6} {'merges':>6} {'AP50':>6} {'n_pred':>6} {'max|diff|':>10} {'rel':>9} {'s':>6}"
+    head = f"{'mode':<6} {'tile':>5} {'used':>5} {'grid':>4} {'splits':>6} {'merges':>6} {'AP50':>6} {'n_pred':>6} {'max|diff|':>10} {'rel':>9} {'s':>6}"  # noqa: E501 - one table header
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['mode']:<6} {r['tile']:>5} {r['tile_used']:>5} {'*' if r['on_grid'] else '':>4} "

@@ -1,0 +1,77 @@
+"""``shiftseg segment`` outputs are OME-Zarr images (NGFF 0.5 by default, 0.4 on request) with a
+label image: validated with ome-zarr-models, scales from the input's voxel size."""
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_shiftseg import synth
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.cli import main
+from napari_shiftseg.ngff import LABELS
+from napari_shiftseg.segment import segment_to_zarr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A small 3D tif with an ImageJ voxel size of 2 x 0.5 x 0.5 µm."""
+    image, _ = synth.nuclei((8, 24, 24), seed=1)
+    path = tmp_path_factory.mktemp("ngff") / "stack.tif"
+    tifffile.imwrite(path, image.astype(np.float32), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_3d_path(tmp_path_factory, stack):
+    from helpers import save_standardized
+
+    image = tifffile.imread(stack)
+    return save_standardized(tmp_path_factory.mktemp("m") / "m3.safetensors", image, ndim=3)
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_output_validates_as_ome_zarr(stack, tiny_model_3d_path, tmp_path, version):
+    if version == "0.5":
+        from ome_zarr_models.v05.image import Image
+        from ome_zarr_models.v05.image_label import ImageLabel
+    else:
+        from ome_zarr_models.v04.image import Image
+        from ome_zarr_models.v04.image_label import ImageLabel
+    out = tmp_path / "out.zarr"
+    segment_to_zarr(stack, out, tiny_model_3d_path, tile=8, device="cpu", ngff=version, diameter=None,
+                    min_size=0)
+    group = zarr.open_group(out, mode="r")
+    assert group.metadata.zarr_format == (3 if version == "0.5" else 2)
+    image = Image.from_zarr(group)  # raises on any violation of the spec
+    labels = ImageLabel.from_zarr(group["labels/instances"])
+    image_ms = image.ome_attributes.multiscales[0] if version == "0.5" else image.attributes.multiscales[0]
+    label_ms = labels.ome_attributes.multiscales[0] if version == "0.5" else labels.attributes.multiscales[0]
+    assert [a.name for a in image_ms.axes] == ["c", "z", "y", "x"]
+    assert [a.unit for a in label_ms.axes] == ["micrometer"] * 3
+    assert list(label_ms.datasets[0].coordinateTransformations[0].scale) == [2.0, 0.5, 0.5]
+    assert list(image_ms.datasets[0].coordinateTransformations[0].scale) == [1.0, 2.0, 0.5, 0.5]
+    assert group[LABELS].shape == (8, 24, 24) and group[LABELS][...].max() > 0
+
+
+def test_resampled_embeddings_get_their_own_scale(stack, tiny_model_3d_path, tmp_path):
+    out = tmp_path / "iso.zarr"
+    segment_to_zarr(stack, out, tiny_model_3d_path, tile=8, device="cpu", isotropic=True, diameter=None)
+    attrs = zarr.open_group(out, mode="r").attrs["ome"]
+    emb_scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    # z step 2 µm resampled to 0.5 µm: four planes per plane, the embeddings' z voxel is 0.5 µm
+    assert emb_scale == [1.0, 0.5, 0.5, 0.5]
+
+
+def test_ngff_version_is_checked_and_kept_on_resume(stack, tiny_model_3d_path, tmp_path, capsys):
+    with pytest.raises(ShiftSegError, match="0.5, 0.4"):
+        segment_to_zarr(stack, tmp_path / "x.zarr", tiny_model_3d_path, tile=8, ngff="0.3")
+    out = tmp_path / "o.zarr"
+    args = ["segment", str(stack), "-m", str(tiny_model_3d_path), "--tile", "8", "-o", str(out),
+            "--device", "cpu", "--quiet", "--diameter", "none"]
+    assert main(args) == 0
+    assert main(args + ["--ngff", "0.4"]) == 2
+    assert "OME-Zarr version (was 0.5, now 0.4)" in capsys.readouterr().err
+    assert main(args + ["--ngff", "0.4", "--overwrite"]) == 0
+    assert zarr.open_group(out, mode="r").metadata.zarr_format == 2
