@@ -57,6 +57,7 @@ def main(argv=None) -> int:
                    help="training steps of the anisotropic model (default: --steps); its steps "
                         "are cheaper, so equal training time means more of them")
     p.add_argument("--pool", type=int, default=12, help="training stacks")
+    p.add_argument("--seed", type=int, default=0, help="training seed (crops, augmentation, init)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         steps = (args.aniso_steps or args.steps) if name == "anisotropic" else args.steps
         model, _ = train(run["pool"], None, config, steps=steps, lr=1e-3, lr_schedule="cosine",
-                         output_window=run["window"], batch_size=2, seed=0, validation_pairs=run["val"],
+                         output_window=run["window"], batch_size=2, seed=args.seed, validation_pairs=run["val"],
                          validate_every=max(50, steps // 6), threads=args.threads)
         models[name] = (model, time.perf_counter() - start)
         print(f"{name}: factors {model.geometry.factors or 'equal'}, {steps} steps, trained in "

@@ -186,7 +186,8 @@ def test_crop_aligns_input_and_labels(levels, window, pad, extra, seed):
     codes = np.arange(size * size, dtype=np.int32).reshape(size, size) + 1
     prepared = _Prepared(codes.astype(np.float32), codes, crop, pad=pad)
     x, y = prepared.sample(np.random.default_rng(seed))
-    assert x.shape == crop.input and y.shape == crop.window
+    assert x.shape == (1, *crop.input) and y.shape == crop.window  # channels first
+    x = x[0]
     norm = percentile_normalization(codes.astype(np.float32), 1.0, 99.8)
     inner = x[crop.front[0]:crop.front[0] + window, crop.front[1]:crop.front[1] + window]
     np.testing.assert_allclose(inner * (norm.high - norm.low) + norm.low, y, rtol=1e-4, atol=0.5)

@@ -232,8 +232,6 @@ def _check(args):
                                 "give one --labels per --image")
         if args.eval_images:
             raise ShiftSegError("--eval-images needs --synthetic (held-out images are generated)")
-    elif args.channels:
-        raise ShiftSegError("--channels picks channels of --image files; synthetic images have one")
         if args.mask and len(args.mask) != len(args.image):
             raise ShiftSegError(f"got {len(args.image)} --image but {len(args.mask)} --mask; "
                                 "give one --mask per --image")
@@ -242,6 +240,8 @@ def _check(args):
                                 "plus a margin), not both")
     elif args.mask or args.sparse:
         raise ShiftSegError("--mask and --sparse describe annotated images; not with --synthetic")
+    elif args.channels:
+        raise ShiftSegError("--channels picks channels of --image files; synthetic images have one")
     if args.eval_images < 0:
         raise ShiftSegError(f"--eval-images must be >= 0, got {args.eval_images}")
     if args.seed < 0:
