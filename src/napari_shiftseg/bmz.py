@@ -103,7 +103,7 @@ def export_package(model, out_dir, *, name: str | None = None, seed: int = 0) ->
         raise ShiftSegError("exporting a bioimage.io package needs bioimageio.spec: "
                             "pip install bioimageio.core") from None
     from .modelio import Model
-    from .normalize import recorded_normalization
+    from .normalize import recorded_normalization, recorded_percentiles
     from .settings import SegmentationSettings
 
     if not isinstance(model, Model):
@@ -144,8 +144,7 @@ def export_package(model, out_dir, *, name: str | None = None, seed: int = 0) ->
                                  "factors": [list(r) for r in g.factors] if g.factors else None},
                     "model_name": model.name}
         (tmp / "README.md").write_text(_readme(model, shiftseg), encoding="utf-8")
-        low, high = (model.meta.get("normalization") or {}).get("low", 1.0), \
-            (model.meta.get("normalization") or {}).get("high", 99.8)
+        low, high = recorded_percentiles(model.meta, model.name)  # what inference applies
         spatial_ids = AXIS_IDS[g.ndim]
         in_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[f"channel{c}" for c in range(config.in_channels)])]
         in_axes += [spec.SpaceInputAxis(id=a, size=spec.ParameterizedSize(min=ax.min_input_size, step=ax.grid))

@@ -80,8 +80,14 @@ def recorded_normalization(image, meta: dict | None, name: str = "the model",
 
     Models record the percentiles they were trained with; inference must apply the same ones
     to the *whole* image, whatever path it takes (tiled, whole-image, widget preview).
-    Without a record, the 1/99.8 defaults every model so far was trained with.
     """
+    low, high = recorded_percentiles(meta, name)
+    return percentile_normalization(image, low, high, channels_first=channels_first)
+
+
+def recorded_percentiles(meta: dict | None, name: str = "the model") -> tuple[float, float]:
+    """(low, high) percentiles a model records; without a record, the 1/99.8 defaults every
+    model so far was trained with."""
     record = (meta or {}).get("normalization") or {}
     if not isinstance(record, dict):
         raise ShiftSegError(f"{name} records an unreadable normalisation {record!r}")
@@ -94,4 +100,4 @@ def recorded_normalization(image, meta: dict | None, name: str = "the model",
         raise ShiftSegError(f"{name} records unreadable normalisation percentiles {record!r}") from None
     if not 0.0 <= low < high <= 100.0:
         raise ShiftSegError(f"{name} records impossible percentiles low={low}, high={high}")
-    return percentile_normalization(image, low, high, channels_first=channels_first)
+    return low, high

@@ -151,7 +151,11 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     # full run uses), computed once for the run and its reference (and the resampled image).
     norm = recorded_normalization(image, model.meta, model.name, channels_first=multi)
     if multi:  # trained on the user's own images: segmented as imaged (as segment_to_zarr does)
-        return _segment_at(report, cancel, image, model, params, region, norm)
+        result = _segment_at(report, cancel, image, model, params, region, norm)
+        if params.voxel_size is not None or params.diameter not in (None, "auto"):
+            result.note = "; ".join(filter(None, [result.note, "multi-channel model: segmented as imaged "
+                                                  "(no object-size or isotropic resampling)"]))
+        return result
     ndim = model.geometry.ndim
     lead = image.ndim - ndim                      # a stack's slice axis is never resampled
     iso = (rescale.isotropic_factors(params.voxel_size, ndim)
