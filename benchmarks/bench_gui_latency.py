@@ -8,11 +8,14 @@ is the longest time the viewer could not react to the user. Reported separately 
 - **layers**: the widget adds the result layers, one per event-loop turn (napari's own cost of
   creating a layer: controls, vispy node, first draw).
 
+- **slider**: z-slider moves on the 2 GB ``large3d`` sample (each shows a new plane, generated
+  lazily; target: longest gap < 100 ms).
+
 The bundled 3D model is used when it exists; otherwise a random-weight model of the same
 family (noted in the output). On a machine without ``$DISPLAY`` a virtual X display is started
 (pyvirtualdisplay + Xvfb, as in the test suite).
 
-Run: ``python benchmarks/bench_gui_latency.py [--tile 64] [--device cpu] [--repeats 2]``
+Run: ``python benchmarks/bench_gui_latency.py [--tile 64] [--device cpu] [--repeats 2] [--moves 20]``
 """
 
 from __future__ import annotations
@@ -90,11 +93,34 @@ def run_once(viewer, widget, tile: int, device: str) -> dict:
             **{f"{k}_{m}": v for k, s in stamps.items() for m, v in _gaps(s).items()}}
 
 
+def slider_gaps(viewer, moves: int) -> dict:
+    """Longest event-loop gap while the z slider of the large sample moves ``moves`` times,
+    one move every 50 ms (as a user dragging it)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    image, _ = viewer.open_sample("napari-shiftseg", "large3d")
+    stamps, steps = [], list(range(7, 7 + 23 * moves, 23))
+    timer = QTimer()
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start(5)
+    for z in steps:
+        viewer.dims.set_current_step(0, z % image.data.shape[0])
+        deadline = time.perf_counter() + 0.05
+        while time.perf_counter() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.001)
+    timer.stop()
+    viewer.layers.clear()
+    return _gaps(stamps)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tile", type=int, default=64, help="requested output tile (snapped to n·f^l)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the first includes warm-up")
+    parser.add_argument("--moves", type=int, default=20, help="z-slider moves on the large sample")
     args = parser.parse_args(argv)
 
     display = _display()
@@ -106,6 +132,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model, description = _model(Path(tmp))
             viewer = napari.Viewer(show=True)
+            if args.moves:
+                g = slider_gaps(viewer, args.moves)
+                print(f"large3d: {args.moves} z-slider moves, {g['turns']} event-loop turns, longest gap "
+                      f"{g['max_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms")
             viewer.open_sample("napari-shiftseg", SAMPLE)
             _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
             widget.set_model_file(model)

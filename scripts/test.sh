@@ -7,4 +7,5 @@ export QT_API=pyqt6 OMP_NUM_THREADS=1 MPLBACKEND=Agg
 unset QT_QPA_PLATFORM
 .venv/bin/npe2 validate napari-shiftseg
 .venv/bin/ruff check src tests benchmarks scripts docs   # lint rules: pyproject.toml [tool.ruff]
+.venv/bin/python -m mypy   # type check of the headless core: pyproject.toml [tool.mypy]
 .venv/bin/python -m pytest -ra "$@"

@@ -81,13 +81,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--object-diameter", type=float, default=None,
-                   help="2D: resample every training and validation image so that its median "
+                   help="resample every training and validation image so that its median "
                         "object diameter is this (jittered by +-15 %% in training), as inference "
                         "does with diameter='auto'; recorded in the model")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
     ndim = int(args.ndim[0])
     shape = SHAPES[ndim]
+    if ndim == 3 and args.object_diameter:
+        # Down-scaling by up to rescale.LIMITS[0] = 0.5 must leave a whole training window in z.
+        shape = (72,) + shape[1:]
     real = []
     if ndim == 2:
         import bbbc007
@@ -97,11 +100,17 @@ def main(argv=None) -> int:
     else:
         val = []
     val += [synth.nuclei(shape, seed=s) for s in VALIDATION_SEEDS]
+    if args.object_diameter:
+        val = [_to_scale(pair, args.object_diameter) for pair in val]
 
     if ndim == 3:
         # A fixed pool of volumes, each normalised and padded once by train(): generating a
         # 3D volume per crop would cost more than the training step itself.
         pool = [synth.nuclei(shape, seed=s) for s in range(args.pool)]
+        if args.object_diameter:
+            # One jittered scale per pool volume (the pool is fixed; see the 2D source below).
+            jitter = np.exp(np.random.default_rng(args.seed).uniform(-0.15, 0.15, len(pool)))
+            pool = [_to_scale(pair, args.object_diameter * j) for pair, j in zip(pool, jitter)]
         source_or_pairs = pool
     else:
         source_or_pairs = None

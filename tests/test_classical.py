@@ -74,9 +74,9 @@ def test_score_methods_counts_and_scores():
     assert good["ap@0.5"] == 1.0 and good["recall@0.5"] == 1.0 and good["mAP"] == 1.0
     assert good["n_gt"] == 4 and good["n_pred"] == 4 and good["images"] == 2
     bad = summary["merged"]
-    # The merged blob has IoU exactly 0.5 with each disk: one match per image (tp 1, fn 1).
+    # The merged blob has IoU exactly 0.5 with each disk: no match, as a match needs IoU > 0.5.
     assert bad["false_merges"] == 2 and bad["n_pred"] == 2
-    assert bad["ap@0.5"] == 0.5 and bad["recall@0.5"] == 0.5 and bad["mAP"] == 0.5 / 9
+    assert bad["ap@0.5"] == 0.0 and bad["recall@0.5"] == 0.0 and bad["mAP"] == 0.0
     text = format_scores(rows, summary, title="t")
     assert "overall" in text and "merged" in text and "mAP" in text
 

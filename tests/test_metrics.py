@@ -50,7 +50,7 @@ def brute_force_match(gt, pred, threshold):
         for rows in itertools.combinations(range(n_gt), k):
             for cols in itertools.permutations(range(n_pred), k):
                 scores = iou[list(rows), list(cols)]
-                if np.all(scores >= threshold):
+                if np.all(scores > threshold):
                     best = max(best, (k, float(scores.sum())))
         if best[0]:
             break
@@ -87,17 +87,29 @@ def test_one_object_split_in_two(disks):
     result = metrics.evaluate(disks, pred)
     assert result["false_splits"] == 1 and result["false_merges"] == 0
     assert result["n_pred"] == result["n_gt"] + 1
-    # The larger half may still match at IoU >= 0.5; either way, exactly one object is lost.
+    # The larger half may still match at IoU > 0.5; either way, exactly one object is lost.
     matched = metrics.match(disks, pred)
     assert matched.tp in (11, 12) and matched.fp == 13 - matched.tp
 
 
-def test_split_in_three_counts_two():
-    gt = np.zeros((4, 9), dtype=np.uint8)
-    gt[:, :] = 1
-    pred = np.repeat(np.array([[1, 1, 1, 2, 2, 2, 3, 3, 3]]), 4, axis=0)
+def test_split_in_three_counts_one_split_object():
+    # The poster's definition: split ground-truth objects, not surplus fragments.
+    gt = np.zeros((4, 18), dtype=np.uint8)
+    gt[:, :9] = 1
+    gt[:, 9:] = 2
+    pred = np.repeat(np.array([[1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 5, 5, 5, 5]]), 4, axis=0)
     assert metrics.false_splits(gt, pred) == 2
     assert metrics.false_merges(pred, gt) == 2
+    assert metrics.false_splits(gt[:, :9], pred[:, :9]) == 1
+
+
+def test_iou_of_exactly_the_threshold_does_not_match():
+    # IoU > t, strictly (DSB 2018 / the poster): a half-overlap is not a match at 0.5.
+    gt = np.array([[1, 1, 0, 0]])
+    pred = np.array([[0, 1, 0, 0]])
+    assert metrics.match(gt, pred, 0.5).tp == 0
+    assert metrics.match(gt, pred, 0.49).tp == 1
+    assert metrics.match(gt, gt, 1.0).tp == 1
 
 
 def test_two_objects_merged(disks):
@@ -203,7 +215,7 @@ def test_match_equals_brute_force(gt, pred, threshold):
     assert result.matched_iou.sum() == pytest.approx(total_iou)
     assert result.fp == result.n_pred - n_matched and result.fn == result.n_gt - n_matched
     assert len(set(result.matched_gt_ids)) == len(set(result.matched_pred_ids)) == n_matched
-    assert np.all(result.matched_iou >= threshold)
+    assert np.all(result.matched_iou > threshold)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def _where(err: OSError) -> str:
     return f" ({name})" if name else ""
 
 
-_OS_MESSAGES = {
+_OS_MESSAGES: dict[int | None, str] = {
     errno.EACCES: "permission denied{where}: choose a location you can write to (or read)",
     errno.EPERM: "operation not permitted{where}: choose a location you can write to (or read)",
     errno.ENOSPC: "no space left on the device{where}: free some space (or choose another output) "

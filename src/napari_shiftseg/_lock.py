@@ -16,9 +16,11 @@ import os
 import socket
 import time
 from pathlib import Path
+from types import ModuleType
 
 from ._errors import ShiftSegError
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows

@@ -9,18 +9,22 @@ Each sample is an image layer plus its ground-truth instance labels as a second 
   phase, so the network *must* give all of them the same embedding (Fig. 2a).
 - ``spheres3d``: randomly placed spheres in a small volume.
 - ``large3d``: a 512 x 1024 x 1024 float32 volume (2 GiB if materialised) as a lazy dask
-  array; chunks are generated only when napari displays them.
+  array (:func:`napari_shiftseg.synth_large.jittered_lattice`): every plane shows spheres, and
+  showing one costs only its own voxels (tens of milliseconds), so the z slider never stalls.
 """
 
 from __future__ import annotations
 
 from . import synth
+from .synth_large import jittered_lattice
 
 #: Shape of the 2D lattices: the paper's 220 x 220 training image for l = 3.
 LATTICE_SHAPE = (220, 220)
 SPHERES_SHAPE = (48, 128, 128)
 LARGE_SHAPE = (512, 1024, 1024)
-LARGE_CHUNKS = (32, 256, 256)  # thin in z: showing one slice generates 4 + 4 chunks
+# One plane thick: showing a slice generates that plane only (16 chunks of 256 x 256), and a
+# tile of a segmentation run reads just its own part of each plane.
+LARGE_CHUNKS = (1, 256, 256)
 
 
 def _pair(image, labels, name: str, **image_kwargs) -> list[tuple]:
@@ -49,6 +53,6 @@ def spheres_3d() -> list[tuple]:
 
 
 def large_lazy_volume() -> list[tuple]:
-    """A 2 GiB random-spheres volume as lazy dask arrays (nothing is computed up front)."""
-    image, labels = synth.lazy_random_objects(LARGE_SHAPE, LARGE_CHUNKS, radius=5, density=0.05)
+    """A 2 GiB volume of spheres as lazy dask arrays (nothing is computed up front)."""
+    image, labels = jittered_lattice(LARGE_SHAPE, LARGE_CHUNKS)
     return _pair(image, labels, "large lazy volume")

@@ -54,7 +54,7 @@ class Augmentation:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def moves(self, rng: np.random.Generator, shape: tuple[int, ...]):
+    def moves(self, rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[tuple[int, ...], bool]:
         """Random geometric move of a crop of ``shape``: (flipped axes, transposed?)."""
         axes = tuple(a for a in range(len(shape)) if self.flips and rng.random() < 0.5)
         square = len(shape) >= 2 and shape[-1] == shape[-2]

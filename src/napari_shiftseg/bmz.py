@@ -117,8 +117,8 @@ def export_package(model, out_dir, *, name: str | None = None, seed: int = 0) ->
         raise ShiftSegError(f"{out_dir} exists and is not empty; choose a new folder")
     net = model.net.eval().cpu()
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         x = _test_input(model, rng)
         # The same normalisation inference applies (percentiles of the whole image, per channel).
         norm = recorded_normalization(x[0], model.meta, model.name, channels_first=True)
@@ -145,39 +145,44 @@ def export_package(model, out_dir, *, name: str | None = None, seed: int = 0) ->
                     "model_name": model.name}
         (tmp / "README.md").write_text(_readme(model, shiftseg), encoding="utf-8")
         low, high = recorded_percentiles(model.meta, model.name)  # what inference applies
-        spatial_ids = AXIS_IDS[g.ndim]
-        in_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[f"channel{c}" for c in range(config.in_channels)])]
+        # bioimageio.spec's own id / version types (what validation turns the plain strings into)
+        spatial_ids = [spec.AxisId(a) for a in AXIS_IDS[g.ndim]]
+        raw_id, embeddings_id = spec.TensorId("raw"), spec.TensorId("embeddings")
+        in_axes: list[spec.InputAxis] = [
+            spec.BatchAxis(), spec.ChannelAxis(channel_names=[f"channel{c}" for c in range(config.in_channels)])]
         in_axes += [spec.SpaceInputAxis(id=a, size=spec.ParameterizedSize(min=ax.min_input_size, step=ax.grid))
                     for a, ax in zip(spatial_ids, g.axes)]
-        out_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=_channel_names(config))]
-        out_axes += [spec.SpaceOutputAxis(id=a, size=spec.SizeReference(tensor_id="raw", axis_id=a,
+        out_axes: list[spec.OutputAxis] = [
+            spec.BatchAxis(), spec.ChannelAxis(channel_names=_channel_names(config))]
+        out_axes += [spec.SpaceOutputAxis(id=a, size=spec.SizeReference(tensor_id=raw_id, axis_id=a,
                                                                       offset=-ax.context))
                      for a, ax in zip(spatial_ids, g.axes)]
-        preprocessing = [spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
-            axes=list(spatial_ids), min_percentile=float(low), max_percentile=float(high)))]
-        arch = spec.ArchitectureFromLibraryDescr(import_from="napari_shiftseg.bmz", callable="build_network",
+        preprocessing: list[spec.PreprocessingDescr] = [spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
+            axes=spatial_ids, min_percentile=float(low), max_percentile=float(high)))]
+        arch = spec.ArchitectureFromLibraryDescr(import_from="napari_shiftseg.bmz",
+                                                 callable=spec.Identifier("build_network"),
                                                  kwargs={"config": json.loads(json.dumps(config.to_dict()))})
-        version = torch.__version__.split("+")[0]
+        version = spec.Version(torch.__version__.split("+")[0])
         descr = spec.ModelDescr(
             name=_safe_name(name or f"shiftseg {Path(model.name).stem}"),
             description=("Valid-convolution U-Net for instance segmentation by metric learning "
                          "(napari-shiftseg): exact tile-and-stitch on the f^l grid"),
             authors=[spec.Author(name="napari-shiftseg")],
-            cite=[spec.CiteEntry(text=CITATION, url=CITATION_URL)],
-            license="BSD-3-Clause",
+            cite=[spec.CiteEntry(text=CITATION, url=spec.HttpUrl(CITATION_URL))],
+            license=spec.LicenseId("BSD-3-Clause"),
             documentation=spec.FileDescr(source=tmp / "README.md"),
             covers=[spec.FileDescr(source=tmp / "cover.png")],
             tags=["instance-segmentation", "metric-learning", "nuclei", f"{g.ndim}d", "pytorch"],
-            inputs=[spec.InputTensorDescr(id="raw", axes=in_axes, preprocessing=preprocessing,
+            inputs=[spec.InputTensorDescr(id=raw_id, axes=in_axes, preprocessing=preprocessing,
                                           test_tensor=spec.FileDescr(source=tmp / "test_input.npy"))],
-            outputs=[spec.OutputTensorDescr(id="embeddings", axes=out_axes,
+            outputs=[spec.OutputTensorDescr(id=embeddings_id, axes=out_axes,
                                             test_tensor=spec.FileDescr(source=tmp / "test_output.npy"))],
             weights=spec.WeightsDescr(
                 pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
                     source=tmp / "weights.pt", architecture=arch, pytorch_version=version),
                 torchscript=spec.TorchscriptWeightsDescr(source=tmp / "weights_torchscript.pt",
                                                          pytorch_version=version, parent="pytorch_state_dict")),
-            config={"shiftseg": json.loads(json.dumps(shiftseg))},
+            config=spec.Config.model_validate({"shiftseg": json.loads(json.dumps(shiftseg))}),
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():

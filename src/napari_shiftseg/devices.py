@@ -171,7 +171,7 @@ def smaller_tile(tile: int | Sequence[int], geometry: UNetGeometry):
     return max(1, n - max(1, n // 4)) * geometry.grid
 
 
-def run_with_oom_retry(fn: Callable[[int | tuple], T], tile: int | Sequence[int], geometry: UNetGeometry,
+def run_with_oom_retry(fn: Callable[[int | Sequence[int]], T], tile: int | Sequence[int], geometry: UNetGeometry,
                        on_retry: Callable[[object, object], None] | None = None) -> T:
     """Call ``fn(tile)``; after an out-of-memory error retry with the next smaller n·f^l tile.
 

@@ -134,7 +134,7 @@ def _seam_block(x: np.ndarray, n_tiled: int) -> np.ndarray:
     first = ndim - n_tiled
     core = tuple(slice(None) if ax < first else slice(1, -1) for ax in range(ndim))
     seam = np.zeros(x[core].shape[1:], dtype=np.float32)
-    inside = []
+    inside: list[np.ndarray] = []
     for ax in range(first, ndim):
         # only the other tiled axes are trimmed to the core; this axis keeps its halo pairs
         sl = tuple(slice(None) if (a == ax or a < first) else slice(1, -1) for a in range(ndim))
@@ -153,8 +153,8 @@ def _seam_block(x: np.ndarray, n_tiled: int) -> np.ndarray:
         # 'nearest' halo repeats the edge voxel, so the jump there is 0 by construction
         seam[at(0)] = np.maximum(seam[at(0)], d[at(0)])
         seam[at(n - 1)] = np.maximum(seam[at(n - 1)], d[at(n)])
-    inside = np.concatenate(inside) if inside else np.zeros(0)
-    typical = float(np.median(inside)) if inside.size else 0.0
+    inside_all = np.concatenate(inside) if inside else np.zeros(0)
+    typical = float(np.median(inside_all)) if inside_all.size else 0.0
     floor = 1e-6 * float(np.abs(x).max()) + np.finfo(np.float32).tiny
     out = np.zeros(x.shape, dtype=np.float32)
     out[core] = seam / max(typical, floor)

@@ -14,6 +14,8 @@ image in memory: large volumes go through the lazy tiled engine (``predict_embed
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -153,7 +155,7 @@ def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> 
     results = [metrics.evaluate(gt, segment_array(img, model, **segment_kwargs), thresholds=thresholds)
                for img, gt in pairs]
     keys = [k for k, v in results[0].items() if isinstance(v, (int, float, np.number))]
-    summary = {k: float(np.mean([r[k] for r in results])) for k in keys}
+    summary: dict[str, Any] = {k: float(np.mean([r[k] for r in results])) for k in keys}
     summary["images"] = results
     return summary
 

@@ -391,7 +391,7 @@ class UNetGeometry:
         """Whether ``size`` (one int, or one per axis) passes every pooling evenly and leaves a
         positive output."""
         if isinstance(size, (int, np.integer)):
-            return self._one("valid input sizes").is_valid_input(size)
+            return self._one("valid input sizes").is_valid_input(int(size))
         return all(self._per_axis_call("is_valid_input", size))
 
     def output_size(self, input_size: int | Sequence[int]):
@@ -482,7 +482,7 @@ class UNetGeometry:
         """Valid input size whose raw output is the smallest valid one >= ``output_window``."""
         return self._per_axis_call("training_input_size", output_window)
 
-    def check_training_window(self, output_window: Sequence[int], allow_small: bool = False):
+    def check_training_window(self, output_window: int | Sequence[int], allow_small: bool = False):
         """Refuse training output windows <= F_a (THEORY.md, result 4) unless asked for."""
         window = _per_axis(output_window, self.ndim, "training window")
         if self.valid and not allow_small and any(w <= g for w, g in zip(window, self.grids)):

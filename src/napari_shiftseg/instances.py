@@ -52,6 +52,7 @@ import math
 from dataclasses import dataclass, field
 from itertools import product
 from numbers import Integral, Real
+from typing import cast
 
 import dask
 import dask.array as da
@@ -91,7 +92,7 @@ DEFAULT_MAX_POINTS = 50_000
 
 
 def _check_real(value, name: str, low: float, high: float | None = None) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value > low
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and cast(float, value) > low
     if ok and high is not None:
         ok = value < high
     if not ok:
@@ -316,16 +317,17 @@ def assign_clusters(embeddings, clustering: Clustering) -> da.Array:
             f"{dim} embedding channels; cluster these embeddings again"
         )
     threshold = _logit(clustering.fg_threshold)
-    return emb.map_blocks(_assign_block, clustering.modes, threshold, clustering.foreground,
-                          clustering.background, drop_axis=0, dtype=np.int32,
-                          meta=np.empty((0,) * (emb.ndim - 1), np.int32))
+    return da.map_blocks(_assign_block, emb, clustering.modes, threshold, clustering.foreground,
+                         clustering.background, drop_axis=0, dtype=np.int32,
+                         meta=np.empty((0,) * (emb.ndim - 1), np.int32))
 
 
 # --------------------------------------------------------------------------- step 3: components
 
 
 def _check_connectivity(connectivity, ndim: int) -> int:
-    if isinstance(connectivity, bool) or not isinstance(connectivity, Integral) or not 1 <= connectivity <= ndim:
+    if (isinstance(connectivity, bool) or not isinstance(connectivity, Integral)
+            or not 1 <= cast(int, connectivity) <= ndim):
         raise ShiftSegError(
             f"connectivity must be 1 (faces) to {ndim} (all neighbours) for {ndim}D images, "
             f"got {connectivity!r}"
@@ -556,7 +558,7 @@ def _label_graph(clusters, emb, foreground, min_size, connectivity, options) -> 
     origins = _origins(clusters.chunks)
     emb_blocks = emb.to_delayed() if emb is not None else None
     label = dask.delayed(_label_block_post, pure=True, nout=4)
-    parts = {index: label(blocks[index], emb_blocks[(0,) + index] if emb is not None else None,
+    parts = {index: label(blocks[index], emb_blocks[(0,) + index] if emb_blocks is not None else None,
                           connectivity, min_size, options, _block_origin(origins, index),
                           clusters.shape, foreground)
              for index in order}

@@ -106,7 +106,7 @@ def _tiff_info(path: Path) -> dict:
         series = tif.series[0]
         axes = series.axes.upper().replace("Q", "").replace("I", "Z")
         spatial = [a for a in axes if a in "ZYX"]
-        size = {a: None for a in spatial}
+        size: dict[str, float | None] = {a: None for a in spatial}
         unit = None
         page = tif.pages[0]
         for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
@@ -152,7 +152,8 @@ def _zarr_info(root: Path, path: Path) -> dict:
     for axis in axes:
         kind = axis.get("type") if isinstance(axis, dict) else None
         name = (axis.get("name") if isinstance(axis, dict) else str(axis)) or "?"
-        letter = {"time": "T", "channel": "C"}.get(kind) or name[:1].upper()
+        kind_letters: dict[str | None, str] = {"time": "T", "channel": "C"}
+        letter = kind_letters.get(kind) or name[:1].upper()
         letters += letter
         if isinstance(axis, dict) and axis.get("unit") and letter in "ZYX":
             units.append(axis["unit"])
@@ -177,9 +178,8 @@ def read_spatial(path, channel: int | Sequence[int] | None = None):
     A list of channels gives those channels stacked on a first axis, (C, *spatial), for a
     multi-channel network.
     """
-    picks = None if channel is None or isinstance(channel, (int, np.integer)) else [int(c) for c in channel]
-    if picks is not None:
-        return _read_channels(path, picks)
+    if channel is not None and not isinstance(channel, (int, np.integer)):
+        return _read_channels(path, [int(c) for c in channel])
     image = read_image(path)
     info = image_info(path)
     axes = info["axes"]
@@ -383,7 +383,8 @@ def write_zarr(array, path, name: str = "image", chunks=None, overwrite: bool = 
     out = group.create_array(name, shape=array.shape, chunks=tuple(chunks), dtype=array.dtype,
                              overwrite=True)
     if isinstance(array, da.Array):
-        da.store(array.rechunk(tuple(chunks)), out, lock=False)
+        # dask types store()'s targets as numpy ArrayLike; any object with __setitem__ works
+        da.store(array.rechunk(tuple(chunks)), out, lock=False)  # type: ignore[arg-type]
     else:
         out[...] = np.asarray(array)
     return out

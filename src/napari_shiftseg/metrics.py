@@ -12,6 +12,19 @@ it uses the object's first pixel in raster order, never its id.
 * :func:`false_splits`, :func:`false_merges` - over- and under-segmentation counts.
 * :func:`evaluate` - all of the above in one dict.
 
+The definitions are the paper's and poster's (and those of the DSB 2018 / stardist matching):
+
+* a ground-truth and a predicted object *match* when ``IoU > t`` (strictly; at ``t = 1`` only a
+  perfect match), one to one;
+* a *false split* is a ground-truth object cut into two or more predicted objects (each
+  predicted object counts for the ground-truth object it overlaps most): one object cut in three
+  counts 1, as the poster counts split objects, not surplus fragments;
+* a *false merge* is a predicted object that covers two or more ground-truth objects (each
+  ground-truth object counts for the predicted object it overlaps most).
+
+Before 2026-12-01 the project matched at ``IoU >= t`` and counted surplus fragments (a cut in
+three counted 2); numbers recorded before then in benchmarks/RESULTS.md ran 1.4-2.2x higher.
+
 Ratios of 0 / 0 (no objects anywhere to count) are reported as 1.0: there was nothing to get
 wrong. The mean IoU of an empty set of matches is NaN.
 """
@@ -69,7 +82,7 @@ def _check_pair(gt, pred) -> tuple[np.ndarray, np.ndarray]:
 def _check_thresholds(thresholds) -> tuple[float, ...]:
     values = tuple(np.atleast_1d(np.asarray(thresholds, dtype=object)).tolist())
     ok = len(values) > 0 and all(
-        isinstance(t, Real) and not isinstance(t, bool) and 0 < t <= 1 for t in values
+        isinstance(t, Real) and not isinstance(t, bool) and 0 < float(t) <= 1 for t in values
     )
     if not ok:
         raise ShiftSegError(
@@ -252,7 +265,8 @@ def _assign(pair_gt, pair_pred, score) -> np.ndarray:
 
 def _match(table: Contingency, iou_threshold: float) -> MatchResult:
     iou = table.iou
-    candidate = iou >= iou_threshold
+    # Strictly above the threshold (the DSB 2018 / poster convention); at 1, a perfect match.
+    candidate = iou > iou_threshold if iou_threshold < 1 else iou >= 1
     pair_gt, pair_pred, score = table.pair_gt[candidate], table.pair_pred[candidate], iou[candidate]
     chosen = _best_pairs(pair_gt, pair_pred, score)
     tp = int(chosen.sum())
@@ -278,9 +292,9 @@ def _match(table: Contingency, iou_threshold: float) -> MatchResult:
 def match(gt, pred, iou_threshold: float = 0.5) -> MatchResult:
     """Match ground-truth and predicted objects one to one.
 
-    Only pairs with ``IoU >= iou_threshold`` may be matched. Among all one-to-one matchings the
+    Only pairs with ``IoU > iou_threshold`` (at 1: ``IoU = 1``) may be matched. Among all one-to-one matchings the
     one with the most pairs is chosen, ties broken by the largest total IoU (as in stardist),
-    solved with :func:`scipy.optimize.linear_sum_assignment`. For thresholds above 0.5 every
+    solved with :func:`scipy.optimize.linear_sum_assignment`. For thresholds of 0.5 and above every
     object has at most one candidate, so the matching is unique.
 
     Parameters
@@ -327,10 +341,10 @@ def average_precision(gt, pred, thresholds=(0.5,)) -> dict[float, float]:
 
 
 def _many_to_one(src, dst, overlap, dst_first, n_dst) -> int:
-    """Assign every ``src`` object to the ``dst`` object it overlaps most; count the surplus.
+    """Assign every ``src`` object to the ``dst`` object it overlaps most; count the ``dst``
+    objects that received two or more.
 
-    Ties go to the ``dst`` object whose first pixel comes first in raster order. Returns the sum
-    over ``dst`` objects of ``max(0, number assigned - 1)``.
+    Ties go to the ``dst`` object whose first pixel comes first in raster order.
     """
     if src.size == 0:
         return 0
@@ -339,7 +353,7 @@ def _many_to_one(src, dst, overlap, dst_first, n_dst) -> int:
     first_of_src = np.ones(src.size, dtype=bool)
     first_of_src[1:] = src[1:] != src[:-1]
     assigned = np.bincount(dst[first_of_src], minlength=n_dst)
-    return int(np.maximum(assigned - 1, 0).sum())
+    return int(np.count_nonzero(assigned >= 2))
 
 
 def _false_splits(table: Contingency) -> int:
@@ -355,12 +369,12 @@ def _false_merges(table: Contingency) -> int:
 
 
 def false_splits(gt, pred) -> int:
-    """Number of surplus predicted objects on ground-truth objects (over-segmentation).
+    """Number of ground-truth objects cut into two or more predicted objects (over-segmentation).
 
     Every predicted object that overlaps any ground-truth object is assigned to the one it
     shares most pixels with (background is ignored; ties go to the ground-truth object whose
-    first pixel comes first in raster order). The result is the sum over ground-truth objects of
-    ``max(0, number of predicted objects assigned - 1)``: one object cut in three counts 2.
+    first pixel comes first in raster order). The result counts the ground-truth objects that
+    received two or more: one object cut in three counts 1 (the poster's definition).
     Predictions on pure background are false positives, not splits.
 
     Parameters
@@ -376,13 +390,12 @@ def false_splits(gt, pred) -> int:
 
 
 def false_merges(gt, pred) -> int:
-    """Number of surplus ground-truth objects inside predicted objects (under-segmentation).
+    """Number of predicted objects that cover two or more ground-truth objects (under-segmentation).
 
     The mirror image of :func:`false_splits`: every ground-truth object that overlaps any
     predicted object is assigned to the one it shares most pixels with (ties: first pixel in
-    raster order), and the result is the sum over predicted objects of
-    ``max(0, number of ground-truth objects assigned - 1)``: three objects merged into one
-    count 2.
+    raster order), and the result counts the predicted objects that received two or more:
+    three objects merged into one count 1.
 
     Parameters
     ----------

@@ -24,6 +24,8 @@ headless core. The tests validate the result with ``ome-zarr-models``.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from ._errors import ShiftSegError
 
 #: Where the instance labels live, relative to the output group.
@@ -43,7 +45,7 @@ def check_version(version: str) -> str:
     return version
 
 
-def zarr_format(version: str) -> int:
+def zarr_format(version: str) -> Literal[2, 3]:
     """NGFF 0.5 is zarr v3, 0.4 zarr v2."""
     return 3 if check_version(version) == "0.5" else 2
 
@@ -96,7 +98,7 @@ def write_metadata(group, version: str, *, voxel_size=None, unit: str | None = N
         "embeddings", "embeddings", _axes(emb_ndim, unit, channel=True), [1.0, *emb_scale], version))
     _set(group["labels"], version, labels=["instances"])
     instances = group["labels/instances"]
-    image_label = {"source": {"image": "../../"}}
+    image_label: dict[str, Any] = {"source": {"image": "../../"}}
     if version == "0.4":
         image_label = {"version": "0.4", **image_label}
     _set(instances, version, **{"image-label": image_label},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -59,7 +60,8 @@ def percentile_normalization(image, low: float = 1.0, high: float = 99.8,
     """
     if channels_first and image.shape[0] > 1:
         per = [percentile_normalization(image[c], low, high, max_samples) for c in range(image.shape[0])]
-        return Normalization(tuple(n.low for n in per), tuple(n.high for n in per))
+        # one channel each: scalar low / high
+        return Normalization(tuple(cast(float, n.low) for n in per), tuple(cast(float, n.high) for n in per))
     if channels_first:
         image = image[0]
     if int(np.prod(image.shape)) == 0:

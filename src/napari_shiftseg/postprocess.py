@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
+from typing import cast
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -84,7 +85,7 @@ def post_options(merge_distance=None, absorb_small=False, fill_holes=False, min_
     """Check the user's settings; ``merge_distance`` None or 0 switches merging off."""
     if merge_distance is not None:
         ok = (isinstance(merge_distance, Real) and not isinstance(merge_distance, bool)
-              and math.isfinite(merge_distance) and merge_distance >= 0)
+              and math.isfinite(merge_distance) and cast(float, merge_distance) >= 0)
         if not ok:
             raise ShiftSegError(
                 f"merge_distance must be None (off) or a number >= 0 in embedding units, "

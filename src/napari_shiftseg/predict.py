@@ -355,7 +355,7 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
     stack = inp.array.shape[1] if stacked else None
     padded = reflect_pad(inp.array, ((0, 0),) * (1 + stacked) + plan.pad_width)
     # A slice stack is read in chunks of a few batches, not slice by slice: fewer tasks.
-    read_z = (_chunks_of(stack, batch * max(1, -(-8 // batch))),) if stacked else ()
+    read_z = (_chunks_of(stack, batch * max(1, -(-8 // batch))),) if stack is not None else ()
     padded = padded.rechunk(_read_chunks(plan, ((channels,),) + read_z))
     bounds = _bounds(padded.chunks)
 
@@ -418,7 +418,7 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
         # a batch of tiles along the last axis writes one chunk
         last = spatial_chunks[-1]
         spatial_chunks[-1] = tuple(sum(last[k:k + batch]) for k in range(0, len(last), batch))
-    chunks = ((out_channels,),) + ((_chunks_of(stack, batch),) if stacked else ()) + tuple(spatial_chunks)
+    chunks = ((out_channels,),) + ((_chunks_of(stack, batch),) if stack is not None else ()) + tuple(spatial_chunks)
     name = tiles_name
     if plan.mode == "blend":
         name = "shiftseg-blend-" + token
@@ -432,7 +432,7 @@ def _add_blend_layer(layer, name, tile_boxes, chunks, out_channels, tile):
     """Per output chunk: weighted sum of the tile outputs that overlap it, over the weights."""
     # tile outputs per axis, so each chunk finds its few overlapping tiles without a full scan
     tiles_name = next(iter(tile_boxes))[0]
-    per_axis = [{} for _ in chunks[1:]]
+    per_axis: list[dict[int, tuple[int, int]]] = [{} for _ in chunks[1:]]
     for key, (out, _) in tile_boxes.items():
         for axis, (index, interval) in enumerate(zip(key[2:], out)):
             per_axis[axis][index] = interval

@@ -45,10 +45,11 @@ import math
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def _changed_planes(stored: dict | None, fingerprint: dict) -> str:
     if not changed:
         return ""
     ranges, start = [], changed[0]
-    for prev, cur in zip(changed, changed[1:] + [None]):
+    for prev, cur in zip(changed, changed[1:] + [-1]):  # -1: the end (never prev + 1)
         if cur != prev + 1:
             ranges.append(f"{start * planes}-{min((prev + 1) * planes, fingerprint['length']) - 1}")
             start = cur
@@ -235,7 +236,8 @@ def _open_output(path: Path, overwrite: bool):
         group = zarr.open_group(path, mode="r+")
     except Exception as err:  # noqa: BLE001 - any zarr failure means "not ours"
         raise ShiftSegError(f"{path} is not a readable zarr group ({err}); use --overwrite") from None
-    if dict(group.attrs.get(ATTRS) or {}).get("format") != FORMAT:
+    stored: Any = group.attrs.get(ATTRS) or {}
+    if dict(stored).get("format") != FORMAT:
         raise ShiftSegError(
             f"{path} is a zarr group but not a shiftseg segmentation; choose a new output path "
             "(or --overwrite to replace it)")
@@ -281,11 +283,11 @@ def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: b
     version = check_ngff(ngff)
     group = zarr.open_group(path, mode="w", zarr_format=ngff_zarr_format(version))
     # NGFF 0.4 (zarr v2) asks for nested chunk keys, as zarr v3 always has.
-    keys = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
+    keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
 
     def array(name, shape, chunks, dtype, fill, channel=False):
         # NGFF 0.5: every array names its axes (zarr v3 dimension_names), as its metadata does.
-        names = {} if version == "0.4" or name == "done" else {"dimension_names": (
+        names: dict[str, Any] = {} if version == "0.4" or name == "done" else {"dimension_names": (
             ("c",) * channel + AXIS_NAMES[len(shape) - channel])}
         return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
                                   **keys, **names)
@@ -432,7 +434,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                     cancel: threading.Event | None = None, client=None, overwrite: bool = False,
                     stage: Callable[[str], None] | None = None, *, merge_distance: float | None = None,
                     absorb_small: bool | None = None, fill_holes: bool | None = None,
-                    diameter: float | str | None = None, channel: int | None = None,
+                    diameter: float | str | None = None, channel: int | Sequence[int] | None = None,
                     per_slice: bool | None = None, isotropic: bool = False,
                     voxel_size=None, ngff: str = "0.5", tile_resources: dict | None = None):
     """Segment ``image`` into an OME-Zarr group, resuming an interrupted run of the same arguments.
@@ -538,7 +540,8 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     model = _load_model(model, image.ndim - lead)
     geometry = model.geometry
     if model.config.in_channels != (image.shape[0] if lead else 1):
-        given = f"{image.shape[0]} channels ({', '.join(map(str, channel))})" if lead else "one channel"
+        given = (f"{image.shape[0]} channels ({', '.join(map(str, channel))})"
+                 if isinstance(channel, (list, tuple)) else "one channel")
         raise ShiftSegError(f"the model takes {model.config.in_channels} input channel(s) but the image "
                             f"gives {given}; pick {model.config.in_channels} with --channels")
     # Cluster settings belong to the model (tuned on held-out annotations when it was trained);
@@ -798,7 +801,7 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
     embeddings = da.from_zarr(group["embeddings"])
     args = dict(cluster_args)
     connectivity, min_size = args.pop("connectivity"), args.pop("min_size")
-    post = {"merge_distance": args.pop("merge_distance", 0.0) or None,
+    post: dict[str, Any] = {"merge_distance": args.pop("merge_distance", 0.0) or None,
             "absorb_small": bool(args.pop("absorb_small", False)),
             "fill_holes": bool(args.pop("fill_holes", False))}
     if stage:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import ShiftSegError
 
@@ -77,8 +78,10 @@ class SegmentationSettings:
         meta = getattr(model, "meta", None) or {}
         if not isinstance(meta, dict):
             raise ShiftSegError("the model's metadata is not a dictionary")
-        loss = meta.get("loss") if isinstance(meta.get("loss"), dict) else {}
-        values = {"bandwidth": BANDWIDTH_OF_DELTA_D * float(loss.get("delta_d", 3.0))}
+        loss = meta.get("loss")
+        if not isinstance(loss, dict):
+            loss = {}
+        values: dict[str, Any] = {"bandwidth": BANDWIDTH_OF_DELTA_D * float(loss.get("delta_d", 3.0))}
         for field in dataclasses.fields(cls):
             if meta.get(field.name) is not None:
                 values[field.name] = meta[field.name]

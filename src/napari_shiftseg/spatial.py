@@ -71,4 +71,4 @@ def add_positions(embeddings: da.Array, scale, ndim: int) -> da.Array:
     """
     spatial_axes = tuple(range(embeddings.ndim - ndim, embeddings.ndim))
     scale = tuple(float(v) for v in scale) if isinstance(scale, (tuple, list)) else float(scale)
-    return embeddings.map_blocks(_add_block, scale, spatial_axes, dtype=embeddings.dtype)
+    return da.map_blocks(_add_block, embeddings, scale, spatial_axes, dtype=embeddings.dtype)

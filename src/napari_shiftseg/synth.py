@@ -161,7 +161,8 @@ def _object_extent(radius: float) -> int:
 def _rngs(entropy) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
     """Independent streams for placement, elastic field and noise (one change leaves the rest)."""
     children = np.random.SeedSequence(entropy).spawn(3)
-    return tuple(np.random.default_rng(child) for child in children)
+    placement, field, noise = (np.random.default_rng(child) for child in children)
+    return placement, field, noise
 
 
 def _check_density(density) -> float:
@@ -423,8 +424,8 @@ def _place_objects(rng, shape, n, spec: _ObjectSpec, border: int):
             kept.append(index)
     centres = np.asarray(packer.centres, dtype=np.int64).reshape(-1, spec.ndim)
     raster = np.lexsort(centres.T[::-1])
-    kept = np.asarray(kept, dtype=np.int64)[raster]
-    return centres[raster], radii[kept], intensities[kept]
+    kept_sorted = np.asarray(kept, dtype=np.int64)[raster]
+    return centres[raster], radii[kept_sorted], intensities[kept_sorted]
 
 
 def random_objects(
@@ -872,7 +873,9 @@ def nuclei(
     best = np.full(shape, np.inf, dtype=np.float32)
     image = np.zeros(shape, dtype=np.float32)
     extent = np.asarray(shape, dtype=np.float64)
-    centres, placed_radii, areas = [], [], []
+    centres: list[np.ndarray] = []
+    placed_radii: list[float] = []
+    areas: list[int] = []
     for r in radii:
         frac = shape_rng.uniform(-0.5, 0.5, ndim)
         d, reach = _nucleus_field(shape_rng, ndim, r, elongation, irregularity, frac)

@@ -200,7 +200,7 @@ class AxisPlan:
     @property
     def boundaries(self) -> tuple[int, ...]:
         """Interior image positions p where a tile border lies between p − 1 and p."""
-        edges = set()
+        edges: set[int] = set()
         for k in range(self.count):
             w = self.write(k)
             edges.update((w.start, w.stop))

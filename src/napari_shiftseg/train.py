@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ __all__ = ["train", "default_training_window", "default_embed_dim", "network_con
 
 #: Normalisation every model trained here records in its metadata; inference applies the same
 #: percentiles of the *whole* image.
-NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
 
 #: Reference loss settings (De Brabandere et al.; THEORY.md) with a small pull margin.
 LOSS_DEFAULTS = {"delta_v": 0.5, "delta_d": 3.0, "alpha": 1.0, "beta": 1.0, "gamma": 1e-4,
@@ -81,7 +82,7 @@ def default_training_window(geometry: UNetGeometry) -> tuple[int, ...]:
 
 #: A new network's settings (``shiftseg train`` option names; the Train widget shows the same):
 #: the spatial head won on the BBBC007 dev set (docs/MODELS.md).
-NETWORK_DEFAULTS = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding": "valid",
+NETWORK_DEFAULTS: dict[str, Any] = {"levels": 3, "factor": 2, "upsampling": "learnt", "padding": "valid",
                     "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
                     "embedding": "spatial", "position_scale": 0.25, "factors": None,
                     "in_channels": 1}
@@ -273,7 +274,8 @@ def _collect_pairs(source, labels, ndim: int, channels: int = 1):
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise TypeError(f"training pair {i} must be (image, labels), got {type(pair).__name__}")
-        checked.append(validate_pair(*pair, ndim, channels))
+        image, lab = pair
+        checked.append(validate_pair(image, lab, ndim, channels))
     if not any(lab.any() for _, lab in checked):
         raise ShiftSegError("the labels contain no objects (all zero); nothing to learn from")
     return checked
@@ -308,7 +310,8 @@ def _sampler(source, pairs, ndim: int, crop: _Crop, channels: int = 1):
     if pairs is None:
         def fresh(rng):
             # A new synthetic image per call, drawn from the run's own seed sequence.
-            image, lab = validate_pair(*source(_training_seed(rng)), ndim, channels)
+            generated: tuple[Any, Any] = source(_training_seed(rng))
+            image, lab = validate_pair(*generated, ndim, channels)
             # Padded like every other image: a model that never saw reflected borders in
             # training splits the objects at the border of every image it segments.
             return _Prepared(image, lab, crop, pad=True)
@@ -344,7 +347,7 @@ def train(
     validation: float = 0.0,
     validate_every: int | None = None,
     tune: bool = True,
-    validation_pairs=None,
+    validation_pairs: Sequence[tuple[Any, Any]] | None = None,
     checkpoint_every: int | None = None,
     checkpoint_path=None,
     progress: Callable[[int, dict], None] | None = None,
@@ -507,7 +510,7 @@ def train(
     if validate_every is None:
         validate_every = max(25, steps // 10)
     validate_every = _check_positive("validate_every", validate_every)
-    loss_args = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma,
+    loss_args: dict[str, Any] = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma,
                      background_as_instance=background_as_instance,
                      push_per_instance=bool(push_per_instance))
 
@@ -521,7 +524,7 @@ def train(
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(_check_positive("threads", threads))
-    history = {k: [] for k in ("loss", "pull", "push", "reg", "foreground")}
+    history: dict[str, Any] = {k: [] for k in ("loss", "pull", "push", "reg", "foreground")}
     history.update(steps_done=0, cancelled=False, seconds=0.0, validation=[])
     best = None  # (step, scores, state_dict) of the best held-out score so far
     rng = np.random.default_rng(seed)
@@ -572,7 +575,8 @@ def train(
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
             net = copy.deepcopy(base.net) if base is not None else UNet(config)
-            net = net.to(device=device, memory_format=fmt).train()
+            # torch's Module.to overloads leave out memory_format, which Module.to accepts
+            net = net.to(device=device, memory_format=fmt).train()  # type: ignore[call-overload]
             optimizer = torch.optim.Adam(net.parameters(), lr=lr)
             if lr_schedule == "cosine":
                 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -585,7 +589,8 @@ def train(
                 x, y, moves = _batch(next_image, rng, batch_size, augment)
                 x = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
                 y = torch.from_numpy(y).to(device)
-                out = _unmove(net(x), moves, vectors)[(slice(None), slice(None), *crop.raw_crop)]
+                raw_crop = (slice(None), slice(None), *crop.raw_crop)
+                out = _unmove(net(x), moves, vectors)[raw_crop]
                 embeddings = out[:, : config.embed_dim]
                 if config.embedding == "spatial":
                     embeddings = add_positions_torch(embeddings, config.position_scale)
@@ -631,9 +636,9 @@ def train(
             settings = dataclasses.replace(settings, bandwidth=best[1]["bandwidth"])
             if tune and not history["cancelled"]:
                 tuned = Model(net, meta(history["steps_done"], False))
-                embeddings = validation_embeddings(tuned, val_pairs, str(device))
+                val_embeddings = validation_embeddings(tuned, val_pairs, str(device))
                 settings, result, trials = tune_settings(
-                    embeddings, val_pairs, settings, config.foreground_head, delta_d)
+                    val_embeddings, val_pairs, settings, config.foreground_head, delta_d)
                 validation_record.update(tuned={k: round(v, 4) for k, v in result.items()},
                                          trials=len(trials))
     finally:
@@ -653,7 +658,7 @@ def _validate(net, meta: dict, val_pairs, settings: SegmentationSettings, device
     return quick_score(embeddings, val_pairs, settings, net.config.foreground_head, delta_d)
 
 
-def _unmove(out: torch.Tensor, moves, vector_channels: int = 0) -> torch.Tensor:
+def _unmove(out: torch.Tensor, moves: Sequence[tuple[tuple[int, ...], bool]], vector_channels: int = 0) -> torch.Tensor:
     """Undo each batch item's geometric augmentation on the raw output (B, C, *S).
 
     ``vector_channels``: leading channels that are offsets along the axes (spatial head).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +42,9 @@ def split_validation(pairs, fraction: float, window) -> tuple[list, list, str]:
         n_val = max(1, round(fraction * len(pairs)))
         # Every k-th image: spread over the list, so one kind of image is not all held out.
         step = len(pairs) / n_val
-        held = {min(len(pairs) - 1, int(step * (i + 0.5))) for i in range(n_val)}
-        val = [p for i, p in enumerate(pairs) if i in held]
-        train = [p for i, p in enumerate(pairs) if i not in held]
+        held_indices = {min(len(pairs) - 1, int(step * (i + 0.5))) for i in range(n_val)}
+        val = [p for i, p in enumerate(pairs) if i in held_indices]
+        train = [p for i, p in enumerate(pairs) if i not in held_indices]
         return train, val, f"{len(val)} of {len(pairs)} images held out for validation"
     train, val = [], []
     for image, labels in pairs:
@@ -128,9 +129,9 @@ def median_object_size(labels_list) -> float:
     """Median object size (pixels / voxels) over some label images (0 if there are none)."""
     sizes = [np.bincount(np.maximum(np.asarray(lab), 0).ravel().astype(np.int64))[1:]
              for lab in labels_list]
-    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    sizes = sizes[sizes > 0]
-    return float(np.median(sizes)) if sizes.size else 0.0
+    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    all_sizes = all_sizes[all_sizes > 0]
+    return float(np.median(all_sizes)) if all_sizes.size else 0.0
 
 
 def median_diameter(labels_list) -> float:
@@ -154,7 +155,7 @@ def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bo
     Returns ``(settings, result, trials)`` where ``trials`` lists every tried setting.
     """
     median = median_object_size([gt for _, gt in pairs])
-    grid = {
+    grid: dict[str, list[Any]] = {
         # Trained means are >= 2·delta_d apart: bandwidths up to ~1.5·delta_d can still part them.
         "bandwidth": sorted({round(delta_d * f, 3) for f in (0.33, 0.5, 0.67, 0.83, 1.0, 1.15, 1.3, 1.5)}),
         "fg_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],

@@ -53,9 +53,10 @@ def lattice_crop():
 
 @pytest.fixture
 def wait_idle(qtbot):
-    """``wait_idle(widget)``: block (running the event loop) until the widget's job is over."""
+    """``wait_idle(widget)``: block (running the event loop) until the widget's job is over
+    (and the Segment widget's warm-up, which runs beside it when the widget opens)."""
 
     def wait(widget, timeout=60_000):
-        qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+        qtbot.waitUntil(lambda: not widget.busy and not getattr(widget, "warming_up", False), timeout=timeout)
 
     return wait

@@ -19,10 +19,12 @@ SCALE, TRANSLATE = (2.0, 0.5), (10.0, -5.0)
 
 
 @pytest.fixture
-def segment(viewer, tiny_model_2d, lattice_crop):
+def segment(viewer, tiny_model_2d, lattice_crop, qtbot):
     image, _ = lattice_crop
     viewer.add_image(image, name="crop", scale=SCALE, translate=TRANSLATE)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    # The warm-up runs the default model once in the background; spies must not see it.
+    qtbot.waitUntil(lambda: not widget.warming_up, timeout=60_000)
     assert widget.set_model_file(tiny_model_2d)
     widget.tile.value = 16
     widget.device.value = "cpu"

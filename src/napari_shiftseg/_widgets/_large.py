@@ -111,11 +111,12 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
     return _open(out_path, plan, model, image, params.device)
 
 
-def recluster(report, cancel, result: LargeResult, params) -> da.Array:
-    """Mean-shift and labelling again from the stored embeddings (no network pass)."""
+def recluster(report, cancel, result: LargeResult, params) -> tuple[da.Array, None]:
+    """Mean-shift and labelling again from the stored embeddings (no network pass): (instances,
+    None: results on disk keep no per-voxel clusters)."""
 
     recluster_zarr(result.path, cancel=cancel, stage=lambda name: report(0, 1, name),
                    **params.settings.instance_kwargs())
     # A new dask name, so nothing cached for the old labels is shown again.
     labels = zarr.open_group(str(result.path), mode="r")[LABELS]
-    return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}")
+    return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}"), None

@@ -17,6 +17,8 @@ KINDS = {
     "foreground": ("image", {"colormap": "green", "blending": "additive", "contrast_limits": (0.0, 1.0),
                              "visible": False}),
     "instances": ("labels", {"opacity": 0.6}),
+    # Mean-shift clusters before connected components: what the embeddings alone tell apart.
+    "clusters": ("labels", {"opacity": 0.6, "visible": False}),
     "tile_boundaries": ("image", {"colormap": "gray", "blending": "additive", "opacity": 0.5,
                                   "visible": False}),
     "seams": ("image", {"colormap": "inferno", "blending": "additive", "visible": False}),
@@ -139,14 +141,21 @@ def segmentation_layers(result, image_name: str, where: dict, embed_dim: int,
     on, which differs when the image was resampled to the model's object size.
     """
     emb = result.embeddings
-    resampled = getattr(result, "resampled", None)
-    net_where = where if resampled is None else resampled_placement(where, result.origin, resampled)
+    net_where = network_placement(result, where)
     layers = [result_layer(embeddings_to_rgb(emb[:embed_dim]), "embeddings", image_name, net_where)]
     if emb.shape[0] > embed_dim:
         layers.append(result_layer(sigmoid(emb[embed_dim]), "foreground", image_name, net_where))
     layers.append(result_layer(result.labels, "instances", image_name, where))
+    if getattr(result, "clusters", None) is not None:
+        layers.append(result_layer(result.clusters, "clusters", image_name, net_where))
     layers += diagnostic_layers(result.diagnostics, image_name, net_where, capacity)
     return layers
+
+
+def network_placement(result, where: dict) -> dict:
+    """Placement of what is on the grid the network ran on (embeddings, clusters, diagnostics)."""
+    resampled = getattr(result, "resampled", None)
+    return where if resampled is None else resampled_placement(where, result.origin, resampled)
 
 
 def diagnostic_layers(diagnostics: dict, image_name: str, where: dict,

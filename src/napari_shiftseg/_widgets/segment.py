@@ -109,9 +109,11 @@ def _time_job(report, cancel, image, model_path, params, cache, target, layer_ax
 
 def _recluster_job(report, cancel, result, params, target, image):
     large = isinstance(result, _large.LargeResult)
-    labels = (_large if large else _pipeline).recluster(report, cancel, result, params)
+    labels, clusters = (_large if large else _pipeline).recluster(report, cancel, result, params)
     name, where = target[:2]
     layers = [_layers.result_layer(labels, "instances", name, where)]
+    if clusters is not None:
+        layers.append(_layers.result_layer(clusters, "clusters", name, _layers.network_placement(result, where)))
     if not large:
         measured = dataclasses.replace(result, labels=labels)
         _with_features(layers, _pipeline.object_features(measured, image, where["scale"]))
@@ -199,6 +201,26 @@ class SegmentWidget(Container):
         watch_layers(napari_viewer, self)
         self._image_changed()
         self._use_model_settings()
+        # The first run's one-time costs, paid in the background now, not when Run is pressed.
+        self.warmed_up = False
+        self._warm = Task(self.native, done=self._on_warm)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        try:
+            params = _pipeline.SegmentParams(settings=self.settings(), device=self.device.value)
+            path = self.model.path
+        except ShiftSegError:
+            return  # an unreadable model: the first Run says why
+        self._warm.start(_pipeline.warm_up, path, params, self._cache)
+
+    def _on_warm(self, _outcome) -> None:
+        self.warmed_up = True
+
+    @property
+    def warming_up(self) -> bool:
+        """The warm-up job (started when the widget opens) is still running."""
+        return self._warm.busy
 
     # ---- public API (used by the reader, the Train widget and tests) -------------------
     @property

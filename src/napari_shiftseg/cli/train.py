@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from .._errors import ShiftSegError
 from ..settings import TRAINING_DEFAULTS
@@ -343,17 +345,18 @@ def run(args) -> int:
         validation_pairs = [generate(args.synthetic, args, val_shape, VALIDATION_SEED_BASE + i, random_offset=True)
                             for i in range(2)]
 
+    source: Callable[[int], Any] | list
     if args.synthetic:
         # Input crop + context: crops see reflected image borders (as at inference) in about
         # half of the positions per axis, and real context in the others.
         shape = args.shape or tuple(a.training_input_size(w) + a.context for a, w in zip(geometry.axes, window))
 
-        def source(seed):
+        def synthetic_source(seed):
             return generate(args.synthetic, args, shape, seed, random_offset=True)
-        labels = None
+        source, labels = synthetic_source, None
     else:
         source, labels = pairs, None
-    annotated = None
+    annotated: str | list | None = None
     if args.sparse:
         annotated = "painted"
     elif args.mask:

@@ -211,7 +211,8 @@ def measure_capacity(model: Model, spacing: int, bandwidth: float = BANDWIDTH,
     with torch.inference_mode():
         out = model.net.eval()(torch.from_numpy(image)[None, None])[0].float().numpy()
     emb = out[: model.config.embed_dim]
-    points = emb[(slice(None), *centres.T)].T
+    at_centres = (slice(None), *centres.T)
+    points = emb[at_centres].T
     clusters, modes = count_clusters(points, bandwidth)
     phases = len({tuple(p) for p in (centres % g.grid).tolist()})
     dist = np.linalg.norm(modes[:, None] - modes[None], axis=-1)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,7 +149,7 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
     from ..evaluate import default_bandwidth
 
     # the clustering settings the model was evaluated with, if it recorded them
-    cluster_args = {"bandwidth": default_bandwidth(model),
+    cluster_args: dict[str, Any] = {"bandwidth": default_bandwidth(model),
                     "min_size": int((model.meta or {}).get("min_size") or 0)}
 
     say(f"1/5 generating a {'x'.join(map(str, shape))} volume of random spheres")
@@ -170,7 +171,7 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
         start = time.perf_counter()
         path = out / f"{mode}.zarr"
 
-        shown = set()
+        shown: set[int] = set()
 
         def tick(done, total, mode=mode, shown=shown):
             # a few lines per mode, each once (the callback repeats counts across stages)

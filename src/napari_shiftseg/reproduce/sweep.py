@@ -84,9 +84,9 @@ def _score(embeddings, gt, model, settings, seed) -> dict:
     from ..instances import segment_instances
     from ..metrics import evaluate
 
-    pred, _ = segment_instances(embeddings, seed=seed, foreground=model.config.foreground_head,
+    lazy, _ = segment_instances(embeddings, seed=seed, foreground=model.config.foreground_head,
                                 **settings.instance_kwargs())
-    pred = np.asarray(pred.compute(scheduler="sync"))
+    pred = np.asarray(lazy.compute(scheduler="sync"))
     scores = evaluate(gt, pred, thresholds=(0.5,))
     return {"false_splits": int(scores["false_splits"]), "false_merges": int(scores["false_merges"]),
             "ap50": float(scores["ap@0.5"]), "n_gt": int(scores["n_gt"]),
@@ -157,7 +157,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     scale = float(np.abs(whole).max()) or 1.0
     whole_scores = _score(whole, labels, model, settings, seed)
     whole_labels = whole_scores.pop("labels")
-    kept = {"whole": whole_labels} if keep_labels else {}
+    kept: dict[str | int, np.ndarray] = {"whole": whole_labels} if keep_labels else {}
     whole_scores["seconds"] = round(time.perf_counter() - start, 2)
     rows = []
     for i, tile in enumerate(tiles, 1):

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ __all__ = ["WindowCase", "default_cases", "cell_start", "phase_jumps", "tile_jum
 #: (steps, lr, base channels, batch size) per mode.
 SETTINGS = {"quick": (2000, 1e-3, 8, 4), "full": (6000, 5e-4, 16, 4)}
 #: Data: random non-overlapping disks, larger than f^l = 8 so grid lines cut through objects.
-DATA = {"density": 0.1, "radius": 6, "radius_jitter": 1.0, "intensity_range": (0.6, 1.0)}
+DATA: dict[str, Any] = {"density": 0.1, "radius": 6, "radius_jitter": 1.0, "intensity_range": (0.6, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def _pair_jumps(emb: np.ndarray, gt: np.ndarray):
         hi = [slice(None)] * gt.ndim
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
         same = (gt[tuple(hi)] == gt[tuple(lo)]) & (gt[tuple(hi)] > 0)
-        d = np.sqrt(((emb[(slice(None), *hi)] - emb[(slice(None), *lo)]) ** 2).sum(0))
+        emb_hi, emb_lo = (slice(None), *hi), (slice(None), *lo)  # the channel axis kept
+        d = np.sqrt(((emb[emb_hi] - emb[emb_lo]) ** 2).sum(0))
         pos = np.indices(same.shape)[axis] + 1  # the pair sits between p − 1 and p
         out.append((pos[same], d[same]))
     return out
@@ -108,10 +110,10 @@ def tile_jump(emb: np.ndarray, gt: np.ndarray, tile: int) -> float:
         border = pos % tile == 0
         cross.append(d[border])
         inside.append(d[~border])
-    cross, inside = np.concatenate(cross), np.concatenate(inside)
-    if not cross.size or not inside.size:
+    cross_all, inside_all = np.concatenate(cross), np.concatenate(inside)
+    if not cross_all.size or not inside_all.size:
         return float("nan")
-    return float(cross.mean() / max(inside.mean(), 1e-12))
+    return float(cross_all.mean() / max(inside_all.mean(), 1e-12))
 
 
 def seam_image(emb: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -122,7 +124,8 @@ def seam_image(emb: np.ndarray, gt: np.ndarray) -> np.ndarray:
         hi = [slice(None)] * gt.ndim
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
         same = (gt[tuple(hi)] == gt[tuple(lo)]) & (gt[tuple(hi)] > 0)
-        d = np.sqrt(((emb[(slice(None), *hi)] - emb[(slice(None), *lo)]) ** 2).sum(0)) * same
+        emb_hi, emb_lo = (slice(None), *hi), (slice(None), *lo)  # the channel axis kept
+        d = np.sqrt(((emb[emb_hi] - emb[emb_lo]) ** 2).sum(0)) * same
         view = out[tuple(lo)]
         np.maximum(view, d, out=view)
     return out
@@ -173,9 +176,9 @@ def evaluate_case(model, image, gt, tile: int, seed: int = 0, keep_arrays: bool 
     used = int(predict_plan(image, model, tile=tile, mode="exact").tile[0])
     jumps = phase_jumps(stitched[:E], gt, g)
     inside = float(np.median(jumps[1:])) if len(jumps) > 1 else float(jumps[0])
-    pred, _ = segment_instances(stitched, bandwidth=default_bandwidth(model), seed=seed,
-                                foreground=model.config.foreground_head)
-    pred = np.asarray(pred.compute(scheduler="sync"))
+    pred_lazy, _ = segment_instances(stitched, bandwidth=default_bandwidth(model), seed=seed,
+                                     foreground=model.config.foreground_head)
+    pred = np.asarray(pred_lazy.compute(scheduler="sync"))
     scores = evaluate(gt, pred)
     whole_pred, _ = segment_instances(whole, bandwidth=default_bandwidth(model), seed=seed,
                                       foreground=model.config.foreground_head)
