@@ -342,7 +342,9 @@ def test_a_resampled_run_keeps_labels_on_the_image_grid(tmp_path, image, model_p
     assert group["embeddings"].shape[1:] == working and group["labels/instances/0"].shape == SHAPE
     assert group.attrs[ATTRS]["resampled"] == {"image_shape": list(SHAPE), "working_shape": list(working)}
     whole = predict_whole(rescale.resize_image(image, shape=working), load_model(sized), device="cpu")
-    np.testing.assert_allclose(group["embeddings"][...], whole, rtol=1e-5, atol=1e-5)
+    # Float summation order differs between tile and whole-image convolutions (oneDNN picks
+    # per shape and thread count): one voxel in 26880 was measured 1.05e-5 off with 1 thread.
+    np.testing.assert_allclose(group["embeddings"][...], whole, rtol=1e-5, atol=5e-5)
     np.testing.assert_array_equal(group["labels/instances/0"][...], group["labels_resampled"][1::2, 1::2])
     assert group["labels/instances/0"][...].max() > 0
     with pytest.raises(ShiftSegError, match=r"object-size resampling \(resampled image shape\) "

@@ -461,7 +461,19 @@ def _add_blend_layer(layer, name, tile_boxes, chunks, out_channels, tile):
 
 
 # ---- public API -------------------------------------------------------------------------------
-def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, normalization, per_slice):
+def _check_plan(plan: TilePlan, inp: _Input, net) -> TilePlan:
+    """A plan made by the caller (:func:`predict_plan`) must be this image's and this net's."""
+    if not isinstance(plan, TilePlan):
+        raise TypeError(f"plan must be a TilePlan (from predict_plan), got {type(plan).__name__}")
+    if tuple(plan.image_shape) != tuple(inp.spatial) or plan.geometry != net.config.geometry:
+        raise ShiftSegError(
+            f"the tile plan was made for an image of shape {tuple(plan.image_shape)} and another "
+            f"network; this image is {tuple(inp.spatial)}: make the plan with predict_plan(image, model)")
+    return plan
+
+
+def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, normalization, per_slice,
+           plan=None):
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
     if batch_size is None:
@@ -471,7 +483,8 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
     dev = resolve_device(device)
     if half and dev.type == "cpu":
         raise ShiftSegError("half precision needs a GPU; on the CPU use half=False")
-    plan = tile_plan(inp.spatial, net.config.geometry, tile, mode)
+    plan = _check_plan(plan, inp, net) if plan is not None else tile_plan(inp.spatial, net.config.geometry,
+                                                                           tile, mode)
     multi = net.config.in_channels > 1
     # Multi-channel: percentiles of each channel of the channel-first view.
     norm = _normalization(inp.array if multi else inp.source, normalization, model, channels_first=multi)
@@ -484,7 +497,7 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
 def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: str = "auto",
                        mode: str = "exact", channel_axis: int | None = None,
                        batch_size: int | None = None, half: bool = False, normalization=None,
-                       per_slice: bool = False) -> da.Array:
+                       per_slice: bool = False, plan: TilePlan | None = None) -> da.Array:
     """Lazy per-voxel embeddings of ``image``, tiled so the result equals whole-image inference.
 
     Parameters
@@ -512,6 +525,9 @@ def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: st
         image, computed once now. ``False``: none.
     per_slice : bool
         Apply a 2D model to each slice of a 3D image along its first axis.
+    plan : TilePlan, optional
+        The tiling, made once by the caller with :func:`predict_plan` (and shared with the
+        diagnostics and the user's messages); ``tile`` and ``mode`` are then not used.
 
     Returns
     -------
@@ -527,13 +543,15 @@ def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: st
         tile at compute time, naming the tile), tiles below f^l in exact mode, bad device.
     """
     inp, net, plan, run, batch = _setup(image, model, tile, device, mode, channel_axis, batch_size,
-                                        half, normalization, per_slice)
+                                        half, normalization, per_slice, plan)
     return _build(inp, net, plan, run, batch)
 
 
 def predict_plan(image, model, tile: int | Sequence[int] = 128, mode: str = "exact",
                  channel_axis: int | None = None, per_slice: bool = False) -> TilePlan:
-    """The :class:`~napari_shiftseg.tiling.TilePlan` ``predict_embeddings`` would use."""
+    """The :class:`~napari_shiftseg.tiling.TilePlan` of ``image``: make it once per run and pass
+    it to :func:`predict_embeddings` (``plan=``) and the diagnostics; ``plan.message`` says when
+    the tile was changed (e.g. snapped to n·f^l)."""
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
     return tile_plan(inp.spatial, net.config.geometry, tile, mode)

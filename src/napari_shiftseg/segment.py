@@ -61,6 +61,7 @@ from .ngff import AXIS_NAMES, LABELS
 from .ngff import check_version as check_ngff
 from .ngff import write_metadata as write_ngff
 from .ngff import zarr_format as ngff_zarr_format
+from .tiling import TilePlan, tile_plan
 
 __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
 
@@ -515,7 +516,6 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     """
     from .io import image_info, read_spatial
     from .settings import SegmentationSettings
-    from .tiling import tile_plan
 
     out_path = Path(out_path).expanduser().resolve()
     if out_path.suffix.lower() != ".zarr":
@@ -618,7 +618,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                      **({"voxel_size": list(voxel_size)} if voxel_size and len(voxel_size) == spatial_ndim
                         else {}),
                      # where the input was read from: the napari reader shows it next to the labels
-                     **({"input": source_file} if source_file else {})}
+                     **({"input": source_file} if source_file else {}),
+                     # e.g. "tile 100 changed to 104 (...)": the CLI and the widget say it
+                     **({"tile_note": plan.message} if plan.message else {})}
             group = _create_output(
                 target, spatial, channels, chunk, grid, foreground, attrs,
                 source_shape[lead:] if resampled else None, ngff,
@@ -636,7 +638,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             _set_attrs(group, cluster_args=cluster_args)
 
         try:
-            return _run_tiles(group, target, out_path, net_image, model, tile, device, mode, channels,
+            return _run_tiles(group, target, out_path, net_image, model, plan, device, channels,
                               chunk, grid, foreground, cluster_args, compute, client, progress, stage,
                               per_slice, bool(lead), tile_resources)
         except BaseException:
@@ -691,7 +693,7 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def _run_tiles(group, target, out_path, image, model, tile, device, mode, channels, chunk, grid,
+def _run_tiles(group, target, out_path, image, model, plan, device, channels, chunk, grid,
                foreground, cluster_args, compute, client, progress, stage, per_slice=False,
                channels_first=False, tile_resources=None):
     """Predict and write the missing tiles, then cluster and label; returns the output group.
@@ -717,8 +719,9 @@ def _run_tiles(group, target, out_path, image, model, tile, device, mode, channe
         # the clustering below on any worker.
         annotate = dask.annotate(resources=tile_resources) if tile_resources else nullcontext()
         with annotate:
-            embeddings = predict_embeddings(image, model, tile=tile, device=device, mode=mode,
-                                            per_slice=per_slice, channel_axis=0 if channels_first else None)
+            # The plan segment_to_zarr made (and stored): predict tiles exactly as recorded.
+            embeddings = predict_embeddings(image, model, plan=plan, device=device, per_slice=per_slice,
+                                            channel_axis=0 if channels_first else None)
             spatial = tuple(image.shape[int(channels_first):])
             if tuple(embeddings.shape) != (channels, *spatial):
                 raise RuntimeError(f"prediction has shape {embeddings.shape}, expected {(channels, *spatial)}")
@@ -822,6 +825,17 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
         compute(da.store(back, labels, lock=False, compute=False))
     _set_attrs(group, clustering=clustering.to_dict(), n_objects=count)
     group.attrs["complete"] = True
+
+
+def stored_plan(out_path, geometry) -> TilePlan:
+    """The tile plan a finished or interrupted run used, from what it recorded (its tile is
+    already n·f^l in exact mode, so nothing is snapped again)."""
+    import zarr
+
+    group = zarr.open_group(str(out_path), mode="r")
+    args = dict(group.attrs[ATTRS])["embedding_args"]
+    spatial = tuple(group["embeddings"].shape[1:])
+    return tile_plan(spatial[len(spatial) - geometry.ndim:], geometry, tuple(args["tile"]), args["mode"])
 
 
 def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DEFAULT_MIN_SIZE,

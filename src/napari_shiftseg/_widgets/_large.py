@@ -21,9 +21,8 @@ import zarr
 
 from .. import diagnostics, predict, rescale
 from ..ngff import LABELS
+from ..segment import ATTRS, segment_to_zarr, stored_plan
 from ..segment import recluster as recluster_zarr
-from ..segment import segment_to_zarr
-from ..tiling import tile_plan
 from ._common import file_stamp
 from ._pipeline import ModelCache, Resampled
 
@@ -62,6 +61,7 @@ class LargeResult:
     foreground: bool
     origin: tuple | None = None
     resampled: object = None  # a _pipeline.Resampled when the network ran on a resampled image
+    note: str = ""            # what the user should know (e.g. the tile was snapped to n·f^l)
 
 
 def _open(path: Path, plan, model, image, device) -> LargeResult:
@@ -86,8 +86,9 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
         "grid": diagnostics.grid_lines(shape, geometry),
         "phase": diagnostics.phase_map(shape, geometry),
     }
+    note = dict(group.attrs[ATTRS]).get("tile_note", "")
     return LargeResult(path, embeddings, da.from_zarr(group[LABELS]), diag, "foreground" in group,
-                       resampled=resampled)
+                       resampled=resampled, note=note)
 
 
 def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:
@@ -106,9 +107,7 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
                     mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
                     cancel=cancel, stage=on_stage, diameter=params.diameter,
                     isotropic=params.voxel_size is not None, voxel_size=params.voxel_size, **kwargs)
-    shape = zarr.open_group(str(out_path), mode="r")["embeddings"].shape[1:]
-    plan = tile_plan(shape[len(shape) - model.geometry.ndim:], model.geometry, params.tile, params.mode)
-    return _open(out_path, plan, model, image, params.device)
+    return _open(out_path, stored_plan(out_path, model.geometry), model, image, params.device)
 
 
 def recluster(report, cancel, result: LargeResult, params) -> tuple[da.Array, None]:

@@ -18,7 +18,7 @@ import numpy as np
 
 # Imported here, not inside the jobs: the widget module imports this one when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import diagnostics, instances, predict, progress, rescale, synth, tiling, train
+from .. import diagnostics, instances, predict, progress, rescale, synth, train
 from .._errors import ShiftSegError
 from ..devices import resolve_device
 from ..measure import AXES, measure
@@ -200,7 +200,7 @@ def warm_up(report, cancel, model_path, params: SegmentParams, cache: ModelCache
     widget stalled the viewer for 453 ms, later runs for 31-40 ms. Returns True."""
     model = cache.get(model_path, params.device)
     g = model.geometry
-    del report  # silent: the widget may close before the warm-up ends
+    del report  # silent: nobody watches a warm-up
     # The context plus two grid cells per axis: a small image that runs like a real one.
     shape = tuple(c + 2 * f for c, f in zip(g.contexts, g.grids))
     channels = (model.config.in_channels,) if model.config.in_channels > 1 else ()
@@ -254,13 +254,13 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
         data = image[lead + grown]
         inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
     per_slice = g.ndim < len(spatial)     # a 2D model on a stack: slice by slice
-    embeddings = predict.predict_embeddings(data, model, tile=params.tile, device=params.device,
-                                            mode=params.mode, normalization=norm, per_slice=per_slice,
-                                            channel_axis=channel_axis)
+    # One plan for the run: the prediction, the diagnostics and the note to the user.
+    plan = predict.predict_plan(data, model, params.tile, params.mode, channel_axis, per_slice)
+    embeddings = predict.predict_embeddings(data, model, plan=plan, device=params.device, normalization=norm,
+                                            per_slice=per_slice, channel_axis=channel_axis)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
     shape = embeddings.shape[1:]
-    plan = tiling.tile_plan(shape[per_slice:], g, params.tile, params.mode)
     # Seams = where stitched output departs from whole-image output (an exact run, other borders).
     reference = predict.predict_embeddings(data, model, tile=diagnostics.reference_tile(plan, g),
                                            device=params.device, mode="exact", normalization=norm,
@@ -285,6 +285,7 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
     labels, clusters, note = _label(report, cancel, embeddings, params, model.config.foreground_head,
                                     preview=region is not None)
     origin = None if region is None else tuple(s.start for s in region)
+    note = "; ".join(filter(None, [note, plan.message]))
     return SegmentResult(np.ascontiguousarray(embeddings), labels, diag, origin,
                          model.config.foreground_head, note, clusters=clusters)
 
@@ -472,10 +473,10 @@ def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
     """Tile boundaries and embedding jumps across them for one tiling mode."""
 
     model = cache.get(model_path, device)
-    embeddings = predict.predict_embeddings(image, model, tile=tile, device=device, mode=mode)
+    plan = predict.predict_plan(image, model, tile, mode)
+    embeddings = predict.predict_embeddings(image, model, plan=plan, device=device)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
-    plan = tiling.tile_plan(image.shape, model.geometry, tile, mode)
     reference = predict.predict_embeddings(image, model, device=device, mode="exact",
                                            tile=diagnostics.reference_tile(plan, model.geometry))
     found = {"tile_boundaries": diagnostics.tile_boundaries(plan),

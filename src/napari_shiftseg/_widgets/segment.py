@@ -18,6 +18,8 @@ passed on as one :class:`SegmentationSettings`.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +49,8 @@ from ._worker import Task
 
 if TYPE_CHECKING:
     import napari
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +206,10 @@ class SegmentWidget(Container):
         self._image_changed()
         self._use_model_settings()
         # The first run's one-time costs, paid in the background now, not when Run is pressed.
-        self.warmed_up = False
-        self._warm = Task(self.native, done=self._on_warm)
+        # A plain daemon thread, not a Task: it has no result to show and must not outlive
+        # the widget's Qt objects through signals (the widget may close before it ends).
+        self._warm_done = threading.Event()
+        self._warm_thread = None
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -212,15 +218,27 @@ class SegmentWidget(Container):
             path = self.model.path
         except ShiftSegError:
             return  # an unreadable model: the first Run says why
-        self._warm.start(_pipeline.warm_up, path, params, self._cache)
+        done, cache = self._warm_done, self._cache
 
-    def _on_warm(self, _outcome) -> None:
-        self.warmed_up = True
+        def job():
+            try:
+                _pipeline.warm_up(None, threading.Event(), path, params, cache)
+                done.set()
+            except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first run
+                log.debug("shiftseg warm-up failed", exc_info=True)
+
+        self._warm_thread = threading.Thread(target=job, name="shiftseg-warm-up", daemon=True)
+        self._warm_thread.start()
+
+    @property
+    def warmed_up(self) -> bool:
+        """The warm-up run (started when the widget opened) has finished."""
+        return self._warm_done.is_set()
 
     @property
     def warming_up(self) -> bool:
-        """The warm-up job (started when the widget opens) is still running."""
-        return self._warm.busy
+        """The warm-up run is still going."""
+        return self._warm_thread is not None and self._warm_thread.is_alive()
 
     # ---- public API (used by the reader, the Train widget and tests) -------------------
     @property

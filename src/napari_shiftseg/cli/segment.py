@@ -133,6 +133,8 @@ def run(args) -> int:
     info = dict(group.attrs[ATTRS])
     print(f"{args.output}: {info.get('n_objects', 0)} objects in 'labels'; "
           f"'embeddings' {tuple(group['embeddings'].shape)}, {info.get('tiles')} tiles")
+    if info.get("tile_note"):
+        print(f"note: {info['tile_note']}")
     if info.get("embedding_args", {}).get("per_slice"):
         print("the 2D model ran slice by slice; objects are linked across z where one embedding "
               "cluster touches itself in neighbouring slices")

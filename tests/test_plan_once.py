@@ -1,0 +1,87 @@
+"""One tile plan per run: made once, passed down to predict and the diagnostics, and its
+message (a snapped tile) reaches the user."""
+
+import threading
+
+import numpy as np
+import pytest
+from helpers import save_tiny
+
+from napari_shiftseg import predict, segment, tiling
+from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.cli import main as cli_main
+from napari_shiftseg.modelio import load_model
+
+
+@pytest.fixture
+def model(tmp_path):
+    return load_model(save_tiny(tmp_path / "tiny.safetensors", ndim=2, levels=2))
+
+
+@pytest.fixture
+def count_plans(monkeypatch):
+    """Counts tile_plan calls through every module that builds plans."""
+    calls = []
+    original = tiling.tile_plan
+
+    def counting(shape, geometry, tile, mode="exact"):
+        calls.append((tuple(shape), tile, mode))
+        return original(shape, geometry, tile, mode)
+
+    for module in (predict, segment):
+        monkeypatch.setattr(module, "tile_plan", counting)
+    return calls
+
+
+def test_a_given_plan_is_used_and_checked(model):
+    image = np.random.default_rng(0).random((50, 60), dtype=np.float32)
+    plan = predict.predict_plan(image, model, 10)
+    assert plan.tile == (12, 12) and "10" in plan.message and "12" in plan.message
+    by_plan = predict.predict_embeddings(image, model, plan=plan, device="cpu").compute()
+    by_tile = predict.predict_embeddings(image, model, tile=12, device="cpu").compute()
+    np.testing.assert_array_equal(by_plan, by_tile)
+    with pytest.raises(ShiftSegError, match="made for an image of shape"):
+        predict.predict_embeddings(image[:40], model, plan=plan, device="cpu")
+    with pytest.raises(TypeError, match="TilePlan"):
+        predict.predict_embeddings(image, model, plan=(12, 12), device="cpu")
+
+
+def test_segment_to_zarr_plans_once_and_records_the_note(tmp_path, model, count_plans):
+    image = np.random.default_rng(1).random((48, 56), dtype=np.float32)
+    group = segment.segment_to_zarr(image, tmp_path / "out.zarr", model=model, tile=10, device="cpu",
+                                    bandwidth=1.0, min_size=1)
+    assert len(count_plans) == 1, count_plans
+    note = dict(group.attrs[segment.ATTRS])["tile_note"]
+    assert "changed to" in note and "12" in note
+    # The stored plan is the one the run used.
+    again = segment.stored_plan(tmp_path / "out.zarr", model.geometry)
+    assert again.tile == (12, 12) and again.image_shape == (48, 56)
+
+
+def test_cli_says_when_the_tile_was_changed(tmp_path, capsys):
+    import tifffile
+
+    image = (np.random.default_rng(2).random((48, 56)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    path = save_tiny(tmp_path / "tiny.safetensors", ndim=2, levels=2)
+    rc = cli_main(["segment", str(tmp_path / "img.tif"), "-m", str(path), "--tile", "10", "--device", "cpu",
+                   "-o", str(tmp_path / "out.zarr"), "--quiet"])
+    assert rc == 0
+    assert "note: tile" in capsys.readouterr().out
+
+
+def test_widget_pipeline_plans_the_run_once(model, count_plans, tmp_path):
+    from napari_shiftseg._widgets import _pipeline
+    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.settings import SegmentationSettings
+
+    path = save_model(model, tmp_path / "m.safetensors")
+    image = np.random.default_rng(3).random((40, 44), dtype=np.float32)
+    params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=10,
+                                     device="cpu")
+    result = _pipeline.segment(lambda *a: None, threading.Event(), image, path, params, _pipeline.ModelCache())
+    # The run's own plan once; the other one is the seams reference (an exact tiling with
+    # other borders, made from the run's plan).
+    runs = [c for c in count_plans if c[1] == 10]
+    assert len(runs) == 1 and len(count_plans) == 2, count_plans
+    assert "changed to" in result.note
