@@ -191,3 +191,10 @@ def test_gaussian_weight():
     assert w.shape == (9, 16) and w.dtype == np.float32
     assert np.isclose(w.max(), 1) and w.min() > 0
     np.testing.assert_allclose(w, w[::-1, ::-1])
+
+
+def test_grid_note_says_where_tiles_start_on_the_grid():
+    g = UNetGeometry(ndim=2, levels=3)
+    assert "on the f^l grid (8 x 8)" in tile_plan((100, 100), g, 20, "exact").grid_note
+    assert "4 x 4 px off the f^l grid" in tile_plan((100, 100), g, 20, "naive").grid_note
+    assert tile_plan((100, 100), g, 20, "blend").grid_note.startswith("tiles start every 15 x 15 px, 7 x 7 px off")

@@ -338,6 +338,23 @@ class TilePlan:
         computed = self.n_tiles * np.prod(self.window_shape, dtype=np.float64)
         return float(computed / np.prod(self.image_shape, dtype=np.float64))
 
+    @property
+    def grid_note(self) -> str:
+        """Why stitched output does or does not equal the whole image's: where tiles start
+        relative to the f^l grid. Off the grid, a tile's outputs come from other relative-distinct
+        functions than the whole image's at the same voxel (THEORY.md), so its error depends on
+        the tile *start* modulo f^l: naive tiles start every tile, blended ones every stride (3/4
+        of a tile). Some offsets happen to cost less with a given model (e.g. half a grid cell),
+        which is why naive can beat blend at one tile size and lose at the next."""
+        starts = [a.stride for a in self.axes]
+        grids = list(self.geometry.grids)[len(self.geometry.grids) - self.ndim:]
+        off = [s % g for s, g in zip(starts, grids)]
+        step = "every " + " x ".join(map(str, starts)) + " px"
+        if not any(off):
+            return f"tiles start {step}, on the f^l grid ({' x '.join(map(str, grids))})"
+        return (f"tiles start {step}, {' x '.join(map(str, off))} px off the f^l grid "
+                f"({' x '.join(map(str, grids))}): not exact")
+
     # ---- tiles ----------------------------------------------------------------------------
     def tile_at(self, index: Sequence[int]) -> Tile:
         index = tuple(int(i) for i in index)

@@ -33,7 +33,12 @@ def test_inspect(inspect, viewer, wait_idle):
     assert int(np.asarray(phase.data).max()) == 63
 
     assert _check(inspect, wait_idle, "exact", 16) < 1e-5
+    assert "on the f^l grid (8 x 8)" in inspect.result.value
     assert _check(inspect, wait_idle, "naive", 20) > 0.1
+    # The check says why: naive tiles of 20 start 4 px off the grid of 8.
+    assert "every 20 x 20 px, 4 x 4 px off the f^l grid (8 x 8): not exact" in inspect.result.value
+    _check(inspect, wait_idle, "blend", 20)
+    assert "every 15 x 15 px, 7 x 7 px off" in inspect.result.value  # blend: stride = 3/4 tile
 
     inspect.seams_button.clicked.emit()
     wait_idle(inspect)

@@ -485,9 +485,12 @@ def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
 
 
 def stitch_check(report, cancel, image, model_path, tile: int, mode: str, device: str,
-                 cache: ModelCache) -> float:
-    """Max |stitched − whole-image| embedding difference (0 for exact tiling)."""
+                 cache: ModelCache) -> tuple[float, str]:
+    """Max |stitched − whole-image| embedding difference (0 for exact tiling), and where the
+    tiles start relative to the f^l grid."""
 
     model = cache.get(model_path, device)
     report(0, 1, "stitch check")
-    return diagnostics.stitch_check(image, model, tile, mode, device=device)
+    # Where the tiles start on the f^l grid explains the number (e.g. naive beating blend).
+    return diagnostics.stitch_check(image, model, tile, mode, device=device), \
+        predict.predict_plan(image, model, tile, mode).grid_note

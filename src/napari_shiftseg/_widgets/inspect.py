@@ -137,5 +137,6 @@ class InspectWidget(Container):
             self.result.value = f"max seam jump: {float(result['seams'].max()):.3g}"
         else:
             _, mode, tile = self._target
-            self.result.value = f"max |stitched − whole| = {result:.3g} ({mode}, tile {tile})"
+            difference, note = result
+            self.result.value = f"max |stitched − whole| = {difference:.3g} ({mode}, tile {tile}; {note})"
             show_info(f"shiftseg: {self.result.value}")
