@@ -77,10 +77,11 @@ def test_2d_model_on_the_lattice_sample():
 
 #: The benchmark's synthetic test sets (benchmarks/bench_real.py; never trained or tuned on).
 #: Measured when the models were made: 2D 0.850 vs 0.246 for Otsu + watershed (with the
-#: object-size resampling segment_array does by default), 3D 0.368 vs 0.226 (mean AP@0.5). The
-#: bars guard against a regression of the shipped files, below those numbers.
+#: object-size resampling segment_array does by default), 3D 0.782 vs 0.226 (mean AP@0.5;
+#: 0.368 before the 3D model was retrained at a fixed object scale). The bars guard against a
+#: regression of the shipped files, below those numbers.
 NUCLEI_SETS = {2: ((256, 256), 8), 3: ((64, 128, 128), 3)}
-NUCLEI_BAR = {2: 0.78, 3: 0.30}
+NUCLEI_BAR = {2: 0.78, 3: 0.70}
 
 
 @pytest.mark.parametrize("ndim", [2, 3], ids=["2d", "3d"])

@@ -64,4 +64,3 @@ def test_widget_warms_up_when_it_opens(viewer, qtbot):
     assert widget.run_button.enabled and not widget.busy
     # It loaded the chosen model into the run's cache: the first Run does not load it again.
     assert widget._cache.loaded_path() == widget.model.path
-

@@ -27,24 +27,30 @@ def voxel_size(text: str) -> tuple[float, ...]:
     return values
 
 
-def positive_int(text: str) -> int:
+def _positive(text: str, kind, what: str):
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _positive(text, int, "a whole number")
+
+
+def positive_float(text: str) -> float:
+    return _positive(text, float, "a number")
+
+
+def add_quick_full(parser, quick: str, full: str) -> None:
+    """``--quick`` (the default) / ``--full`` for the paper reproductions."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help=quick)
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help=full)
+    parser.set_defaults(mode="quick")
 
 
 #: Seconds between progress lines when stderr is a log file rather than a terminal.

@@ -20,12 +20,8 @@ def add_parser(sub):
                     "disks' central pixels: spacing 16 (a multiple of f^l) gives 1, spacing 15 up "
                     "to f^(d*l) (64 for 2D, l=3).",
     )
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="1000 steps, 8 base channels (default; a few minutes per case on 2 cores)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="3000 steps, 16 base channels, nearest upsampling for every setting")
-    p.set_defaults(mode="quick")
+    _args.add_quick_full(p, quick="1000 steps, 8 base channels (default; a few minutes per case on 2 cores)",
+                         full="3000 steps, 16 base channels, nearest upsampling for every setting")
     p.add_argument("-m", "--model", default=None,
                    help="evaluate this model file instead of training (its geometry decides f^l)")
     p.add_argument("--spacings", default=None,

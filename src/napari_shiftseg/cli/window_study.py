@@ -18,12 +18,8 @@ def add_parser(sub):
                     "than f^l (and a same-padded twin), then measure seams and false splits "
                     "under exact tile-and-stitch.",
     )
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="2000 steps, 8 base channels (default; about 10 minutes on 2 cores)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="6000 steps, 16 base channels")
-    p.set_defaults(mode="quick")
+    _args.add_quick_full(p, quick="2000 steps, 8 base channels (default; about 10 minutes on 2 cores)",
+                         full="6000 steps, 16 base channels")
     p.add_argument("--levels", type=_args.positive_int, default=3, help="pooling levels (default 3)")
     p.add_argument("--steps", type=_args.positive_int, default=None, help="training steps per case")
     p.add_argument("--tile", type=_args.positive_int, default=None,

@@ -74,16 +74,21 @@ def cell_start(geometry: UNetGeometry) -> int:
     return geometry.cell_offset
 
 
+def _neighbour_jumps(emb: np.ndarray, gt: np.ndarray, axis: int):
+    """(lower-side slices, same-object mask, jumps ‖e(p) − e(p−1)‖) of neighbours along ``axis``."""
+    lo = [slice(None)] * gt.ndim
+    hi = [slice(None)] * gt.ndim
+    lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+    same = (gt[tuple(hi)] == gt[tuple(lo)]) & (gt[tuple(hi)] > 0)
+    emb_hi, emb_lo = (slice(None), *hi), (slice(None), *lo)  # the channel axis kept
+    return tuple(lo), same, np.sqrt(((emb[emb_hi] - emb[emb_lo]) ** 2).sum(0))
+
+
 def _pair_jumps(emb: np.ndarray, gt: np.ndarray):
     """Per axis: (positions p along that axis, jumps ‖e(p) − e(p−1)‖) for same-object pairs."""
     out = []
     for axis in range(gt.ndim):
-        lo = [slice(None)] * gt.ndim
-        hi = [slice(None)] * gt.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        same = (gt[tuple(hi)] == gt[tuple(lo)]) & (gt[tuple(hi)] > 0)
-        emb_hi, emb_lo = (slice(None), *hi), (slice(None), *lo)  # the channel axis kept
-        d = np.sqrt(((emb[emb_hi] - emb[emb_lo]) ** 2).sum(0))
+        _, same, d = _neighbour_jumps(emb, gt, axis)
         pos = np.indices(same.shape)[axis] + 1  # the pair sits between p − 1 and p
         out.append((pos[same], d[same]))
     return out
@@ -120,14 +125,9 @@ def seam_image(emb: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Per pixel: the largest same-object jump to its lower/right neighbour (2D, for figures)."""
     out = np.zeros(gt.shape, dtype=np.float32)
     for axis in range(gt.ndim):
-        lo = [slice(None)] * gt.ndim
-        hi = [slice(None)] * gt.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        same = (gt[tuple(hi)] == gt[tuple(lo)]) & (gt[tuple(hi)] > 0)
-        emb_hi, emb_lo = (slice(None), *hi), (slice(None), *lo)  # the channel axis kept
-        d = np.sqrt(((emb[emb_hi] - emb[emb_lo]) ** 2).sum(0)) * same
-        view = out[tuple(lo)]
-        np.maximum(view, d, out=view)
+        lo, same, d = _neighbour_jumps(emb, gt, axis)
+        view = out[lo]
+        np.maximum(view, d * same, out=view)
     return out
 
 
