@@ -85,3 +85,18 @@ def test_widget_pipeline_plans_the_run_once(model, count_plans, tmp_path):
     runs = [c for c in count_plans if c[1] == 10]
     assert len(runs) == 1 and len(count_plans) == 2, count_plans
     assert "changed to" in result.note
+
+
+def test_tile_auto_in_segment_to_zarr_and_the_cli(tmp_path, model, capsys):
+    image = np.random.default_rng(4).random((48, 56), dtype=np.float32)
+    group = segment.segment_to_zarr(image, tmp_path / "a.zarr", model=model, tile="auto", device="cpu",
+                                    bandwidth=1.0, min_size=1)
+    # The auto tile is recorded as the tile the run used (one tile covering this small image).
+    assert dict(group.attrs[segment.ATTRS])["tiles"] == 1
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "img.tif", (image * 255).astype(np.uint8))
+    path = save_tiny(tmp_path / "t.safetensors", ndim=2, levels=2)
+    assert cli_main(["segment", str(tmp_path / "img.tif"), "-m", str(path), "--tile", "auto", "--device", "cpu",
+                     "-o", str(tmp_path / "b.zarr"), "--quiet"]) == 0
+    assert "1 tiles" in capsys.readouterr().out

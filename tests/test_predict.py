@@ -279,26 +279,27 @@ def test_auto_tile_grows_with_budget():
     assert devices.auto_tile(g, Model(net), "cpu") % g.grid == 0  # RAM budget
 
 
-def test_oom_retry_shrinks_tile(monkeypatch):
-    devices.free_memory()
-    freed = []
-    monkeypatch.setattr(devices, "free_memory", lambda: freed.append(1))  # gc.collect is slow
-    g = UNetGeometry(ndim=2, levels=3)
-    tried, retries = [], []
+def test_auto_tile_of_an_anisotropic_net_is_per_axis():
+    from napari_shiftseg.train import network_config
+    from napari_shiftseg.unet import UNet
 
-    def fn(tile):
-        tried.append(tile)
-        if tile > 40:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return tile
+    net = UNet(network_config(3, levels=2, base_channels=2, factors=((1, 2, 2), (2, 2, 2))))
+    tile = devices.auto_tile(net.config.geometry, net, "cpu", memory_budget_bytes=200e6)
+    grids = net.config.geometry.grids
+    assert isinstance(tile, tuple) and all(t % f == 0 for t, f in zip(tile, grids))
+    assert len({t // f for t, f in zip(tile, grids)}) == 1  # the same n on every axis
 
-    assert devices.run_with_oom_retry(fn, 128, g, on_retry=lambda a, b: retries.append((a, b))) == 40
-    assert tried == [128, 96, 72, 56, 48, 40] and all(t % 8 == 0 for t in tried)
-    assert retries[0] == (128, 96) and len(freed) == 5
-    with pytest.raises(ShiftSegError, match="smallest tile"):
-        devices.run_with_oom_retry(lambda t: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")), 16, g)
-    with pytest.raises(KeyError):  # other errors pass through untouched
-        devices.run_with_oom_retry(lambda t: {}["x"], 16, g)
+
+def test_tile_auto_is_resolved_once_for_the_device():
+    net = make_net(2, 2)
+    image = np.random.default_rng(0).random((60, 70)).astype(np.float32)
+    plan = predict_plan(image, net, "auto", device="cpu")
+    # Half the free RAM holds a far larger tile than this image: one tile covers it.
+    assert plan.n_tiles == 1 and devices.auto_tile(net.config.geometry, net, "cpu") >= 64
+    auto = predict_embeddings(image, net, tile="auto", device="cpu").compute()
+    np.testing.assert_allclose(auto, predict_whole(image, net, device="cpu"), atol=1e-5)
+    with pytest.raises(ShiftSegError, match="'auto'"):
+        predict_plan(image, net, "big")
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""Devices, tile sizes that fit in memory, and retrying with smaller tiles after OOM.
+"""Devices, and tile sizes that fit in memory.
 
 The memory model is analytical (no probing runs): a valid U-Net's activations at level ``i``
 are at most ``channels(i) · (window / f^i)^d`` values, and inference keeps every skip tensor
@@ -7,11 +7,8 @@ alive until the up path consumes it.
 
 from __future__ import annotations
 
-import gc
-import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,8 +16,6 @@ import torch
 from ._errors import ShiftSegError
 from .geometry import UNetGeometry
 
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Largest tile ``auto_tile`` proposes per axis: beyond this the context overhead is already
 #: small (amplification < 1.5 for a 3D l = 3 net) and tiles only get slower to cancel.
@@ -126,74 +121,38 @@ def memory_budget(device: str | torch.device) -> int:
 
 
 def auto_tile(geometry: UNetGeometry, model, device: str | torch.device = "auto",
-              memory_budget_bytes: int | None = None, batch: int = 1, half: bool = False) -> int:
-    """Largest n·f^l tile (per axis, isotropic) whose estimated memory fits the budget.
+              memory_budget_bytes: int | None = None, batch: int = 1, half: bool = False):
+    """Largest n·f^l tile whose estimated memory fits the budget: n·F_a on every axis a (an int
+    for an isotropic net, a tuple per axis otherwise).
 
     The budget is ``memory_budget_bytes`` when given, else :func:`memory_budget` of the
-    device. Never below f^l and never above :data:`MAX_AUTO_TILE`.
+    device. Never below one grid cell and never above :data:`MAX_AUTO_TILE` on any axis.
     """
     budget = memory_budget(device) if memory_budget_bytes is None else int(memory_budget_bytes)
-    grid = geometry.grid
-    best = grid
-    tile = grid
-    while tile <= MAX_AUTO_TILE[geometry.ndim]:
-        if estimate_tile_memory(geometry, model, tile, batch, 2 if half else 4) > budget:
+    grids = geometry.grids
+
+    def tile(n: int):
+        return n * grids[0] if geometry.isotropic else tuple(n * f for f in grids)
+
+    best = n = 1
+    while n * max(grids) <= MAX_AUTO_TILE[geometry.ndim]:
+        if estimate_tile_memory(geometry, model, tile(n), batch, 2 if half else 4) > budget:
             break
-        best = tile
-        tile += grid
-    return best
+        best = n
+        n += 1
+    return tile(best)
 
 
-def _is_oom(err: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    if isinstance(err, oom):
-        return True
-    # MPS and the CPU allocator report exhaustion as a plain RuntimeError.
-    return isinstance(err, RuntimeError) and (
-        "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower()
-    )
+#: The tile request that means "the largest that fits this device's memory".
+AUTO = "auto"
 
 
-def free_memory() -> None:
-    """Drop cached allocator blocks after an OOM so the retry starts from a clean slate."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if _mps_available():
-        torch.mps.empty_cache()
-
-
-def smaller_tile(tile: int | Sequence[int], geometry: UNetGeometry):
-    """The next smaller n·f^l tile: n shrinks by a quarter (at least 1), never below f^l."""
-    if not isinstance(tile, (int, np.integer)):
-        return tuple(smaller_tile(t, geometry) for t in tile)
-    n = max(1, int(tile) // geometry.grid)
-    return max(1, n - max(1, n // 4)) * geometry.grid
-
-
-def run_with_oom_retry(fn: Callable[[int | Sequence[int]], T], tile: int | Sequence[int], geometry: UNetGeometry,
-                       on_retry: Callable[[object, object], None] | None = None) -> T:
-    """Call ``fn(tile)``; after an out-of-memory error retry with the next smaller n·f^l tile.
-
-    Raises
-    ------
-    ShiftSegError
-        When even an f^l tile does not fit.
-    """
-    while True:
-        try:
-            return fn(tile)
-        except Exception as err:  # noqa: BLE001 - only OOM is handled, everything else re-raised
-            if not _is_oom(err):
-                raise
-            free_memory()
-            smaller = smaller_tile(tile, geometry)
-            if smaller == (tile if isinstance(tile, (int, np.integer)) else tuple(tile)):
-                raise ShiftSegError(
-                    f"out of memory even with the smallest tile {tile} (f^l = {geometry.grid}); "
-                    "use a smaller batch, half precision on a GPU, or the CPU"
-                ) from None
-            logger.warning("out of memory with tile %s; retrying with %s", tile, smaller)
-            if on_retry is not None:
-                on_retry(tile, smaller)
-            tile = smaller
+def resolve_tile(tile, geometry: UNetGeometry, model, device: str | torch.device = "auto", half: bool = False):
+    """``tile`` as given, or :func:`auto_tile` for ``"auto"`` (CLI ``--tile auto``, the Segment
+    widget's "auto" tile). Running out of memory anyway (the estimate is analytical) fails with
+    a one-line message that suggests a smaller tile (``_errors.failure_message``)."""
+    if isinstance(tile, str):
+        if tile.strip().lower() != AUTO:
+            raise ShiftSegError(f"tile must be a size or 'auto', got {tile!r}")
+        return auto_tile(geometry, model, device, half=half)
+    return tile

@@ -35,7 +35,7 @@ import torch
 from dask.highlevelgraph import HighLevelGraph
 
 from ._errors import ShiftSegError
-from .devices import resolve_device
+from .devices import resolve_device, resolve_tile
 from .normalize import Normalization, recorded_normalization
 from .progress import TILE_PREFIX
 from .spatial import add_positions
@@ -483,8 +483,11 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
     dev = resolve_device(device)
     if half and dev.type == "cpu":
         raise ShiftSegError("half precision needs a GPU; on the CPU use half=False")
-    plan = _check_plan(plan, inp, net) if plan is not None else tile_plan(inp.spatial, net.config.geometry,
-                                                                           tile, mode)
+    if plan is not None:
+        plan = _check_plan(plan, inp, net)
+    else:
+        plan = tile_plan(inp.spatial, net.config.geometry, resolve_tile(tile, net.config.geometry, net, dev, half),
+                         mode)
     multi = net.config.in_channels > 1
     # Multi-channel: percentiles of each channel of the channel-first view.
     norm = _normalization(inp.array if multi else inp.source, normalization, model, channels_first=multi)
@@ -494,7 +497,7 @@ def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, nor
     return inp, _prepare_net(net, dev), plan, run, int(batch_size)
 
 
-def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: str = "auto",
+def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, device: str = "auto",
                        mode: str = "exact", channel_axis: int | None = None,
                        batch_size: int | None = None, half: bool = False, normalization=None,
                        per_slice: bool = False, plan: TilePlan | None = None) -> da.Array:
@@ -506,9 +509,10 @@ def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: st
         2D or 3D, optionally with a channel axis (``channel_axis``).
     model : Model or UNet
         Put in eval mode on ``device`` (channels_last) in place.
-    tile : int or sequence of int
+    tile : int, sequence of int or "auto"
         Output tile per spatial axis; ``exact`` mode snaps it to n·f^l (see
-        :func:`~napari_shiftseg.tiling.tile_plan`).
+        :func:`~napari_shiftseg.tiling.tile_plan`). ``"auto"``: the largest n·f^l tile whose
+        estimated memory fits the device (:func:`~napari_shiftseg.devices.auto_tile`).
     device : str
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
     mode : {"exact", "naive", "blend"}
@@ -547,14 +551,14 @@ def predict_embeddings(image, model, tile: int | Sequence[int] = 128, device: st
     return _build(inp, net, plan, run, batch)
 
 
-def predict_plan(image, model, tile: int | Sequence[int] = 128, mode: str = "exact",
-                 channel_axis: int | None = None, per_slice: bool = False) -> TilePlan:
+def predict_plan(image, model, tile: int | Sequence[int] | str = 128, mode: str = "exact",
+                 channel_axis: int | None = None, per_slice: bool = False, device: str = "auto") -> TilePlan:
     """The :class:`~napari_shiftseg.tiling.TilePlan` of ``image``: make it once per run and pass
     it to :func:`predict_embeddings` (``plan=``) and the diagnostics; ``plan.message`` says when
     the tile was changed (e.g. snapped to n·f^l)."""
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
-    return tile_plan(inp.spatial, net.config.geometry, tile, mode)
+    return tile_plan(inp.spatial, net.config.geometry, resolve_tile(tile, net.config.geometry, net, device), mode)
 
 
 def predict_whole(image, model, device: str = "auto", channel_axis: int | None = None,

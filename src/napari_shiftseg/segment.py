@@ -60,6 +60,7 @@ from .instances import DEFAULT_BANDWIDTH, DEFAULT_MAX_POINTS, DEFAULT_MIN_SIZE
 from .ngff import AXIS_NAMES, LABELS
 from .ngff import check_version as check_ngff
 from .ngff import write_metadata as write_ngff
+from .devices import resolve_tile
 from .ngff import zarr_format as ngff_zarr_format
 from .tiling import TilePlan, tile_plan
 
@@ -449,8 +450,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         Output ``.zarr`` directory; created, or resumed when it holds an interrupted run.
     model : Model, UNet, path or None
         The network; None takes the bundled default model for the image's dimensionality.
-    tile : int or sequence of int
+    tile : int, sequence of int or "auto"
         Output tile per axis (snapped to n·f^l in ``exact`` mode); also the zarr chunk size.
+        ``"auto"``: the largest n·f^l tile whose estimated memory fits the device.
     device, mode
         As for :func:`~napari_shiftseg.predict.predict_embeddings`.
     bandwidth, fg_threshold, min_size, merge_distance, absorb_small, fill_holes
@@ -539,6 +541,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
     model = _load_model(model, image.ndim - lead)
     geometry = model.geometry
+    tile = resolve_tile(tile, geometry, model, device)  # "auto": the largest that fits in memory
     if model.config.in_channels != (image.shape[0] if lead else 1):
         given = (f"{image.shape[0]} channels ({', '.join(map(str, channel))})"
                  if isinstance(channel, (list, tuple)) else "one channel")

@@ -64,3 +64,17 @@ def test_widget_warms_up_when_it_opens(viewer, qtbot):
     assert widget.run_button.enabled and not widget.busy
     # It loaded the chosen model into the run's cache: the first Run does not load it again.
     assert widget._cache.loaded_path() == widget.model.path
+
+
+def test_auto_tile(viewer, wait_idle, tiny_model_2d, lattice_crop):
+    viewer.add_image(lattice_crop[0], name="crop")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.set_model_file(tiny_model_2d)
+    widget.device.value, widget.tile.value = "cpu", 0
+    assert widget.tile.native.specialValueText() == "auto" and widget.tile_info.value.startswith("auto: the largest")
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.status.value.startswith("done"), widget.status.value
+    # One tile covers the 64² crop: the tile boundaries layer marks no inner border.
+    borders = viewer.layers[layer_name("crop", "tile_boundaries")].data
+    assert not np.asarray(borders)[8:56, 8:56].any()

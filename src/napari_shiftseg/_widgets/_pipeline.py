@@ -255,7 +255,7 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
         inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
     per_slice = g.ndim < len(spatial)     # a 2D model on a stack: slice by slice
     # One plan for the run: the prediction, the diagnostics and the note to the user.
-    plan = predict.predict_plan(data, model, params.tile, params.mode, channel_axis, per_slice)
+    plan = predict.predict_plan(data, model, params.tile, params.mode, channel_axis, per_slice, params.device)
     embeddings = predict.predict_embeddings(data, model, plan=plan, device=params.device, normalization=norm,
                                             per_slice=per_slice, channel_axis=channel_axis)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
@@ -456,6 +456,8 @@ def train_model(report, cancel, source, labels, config, path, **options):
 def describe_tile(geometry, requested: int, mode: str) -> str:
     """The live tile line: snapped n·f^l tile, its input window and compute amplification."""
     g = geometry
+    if requested in (0, "auto"):
+        return "auto: the largest n·f^l tile that fits the device's memory (chosen at Run)"
     t = g.snap_tile(requested)
     if g.isotropic:
         text = f"{t} = {t // g.grid}·f^l → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"

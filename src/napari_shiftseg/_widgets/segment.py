@@ -132,7 +132,9 @@ class SegmentWidget(Container):
         settings = inference_settings()
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
         self.model = ModelChooser()
-        self.tile = SpinBox(label="output tile", value=settings.tile_size, min=1, max=4096)
+        self.tile = SpinBox(label="output tile", value=settings.tile_size, min=0, max=4096)
+        # 0 shows "auto": the largest n·f^l tile that fits the device's memory (devices.auto_tile).
+        self.tile.native.setSpecialValueText("auto")
         self.tile_info = Label(label="tile")
         self.device = device_choice(settings)
         self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
@@ -327,6 +329,8 @@ class SegmentWidget(Container):
     def _tile(self) -> int:
         """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose)."""
         g = self.model.geometry
+        if self.tile.value == 0:
+            return "auto"  # decided in the worker, for the device that runs
         return g.snap_tile(self.tile.value) if g is not None and self.mode.value == "exact" else self.tile.value
 
     def _start(self, region) -> None:

@@ -15,6 +15,8 @@ from . import _args
 
 
 def _tile(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
     values = _args.shape(text)
     return values[0] if len(values) == 1 else values
 
@@ -47,7 +49,8 @@ def add_parser(sub):
                                          "model on a 3D image runs slice by slice, and the "
                                          "objects are linked across z")
     p.add_argument("--tile", type=_tile, default=128,
-                   help="output tile per axis, e.g. 128 or 32,128,128 (snapped to n*f^l; default 128)")
+                   help="output tile per axis, e.g. 128 or 32,128,128 (snapped to n*f^l; default 128), "
+                        "or 'auto': the largest that fits the device's memory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--mode", choices=("exact", "naive", "blend"), default="exact",
                    help="tiling: exact (default) or the inexact naive/blend for comparison")
