@@ -16,7 +16,6 @@ import torch
 from ._errors import ShiftSegError
 from .geometry import UNetGeometry
 
-
 #: Largest tile ``auto_tile`` proposes per axis: beyond this the context overhead is already
 #: small (amplification < 1.5 for a 3D l = 3 net) and tiles only get slower to cancel.
 MAX_AUTO_TILE = {2: 1024, 3: 256}

@@ -56,11 +56,11 @@ import numpy as np
 from . import __version__
 from ._errors import ShiftSegError
 from ._lock import OutputLock
+from .devices import resolve_tile
 from .instances import DEFAULT_BANDWIDTH, DEFAULT_MAX_POINTS, DEFAULT_MIN_SIZE
 from .ngff import AXIS_NAMES, LABELS
 from .ngff import check_version as check_ngff
 from .ngff import write_metadata as write_ngff
-from .devices import resolve_tile
 from .ngff import zarr_format as ngff_zarr_format
 from .tiling import TilePlan, tile_plan
 
@@ -835,7 +835,7 @@ def stored_plan(out_path, geometry) -> TilePlan:
     already n·f^l in exact mode, so nothing is snapped again)."""
     import zarr
 
-    group = zarr.open_group(str(out_path), mode="r")
+    group: Any = zarr.open_group(str(out_path), mode="r")  # zarr's attribute types are JSON unions
     args = dict(group.attrs[ATTRS])["embedding_args"]
     spatial = tuple(group["embeddings"].shape[1:])
     return tile_plan(spatial[len(spatial) - geometry.ndim:], geometry, tuple(args["tile"]), args["mode"])
