@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.validate import number, whole
 
 __all__ = ["assign_to_modes", "mean_shift"]
 
@@ -64,22 +65,6 @@ def _as_points(points, name: str, dtype=None) -> torch.Tensor:
     if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
         raise ShiftSegError(f"{name} contains NaN or infinite values")
     return tensor
-
-
-def _check_positive(value, name: str, allow_none: bool = False) -> None:
-    """Raise unless ``value`` is a positive finite number (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise ShiftSegError(f"{name} must be a positive number, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ShiftSegError(f"{name} must be a positive number, got {value!r}")
-
-
-def _check_count(value, name: str, minimum: int) -> None:
-    """Raise unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ShiftSegError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _chunks(n: int, chunk_size: int):
@@ -258,14 +243,14 @@ def mean_shift(
     (2, 3)
     >>> labels = assign_to_modes(points, modes)  # 1 or 2 for every point
     """
-    _check_positive(bandwidth, "bandwidth")
-    _check_positive(tol, "tol")
-    _check_positive(merge_radius, "merge_radius", allow_none=True)
-    _check_positive(bin_size, "bin_size", allow_none=True)
-    _check_count(n_seeds, "n_seeds", 1)
-    _check_count(max_iter, "max_iter", 1)
-    _check_count(min_cluster_size, "min_cluster_size", 1)
-    _check_count(chunk_size, "chunk_size", 1)
+    number(bandwidth, "bandwidth", 0.0)
+    number(tol, "tol", 0.0)
+    number(merge_radius, "merge_radius", 0.0, optional=True)
+    number(bin_size, "bin_size", 0.0, optional=True)
+    whole(n_seeds, "n_seeds", 1)
+    whole(max_iter, "max_iter", 1)
+    whole(min_cluster_size, "min_cluster_size", 1)
+    whole(chunk_size, "chunk_size", 1)
     if kernel not in _KERNELS:
         raise ShiftSegError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
     data = _as_points(points, "points", torch.float32).to(device)
@@ -370,9 +355,9 @@ def assign_to_modes(
     TypeError
         If ``points`` or ``modes`` is not a numpy array or torch tensor.
     """
-    _check_positive(max_distance, "max_distance", allow_none=True)
+    number(max_distance, "max_distance", 0.0, optional=True)
     if chunk_size is not None:
-        _check_count(chunk_size, "chunk_size", 1)
+        whole(chunk_size, "chunk_size", 1)
     data = _as_points(points, "points")
     centres = _as_points(modes, "modes", data.dtype).to(device)
     if centres.shape[1] != data.shape[1]:

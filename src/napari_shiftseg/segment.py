@@ -790,12 +790,12 @@ def _tile_task(block, group, foreground: bool, index, chunk, shape):
 
 
 def _validate_cluster_args(args: dict) -> None:
-    from .instances import _check_int, _check_real
+    from .validate import number, whole
 
-    _check_real(args["bandwidth"], "bandwidth", 0.0)
-    _check_real(args["fg_threshold"], "fg_threshold", 0.0, 1.0)
+    number(args["bandwidth"], "bandwidth", 0.0)
+    number(args["fg_threshold"], "fg_threshold", 0.0, 1.0)
     for name, low in (("min_size", 0), ("n_seeds", 1), ("max_points", 1), ("seed", 0), ("connectivity", 1)):
-        _check_int(args[name], name, low)
+        whole(args[name], name, low)
 
 
 def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
