@@ -160,3 +160,24 @@ def test_seam_error_is_zero_for_exact_and_large_for_naive(image):
     assert errors["naive"].max() > 1e-2 * scale
     with pytest.raises(ShiftSegError, match="differ in shape"):
         seam_error(np.zeros((4, 5, 5)), np.zeros((4, 5, 6)), plan)
+
+
+def test_run_diagnostics_are_the_run_s_maps():
+    from helpers import tiny_net
+
+    from napari_shiftseg.diagnostics import RUN_DIAGNOSTICS, run_diagnostics
+    from napari_shiftseg.predict import predict_embeddings, predict_plan
+
+    net = tiny_net(2, levels=2)
+    image = np.random.default_rng(0).random((40, 44)).astype(np.float32)
+    exact = predict_plan(image, net, 12)
+    maps = run_diagnostics(predict_embeddings(image, net, plan=exact, device="cpu"), image, net, exact, device="cpu")
+    assert tuple(maps) == RUN_DIAGNOSTICS and all(m.shape == image.shape for m in maps.values())
+    assert float(maps["seams"].max().compute()) < 1e-4          # exact tiling: no seams
+    assert maps["tile_boundaries"].compute()[:, 11:13].all()     # the border between tiles 0 and 1
+    naive = predict_plan(image, net, 10, "naive")
+    seams = run_diagnostics(predict_embeddings(image, net, plan=naive, device="cpu"), image, net, naive,
+                            device="cpu", kinds=("seams",))["seams"]
+    assert float(seams.max().compute()) > 1e-3                   # off the grid: seams show
+    with pytest.raises(ValueError, match="unknown diagnostics"):
+        run_diagnostics(image[None], image, net, exact, kinds=("colour",))

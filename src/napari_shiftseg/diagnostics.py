@@ -252,3 +252,43 @@ def grid_lines(shape: Sequence[int], geometry: UNetGeometry, chunks="auto") -> d
     masks = [(np.arange(n) - a.cell_offset) % a.grid == 0 for a, n in zip(geometry.axes, shape[lead:])]
     template = da.zeros(shape, dtype=bool, chunks=chunks)
     return _broadcast_any(masks, shape, template.chunks)
+
+
+#: Every diagnostic map of a run, in the order the widgets show them.
+RUN_DIAGNOSTICS = ("tile_boundaries", "seams", "grid", "phase")
+
+
+def run_diagnostics(embeddings, image, model, plan: TilePlan, *, device: str = "auto", normalization=None,
+                    per_slice: bool = False, channel_axis: int | None = None,
+                    kinds: Sequence[str] = RUN_DIAGNOSTICS) -> dict:
+    """The lazy diagnostic maps of a tiled run: ``{kind: dask array}`` on the embeddings' grid.
+
+    ``tile_boundaries`` and ``grid`` mark the run's tile borders and the f^l grid; ``phase`` is
+    the :func:`phase_map`; ``seams`` is :func:`seam_error` against an exact run of the same
+    ``image`` with other tile borders (:func:`reference_tile`), so the reference also costs only
+    tiles and napari computes it only where it shows it. ``embeddings`` came from ``plan``
+    (``predict_embeddings(image, model, plan=plan, ...)``) with the same ``normalization``,
+    ``per_slice`` and ``channel_axis``. The one place the Segment and Inspect widgets, in memory
+    or on disk, get their diagnostics from.
+    """
+    from .predict import predict_embeddings
+
+    unknown = set(kinds) - set(RUN_DIAGNOSTICS)
+    if unknown:
+        raise ValueError(f"unknown diagnostics {sorted(unknown)}; choose from {RUN_DIAGNOSTICS}")
+    geometry = plan.geometry
+    shape = tuple(embeddings.shape[1:])
+    out = {}
+    for kind in kinds:
+        if kind == "tile_boundaries":
+            out[kind] = tile_boundaries(plan, shape)
+        elif kind == "seams":
+            reference = predict_embeddings(image, model, tile=reference_tile(plan, geometry), device=device,
+                                           mode="exact", normalization=normalization, per_slice=per_slice,
+                                           channel_axis=channel_axis)
+            out[kind] = seam_error(embeddings, reference, plan)
+        elif kind == "grid":
+            out[kind] = grid_lines(shape, geometry)
+        else:
+            out[kind] = phase_map(shape, geometry)
+    return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import dask.array as da
 import zarr
 
-from .. import diagnostics, predict, rescale
+from .. import diagnostics, rescale
 from ..ngff import LABELS
 from ..segment import ATTRS, segment_to_zarr, stored_plan
 from ..segment import recluster as recluster_zarr
@@ -78,14 +78,7 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
         image = rescale.resize_image(source, shape=shape)
     # Lazy: napari computes the reference only for the tiles of the slice on screen.
     per_slice = geometry.ndim < len(shape)
-    reference = predict.predict_embeddings(image, model, tile=diagnostics.reference_tile(plan, geometry),
-                                           device=device, mode="exact", per_slice=per_slice)
-    diag = {
-        "tile_boundaries": diagnostics.tile_boundaries(plan, shape),
-        "seams": diagnostics.seam_error(embeddings, reference, plan),
-        "grid": diagnostics.grid_lines(shape, geometry),
-        "phase": diagnostics.phase_map(shape, geometry),
-    }
+    diag = diagnostics.run_diagnostics(embeddings, image, model, plan, device=device, per_slice=per_slice)
     note = dict(group.attrs[ATTRS]).get("tile_note", "")
     return LargeResult(path, embeddings, da.from_zarr(group[LABELS]), diag, "foreground" in group,
                        resampled=resampled, note=note)

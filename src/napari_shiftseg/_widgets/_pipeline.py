@@ -260,17 +260,9 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
                                             per_slice=per_slice, channel_axis=channel_axis)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
-    shape = embeddings.shape[1:]
     # Seams = where stitched output departs from whole-image output (an exact run, other borders).
-    reference = predict.predict_embeddings(data, model, tile=diagnostics.reference_tile(plan, g),
-                                           device=params.device, mode="exact", normalization=norm,
-                                           per_slice=per_slice, channel_axis=channel_axis)
-    diag = {
-        "tile_boundaries": diagnostics.tile_boundaries(plan, shape),
-        "seams": diagnostics.seam_error(embeddings, reference, plan),
-        "grid": diagnostics.grid_lines(shape, g),
-        "phase": diagnostics.phase_map(shape, g),
-    }
+    diag = diagnostics.run_diagnostics(embeddings, data, model, plan, device=params.device, normalization=norm,
+                                       per_slice=per_slice, channel_axis=channel_axis)
     diag = dict(zip(diag, progress.compute(*diag.values(), cancel=cancel)))
     if inner is not None:
         embeddings = embeddings[inner]
@@ -479,10 +471,8 @@ def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
     embeddings = predict.predict_embeddings(image, model, plan=plan, device=device)
     (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
                                      cancel=cancel)
-    reference = predict.predict_embeddings(image, model, device=device, mode="exact",
-                                           tile=diagnostics.reference_tile(plan, model.geometry))
-    found = {"tile_boundaries": diagnostics.tile_boundaries(plan),
-             "seams": diagnostics.seam_error(embeddings, reference, plan)}
+    found = diagnostics.run_diagnostics(embeddings, image, model, plan, device=device,
+                                        kinds=("tile_boundaries", "seams"))
     return dict(zip(found, progress.compute(*found.values(), cancel=cancel)))
 
 
