@@ -29,67 +29,22 @@ __all__ = ["read_array", "validate_image", "validate_labels", "validate_pair", "
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def _open_zarr(path: Path):
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as err:  # zarr raises many types for unreadable stores
-        raise ShiftSegError(f"cannot open {path} as zarr ({type(err).__name__}: {err})") from None
-    if hasattr(node, "shape"):
-        return node
-    # A group: OME-Zarr keeps the full-resolution level under "0"; otherwise accept a group that
-    # holds exactly one array, and refuse to guess between several.
-    arrays = dict(node.arrays())
-    if "0" in arrays:
-        return arrays["0"]
-    if len(arrays) == 1:
-        return next(iter(arrays.values()))
-    names = sorted(arrays) or ["none"]
-    raise ShiftSegError(
-        f"{path} is a zarr group with arrays {names}; name the array, e.g. {path / names[0]}"
-    )
-
-
 def read_array(path) -> np.ndarray:
-    """Read a TIFF, ``.npy`` or zarr file into a numpy array.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        The file (or zarr directory) to read.
-
-    Returns
-    -------
-    numpy.ndarray
-        The array, as stored (no dtype conversion).
+    """A whole image file in memory, read by :func:`napari_shiftseg.io.read_image` (the one
+    reader: TIFF, ``.npy``, zarr and OME-Zarr, same rules as ``shiftseg segment``).
 
     Raises
     ------
     ShiftSegError
         If the file does not exist, has an unsupported suffix, or cannot be read.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ShiftSegError(f"file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
+    from .io import read_image
 
-            return np.asarray(tifffile.imread(str(path)))
-        if suffix == ".npy":
-            # allow_pickle=False: a .npy file must never be able to run code when opened.
-            return np.load(str(path), allow_pickle=False)
-        if suffix == ".zarr" or path.is_dir() or any(p.suffix == ".zarr" for p in path.parents):
-            return np.asarray(_open_zarr(path)[...])
-    except ShiftSegError:
-        raise
-    except Exception as err:  # corrupt files raise a zoo of exception types
-        raise ShiftSegError(f"cannot read {path.name} ({type(err).__name__}: {err})") from None
-    raise ShiftSegError(
-        f"{path.name}: unsupported file type {suffix or '(none)'}; use .tif/.tiff, .npy or .zarr"
-    )
+    image = read_image(path)
+    try:
+        return np.asarray(image.compute() if hasattr(image, "compute") else image)
+    except Exception as err:  # corrupt chunks raise a zoo of exception types
+        raise ShiftSegError(f"cannot read {Path(path).name} ({type(err).__name__}: {err})") from None
 
 
 def _squeeze(array: np.ndarray) -> np.ndarray:

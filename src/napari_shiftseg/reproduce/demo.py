@@ -146,11 +146,11 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
     if len(shape) != 3 or min(shape) < 1:
         raise ShiftSegError(f"the demo volume must be 3D (z, y, x), got {shape}")
     exact_tile, naive_tile = demo_tiles(g, tile)
-    from ..evaluate import default_bandwidth
+    from ..settings import SegmentationSettings
 
-    # the clustering settings the model was evaluated with, if it recorded them
-    cluster_args: dict[str, Any] = {"bandwidth": default_bandwidth(model),
-                    "min_size": int((model.meta or {}).get("min_size") or 0)}
+    # the clustering settings the model recorded (the one fallback rule: SegmentationSettings.of)
+    recorded = SegmentationSettings.of(model)
+    cluster_args: dict[str, Any] = {"bandwidth": recorded.bandwidth, "min_size": recorded.min_size}
 
     say(f"1/5 generating a {'x'.join(map(str, shape))} volume of random spheres")
     image, gt = _sample(random_objects, shape, seed)
