@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--real-fraction", type=float, default=0.5, help="2D: share of BBBC007 crops")
     p.add_argument("--init", default=None, help="continue from this model file")
     p.add_argument("--pool", type=int, default=48, help="3D: synthetic training volumes (seeds 0..N-1)")
+    p.add_argument("--small-fraction", type=float, default=0.0,
+                   help="3D: share of pool volumes generated with small nuclei only (radius 4-6 px), "
+                        "the hardest case once resampled (crowded, blurred)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -106,7 +109,9 @@ def main(argv=None) -> int:
     if ndim == 3:
         # A fixed pool of volumes, each normalised and padded once by train(): generating a
         # 3D volume per crop would cost more than the training step itself.
-        pool = [synth.nuclei(shape, seed=s) for s in range(args.pool)]
+        n_small = round(args.small_fraction * args.pool)
+        pool = [synth.nuclei(shape, seed=s, **({"radius": (4, 6)} if s < n_small else {}))
+                for s in range(args.pool)]
         if args.object_diameter:
             # One jittered scale per pool volume (the pool is fixed; see the 2D source below).
             jitter = np.exp(np.random.default_rng(args.seed).uniform(-0.15, 0.15, len(pool)))

@@ -78,3 +78,15 @@ def test_auto_tile(viewer, wait_idle, tiny_model_2d, lattice_crop):
     # One tile covers the 64² crop: the tile boundaries layer marks no inner border.
     borders = viewer.layers[layer_name("crop", "tile_boundaries")].data
     assert not np.asarray(borders)[8:56, 8:56].any()
+
+
+def test_segment_and_train_docked_together_fit_a_1200_px_screen(viewer):
+    """Both widgets scroll rather than force their full height on the window (napari docks
+    their ``native``, the scroll area)."""
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    needed = segment.native.minimumSizeHint().height() + train.native.minimumSizeHint().height()
+    assert needed < 600, needed
+    # The controls are all inside the scroll areas, and the docks hold the scroll areas.
+    assert segment.run_button.native.isVisibleTo(segment.inner) and train.canvas.isVisibleTo(train.inner)
+    assert segment.native.widget() is segment.inner

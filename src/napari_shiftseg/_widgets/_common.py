@@ -77,3 +77,21 @@ def file_stamp(path: Path) -> tuple:
         return (None,)
     st = path.stat()
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ScrollsWhenDocked:
+    """Mixin for a ``Container(scrollable=True)`` widget: napari docks a magicgui widget's
+    ``native``, which for a scrollable container is the inner widget (the scroll area is left
+    out). Handing napari the scroll area instead lets a tall widget scroll rather than force its
+    height on the window (Segment and Train docked together fit a 1200 px screen)."""
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def inner(self):
+        """The widget holding the layout (inside the scroll area)."""
+        from magicgui.widgets import Container
+
+        return Container.native.fget(self)

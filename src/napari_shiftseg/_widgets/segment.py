@@ -42,7 +42,15 @@ from .. import rescale
 from .._errors import ShiftSegError
 from ..settings import SegmentationSettings
 from . import _axes, _large, _layers, _pipeline
-from ._common import device_choice, inference_settings, layer_choices, set_running, watch_layers, wrap
+from ._common import (
+    ScrollsWhenDocked,
+    device_choice,
+    inference_settings,
+    layer_choices,
+    set_running,
+    watch_layers,
+    wrap,
+)
 from ._model_choice import ModelChooser
 from ._proofread import ProofreadPanel
 from ._worker import Task
@@ -124,7 +132,7 @@ def _recluster_job(report, cancel, result, params, target, image):
     return labels, layers
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ScrollsWhenDocked, Container):
     """Dock widget: segment an image layer with a shiftseg model."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -183,7 +191,7 @@ class SegmentWidget(Container):
                                   self.isotropic,
                                   self.bandwidth, self.fg_threshold, self.min_size,
                                   self.merge_distance, post, buttons, self.proofread, self.progress,
-                                  self.status])
+                                  self.status], scrollable=True)
         wrap(self.tile_info, self.status)
         self._cache = _pipeline.ModelCache()
         self._result: _pipeline.SegmentResult | None = None

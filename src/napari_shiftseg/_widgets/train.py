@@ -41,7 +41,7 @@ from ..spatial import EMBEDDINGS
 from ..train import NETWORK_DEFAULTS, default_training_window, network_config
 from ..unet import UNetConfig
 from . import _pipeline
-from ._common import PLUGIN, layer_choices, set_running, watch_layers, wrap
+from ._common import PLUGIN, ScrollsWhenDocked, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import describe_settings, recorded_settings
 from ._worker import Task
 
@@ -69,7 +69,7 @@ def describe_validation(meta: dict, name: str) -> str:
             f"{'tuned' if tuned else 'settings'}: {settings}")
 
 
-class TrainWidget(Container):
+class TrainWidget(ScrollsWhenDocked, Container):
     """Dock widget: train and save a shiftseg model."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -126,14 +126,14 @@ class TrainWidget(Container):
                                   self.auto_window, self.geometry_info, self.warning,
                                   self.allow_small, self.steps, self.batch_size, self.lr, self.augment,
                                   self.validation, self.tune, self.save_path, buttons,
-                                  self.progress, self.status, self.held_out])
+                                  self.progress, self.status, self.held_out], scrollable=True)
         self.warning.native.setStyleSheet(WARN_STYLE)
         wrap(self.warning, self.geometry_info, self.status, self.held_out)
         self.figure = Figure(figsize=(3, 1.6), tight_layout=True)
         self.axes = self.figure.add_subplot()
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(120)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self._losses: list[tuple[int, float]] = []
         self._validating = False
         self.saved_path: Path | None = None
