@@ -100,3 +100,36 @@ def test_tile_auto_in_segment_to_zarr_and_the_cli(tmp_path, model, capsys):
     assert cli_main(["segment", str(tmp_path / "img.tif"), "-m", str(path), "--tile", "auto", "--device", "cpu",
                      "-o", str(tmp_path / "b.zarr"), "--quiet"]) == 0
     assert "1 tiles" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("side, crop_calls", [(300, 1), (200, 0)])
+def test_widget_measures_large_images_on_a_crop(model, tmp_path, monkeypatch, side, crop_calls):
+    """'auto' object size: a large image is measured on a central crop (as segment_to_zarr
+    does), not by a whole first pass; a small one keeps the first pass (reused when no
+    resampling is needed)."""
+    from napari_shiftseg import rescale
+    from napari_shiftseg._widgets import _pipeline
+    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.settings import SegmentationSettings
+
+    model.meta["object_diameter"] = 12.0
+    path = save_model(model, tmp_path / "sized.safetensors")
+    calls = {"crop": 0, "runs": 0}
+    crop, run = rescale.estimate_from_crop, _pipeline._resampled_run
+
+    def counting_crop(*a, **k):
+        calls["crop"] += 1
+        return crop(*a, **k)
+
+    def counting_run(*a, **k):
+        calls["runs"] += 1
+        return run(*a, **k)
+
+    monkeypatch.setattr(rescale, "estimate_from_crop", counting_crop)
+    monkeypatch.setattr(_pipeline, "_resampled_run", counting_run)
+    image = np.random.default_rng(5).random((side, side), dtype=np.float32)
+    params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=64,
+                                     device="cpu", diameter="auto")
+    _pipeline.segment(lambda *a: None, threading.Event(), image, path, params, _pipeline.ModelCache())
+    assert calls["crop"] == crop_calls
+    assert calls["runs"] == 1 if crop_calls else calls["runs"] in (1, 2)

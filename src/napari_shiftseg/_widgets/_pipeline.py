@@ -173,7 +173,17 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     notes = [] if iso is None else ["isotropic voxels: " + "x".join(f"{f:g}" for f in iso)]
     first = []  # the first pass of 'auto', kept: it is the answer when no resampling is needed
 
+    part = image if region is None else image[region]
+    crop = rescale.ESTIMATE_CROP[ndim]
+
     def estimate():
+        if any(n > c for n, c in zip(part.shape[lead:], crop)):
+            # A large image: measure the objects on a central crop (as segment_to_zarr does),
+            # not with a whole first pass: that doubled the cost of every run.
+            report(0, 1, "object size")
+            view = part if iso is None else rescale.resize_image(
+                da.asarray(part), shape=rescale.working_shape(part.shape, iso))
+            return rescale.estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, params.device)
         first.append(_resampled_run(report, cancel, image, model, params, region, norm,
                                     rescale.axis_factors(1.0, ndim, lead, iso), 1.0))
         measured = rescale.estimate_diameter(first[0].labels)
