@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         print(f"\n== {padding}: input {size}³ -> output {args.tile}³, {gflop:.1f} GFLOP in convolutions, "
               f"best of {args.repeats}: {best:.2f} s = {gflop / best:.1f} GFLOP/s")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
-    (vs, vg, vt), (ss, sg, st) = results["valid"], results["same"]
+    (_, vg, vt), (_, sg, st) = results["valid"], results["same"]
     print(f"per output tile: valid {vt:.2f} s vs same {st:.2f} s ({vt / st:.2f}x); "
           f"GFLOP {vg:.0f} vs {sg:.0f} ({vg / sg:.2f}x); GFLOP/s {vg / vt:.1f} vs {sg / st:.1f}")
     return 0
