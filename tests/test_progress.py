@@ -1,6 +1,7 @@
 """Progress and cancellation for dask computations (local schedulers and distributed)."""
 
 import threading
+import time
 
 import dask.array as da
 import numpy as np
@@ -97,3 +98,30 @@ def test_distributed_progress_and_cancel(setup):
         with pytest.raises(Cancelled):
             compute(emb, progress=lambda d, t: event.set() if d >= 1 else None, cancel=event,
                     scheduler=client)
+
+
+def test_computes_in_two_threads_count_their_own_tasks_and_leave_dask_config_alone():
+    """The Segment widget's warm-up computes beside a run: neither may see the other's tasks,
+    and dask's process-wide config must end as it began."""
+    import dask
+
+    before = dask.config.get("optimization.fuse.active", None)
+    totals = {}
+
+    def run(name, n):
+        def slow(block):
+            time.sleep(0.01)
+            return block + 1
+
+        array = da.zeros((n * 4,), chunks=4).map_blocks(slow)
+        seen = []
+        compute(array, progress=lambda done, total: seen.append(total), scheduler="threads")
+        totals[name] = max(seen)
+
+    threads = [threading.Thread(target=run, args=(name, n)) for name, n in (("a", 5), ("b", 30))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert totals["a"] < totals["b"] and totals["a"] <= 2 * 5 + 2, totals
+    assert dask.config.get("optimization.fuse.active", None) == before

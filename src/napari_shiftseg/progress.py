@@ -119,6 +119,10 @@ def _compute_distributed(client, arrays, progress, cancel, poll):
         raise
 
 
+#: Serialises in-process computes (see :func:`compute`); re-entrant for nested calls.
+_LOCAL_COMPUTE = threading.RLock()
+
+
 def compute(*arrays, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
             scheduler=None):
     """Compute dask ``arrays`` like :func:`dask.compute`, reporting progress and honouring cancel.
@@ -153,5 +157,8 @@ def compute(*arrays, progress: ProgressFn | None = None, cancel: threading.Event
     callback = _ProgressCallback(progress, cancel)
     # Linear fusion would merge tile tasks into their consumers and rename them, so tiles
     # could no longer be counted; it saves nothing measurable next to a U-Net forward pass.
-    with dask.config.set({"optimization.fuse.active": False}), callback:
+    # Both the config and dask's callbacks are process-wide: two threads computing at once
+    # (the Segment widget's warm-up beside a run) would count each other's tasks and could
+    # restore each other's config out of order, leaving fusion off for good. One at a time.
+    with _LOCAL_COMPUTE, dask.config.set({"optimization.fuse.active": False}), callback:
         return dask.compute(*arrays, scheduler=scheduler)
