@@ -93,20 +93,29 @@ def run_once(viewer, widget, tile: int, device: str) -> dict:
             **{f"{k}_{m}": v for k, s in stamps.items() for m, v in _gaps(s).items()}}
 
 
-def slider_gaps(viewer, moves: int) -> dict:
+def slider_gaps(viewer, moves: int, freeze: bool = False) -> dict:
     """The z slider of the large sample moved ``moves`` times, one move every 50 ms (as a user
     dragging it): the longest event-loop gap, and each move's own cost (the slider step, napari
     slicing the lazy planes and drawing them), the first move (first texture) apart."""
+    import gc
+
     import numpy as np
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     image, _ = viewer.open_sample("napari-shiftseg", "large3d")
     QApplication.processEvents()
+    if freeze:
+        # Everything alive now (napari, torch, the modules) is never scanned by a full
+        # collection again: Python's full GC of this process takes ~260 ms.
+        gc.freeze()
     stamps, costs, steps = [], [], list(range(7, 7 + 23 * moves, 23))
     timer = QTimer()
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
     timer.start(5)
+    full_collections = []
+    gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2
+                        and full_collections.append(len(costs)))
     for z in steps:
         start = time.perf_counter()
         viewer.dims.set_current_step(0, z % image.data.shape[0])
@@ -119,8 +128,9 @@ def slider_gaps(viewer, moves: int) -> dict:
     timer.stop()
     viewer.layers.clear()
     later = np.asarray(costs[1:])
+    gc.callbacks.pop()
     return {**_gaps(stamps), "first_ms": costs[0], "move_median_ms": float(np.median(later)),
-            "move_max_ms": float(later.max())}
+            "move_max_ms": float(later.max()), "full_gc": len([m for m in full_collections if m < len(steps)])}
 
 
 def main(argv=None) -> int:
@@ -129,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the first includes warm-up")
     parser.add_argument("--moves", type=int, default=20, help="z-slider moves on the large sample")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() before the slider moves (no full collection of startup objects)")
     args = parser.parse_args(argv)
 
     display = _display()
@@ -141,10 +153,11 @@ def main(argv=None) -> int:
             model, description = _model(Path(tmp))
             viewer = napari.Viewer(show=True)
             if args.moves:
-                g = slider_gaps(viewer, args.moves)
+                g = slider_gaps(viewer, args.moves, args.gc_freeze)
                 print(f"large3d: {args.moves} z-slider moves: a move costs {g['move_median_ms']:.0f} ms "
                       f"(median; max {g['move_max_ms']:.0f} ms; the first {g['first_ms']:.0f} ms); "
-                      f"longest event-loop gap {g['max_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms")
+                      f"longest event-loop gap {g['max_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms; "
+                      f"{g['full_gc']} full garbage collection(s){' (gc.freeze)' if args.gc_freeze else ''}")
             viewer.open_sample("napari-shiftseg", SAMPLE)
             _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
             # A user opens the widget, then picks an image: the warm-up (started on open) runs
