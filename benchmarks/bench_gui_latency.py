@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs; the first includes warm-up")
     parser.add_argument("--moves", type=int, default=20, help="z-slider moves on the large sample")
     parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() before the slider moves (no full collection of startup objects)")
+                        help="gc.freeze() before the slider moves and the runs (no full collection of "
+                             "what napari, torch and the plugin hold after startup)")
     args = parser.parse_args(argv)
 
     display = _display()
@@ -159,6 +160,10 @@ def main(argv=None) -> int:
                       f"longest event-loop gap {g['max_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms; "
                       f"{g['full_gc']} full garbage collection(s){' (gc.freeze)' if args.gc_freeze else ''}")
             viewer.open_sample("napari-shiftseg", SAMPLE)
+            if args.gc_freeze:
+                import gc
+
+                gc.freeze()  # as in slider_gaps: no full collection of what is alive now
             _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
             # A user opens the widget, then picks an image: the warm-up (started on open) runs
             # meanwhile; run 0 is the first Run after it (before: a 453 ms first-run stall).
