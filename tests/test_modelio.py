@@ -24,7 +24,7 @@ def test_round_trip(tmp_path, net):
     x = torch.randn(1, 1, 52, 52)
     with torch.no_grad():
         assert torch.equal(model.net(x), net(x))
-    assert read_metadata(path)["config"].geometry.levels == 2
+    assert read_metadata(path).config.geometry.levels == 2
 
 
 class _Hostile:
@@ -87,3 +87,16 @@ def test_header_length_starting_with_pickle_byte_loads(tmp_path, net):
         meta["pad"] += " "
         path = save_model(net, path, meta=meta)
     assert load_model(path).config == net.config
+
+
+def test_read_metadata_is_typed_and_its_settings_are_the_model_s(tmp_path):
+    from napari_shiftseg.modelio import ModelInfo, load_bundled
+    from napari_shiftseg.settings import SegmentationSettings
+
+    path = save_model(load_bundled(3), tmp_path / "m.safetensors")
+    info = read_metadata(path)
+    assert isinstance(info, ModelInfo) and info.name == "m.safetensors"
+    assert info.geometry == load_model(path).geometry
+    # One reader of the recorded settings, with or without the weights.
+    assert info.settings() == SegmentationSettings.of(load_model(path)) == SegmentationSettings.of_meta(info.meta)
+    assert info.settings().bandwidth == info.meta["bandwidth"]

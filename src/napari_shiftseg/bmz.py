@@ -268,12 +268,15 @@ def _read(path: Path, tmp: Path, with_weights: bool):
     return config, {k: v for k, v in meta.items() if v is not None}, root, weights
 
 
-def read_package_metadata(path) -> dict:
-    """``{"config", "meta"}`` of a package, as :func:`napari_shiftseg.modelio.read_metadata`."""
+def read_package_metadata(path):
+    """The :class:`~napari_shiftseg.modelio.ModelInfo` of a package, as
+    :func:`napari_shiftseg.modelio.read_metadata` gives for a model file."""
+    from .modelio import ModelInfo
+
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         config, meta, _, _ = _read(path, Path(tmp), with_weights=False)
-    return {"config": config, "meta": meta}
+    return ModelInfo(config, meta, None, path.name)
 
 
 def load_package(path, device="cpu"):

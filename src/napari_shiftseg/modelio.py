@@ -52,6 +52,29 @@ class Model:
         return self.path.name if self.path else "unsaved model"
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says without its weights: the network's config and the training record.
+
+    The segmentation settings have one reader, :meth:`settings` (the values tuned at training
+    time, defaults for what the file does not record)."""
+
+    config: UNetConfig
+    meta: dict
+    version: str | None = None
+    name: str = "the model"  # the file's name, for messages
+
+    @property
+    def geometry(self):
+        return self.config.geometry
+
+    def settings(self):
+        """The :class:`~napari_shiftseg.settings.SegmentationSettings` the file records."""
+        from .settings import SegmentationSettings
+
+        return SegmentationSettings.of(self)
+
+
 def save_model(model: Model | UNet, path, meta: dict | None = None) -> Path:
     """Write weights + config (+ ``meta``: normalisation, training window, metrics) to ``path``."""
     if isinstance(model, UNet):
@@ -157,7 +180,7 @@ def _parse_metadata(metadata: dict, name: str):
     return config, meta
 
 
-def read_metadata(path) -> dict:
+def read_metadata(path) -> ModelInfo:
     """The metadata of a model file (config, meta, version), validated, without weights.
 
     The config is bounds-checked (:class:`~napari_shiftseg.unet.UNetConfig`), which refuses a
@@ -181,7 +204,7 @@ def read_metadata(path) -> dict:
     if metadata.get("format") != FORMAT:
         raise ShiftSegError(f"{path.name} is a safetensors file but not a shiftseg model (no '{FORMAT}' metadata)")
     config, meta = _parse_metadata(metadata, path.name)
-    return {"config": config, "meta": meta, "version": metadata.get("version")}
+    return ModelInfo(config, meta, metadata.get("version"), path.name)
 
 
 def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
@@ -231,7 +254,7 @@ def load_model(path, device: str | torch.device = "cpu") -> Model:
         return bmz.load_package(path, device)
     info = read_metadata(path)
     try:
-        _check_tensors(path, info["config"])
+        _check_tensors(path, info.config)
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         if isinstance(err, ShiftSegError):
@@ -241,14 +264,14 @@ def load_model(path, device: str | torch.device = "cpu") -> Model:
         if not bool(torch.isfinite(tensor).all()):
             raise ShiftSegError(f"{path.name}: weight {name} contains NaN or infinite values; the "
                                 "model is broken (training diverged?), use another model file")
-    net = UNet(info["config"])
+    net = UNet(info.config)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0][:200]
         raise ShiftSegError(f"{path.name}: weights do not match its configuration ({first})") from None
     net.eval().to(device)
-    return Model(net, info["meta"], path)
+    return Model(net, info.meta, path)
 
 
 def bundled_model_path(ndim: int, kind: str = "nuclei") -> Path:

@@ -71,11 +71,17 @@ class SegmentationSettings:
 
     @classmethod
     def of(cls, model) -> SegmentationSettings:
-        """The settings recorded in ``model.meta``; what is missing falls back to defaults.
+        """The settings recorded in ``model.meta`` (a Model or a ModelInfo); what is missing
+        falls back to defaults."""
+        return cls.of_meta(getattr(model, "meta", None) or {}, getattr(model, "name", "the model"))
+
+    @classmethod
+    def of_meta(cls, meta: dict, name: str = "the model") -> SegmentationSettings:
+        """The settings a model file's ``meta`` records; what is missing falls back to defaults.
 
         The bandwidth fallback is 2/3 of the model's push margin delta_d (2.0 for delta_d 3).
+        This is the one place a missing setting gets its value.
         """
-        meta = getattr(model, "meta", None) or {}
         if not isinstance(meta, dict):
             raise ShiftSegError("the model's metadata is not a dictionary")
         loss = meta.get("loss")
@@ -88,7 +94,7 @@ class SegmentationSettings:
         try:
             return cls(**values)
         except ShiftSegError as err:
-            raise ShiftSegError(f"{getattr(model, 'name', 'the model')}: {err}") from None
+            raise ShiftSegError(f"{name}: {err}") from None
 
     def replace(self, **changes) -> SegmentationSettings:
         """A copy with the given settings changed (``None`` values mean "keep")."""

@@ -38,7 +38,7 @@ def test_train_save_and_use(viewer, wait_idle, tmp_path, lattice_crop):
     assert widget.busy and widget.train_button.text == "Cancel"
     wait_idle(widget)
     path = Path(widget.saved_path)
-    assert path.is_file() and read_metadata(path)["meta"]["steps"] == 4
+    assert path.is_file() and read_metadata(path).meta["steps"] == 4
     assert widget.train_button.text == "Train" and widget.use_button.enabled
     assert len(widget.axes.lines) == 1 and len(widget.axes.lines[0].get_xdata()) == 4
     widget.use_button.clicked.emit()
@@ -107,7 +107,7 @@ def test_validation_score_and_tuned_settings_reach_segment(viewer, wait_idle, tm
     widget.train_button.clicked.emit()
     wait_idle(widget)
     assert widget.status.value.startswith("saved"), widget.status.value
-    meta = read_metadata(widget.saved_path)["meta"]
+    meta = read_metadata(widget.saved_path).meta
     record = meta["validation"]
     assert "best_step" in record and "tuned" in record, record
     tuned = SegmentationSettings.of(SimpleNamespace(meta=meta, name="trained"))
@@ -125,7 +125,7 @@ def test_synthetic_training_validates_on_fresh_images(viewer, wait_idle, tmp_pat
     widget.tune.value = False
     widget.train_button.clicked.emit()
     wait_idle(widget)
-    record = read_metadata(widget.saved_path)["meta"]["validation"]
+    record = read_metadata(widget.saved_path).meta["validation"]
     assert record["held_out"] == "2 given validation image(s)" and "tuned" not in record
     assert widget.held_out.value.startswith(f"AP@0.5 {record['ap@0.5']:.3f}")
 
@@ -153,7 +153,7 @@ def test_sparse_labels_with_a_drawn_region(viewer, wait_idle, tmp_path, lattice_
     assert region[: h // 2 - 1].all() and not region[h // 2 + 1:].any()
     widget.train_button.clicked.emit()
     wait_idle(widget)
-    meta = read_metadata(Path(widget.saved_path))["meta"]
+    meta = read_metadata(Path(widget.saved_path)).meta
     assert "sparse labels" in meta["training_data"] and "annotated-region mask" in meta["training_data"]
 
 

@@ -11,7 +11,6 @@ fallbacks of our own.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 from napari.utils.notifications import show_error
@@ -36,12 +35,6 @@ def describe_config(config) -> str:
         pooling = f"factors={g.factors}  F={g.grids}  capacity ∏F={g.capacity}  context={g.contexts}"
     return (f"d={g.ndim}  l={g.levels}  {pooling}  E={config.embed_dim}  "
             f"({config.upsampling} upsampling, {g.padding})")
-
-
-def recorded_settings(meta: dict, name: str) -> SegmentationSettings:
-    """The segmentation settings a model file's ``meta`` records (with the owner's fallbacks)."""
-    # SegmentationSettings.of only reads .meta and .name: no need to load the weights.
-    return SegmentationSettings.of(SimpleNamespace(meta=meta, name=name))
 
 
 def describe_settings(settings: SegmentationSettings) -> str:
@@ -91,13 +84,13 @@ class ModelChooser(Container):
 
     def settings(self) -> SegmentationSettings:
         """Segmentation settings recorded in the chosen model; raises ShiftSegError if unreadable."""
-        return recorded_settings(self.metadata()["meta"], self.path.name)
+        return self.metadata().settings()
 
     @property
     def geometry(self):
         """Geometry of the chosen model, or None when it cannot be read."""
         try:
-            return self.metadata()["config"].geometry
+            return self.metadata().config.geometry
         except ShiftSegError:
             return None
 
@@ -105,7 +98,7 @@ class ModelChooser(Container):
     def in_channels(self) -> int:
         """Input channels of the chosen model (1 when it cannot be read)."""
         try:
-            return int(self.metadata()["config"].in_channels)
+            return int(self.metadata().config.in_channels)
         except ShiftSegError:
             return 1
 
@@ -142,6 +135,6 @@ class ModelChooser(Container):
 
     def _refresh(self, *_):
         try:
-            self.summary.value = describe_config(self.metadata()["config"])
+            self.summary.value = describe_config(self.metadata().config)
         except ShiftSegError as err:
             self.summary.value = f"not available: {err}"

@@ -75,7 +75,7 @@ class InspectWidget(Container):
         try:
             if layer is None:
                 raise ShiftSegError("add or select an image layer first")
-            geometry = self.model.metadata()["config"].geometry
+            geometry = self.model.metadata().config.geometry
             _pipeline.check_image(layer, geometry.ndim)
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")

@@ -349,7 +349,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         try:
             if layer is None:
                 raise ShiftSegError("add or select an image layer first")
-            config = self.model.metadata()["config"]
+            config = self.model.metadata().config
             if getattr(layer, "multiscale", False):
                 raise ShiftSegError(f"layer {layer.name!r} is multiscale; add its full-resolution "
                                     "level as a layer")
@@ -481,7 +481,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         """Put the settings recorded in the model file (tuned for its embeddings) into the controls."""
         try:
             settings = self.model.settings()
-            learnt = rescale.model_diameter(self.model.metadata()["meta"])
+            learnt = rescale.model_diameter(self.model.metadata().meta)
         except ShiftSegError:
             return  # an unreadable model is reported by the tile info line, and cannot run
         self.diameter.enabled = bool(learnt)

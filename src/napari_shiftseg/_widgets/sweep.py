@@ -98,7 +98,7 @@ class SweepWidget(Container):
             if tuple(image.data.shape) != tuple(labels.data.shape):
                 raise ShiftSegError(f"image {tuple(image.data.shape)} and labels "
                                     f"{tuple(labels.data.shape)} must have the same shape")
-            geometry = self.model.metadata()["config"].geometry
+            geometry = self.model.metadata().config.geometry
             if image.data.ndim != geometry.ndim:
                 raise ShiftSegError(f"the model is {geometry.ndim}D but {image.name} is "
                                     f"{image.data.ndim}D")

@@ -36,13 +36,13 @@ from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
 from ..geometry import UNetGeometry
-from ..settings import TRAINING_DEFAULTS
+from ..settings import TRAINING_DEFAULTS, SegmentationSettings
 from ..spatial import EMBEDDINGS
 from ..train import NETWORK_DEFAULTS, default_training_window, network_config
 from ..unet import UNetConfig
 from . import _pipeline
 from ._common import PLUGIN, ScrollsWhenDocked, layer_choices, set_running, watch_layers, wrap
-from ._model_choice import describe_settings, recorded_settings
+from ._model_choice import describe_settings
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ WARN_STYLE = "color: #e8a33d;"
 def describe_validation(meta: dict, name: str) -> str:
     """The held-out AP@0.5 and the settings the model now records (tuned, if it was)."""
     record = meta.get("validation") or {}
-    settings = describe_settings(recorded_settings(meta, name))
+    settings = describe_settings(SegmentationSettings.of_meta(meta, name))
     if "ap@0.5" not in record:
         return f"{record.get('held_out', 'no validation')}; settings: {settings}"
     tuned = record.get("tuned")

@@ -15,7 +15,7 @@ def run(args) -> int:
 
     path = args.model or bundled_model_path(args.ndim)
     info = read_metadata(path)
-    config, meta = info["config"], info["meta"]
+    config, meta = info.config, info.meta
     g = config.geometry
     rows = {"model": str(path), **g.describe(),
             "upsampling": config.upsampling, "embedding channels": config.embed_dim,
