@@ -334,8 +334,9 @@ class SegmentWidget(ScrollsWhenDocked, Container):
                                     bool(getattr(layer, "rgb", False)))
         return tuple(float(v) for v in scale)[-g.ndim:]
 
-    def _tile(self) -> int:
-        """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose)."""
+    def _tile(self) -> int | tuple | str:
+        """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose);
+        "auto" for the largest tile that fits the device."""
         g = self.model.geometry
         if self.tile.value == 0:
             return "auto"  # decided in the worker, for the device that runs
