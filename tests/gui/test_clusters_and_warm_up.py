@@ -90,3 +90,20 @@ def test_segment_and_train_docked_together_fit_a_1200_px_screen(viewer):
     # The controls are all inside the scroll areas, and the docks hold the scroll areas.
     assert segment.run_button.native.isVisibleTo(segment.inner) and train.canvas.isVisibleTo(train.inner)
     assert segment.native.widget() is segment.inner
+
+
+def test_freeze_gc_is_opt_in(viewer, monkeypatch):
+    import gc
+
+    from napari_shiftseg._widgets import _common, segment
+
+    assert _common.inference_settings().freeze_gc is False  # off by default
+    frozen = gc.get_freeze_count()
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert gc.get_freeze_count() == frozen
+    monkeypatch.setattr(segment, "inference_settings", lambda: _common.InferenceSettings(freeze_gc=True))
+    try:
+        segment.SegmentWidget(viewer)
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()

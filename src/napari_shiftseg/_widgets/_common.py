@@ -13,6 +13,7 @@ class InferenceSettings:
     device: str = "auto"
     memory_budget_gb: float = 4.0
     tile_size: int = 128
+    freeze_gc: bool = False  # gc.freeze() when the Segment widget opens (RESULTS.md section 6)
 
 
 def inference_settings() -> InferenceSettings:
@@ -21,7 +22,8 @@ def inference_settings() -> InferenceSettings:
         from napari.settings import get_plugin_settings
 
         s = get_plugin_settings(PLUGIN).inference
-        return InferenceSettings(s.device, float(s.memory_budget_gb), int(s.tile_size))
+        return InferenceSettings(s.device, float(s.memory_budget_gb), int(s.tile_size),
+                                 bool(getattr(s, "freeze_gc", False)))
     except (ImportError, KeyError, AttributeError):  # older napari, or the plugin not discovered
         return InferenceSettings()
 
