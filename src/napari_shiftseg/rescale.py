@@ -86,6 +86,16 @@ def estimate_from_crop(image, model, device="cpu") -> float | None:
                                            device=resolve_device(device)))
 
 
+def estimate_as_run(image, model, device="cpu", lead: int = 0, iso=None) -> float | None:
+    """Object diameter of ``image`` as a run sees it: resampled to isotropic voxels by ``iso``
+    (lazily) and, for a 2D model on a stack (``lead`` = 1), on the middle slice; measured on a
+    central crop (:func:`estimate_from_crop`). The one rule of ``segment_to_zarr`` and the widget."""
+    import dask.array as da
+
+    view = image if iso is None else resize_image(da.asarray(image), shape=working_shape(image.shape, iso))
+    return estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, device)
+
+
 def isotropic_factors(voxel_size, ndim: int) -> tuple[float, ...]:
     """Per-axis factors that make voxels cubic at the finest in-plane spacing (coarse axes,
     usually z, gain planes; nothing is downsampled)."""

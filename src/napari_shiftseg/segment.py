@@ -664,12 +664,8 @@ def _resampled_input(image, model, diameter, device, per_slice=False, voxel_size
     ndim, lead = model.geometry.ndim, int(per_slice)
     iso = rescale.isotropic_factors(voxel_size, ndim) if voxel_size is not None and not lead else None
 
-    def estimate():
-        view = source if iso is None else rescale.resize_image(
-            source, shape=rescale.working_shape(image.shape, iso))
-        return rescale.estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, device)
-
-    factor, _, _ = rescale.object_factor(model, diameter, estimate)
+    factor, _, _ = rescale.object_factor(model, diameter,
+                                         lambda: rescale.estimate_as_run(source, model, device, lead, iso))
     factors = rescale.axis_factors(factor, ndim, lead, iso)
     if all(f == 1.0 for f in factors):
         return image

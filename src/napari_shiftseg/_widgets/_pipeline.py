@@ -181,9 +181,7 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
             # A large image: measure the objects on a central crop (as segment_to_zarr does),
             # not with a whole first pass: that doubled the cost of every run.
             report(0, 1, "object size")
-            view = part if iso is None else rescale.resize_image(
-                da.asarray(part), shape=rescale.working_shape(part.shape, iso))
-            return rescale.estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, params.device)
+            return rescale.estimate_as_run(part, model, params.device, lead, iso)
         first.append(_resampled_run(report, cancel, image, model, params, region, norm,
                                     rescale.axis_factors(1.0, ndim, lead, iso), 1.0))
         measured = rescale.estimate_diameter(first[0].labels)
