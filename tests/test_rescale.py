@@ -116,3 +116,29 @@ def test_object_factor_measures_only_for_auto():
     assert rescale.axis_factors(1.5, 3, iso=(3.0, 1.0, 1.0)) == (4.5, 1.5, 1.5)
     with pytest.raises(ShiftSegError, match="object diameter"):
         rescale.object_factor(sized, -1, estimate)
+
+
+def test_object_factor_refines_auto_on_the_resampled_pass():
+    """'auto' measures again on the pass at the first factor (cellpose-style): a large nucleus
+    cut into pieces at scale 1 is measured whole after resampling."""
+    sized = Model(None, {"object_diameter": 20})
+    asked = []
+
+    def refine_to(value):
+        def refine(factor):
+            asked.append(factor)
+            return value
+        return refine
+
+    # first 28 px -> factor 20/28; the pass at that factor measures 40 px -> factor 0.5
+    assert rescale.object_factor(sized, "auto", lambda: 28.0, refine_to(40.0)) == (0.5, 40.0, 20.0)
+    assert asked == [pytest.approx(20 / 28)]
+    # within REFINE_TOLERANCE of the first factor: the first is kept (its pass is the answer)
+    factor, diameter, _ = rescale.object_factor(sized, "auto", lambda: 10.0, refine_to(10.5))
+    assert factor == 2.0 and diameter == 10.5
+    # no resampling asked at first: no second pass
+    asked.clear()
+    assert rescale.object_factor(sized, "auto", lambda: 19.0, refine_to(40.0))[0] == 1.0
+    assert asked == []
+    # a refinement that finds too few objects keeps the first estimate
+    assert rescale.object_factor(sized, "auto", lambda: 10.0, refine_to(None)) == (2.0, 10.0, 20.0)

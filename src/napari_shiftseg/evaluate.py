@@ -70,8 +70,7 @@ def segment_embeddings(embeddings, settings: SegmentationSettings, foreground: b
     """Instance labels (int32 numpy) of in-memory embeddings with the given settings."""
     from .instances import segment_instances
 
-    labels, _ = segment_instances(embeddings, n_seeds=n_seeds, seed=seed, foreground=foreground,
-                                  **settings.instance_kwargs())
+    labels, _ = segment_instances(embeddings, settings, foreground=foreground, n_seeds=n_seeds, seed=seed)
     return np.asarray(labels.compute(scheduler="sync"), dtype=np.int32)
 
 
@@ -120,29 +119,39 @@ def segment_array(
 
     settings = (settings or SegmentationSettings.of(model)).replace(
         bandwidth=bandwidth, fg_threshold=foreground_threshold, min_size=min_size)
+    at = segment_at_scales(image, model, settings, n_seeds, seed, device)
+    factor, _, _ = rescale.object_factor(model, diameter, lambda: rescale.estimate_diameter(at(1.0)),
+                                         lambda f: rescale.estimate_diameter(at(f)))
+    return at(factor)
+
+
+def segment_at_scales(image, model: Model, settings: SegmentationSettings | None = None,
+                      n_seeds: int = 1000, seed: int = 0, device: str | torch.device = "cpu"):
+    """``at(factor) -> labels``: ``image`` segmented after resampling by ``factor``, labels on
+    the image's own grid; each factor computed once (the object-size passes of 'auto' are
+    reused as the answer: :func:`~napari_shiftseg.rescale.object_factor`)."""
+    from . import rescale
+
+    settings = settings or SegmentationSettings.of(model)
     multi = model.config.in_channels > 1
     image = channel_first(image, model) if multi else validate_image(image)
+    done: dict[float, np.ndarray] = {}
 
-    def resize(img, factor):
-        if multi:  # each channel alike; the channel axis is not an image axis
-            return np.stack([rescale.resize_image(c, factor) for c in img])
-        return rescale.resize_image(img, factor)
+    def at(factor: float) -> np.ndarray:
+        if factor not in done:
+            img = image
+            if factor != 1.0:  # each channel alike; the channel axis is not an image axis
+                img = (np.stack([rescale.resize_image(c, factor) for c in image]) if multi
+                       else rescale.resize_image(image, factor))
+            labels = segment_embeddings(embed_array(img, model, device), settings,
+                                        model.config.foreground_head, n_seeds, seed)
+            if factor != 1.0:
+                labels = np.ascontiguousarray(rescale.resize_labels(labels, image.shape[multi:]),
+                                              dtype=np.int32)
+            done[factor] = labels
+        return done[factor]
 
-    def run(img):
-        return segment_embeddings(embed_array(img, model, device), settings,
-                                  model.config.foreground_head, n_seeds, seed)
-
-    first = []  # the first pass of 'auto', kept: it is the answer when no resampling is needed
-
-    def estimate():
-        first.append(run(image))
-        return rescale.estimate_diameter(first[0])
-
-    factor, _, _ = rescale.object_factor(model, diameter, estimate)
-    if factor == 1.0:
-        return first[0] if first else run(image)
-    labels = run(resize(image, factor))
-    return np.ascontiguousarray(rescale.resize_labels(labels, image.shape[multi:]), dtype=np.int32)
+    return at
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:

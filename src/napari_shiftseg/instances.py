@@ -441,19 +441,31 @@ if label_instances.__doc__:  # None under python -OO
     label_instances.__doc__ = label_instances.__doc__.replace("{post}", _POST_DOC)
 
 
-def segment_instances(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
-                      min_size: int = 0, connectivity: int = 1, n_seeds: int = 1000,
-                      max_points: int = DEFAULT_MAX_POINTS, seed: int = 0, foreground: bool = True,
-                      *, merge_distance: float | None = None, absorb_small: bool = False,
-                      fill_holes: bool = False) -> tuple[da.Array, Clustering]:
-    """:func:`cluster_embeddings` then :func:`label_instances`; returns (labels, clustering)."""
-    _post.post_options(merge_distance, absorb_small, fill_holes, min_size)  # fail before clustering
-    clustering = cluster_embeddings(embeddings, bandwidth, fg_threshold, n_seeds, max_points,
-                                    seed, foreground)
-    labels = label_instances(embeddings, clustering, min_size, connectivity,
-                             merge_distance=merge_distance, absorb_small=absorb_small,
-                             fill_holes=fill_holes)
-    return labels, clustering
+def segment_instances(embeddings, settings=None, clustering=None, foreground: bool = True,
+                      **overrides) -> tuple[da.Array, Clustering]:
+    """:func:`cluster_embeddings` then :func:`label_instances`; returns (labels, clustering).
+
+    ``settings``: a :class:`~napari_shiftseg.settings.SegmentationSettings` (default: its
+    defaults with no smallest-object filter); ``clustering``: a
+    :class:`~napari_shiftseg.segment_options.ClusterOptions`; ``overrides`` change fields of
+    either by name (``bandwidth=1.0``, ``n_seeds=200``).
+    """
+    from .segment_options import settings_and_clustering
+    from .settings import SegmentationSettings
+
+    settings, clustering = settings_and_clustering(settings, clustering, overrides, "segment_instances",
+                                                   SegmentationSettings(min_size=0))
+    post = settings.instance_kwargs()
+    _post.post_options(post.get("merge_distance"), post.get("absorb_small", False),
+                       post.get("fill_holes", False), settings.min_size)  # fail before clustering
+    c = clustering
+    found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, c.n_seeds,
+                               c.max_points, c.seed, foreground)
+    labels = label_instances(embeddings, found, settings.min_size, c.connectivity,
+                             merge_distance=post.get("merge_distance"),
+                             absorb_small=post.get("absorb_small", False),
+                             fill_holes=post.get("fill_holes", False))
+    return labels, found
 
 
 # --------------------------------------------------------------------------- zarr-staged

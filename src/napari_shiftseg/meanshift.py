@@ -11,13 +11,16 @@ dask array once the modes of the whole image are known.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg._options import with_overrides
 from napari_shiftseg.validate import number, whole
 
-__all__ = ["assign_to_modes", "mean_shift"]
+__all__ = ["MeanShiftOptions", "assign_to_modes", "mean_shift"]
 
 _KERNELS = ("flat", "gaussian")
 
@@ -148,41 +151,10 @@ def _dedupe(seeds: torch.Tensor, active: torch.Tensor, cell: float):
     return seeds[first], active[first]
 
 
-def mean_shift(
-    points,
-    bandwidth: float,
-    n_seeds: int = 1000,
-    seeds=None,
-    kernel: str = "flat",
-    max_iter: int = 50,
-    tol: float = 1e-3,
-    merge_radius: float | None = None,
-    min_cluster_size: int = 1,
-    bin_size: float | None = 0.25,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> np.ndarray:
-    """Find the modes of a point cloud by seeded mean-shift.
+@dataclass(frozen=True)
+class MeanShiftOptions:
+    """How :func:`mean_shift` iterates and merges (the knobs rarely changed).
 
-    Every seed repeatedly moves to the kernel-weighted mean of the points around it until it
-    moves less than ``tol * bandwidth`` (or ``max_iter`` steps have been taken). Converged seeds
-    are then merged greedily, strongest first: a mode closer than ``merge_radius`` to an
-    already kept mode with more support is dropped (as in scikit-learn's ``MeanShift``). The
-    support of a mode is the number of points within ``bandwidth`` of it.
-
-    Parameters
-    ----------
-    points : numpy.ndarray or torch.Tensor
-        (N, E) finite embedding vectors, N >= 1.
-    bandwidth : float
-        Kernel radius (flat kernel) or standard deviation (Gaussian kernel), > 0. For
-        embeddings trained with the discriminative loss, about ``delta_d`` or a little less.
-    n_seeds : int
-        Number of seeds drawn at random (without replacement) from the points when ``seeds``
-        is None; capped at N.
-    seeds : numpy.ndarray or torch.Tensor, optional
-        (S, E) explicit starting points; overrides ``n_seeds`` and ``seed``.
     kernel : {'flat', 'gaussian'}
         'flat' weights all points within ``bandwidth`` equally (as scikit-learn does);
         'gaussian' weights every point by ``exp(-d^2 / (2 bandwidth^2))``.
@@ -205,13 +177,68 @@ def mean_shift(
         modes move by a small fraction of a cell and the support (hence
         ``min_cluster_size``) is counted per cell. None uses every point exactly. In high
         dimensions (E > 4) most cells hold a single point and binning gains little.
+    chunk_size : int
+        Points (or cells) per distance chunk; the distance matrices take about
+        ``4 * n_seeds * chunk_size`` bytes.
+    """
+
+    kernel: str = "flat"
+    max_iter: int = 50
+    tol: float = 1e-3
+    merge_radius: float | None = None
+    min_cluster_size: int = 1
+    bin_size: float | None = 0.25
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self):
+        number(self.tol, "tol", 0.0)
+        number(self.merge_radius, "merge_radius", 0.0, optional=True)
+        number(self.bin_size, "bin_size", 0.0, optional=True)
+        whole(self.max_iter, "max_iter", 1)
+        whole(self.min_cluster_size, "min_cluster_size", 1)
+        whole(self.chunk_size, "chunk_size", 1)
+        if self.kernel not in _KERNELS:
+            raise ShiftSegError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}")
+
+
+def mean_shift(
+    points,
+    bandwidth: float,
+    n_seeds: int = 1000,
+    seeds=None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    options: MeanShiftOptions | None = None,
+    **overrides,
+) -> np.ndarray:
+    """Find the modes of a point cloud by seeded mean-shift.
+
+    Every seed repeatedly moves to the kernel-weighted mean of the points around it until it
+    moves less than ``tol * bandwidth`` (or ``max_iter`` steps have been taken). Converged seeds
+    are then merged greedily, strongest first: a mode closer than ``merge_radius`` to an
+    already kept mode with more support is dropped (as in scikit-learn's ``MeanShift``). The
+    support of a mode is the number of points within ``bandwidth`` of it.
+
+    Parameters
+    ----------
+    points : numpy.ndarray or torch.Tensor
+        (N, E) finite embedding vectors, N >= 1.
+    bandwidth : float
+        Kernel radius (flat kernel) or standard deviation (Gaussian kernel), > 0. For
+        embeddings trained with the discriminative loss, about ``delta_d`` or a little less.
+    n_seeds : int
+        Number of seeds drawn at random (without replacement) from the points when ``seeds``
+        is None; capped at N.
+    seeds : numpy.ndarray or torch.Tensor, optional
+        (S, E) explicit starting points; overrides ``n_seeds`` and ``seed``.
     seed : int
         Seed of the random choice of seeds; equal seeds give identical modes.
     device : str or torch.device
         Where to compute ('cpu', 'cuda', ...).
-    chunk_size : int
-        Points (or cells) per distance chunk; the distance matrices take about
-        ``4 * n_seeds * chunk_size`` bytes.
+    options : MeanShiftOptions, optional
+        Kernel, iterations, tolerance, merge radius, smallest cluster, binning, chunking.
+    **overrides
+        Fields of ``options`` to change, by name (``kernel="gaussian"``, ``bin_size=None``).
 
     Returns
     -------
@@ -244,15 +271,10 @@ def mean_shift(
     >>> labels = assign_to_modes(points, modes)  # 1 or 2 for every point
     """
     number(bandwidth, "bandwidth", 0.0)
-    number(tol, "tol", 0.0)
-    number(merge_radius, "merge_radius", 0.0, optional=True)
-    number(bin_size, "bin_size", 0.0, optional=True)
     whole(n_seeds, "n_seeds", 1)
-    whole(max_iter, "max_iter", 1)
-    whole(min_cluster_size, "min_cluster_size", 1)
-    whole(chunk_size, "chunk_size", 1)
-    if kernel not in _KERNELS:
-        raise ShiftSegError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+    o = with_overrides(options or MeanShiftOptions(), "mean_shift", overrides)
+    kernel, max_iter, tol, merge_radius = o.kernel, o.max_iter, o.tol, o.merge_radius
+    min_cluster_size, bin_size, chunk_size = o.min_cluster_size, o.bin_size, o.chunk_size
     data = _as_points(points, "points", torch.float32).to(device)
     if data.shape[0] == 0:
         raise ShiftSegError("cannot run mean-shift on an empty set of points")

@@ -10,9 +10,12 @@ downscaled 0.6x. So a model records the object diameter it segments best
 segmented, and its labels are resampled back to the image's own grid.
 
 The image's diameter is either given (the user knows their nuclei) or estimated from a first
-pass at scale 1: the median equivalent diameter of the instances found. That estimate is
-robust even when the first pass merges or splits some objects (within 10 % of the truth on
-every dev image, 10-38 px).
+pass at scale 1: the median equivalent diameter of the instances found. When that asks for
+resampling, it is measured once more on the pass at that scale (cellpose refines its size
+model's guess the same way): at scale 1 a model tuned on 20 px nuclei cuts 35-41 px nuclei
+into pieces and measured them as 28 px, and over-measured crowded 9 px nuclei as 11-12 px; the
+second pass measured 32-40 px and 9.6-10 px, and dev2d AP@0.5 rose from 0.857 to 0.876
+(benchmarks/RESULTS.md section 7). The 3D dev volumes were estimated within 10 % at once.
 
 Resampling is separable and lazy: each axis is one or two ``take`` gathers (linear
 interpolation for images, nearest for labels), so on a dask array it stays blockwise and its
@@ -33,7 +36,7 @@ from ._errors import ShiftSegError
 
 __all__ = ["TOLERANCE", "LIMITS", "model_diameter", "estimate_diameter", "check_diameter",
            "scale_for", "working_shape", "resize_image", "resize_labels", "labels_on_image_grid",
-           "working_region", "estimate_from_crop", "object_factor", "axis_factors",
+           "working_region", "estimate_from_crop", "object_factor", "REFINE_TOLERANCE", "axis_factors",
            "isotropic_factors"]
 
 #: Sizes within this ratio of the model's diameter are segmented as they are (resampling costs
@@ -46,6 +49,10 @@ LIMITS = (0.5, 2.0)
 
 #: Fewer first-pass objects than this give no usable size estimate: no resampling.
 MIN_OBJECTS = 3
+
+#: A refined estimate whose factor is within this ratio of the first one keeps the first
+#: factor, so the pass that measured it is the answer (no third pass).
+REFINE_TOLERANCE = 1.1
 
 
 def model_diameter(model) -> float | None:
@@ -73,17 +80,19 @@ ESTIMATE_CROP = {2: (256, 256), 3: (48, 128, 128)}
 
 
 def estimate_from_crop(image, model, device="cpu") -> float | None:
-    """Object diameter estimated on a central crop of ``image`` (segmented as imaged)."""
-    from .evaluate import segment_array
+    """Object diameter estimated on a central crop of ``image`` (first pass as imaged, refined
+    at the scale it asks for: :func:`object_factor`)."""
+    from .devices import resolve_device
+    from .evaluate import segment_at_scales
 
     crop = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + c)
                  for n, c in zip(image.shape, ESTIMATE_CROP[image.ndim]))
     part = image[crop]
     part = np.asarray(part.compute() if hasattr(part, "compute") else part)
-    from .devices import resolve_device
-
-    return estimate_diameter(segment_array(part, model, diameter=None,
-                                           device=resolve_device(device)))
+    at = segment_at_scales(part, model, device=resolve_device(device))
+    _, diameter, _ = object_factor(model, "auto", lambda: estimate_diameter(at(1.0)),
+                                   lambda f: estimate_diameter(at(f)))
+    return diameter
 
 
 def estimate_as_run(image, model, device="cpu", lead: int = 0, iso=None) -> float | None:
@@ -115,21 +124,32 @@ def check_diameter(diameter) -> float | str | None:
     return float(diameter)
 
 
-def object_factor(model, diameter, estimate) -> tuple[float, float | None, float | None]:
+def object_factor(model, diameter, estimate, refine=None) -> tuple[float, float | None, float | None]:
     """How much to resample for ``model``: ``(factor, image diameter, model diameter)``.
 
     ``diameter`` is checked (:func:`check_diameter`); for ``'auto'`` the image's diameter is
-    ``estimate()`` (called only then). A model that records no diameter, or ``None``, gives 1.
-    Every path that segments (``segment_array``, ``segment_to_zarr``, the Segment widget) asks
-    this one function and only differs in how it measures.
+    ``estimate()`` (called only then) and, when that asks for a factor other than 1,
+    ``refine(factor)``: the diameter (image pixels) measured on a pass at that factor (module
+    docstring). A refined factor within :data:`REFINE_TOLERANCE` of the first keeps the first.
+    A model that records no diameter, or ``None``, gives 1. Every path that segments
+    (``segment_array``, ``segment_to_zarr``, the Segment widget) asks this one function and
+    only differs in how it measures.
     """
     diameter = check_diameter(diameter)
     target = model_diameter(model)
     if diameter is None or target is None:
         return 1.0, None, target
-    if diameter == "auto":
-        diameter = estimate()
-    return scale_for(diameter, target), diameter, target
+    if diameter != "auto":
+        return scale_for(diameter, target), diameter, target
+    diameter = estimate()
+    factor = scale_for(diameter, target)
+    if refine is not None and factor != 1.0:
+        second = refine(factor)
+        if second:
+            diameter, again = second, scale_for(second, target)
+            if abs(math.log(again / factor)) >= math.log(REFINE_TOLERANCE):
+                factor = again
+    return factor, diameter, target
 
 
 def axis_factors(factor: float, ndim: int, lead: int = 0, iso=None) -> tuple[float, ...]:

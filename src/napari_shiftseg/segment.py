@@ -39,13 +39,14 @@ workers write into ``out_path`` themselves, so it must be on a file system they 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -57,11 +58,11 @@ from . import __version__
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .devices import resolve_tile
-from .instances import DEFAULT_BANDWIDTH, DEFAULT_MAX_POINTS, DEFAULT_MIN_SIZE
 from .ngff import AXIS_NAMES, LABELS
 from .ngff import check_version as check_ngff
 from .ngff import write_metadata as write_ngff
 from .ngff import zarr_format as ngff_zarr_format
+from .segment_options import ClusterOptions, SegmentOptions, settings_and_clustering
 from .tiling import TilePlan, tile_plan
 
 __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
@@ -275,14 +276,32 @@ def _shown(value, key: str = "") -> str:
     return str(value)
 
 
-def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: bool, attrs: dict,
-                   image_shape=None, ngff: str = "0.5", voxel_size=None, unit=None):
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What an output holds: the network's grid (``spatial``, resampled or not), its chunks
+    (``chunk``, one per tile) and their number per axis (``grid``); ``image_shape`` is the
+    input's own grid when the network ran on a resampled image."""
+
+    spatial: tuple[int, ...]
+    channels: int
+    chunk: tuple[int, ...]
+    grid: tuple[int, ...]
+    foreground: bool
+    image_shape: tuple[int, ...] | None = None
+    ngff: str = "0.5"
+    voxel_size: tuple[float, ...] | None = None
+    unit: str | None = None
+
+
+def _create_output(path: Path, layout: _Layout, attrs: dict):
     """The output arrays and their OME-Zarr metadata (:mod:`ngff`); with ``image_shape`` (a
     resampled run) the labels are on the image's grid and the network's labels go to
     ``labels_resampled``."""
     import zarr
 
-    version = check_ngff(ngff)
+    spatial, channels, tile, grid = layout.spatial, layout.channels, layout.chunk, layout.grid
+    image_shape, voxel_size = layout.image_shape, layout.voxel_size
+    version = check_ngff(layout.ngff)
     group = zarr.open_group(path, mode="w", zarr_format=ngff_zarr_format(version))
     # NGFF 0.4 (zarr v2) asks for nested chunk keys, as zarr v3 always has.
     keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
@@ -301,7 +320,7 @@ def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: b
         spatial = tuple(image_shape)
         tile = tuple(min(t, n) for t, n in zip(tile, spatial))
     array("embeddings", (channels, *net_spatial), (channels, *net_tile), "float32", 0.0, channel=True)
-    if foreground:
+    if layout.foreground:
         array("foreground", net_spatial, net_tile, "float32", 0.0)
     array(LABELS, spatial, tile, "int32", 0)
     # One chunk per flag: each tile's flag is its own (atomically renamed) file.
@@ -310,7 +329,7 @@ def _create_output(path: Path, spatial, channels: int, tile, grid, foreground: b
     # Embeddings of a resampled run sit on a finer or coarser grid than the input's voxels.
     voxel = tuple(voxel_size) if voxel_size else (1.0,) * len(spatial)
     emb_scale = tuple(v * n / m for v, n, m in zip(voxel, spatial, net_spatial))
-    write_ngff(group, version, voxel_size=voxel, unit=unit, embedding_scale=emb_scale)
+    write_ngff(group, version, voxel_size=voxel, unit=layout.unit, embedding_scale=emb_scale)
     return group
 
 
@@ -428,17 +447,10 @@ def _first_line(err) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
-def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto", mode: str = "exact",
-                    bandwidth: float | None = None, min_size: int | None = None,
-                    fg_threshold: float | None = None,
-                    n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
-                    connectivity: int = 1, progress: Callable[[int, int], None] | None = None,
-                    cancel: threading.Event | None = None, client=None, overwrite: bool = False,
-                    stage: Callable[[str], None] | None = None, *, merge_distance: float | None = None,
-                    absorb_small: bool | None = None, fill_holes: bool | None = None,
-                    diameter: float | str | None = None, channel: int | Sequence[int] | None = None,
-                    per_slice: bool | None = None, isotropic: bool = False,
-                    voxel_size=None, ngff: str = "0.5", tile_resources: dict | None = None):
+def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None = None, *,
+                    progress: Callable[[int, int], None] | None = None,
+                    cancel: threading.Event | None = None, stage: Callable[[str], None] | None = None,
+                    client=None, **overrides):
     """Segment ``image`` into an OME-Zarr group, resuming an interrupted run of the same arguments.
 
     Parameters
@@ -450,18 +462,10 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         Output ``.zarr`` directory; created, or resumed when it holds an interrupted run.
     model : Model, UNet, path or None
         The network; None takes the bundled default model for the image's dimensionality.
-    tile : int, sequence of int or "auto"
-        Output tile per axis (snapped to n·f^l in ``exact`` mode); also the zarr chunk size.
-        ``"auto"``: the largest n·f^l tile whose estimated memory fits the device.
-    device, mode
-        As for :func:`~napari_shiftseg.predict.predict_embeddings`.
-    bandwidth, fg_threshold, min_size, merge_distance, absorb_small, fill_holes
-        Segmentation settings (:class:`~napari_shiftseg.settings.SegmentationSettings`); each
-        one left at None takes the value recorded in the model file (tuned at training time).
-    n_seeds, max_points, seed
-        As for :func:`~napari_shiftseg.instances.cluster_embeddings`.
-    connectivity
-        As for :func:`~napari_shiftseg.instances.label_instances`.
+    options : SegmentOptions, optional
+        Tile, device, mode, segmentation settings, clustering, object size, channels, per-slice
+        and isotropic runs, overwrite, OME-Zarr version, tile resources
+        (:class:`~napari_shiftseg.segment_options.SegmentOptions`; defaults there).
     progress : callable(done, total), optional
         Called as tiles finish, counting tiles done by earlier runs too.
     cancel : threading.Event, optional
@@ -469,39 +473,10 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         are kept for the next run.
     client : distributed.Client, optional
         Run on a dask.distributed cluster (``out_path`` must be visible to its workers).
-    overwrite : bool
-        Replace an existing output instead of resuming it: the new run is written to a sibling
-        ``.NAME.zarr.new`` and swapped in once complete, so the old output survives a failure.
-        An input inside (or equal to) the output is always refused.
     stage : callable(str), optional
         Told when a new stage starts ("tiles", "clustering", "labels").
-    diameter : float, 'auto' or None
-        Object diameter in the image (pixels). When the model records the diameter it learnt
-        and this one differs (:mod:`napari_shiftseg.rescale`), the network runs on the image
-        resampled (lazily) to the model's scale: ``embeddings``, ``foreground`` and
-        ``labels_resampled`` are on that grid, and ``labels`` is read back onto the image's
-        own grid. ``'auto'`` estimates it from a central crop; None segments as imaged.
-    channel : int or list of int, optional
-        For an image file with channels (RGB, or a ``C`` axis): the one to segment; or, for a
-        multi-channel model, the ones it takes, in its order (of a file's channel axis, or of
-        a channel-first array's first axis). A multi-channel model segments as imaged (no
-        object-size or isotropic resampling, no per-slice runs).
-    per_slice : bool, optional
-        Run a 2D model on each slice of a 3D image (default: whenever a 2D model meets a 3D
-        image). Instances are linked across z where voxels of one embedding cluster touch.
-    isotropic : bool
-        Resample (lazily) to isotropic voxels before the network, e.g. a confocal stack with a
-        z step 3x the pixel size gets 3x the planes; labels come back on the image's grid.
-        The voxel size is ``voxel_size`` or, for an image file, the one its metadata records.
-    tile_resources : dict, optional
-        dask resources every tile task needs, e.g. ``{"GPU": 1}``: with a ``client`` whose
-        cluster has GPU workers (``dask worker --resources GPU=1``) and CPU workers, the
-        network tiles run on the former and the clustering on any (docs/CLUSTER.md).
-    ngff : {"0.5", "0.4"}
-        OME-Zarr version of the output (:mod:`napari_shiftseg.ngff`): 0.5 (zarr v3, default)
-        or 0.4 (zarr v2) for older readers.
-    voxel_size : sequence of float, optional
-        Voxel size per axis (any unit), for ``isotropic``.
+    **overrides
+        Fields of ``options`` to change, by name (``tile=64``, ``seed=3``).
 
     Returns
     -------
@@ -517,14 +492,20 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         When ``cancel`` was set.
     """
     from .io import image_info, read_spatial
-    from .settings import SegmentationSettings
+
+    if options is not None and not isinstance(options, SegmentOptions):
+        raise TypeError(f"options must be SegmentOptions, got {type(options).__name__}")
+    options = (options or SegmentOptions()).with_overrides(**overrides)
+    o = options
+    channel, diameter, per_slice, voxel_size = o.channel, o.diameter, o.per_slice, o.voxel_size
+    device, mode, isotropic = o.device, o.mode, o.isotropic
 
     out_path = Path(out_path).expanduser().resolve()
     if out_path.suffix.lower() != ".zarr":
         raise ShiftSegError(f"the output must be a .zarr directory, got {out_path.name}")
     _refuse_input_in_output(image, out_path)
     source_file, unit = None, None
-    ngff = check_ngff(ngff)
+    ngff = check_ngff(o.ngff)
     if isinstance(image, (str, Path)):
         source_file = {"path": str(Path(image).expanduser().resolve()), "channel": channel}
         info = image_info(image)
@@ -541,7 +522,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
     model = _load_model(model, image.ndim - lead)
     geometry = model.geometry
-    tile = resolve_tile(tile, geometry, model, device)  # "auto": the largest that fits in memory
+    tile = resolve_tile(o.tile, geometry, model, device)  # "auto": the largest that fits in memory
     if model.config.in_channels != (image.shape[0] if lead else 1):
         given = (f"{image.shape[0]} channels ({', '.join(map(str, channel))})"
                  if isinstance(channel, (list, tuple)) else "one channel")
@@ -549,9 +530,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                             f"gives {given}; pick {model.config.in_channels} with --channels")
     # Cluster settings belong to the model (tuned on held-out annotations when it was trained);
     # what the caller gives wins.
-    settings = SegmentationSettings.of(model).replace(
-        bandwidth=bandwidth, min_size=min_size, fg_threshold=fg_threshold,
-        merge_distance=merge_distance, absorb_small=absorb_small, fill_holes=fill_holes)
+    settings = options.settings_for(model)
     if lead:
         if per_slice or isotropic or (diameter not in (None, "auto")):
             raise ShiftSegError("a multi-channel model segments the image as imaged: leave out "
@@ -586,16 +565,16 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
     else:
         chunk = (1,) * per_slice + tuple(plan.tile)
     grid = tuple(math.ceil(s / c) for s, c in zip(spatial, chunk))
-    foreground = bool(model.config.foreground_head)
-    channels = model.config.out_channels
-    cluster_args = {**settings.to_meta(), "n_seeds": n_seeds, "max_points": max_points,
-                    "seed": seed, "connectivity": connectivity}
+    layout = _Layout(spatial, model.config.out_channels, chunk, grid, bool(model.config.foreground_head),
+                     source_shape[lead:] if resampled else None, ngff,
+                     tuple(voxel_size) if voxel_size and len(voxel_size) == spatial_ndim else None, unit)
+    cluster_args = o.clustering.args(settings)
     _validate_cluster_args(cluster_args)
-    if connectivity > spatial_ndim:
+    if o.clustering.connectivity > spatial_ndim:
         raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
-                            f"got {connectivity}")
+                            f"got {o.clustering.connectivity}")
 
-    _check_resources(tile_resources, client)
+    _check_resources(o.tile_resources, client)
     compute = _runner(client, cancel)
     # One run per output at a time; everything below (attribute updates included) holds it.
     with OutputLock(out_path):
@@ -607,7 +586,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             embed_args["per_slice"] = True
         embed_args["ngff"] = ngff
         target = out_path  # where this run writes; a staging sibling with overwrite
-        group = _open_output(out_path, overwrite)
+        group = _open_output(out_path, o.overwrite)
         created = group is None
         existed = out_path.exists()  # an empty folder made by the user stays on failure
         if group is None:
@@ -624,10 +603,7 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
                      **({"input": source_file} if source_file else {}),
                      # e.g. "tile 100 changed to 104 (...)": the CLI and the widget say it
                      **({"tile_note": plan.message} if plan.message else {})}
-            group = _create_output(
-                target, spatial, channels, chunk, grid, foreground, attrs,
-                source_shape[lead:] if resampled else None, ngff,
-                voxel_size if voxel_size and len(voxel_size) == spatial_ndim else None, unit)
+            group = _create_output(target, layout, attrs)
         else:
             _check_resume(group, embed_args, out_path, fingerprint)
             stored = dict(group.attrs[ATTRS])
@@ -641,9 +617,9 @@ def segment_to_zarr(image, out_path, model=None, tile=128, device: str = "auto",
             _set_attrs(group, cluster_args=cluster_args)
 
         try:
-            return _run_tiles(group, target, out_path, net_image, model, plan, device, channels,
-                              chunk, grid, foreground, cluster_args, compute, client, progress, stage,
-                              per_slice, bool(lead), tile_resources)
+            run = _Run(net_image, model, plan, layout, device, bool(per_slice), bool(lead),
+                       o.tile_resources, cluster_args)
+            return _run_tiles(run, group, target, out_path, compute, client, progress, stage)
         except BaseException:
             # A run that fails (or is cancelled) before its first tile has nothing worth
             # resuming: remove what it created, so the retry (another tile, another device)
@@ -692,21 +668,37 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def _run_tiles(group, target, out_path, image, model, plan, device, channels, chunk, grid,
-               foreground, cluster_args, compute, client, progress, stage, per_slice=False,
-               channels_first=False, tile_resources=None):
-    """Predict and write the missing tiles, then cluster and label; returns the output group.
-
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the tile loop needs of a run: the image the network reads (resampled or not), the
+    model and its plan, the output's layout, where tiles run, and the clustering to record.
     ``channels_first``: ``image`` holds a multi-channel network's input channels on axis 0."""
+
+    image: Any
+    model: Any
+    plan: TilePlan
+    layout: _Layout
+    device: str
+    per_slice: bool
+    channels_first: bool
+    tile_resources: dict | None
+    cluster_args: dict
+
+
+def _run_tiles(run: _Run, group, target, out_path, compute, client, progress, stage):
+    """Predict and write the missing tiles, then cluster and label; returns the output group."""
     from contextlib import nullcontext
 
     import dask
 
     from .predict import predict_embeddings
 
+    image, plan, layout = run.image, run.plan, run.layout
+    channels, chunk, foreground, channels_first = (layout.channels, layout.chunk, layout.foreground,
+                                                   run.channels_first)
     done = group["done"]
     flags = _done_flags(done)
-    todo = [index for index in np.ndindex(grid) if not flags[index]]
+    todo = [index for index in np.ndindex(layout.grid) if not flags[index]]
     total, before = len(flags.ravel()), int(flags.sum())
     if stage:
         stage("tiles")
@@ -716,10 +708,11 @@ def _run_tiles(group, target, out_path, image, model, plan, device, channels, ch
         # Everything a tile needs (reading its window, the network, writing it) carries the
         # tile resources, e.g. {"GPU": 1}: a cluster runs it on workers that declare them, and
         # the clustering below on any worker.
-        annotate = dask.annotate(resources=tile_resources) if tile_resources else nullcontext()
+        annotate = dask.annotate(resources=run.tile_resources) if run.tile_resources else nullcontext()
         with annotate:
             # The plan segment_to_zarr made (and stored): predict tiles exactly as recorded.
-            embeddings = predict_embeddings(image, model, plan=plan, device=device, per_slice=per_slice,
+            embeddings = predict_embeddings(image, run.model, plan=plan, device=run.device,
+                                            per_slice=run.per_slice,
                                             channel_axis=0 if channels_first else None)
             spatial = tuple(image.shape[int(channels_first):])
             if tuple(embeddings.shape) != (channels, *spatial):
@@ -744,7 +737,7 @@ def _run_tiles(group, target, out_path, image, model, plan, device, channels, ch
         if missing:
             raise RuntimeError(f"{missing} tiles were not written")
     _set_attrs(group, tiles=total)
-    _label(group, cluster_args, foreground, compute, stage)
+    _label(group, run.cluster_args, foreground, compute, stage)
     if target != out_path:
         import zarr
 
@@ -837,16 +830,17 @@ def stored_plan(out_path, geometry) -> TilePlan:
     return tile_plan(spatial[len(spatial) - geometry.ndim:], geometry, tuple(args["tile"]), args["mode"])
 
 
-def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DEFAULT_MIN_SIZE,
-              fg_threshold: float = 0.5, n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS,
-              seed: int = 0, connectivity: int = 1, cancel: threading.Event | None = None,
-              client=None, stage: Callable[[str], None] | None = None, *,
-              merge_distance: float | None = None, absorb_small: bool = False,
-              fill_holes: bool = False):
+def recluster(out_path, settings=None, clustering: ClusterOptions | None = None, *,
+              cancel: threading.Event | None = None, client=None,
+              stage: Callable[[str], None] | None = None, **overrides):
     """Label the stored embeddings of a finished :func:`segment_to_zarr` output again.
 
     No network pass: mean-shift and labelling read ``embeddings`` back from the zarr group, and
     ``labels`` (and the clustering attributes) are replaced.
+
+    ``settings`` (a :class:`~napari_shiftseg.settings.SegmentationSettings`, default its
+    defaults) and ``clustering`` (:class:`~napari_shiftseg.segment_options.ClusterOptions`) say
+    how; ``overrides`` change fields of either by name (``bandwidth=1.5``, ``seed=2``).
 
     Returns
     -------
@@ -857,13 +851,9 @@ def recluster(out_path, bandwidth: float = DEFAULT_BANDWIDTH, min_size: int = DE
     out_path = Path(out_path).expanduser().resolve()
     if not out_path.is_dir():
         raise ShiftSegError(f"{out_path} does not exist")
-    from .settings import SegmentationSettings
 
-    settings = SegmentationSettings(bandwidth=bandwidth, fg_threshold=fg_threshold, min_size=min_size,
-                                    merge_distance=merge_distance or 0.0, absorb_small=absorb_small,
-                                    fill_holes=fill_holes)
-    cluster_args = {**settings.to_meta(), "n_seeds": n_seeds, "max_points": max_points,
-                    "seed": seed, "connectivity": connectivity}
+    settings, clustering = settings_and_clustering(settings, clustering, overrides, "recluster")
+    cluster_args = clustering.args(settings)
     _validate_cluster_args(cluster_args)
     with OutputLock(out_path):
         group = _open_output(out_path, overwrite=False)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ._errors import ShiftSegError
-from .augment import NO_AUGMENTATION, Augmentation, move, unmove
+from .augment import Augmentation, move, unmove
 from .data import validate_pair
 from .geometry import UNetGeometry
 from .loss import discriminative_loss, foreground_loss
@@ -49,21 +49,20 @@ from .normalize import percentile_normalization
 from .settings import SegmentationSettings
 from .sparse import mark_unannotated
 from .spatial import add_positions_torch
+from .train_options import LossSettings, TrainOptions
 from .tuning import better, median_diameter, quick_score, split_validation, tune_settings, validation_embeddings
 from .unet import UNet, UNetConfig, memory_format
 
 __all__ = ["train", "default_training_window", "default_embed_dim", "network_config", "suggest_training_window",
-           "suggest_factors", "physical_position_scale", "NORMALIZATION", "LOSS_DEFAULTS"]
+           "suggest_factors", "physical_position_scale", "NORMALIZATION", "LOSS_DEFAULTS",
+           "TrainOptions", "LossSettings"]
 
 #: Normalisation every model trained here records in its metadata; inference applies the same
 #: percentiles of the *whole* image.
 NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
 
 #: Reference loss settings (De Brabandere et al.; THEORY.md) with a small pull margin.
-LOSS_DEFAULTS = {"delta_v": 0.5, "delta_d": 3.0, "alpha": 1.0, "beta": 1.0, "gamma": 1e-4,
-                 "foreground_weight": 1.0}
-
-LR_SCHEDULES = ("constant", "cosine")
+LOSS_DEFAULTS = {k: v for k, v in LossSettings().to_meta().items() if not isinstance(v, bool)}
 
 #: Metadata of a model that continued training copies into ``initialised_from``.
 PROVENANCE = ("command", "steps", "complete", "final_loss", "seconds", "device", "initialised_from")
@@ -321,49 +320,18 @@ def _sampler(source, pairs, ndim: int, crop: _Crop, channels: int = 1):
     return (lambda rng: prepared[int(rng.integers(0, len(prepared)))]), f"{len(prepared)} image(s)"
 
 
-def _check_positive(name, value, kind=int):
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if kind is int and int(value) != value:
-        raise ShiftSegError(f"{name} must be a whole number, got {value}")
-    if not value > 0:
-        raise ShiftSegError(f"{name} must be positive, got {value}")
-    return kind(value)
-
-
 def train(
     source,
     labels=None,
     config: UNetConfig | Model | None = None,
-    steps: int = 1000,
-    lr: float = 1e-4,
-    lr_schedule: str = "constant",
-    output_window: int | Sequence[int] | None = None,
-    batch_size: int = 1,
-    seed: int = 0,
-    allow_small_window: bool = False,
-    augment: bool | Augmentation = True,
-    noise_std: float = 0.0,
-    validation: float = 0.0,
-    validate_every: int | None = None,
-    tune: bool = True,
+    options: TrainOptions | None = None,
+    *,
     validation_pairs: Sequence[tuple[Any, Any]] | None = None,
-    checkpoint_every: int | None = None,
-    checkpoint_path=None,
+    annotated=None,
     progress: Callable[[int, dict], None] | None = None,
     cancel: threading.Event | None = None,
     device: str | torch.device = "cpu",
-    threads: int | None = None,
-    delta_v: float = LOSS_DEFAULTS["delta_v"],
-    delta_d: float = LOSS_DEFAULTS["delta_d"],
-    alpha: float = LOSS_DEFAULTS["alpha"],
-    beta: float = LOSS_DEFAULTS["beta"],
-    gamma: float = LOSS_DEFAULTS["gamma"],
-    foreground_weight: float = LOSS_DEFAULTS["foreground_weight"],
-    background_as_instance: bool = False,
-    push_per_instance: bool = False,
-    annotated=None,
-    command: str | None = None,
+    **overrides,
 ) -> tuple[Model, dict]:
     """Train a U-Net embedding model on labelled images or a synthetic generator.
 
@@ -376,44 +344,15 @@ def train(
         Instance labels for a single ``source`` image (0 = background).
     config : UNetConfig or Model, optional
         Network to build (default :class:`UNetConfig`), or a model to continue training.
-    steps : int
-        Optimiser steps (each one batch of random crops).
-    lr : float
-        Adam learning rate (the reference uses 0.5e-4 … 1e-4).
-    lr_schedule : {"constant", "cosine"}
-        Keep ``lr``, or decay it along a cosine to 0 at ``steps`` (settles the embeddings at
-        the end of a fixed-length run).
-    output_window : int or sequence of int, optional
-        Labelled output window per axis. **Must be larger than f^l** unless
-        ``allow_small_window``; default :func:`default_training_window`.
-    batch_size : int
-        Crops per step.
-    seed : int
-        Seeds weights, crops, augmentation and synthetic data: equal seeds give equal models.
-    allow_small_window : bool
-        Allow windows <= f^l (reproduces the paper's seam failure; not for real use).
-    augment : bool or Augmentation
-        ``True``: the default :class:`~napari_shiftseg.augment.Augmentation` (flips, in-plane
-        transposition, contrast, gamma, blur, noise); ``False``: none; or your own.
-    noise_std : float
-        If > 0 (and ``augment``), the largest std of the Gaussian noise added to normalised
-        crops (overrides the augmentation's own ``noise``).
-    validation : float
-        Fraction of the annotated data held out (whole images when there are 4 or more, else
-        a band of each image; see :func:`napari_shiftseg.tuning.split_validation`). The model
-        is scored on it every ``validate_every`` steps and the best checkpoint is returned;
-        with ``tune`` the segmentation settings are then tuned on it and stored in the model.
-        0 (default here; the CLI and the widget hold out 25 %) trains on everything.
-    validate_every : int, optional
-        Steps between validations (default: a tenth of the run, at least 25).
-    tune : bool
-        Tune bandwidth, foreground threshold, smallest object and post-processing on the
-        held-out data at the end (only with ``validation``).
+    options : TrainOptions, optional
+        Steps, learning rate, window, augmentation, validation, loss, ... (defaults:
+        :class:`~napari_shiftseg.train_options.TrainOptions`).
     validation_pairs : list of (image, labels), optional
         Validate on these instead of holding data out (e.g. for a synthetic generator).
-    checkpoint_every, checkpoint_path : int, path, optional
-        Save the model so far (atomically, via :func:`~napari_shiftseg.modelio.save_model`)
-        every ``checkpoint_every`` steps.
+    annotated : None, "painted", array or list of arrays, optional
+        Where the labels are complete (sparse annotations, :mod:`napari_shiftseg.sparse`): None
+        = everywhere; "painted" = the painted objects plus a margin; a mask (one per training
+        pair) whose non-zero pixels are the annotated region. Outside it, pixels enter no loss.
     progress : callable, optional
         ``progress(step, parts)`` after each step; ``parts`` holds floats ``loss``, ``pull``,
         ``push``, ``reg`` and ``foreground``.
@@ -421,24 +360,9 @@ def train(
         When set, training stops before the next step and returns the model so far.
     device : str or torch.device
         Where to train ("cpu", "cuda", ...).
-    threads : int, optional
-        torch CPU threads during training (restored afterwards); default: leave as is.
-    delta_v, delta_d, alpha, beta, gamma : float
-        Discriminative-loss margins and weights (THEORY.md).
-    foreground_weight : float
-        Weight of the foreground BCE (only with a foreground head).
-    background_as_instance : bool
-        Treat background as one more instance in the discriminative loss (the reference).
-    push_per_instance : bool
-        Normalise the push term per instance instead of per pair (the paper); see
-        :func:`~napari_shiftseg.loss.discriminative_loss`. Off by default: on the dev set it
-        separated crowded nuclei but blew up every object's spread (docs/MODELS.md).
-    annotated : None, "painted", array or list of arrays, optional
-        Where the labels are complete (sparse annotations, :mod:`napari_shiftseg.sparse`): None
-        = everywhere; "painted" = the painted objects plus a margin; a mask (one per training
-        pair) whose non-zero pixels are the annotated region. Outside it, pixels enter no loss.
-    command : str, optional
-        Command line to record in the model metadata.
+    **overrides
+        Fields of ``options`` to change, by name (``steps=500``; loss fields flat, ``delta_d=2``):
+        :meth:`TrainOptions.with_overrides`.
 
     Returns
     -------
@@ -454,8 +378,12 @@ def train(
     ShiftSegError
         Bad window, images smaller than the window, invalid image/labels, bad numbers.
     TypeError
-        A source of the wrong kind.
+        A source of the wrong kind, or an unknown option.
     """
+    if options is not None and not isinstance(options, TrainOptions):
+        raise TypeError(f"options must be a TrainOptions, got {type(options).__name__}")
+    run = (options or TrainOptions()).with_overrides(**overrides)
+    steps, batch_size, lr, seed = run.steps, run.batch_size, run.lr, run.seed
     base = None
     if isinstance(config, Model):
         base, config = config, config.config
@@ -463,31 +391,20 @@ def train(
     if not isinstance(config, UNetConfig):
         raise TypeError(f"config must be a UNetConfig or Model, got {type(config).__name__}")
     geometry = config.geometry
-    steps = _check_positive("steps", steps)
-    batch_size = _check_positive("batch_size", batch_size)
-    lr = _check_positive("lr", lr, float)
-    if lr_schedule not in LR_SCHEDULES:
-        raise ShiftSegError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-    if checkpoint_every is not None:
-        checkpoint_every = _check_positive("checkpoint_every", checkpoint_every)
-    if noise_std < 0:
-        raise ShiftSegError(f"noise_std must be >= 0, got {noise_std}")
-    if not isinstance(augment, Augmentation):
-        augment = Augmentation() if augment else NO_AUGMENTATION
-    if noise_std > 0 and augment != NO_AUGMENTATION:
-        augment = dataclasses.replace(augment, noise=float(noise_std))
+    augment = run.augmentation()
     if augment.transpose and geometry.axis(geometry.ndim - 1) != geometry.axis(geometry.ndim - 2):
         # Swapping y and x is a symmetry of the data only if the network treats them alike.
         augment = dataclasses.replace(augment, transpose=False)
     pairs = _collect_pairs(source, labels, geometry.ndim, config.in_channels)
     pairs, sparse_note = _mark_sparse(pairs, annotated)
-    if sparse_note and background_as_instance:
+    if sparse_note and run.loss.background_as_instance:
         raise ShiftSegError("sparse annotations cannot train background as an instance: outside "
                             "the annotated region nothing is known to be background")
+    output_window = run.output_window
     if output_window is None:
         output_window = (suggest_training_window(geometry, [lab for _, lab in pairs]) if pairs
                          else default_training_window(geometry))
-    window = geometry.check_training_window(output_window, allow_small=allow_small_window)
+    window = geometry.check_training_window(output_window, allow_small=run.allow_small_window)
     if min(window) < 1:
         raise ShiftSegError(f"training window {window} must be positive")
     crop = _Crop.plan(geometry, window)
@@ -503,16 +420,13 @@ def train(
         val_pairs = [validate_pair(*p, geometry.ndim, config.in_channels) for p in validation_pairs]
         val_note = f"{len(val_pairs)} given validation image(s)"
     elif pairs is not None:
-        train_pairs, val_pairs, val_note = split_validation(pairs, validation, window)
+        train_pairs, val_pairs, val_note = split_validation(pairs, run.validation, window)
     else:
         train_pairs, val_pairs, val_note = None, [], "no validation"
     next_image, description = _sampler(source, train_pairs, geometry.ndim, crop, config.in_channels)
-    if validate_every is None:
-        validate_every = max(25, steps // 10)
-    validate_every = _check_positive("validate_every", validate_every)
-    loss_args: dict[str, Any] = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma,
-                     background_as_instance=background_as_instance,
-                     push_per_instance=bool(push_per_instance))
+    validate_every = run.validate_every or max(25, steps // 10)
+    loss_args = run.loss.loss_arguments()
+    delta_d = run.loss.delta_d
 
     try:
         device = torch.device(device)
@@ -522,8 +436,8 @@ def train(
         raise ShiftSegError(f"device {str(device)!r} was asked for but torch sees no CUDA GPU here")
     fmt = memory_format(geometry.ndim)
     old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(_check_positive("threads", threads))
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
     history: dict[str, Any] = {k: [] for k in ("loss", "pull", "push", "reg", "foreground")}
     history.update(steps_done=0, cancelled=False, seconds=0.0, validation=[])
     best = None  # (step, scores, state_dict) of the best held-out score so far
@@ -560,13 +474,12 @@ def train(
             "steps": done,
             "complete": complete,
             "final_loss": float(np.mean(tail)) if tail else None,
-            "loss": {**loss_args, "foreground_weight": foreground_weight},
-            "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
-            "augment": augment.to_dict(),
-            "noise_std": noise_std, "training_data": description + sparse_note, "device": str(device),
+            **run.to_meta(),
+            "augment": augment.to_dict(),  # as applied (no transposition on anisotropic nets)
+            "training_data": description + sparse_note, "device": str(device),
             "validation": validation_record,
             "seconds": round(time.perf_counter() - start, 1),
-            **({"command": command} if command else {}),
+            **({"command": run.command} if run.command else {}),
             **({"initialised_from": provenance} if provenance else {}),
         }
 
@@ -578,7 +491,7 @@ def train(
             # torch's Module.to overloads leave out memory_format, which Module.to accepts
             net = net.to(device=device, memory_format=fmt).train()  # type: ignore[call-overload]
             optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-            if lr_schedule == "cosine":
+            if run.lr_schedule == "cosine":
                 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
             # Offsets of a spatial head are vectors: flips and transpositions turn them too.
             vectors = config.geometry.ndim if config.embedding == "spatial" else 0
@@ -601,7 +514,7 @@ def train(
                 loss, parts = discriminative_loss(embeddings, y, **loss_args)
                 fg = (foreground_loss(out[:, config.embed_dim], y, known) if config.foreground_head
                       else loss * 0)
-                total = loss + foreground_weight * fg
+                total = loss + run.loss.foreground_weight * fg
                 if not torch.isfinite(total):
                     raise ShiftSegError(
                         f"the loss became {float(total)} at step {step}; lower the learning rate"
@@ -609,7 +522,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                if lr_schedule == "cosine":
+                if run.lr_schedule == "cosine":
                     scheduler.step()
                 values = {"loss": total.detach().item(),
                           **{k: v.detach().item() for k, v in parts.items()},
@@ -625,8 +538,9 @@ def train(
                     if better(result, best[1] if best else None):
                         best = (step, result, copy.deepcopy(net.state_dict()))
                     net.train()
-                if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < steps:
-                    save_model(Model(copy.deepcopy(net).cpu().eval(), meta(step, False)), checkpoint_path)
+                every = run.checkpoint_every
+                if run.checkpoint_path and every and step % every == 0 and step < steps:
+                    save_model(Model(copy.deepcopy(net).cpu().eval(), meta(step, False)), run.checkpoint_path)
         net.eval()
         if best is not None:
             # The best held-out score wins over the last step: later steps can over-fit a
@@ -634,7 +548,7 @@ def train(
             net.load_state_dict(best[2])
             validation_record.update(best_step=best[0], **{k: round(v, 4) for k, v in best[1].items()})
             settings = dataclasses.replace(settings, bandwidth=best[1]["bandwidth"])
-            if tune and not history["cancelled"]:
+            if run.tune and not history["cancelled"]:
                 tuned = Model(net, meta(history["steps_done"], False))
                 val_embeddings = validation_embeddings(tuned, val_pairs, str(device))
                 settings, result, trials = tune_settings(

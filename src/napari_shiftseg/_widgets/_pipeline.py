@@ -171,32 +171,37 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
     iso = (rescale.isotropic_factors(params.voxel_size, ndim)
            if params.voxel_size is not None and not lead else None)
     notes = [] if iso is None else ["isotropic voxels: " + "x".join(f"{f:g}" for f in iso)]
-    first = []  # the first pass of 'auto', kept: it is the answer when no resampling is needed
+    runs: dict[float, SegmentResult] = {}  # the passes of 'auto', reused as the answer
+
+    def run_at(factor: float) -> SegmentResult:
+        if factor not in runs:
+            runs[factor] = _resampled_run(report, cancel, image, model, params, region, norm,
+                                          rescale.axis_factors(factor, ndim, lead, iso), factor)
+        return runs[factor]
+
+    def measured(factor: float):
+        # Measured on the image's grid: in isotropic pixels, volumes scale by the iso factors.
+        found = rescale.estimate_diameter(run_at(factor).labels)
+        return found * float(np.prod(iso or 1.0)) ** (1 / ndim) if found else found
 
     part = image if region is None else image[region]
     crop = rescale.ESTIMATE_CROP[ndim]
+    large = any(n > c for n, c in zip(part.shape[lead:], crop))
 
     def estimate():
-        if any(n > c for n, c in zip(part.shape[lead:], crop)):
+        if large:
             # A large image: measure the objects on a central crop (as segment_to_zarr does),
             # not with a whole first pass: that doubled the cost of every run.
             report(0, 1, "object size")
             return rescale.estimate_as_run(part, model, params.device, lead, iso)
-        first.append(_resampled_run(report, cancel, image, model, params, region, norm,
-                                    rescale.axis_factors(1.0, ndim, lead, iso), 1.0))
-        measured = rescale.estimate_diameter(first[0].labels)
-        # Measured on the image's grid: in isotropic pixels, volumes scale by the iso factors.
-        return measured * float(np.prod(iso or 1.0)) ** (1 / ndim) if measured else measured
+        return measured(1.0)
 
-    factor, diameter, target = rescale.object_factor(model, params.diameter, estimate)
+    factor, diameter, target = rescale.object_factor(model, params.diameter, estimate,
+                                                     None if large else measured)
     if diameter:
         notes.append(f"objects ~{diameter:.0f} px, model {target:.0f} px: " + (
             "as imaged" if factor == 1.0 else f"segmented at {factor:.2f}x"))
-    if first and factor == 1.0:
-        result = first[0]
-    else:
-        result = _resampled_run(report, cancel, image, model, params, region, norm,
-                                rescale.axis_factors(factor, ndim, lead, iso), factor)
+    result = run_at(factor)
     result.note = "; ".join([result.note, *notes]) if result.note else "; ".join(notes)
     return result
 

@@ -99,6 +99,7 @@ def run(args) -> int:
     import sys
 
     from ..segment import ATTRS, connect, segment_to_zarr
+    from ..segment_options import ClusterOptions, SegmentOptions
 
     client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     bar = None
@@ -118,13 +119,15 @@ def run(args) -> int:
             print(f"{name}...", file=sys.stderr)
 
     try:
-        group = segment_to_zarr(
-            args.image, args.output, model=args.model, tile=args.tile, device=args.device,
-            mode=args.mode, bandwidth=args.bandwidth, min_size=args.min_size,
-            fg_threshold=args.fg_threshold, merge_distance=args.merge_distance, seed=args.seed,
+        options = SegmentOptions(
+            tile=args.tile, device=args.device, mode=args.mode, bandwidth=args.bandwidth,
+            min_size=args.min_size, fg_threshold=args.fg_threshold,
+            merge_distance=args.merge_distance, clustering=ClusterOptions(seed=args.seed),
             diameter=args.diameter, channel=_args.picked_channels(args), isotropic=args.isotropic,
-            voxel_size=args.voxel_size, progress=progress, client=client,
-            overwrite=args.overwrite, stage=stage, ngff=args.ngff, tile_resources=args.tile_resources)
+            voxel_size=args.voxel_size, overwrite=args.overwrite, ngff=args.ngff,
+            tile_resources=args.tile_resources)
+        group = segment_to_zarr(args.image, args.output, args.model, options, progress=progress,
+                                stage=stage, client=client)
     finally:
         if bar is not None:
             bar.close()

@@ -315,6 +315,7 @@ def run(args) -> int:
     from ..data import load_training_pair, read_array
     from ..modelio import save_model
     from ..train import FINAL_LOSS_STEPS, default_training_window, suggest_training_window, train
+    from ..train_options import LossSettings, TrainOptions
     from .synth import DEFAULT_SHAPES, generate, resolve_shape
 
     _check(args)
@@ -378,17 +379,17 @@ def run(args) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
-        model, history = train(
-            source, labels, config, steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule,
-            output_window=window,
-            batch_size=args.batch_size, seed=args.seed, allow_small_window=args.allow_small_window,
-            augment=not args.no_augment, noise_std=args.augment_noise,
-            validation=args.validation, tune=not args.no_tune, validation_pairs=validation_pairs,
-            checkpoint_every=args.checkpoint_every, checkpoint_path=args.output, progress=progress,
-            cancel=cancel, device=args.device, threads=args.threads, delta_v=args.delta_v,
-            delta_d=args.delta_d, background_as_instance=args.background_as_instance,
-            annotated=annotated, command=command_line(args),
-        )
+        options = TrainOptions(
+            steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size,
+            seed=args.seed, output_window=window, allow_small_window=args.allow_small_window,
+            augment=not args.no_augment, noise_std=args.augment_noise, validation=args.validation,
+            tune=not args.no_tune, checkpoint_every=args.checkpoint_every, checkpoint_path=args.output,
+            threads=args.threads, command=command_line(args),
+            loss=LossSettings(delta_v=args.delta_v, delta_d=args.delta_d,
+                              background_as_instance=args.background_as_instance))
+        model, history = train(source, labels, config, options, validation_pairs=validation_pairs,
+                               annotated=annotated, progress=progress, cancel=cancel,
+                               device=args.device)
     finally:
         bar.close()
         if previous is not None:

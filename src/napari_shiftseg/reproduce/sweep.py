@@ -84,8 +84,7 @@ def _score(embeddings, gt, model, settings, seed) -> dict:
     from ..instances import segment_instances
     from ..metrics import evaluate
 
-    lazy, _ = segment_instances(embeddings, seed=seed, foreground=model.config.foreground_head,
-                                **settings.instance_kwargs())
+    lazy, _ = segment_instances(embeddings, settings, foreground=model.config.foreground_head, seed=seed)
     pred = np.asarray(lazy.compute(scheduler="sync"))
     scores = evaluate(gt, pred, thresholds=(0.5,))
     return {"false_splits": int(scores["false_splits"]), "false_merges": int(scores["false_merges"]),

@@ -1,0 +1,133 @@
+"""What a resumable segmentation run is asked to do (``segment_to_zarr``, ``recluster``).
+
+:func:`~napari_shiftseg.segment.segment_to_zarr` used to take 28 parameters and pass 19 of them
+on to its tile loop. The run's choices now travel as one :class:`SegmentOptions` (with its
+:class:`ClusterOptions`), the flags of ``shiftseg segment`` one to one; the callbacks (progress,
+cancel, stage) and the dask client stay separate arguments because they are not choices about
+the result. Keywords still work: ``segment_to_zarr(img, out, tile=64)``
+(:func:`~napari_shiftseg._options.with_overrides`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ShiftSegError
+from ._options import with_overrides
+from .clustering import DEFAULT_MAX_POINTS
+
+__all__ = ["ClusterOptions", "SegmentOptions", "settings_and_clustering"]
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How mean-shift is seeded and voxels are connected; not tuned per model.
+
+    n_seeds, max_points, seed : as for :func:`~napari_shiftseg.instances.cluster_embeddings`.
+    connectivity : as for :func:`~napari_shiftseg.instances.label_instances` (1 = faces).
+    """
+
+    n_seeds: int = 1000
+    max_points: int = DEFAULT_MAX_POINTS
+    seed: int = 0
+    connectivity: int = 1
+
+    def __post_init__(self):
+        from .validate import whole
+
+        for name, low in (("n_seeds", 1), ("max_points", 1), ("seed", 0), ("connectivity", 1)):
+            whole(getattr(self, name), name, low)
+
+    def args(self, settings) -> dict[str, Any]:
+        """The clustering arguments a run records (and resumes only with): ``settings``
+        (a :class:`~napari_shiftseg.settings.SegmentationSettings`) plus these."""
+        return {**settings.to_meta(), "n_seeds": self.n_seeds, "max_points": self.max_points,
+                "seed": self.seed, "connectivity": self.connectivity}
+
+
+#: The segmentation settings a run may override; None keeps the model's recorded value.
+SETTING_NAMES = ("bandwidth", "min_size", "fg_threshold", "merge_distance", "absorb_small", "fill_holes")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Everything ``segment_to_zarr`` is asked to do, apart from its input, output and model.
+
+    tile : output tile per axis (snapped to n·f^l in ``exact`` mode; also the zarr chunk), or
+        ``"auto"`` (the largest n·f^l tile whose estimated memory fits the device).
+    device, mode : as for :func:`~napari_shiftseg.predict.predict_embeddings`.
+    bandwidth, min_size, fg_threshold, merge_distance, absorb_small, fill_holes : segmentation
+        settings (:class:`~napari_shiftseg.settings.SegmentationSettings`); None takes the value
+        recorded in the model file (tuned at training time).
+    clustering : mean-shift seeding and connectivity (:class:`ClusterOptions`; its fields may be
+        given flat, ``seed=3``).
+    diameter : object diameter in the image (pixels), ``'auto'`` (estimated on a central crop)
+        or None (as imaged); the network runs on the image resampled to the model's scale
+        (:mod:`napari_shiftseg.rescale`).
+    channel : for an image file with channels, the one to segment; for a multi-channel model,
+        the ones it takes, in its order.
+    per_slice : run a 2D model on each slice of a 3D image (None: whenever a 2D model meets a
+        3D image).
+    isotropic, voxel_size : resample (lazily) to isotropic voxels first; the voxel size is
+        ``voxel_size`` or, for an image file, the one its metadata records.
+    overwrite : replace an existing output (staged beside it, swapped in when complete).
+    ngff : OME-Zarr version of the output, "0.5" (zarr v3) or "0.4" (zarr v2).
+    tile_resources : dask resources every tile task needs, e.g. ``{"GPU": 1}`` (docs/CLUSTER.md).
+    """
+
+    tile: int | Sequence[int] | str = 128
+    device: str = "auto"
+    mode: str = "exact"
+    bandwidth: float | None = None
+    min_size: int | None = None
+    fg_threshold: float | None = None
+    merge_distance: float | None = None
+    absorb_small: bool | None = None
+    fill_holes: bool | None = None
+    clustering: ClusterOptions = field(default_factory=ClusterOptions)
+    diameter: float | str | None = None
+    channel: int | Sequence[int] | None = None
+    per_slice: bool | None = None
+    isotropic: bool = False
+    voxel_size: Sequence[float] | None = None
+    overwrite: bool = False
+    ngff: str = "0.5"
+    tile_resources: dict | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.clustering, ClusterOptions):
+            raise ShiftSegError(f"clustering must be ClusterOptions, got {type(self.clustering).__name__}")
+
+    def with_overrides(self, **overrides) -> SegmentOptions:
+        """A copy with these fields changed (clustering fields may be given flat)."""
+        return with_overrides(self, "segment_to_zarr", overrides)
+
+    def settings_for(self, model):
+        """The model's recorded segmentation settings with the ones given here instead."""
+        from .settings import SegmentationSettings
+
+        return SegmentationSettings.of(model).replace(**{k: getattr(self, k) for k in SETTING_NAMES})
+
+
+def settings_and_clustering(settings, clustering: ClusterOptions | None, overrides: dict, owner: str,
+                            default_settings=None):
+    """``(settings, clustering)`` with ``overrides`` applied to whichever of the two owns each
+    name (``bandwidth=1.5`` to the settings, ``seed=2`` to the clustering); ``merge_distance``
+    None means no merging."""
+    import dataclasses
+
+    from .settings import SegmentationSettings
+
+    names = {f.name for f in dataclasses.fields(SegmentationSettings)}
+    overrides = dict(overrides)
+    if "merge_distance" in overrides and overrides["merge_distance"] is None:
+        overrides["merge_distance"] = 0.0
+    settings = settings or default_settings or SegmentationSettings()
+    if not isinstance(settings, SegmentationSettings):
+        raise TypeError(f"settings must be SegmentationSettings, got {type(settings).__name__}")
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if k in names})
+    clustering = with_overrides(clustering or ClusterOptions(), owner,
+                                {k: v for k, v in overrides.items() if k not in names})
+    return settings, clustering

@@ -1,0 +1,171 @@
+"""What a training run is asked to do, as two small immutable value objects.
+
+:func:`~napari_shiftseg.train.train` used to take 32 keyword arguments; the CLI, the Train
+widget, the bundled-model script and the studies each passed their own subset. They now build
+one :class:`TrainOptions` (with its :class:`LossSettings`), which owns the defaults, checks the
+numbers once (a biologist's typo fails before any image is padded), and records itself in the
+model file. ``train(..., steps=500)`` still works: keywords are applied to the options with
+:meth:`TrainOptions.with_overrides`, so call sites name only what they change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._errors import ShiftSegError
+from ._options import with_overrides
+from .augment import NO_AUGMENTATION, Augmentation
+
+__all__ = ["LossSettings", "TrainOptions", "LR_SCHEDULES"]
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _number(name: str, value, kind=float, positive: bool = True, allow_zero: bool = False):
+    """``value`` as ``kind``, refused with a plain message unless a finite (positive) number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ShiftSegError(f"{name} must be a finite number, got {value}")
+    if kind is int and int(value) != value:
+        raise ShiftSegError(f"{name} must be a whole number, got {value}")
+    if positive and not (value > 0 or (allow_zero and value == 0)):
+        raise ShiftSegError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Discriminative-loss margins and weights (THEORY.md), plus the foreground BCE weight.
+
+    delta_v, delta_d : pull and push margins (embedding units).
+    alpha, beta, gamma : weights of pull, push and the regulariser.
+    foreground_weight : weight of the foreground BCE (models with a foreground head).
+    background_as_instance : background is one more instance in the loss (the reference).
+    push_per_instance : normalise the push term per instance instead of per pair (the paper);
+        off by default: on the dev set it separated crowded nuclei but blew up every object's
+        spread (docs/MODELS.md).
+    """
+
+    delta_v: float = 0.5
+    delta_d: float = 3.0
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1e-4
+    foreground_weight: float = 1.0
+    background_as_instance: bool = False
+    push_per_instance: bool = False
+
+    def __post_init__(self):
+        for name in ("delta_v", "delta_d", "alpha", "beta", "gamma", "foreground_weight"):
+            object.__setattr__(self, name, _number(name, getattr(self, name), allow_zero=True))
+        if self.delta_d <= 0:
+            raise ShiftSegError(f"delta_d (the push margin) must be positive, got {self.delta_d}")
+        object.__setattr__(self, "background_as_instance", bool(self.background_as_instance))
+        object.__setattr__(self, "push_per_instance", bool(self.push_per_instance))
+
+    def loss_arguments(self) -> dict[str, Any]:
+        """Keywords of :func:`~napari_shiftseg.loss.discriminative_loss`."""
+        out = dataclasses.asdict(self)
+        del out["foreground_weight"]
+        return out
+
+    def to_meta(self) -> dict[str, Any]:
+        """As recorded in a model file (``meta["loss"]``)."""
+        return dataclasses.asdict(self)
+
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything a training run is asked to do, apart from its data and its callbacks.
+
+    steps : optimiser steps (each one batch of random crops).
+    lr : Adam learning rate (the reference uses 0.5e-4 … 1e-4).
+    lr_schedule : "constant", or "cosine" (decay to 0 at ``steps``; settles the embeddings at the
+        end of a fixed-length run).
+    batch_size : crops per step.
+    seed : seeds weights, crops, augmentation and synthetic data: equal seeds, equal models.
+    output_window : labelled output window per axis (**must be larger than f^l** unless
+        ``allow_small_window``); None: sized to the annotated objects
+        (:func:`~napari_shiftseg.train.suggest_training_window`).
+    allow_small_window : allow windows <= f^l (reproduces the paper's seam failure).
+    augment : True (the default :class:`~napari_shiftseg.augment.Augmentation`), False (none),
+        or an Augmentation of your own.
+    noise_std : if > 0 (and ``augment``), the largest std of the Gaussian noise added to the
+        normalised crops (overrides the augmentation's own ``noise``).
+    validation : fraction of the annotated data held out (whole images when there are 4 or more,
+        else a band of each; :func:`~napari_shiftseg.tuning.split_validation`). The best
+        checkpoint on it is kept, and with ``tune`` the segmentation settings are tuned on it.
+        0 (default here; the CLI and the widget hold out 25 %) trains on everything.
+    validate_every : steps between validations (None: a tenth of the run, at least 25).
+    tune : tune bandwidth, foreground threshold, smallest object and post-processing on the
+        held-out data at the end (only with validation).
+    checkpoint_every, checkpoint_path : save the model so far (atomically) every
+        ``checkpoint_every`` steps to ``checkpoint_path``.
+    threads : torch CPU threads while training (restored afterwards); None: leave as is.
+    loss : the loss' margins and weights (:class:`LossSettings`).
+    command : command line recorded in the model file.
+    """
+
+    steps: int = 1000
+    lr: float = 1e-4
+    lr_schedule: str = "constant"
+    batch_size: int = 1
+    seed: int = 0
+    output_window: int | Sequence[int] | None = None
+    allow_small_window: bool = False
+    augment: bool | Augmentation = True
+    noise_std: float = 0.0
+    validation: float = 0.0
+    validate_every: int | None = None
+    tune: bool = True
+    checkpoint_every: int | None = None
+    checkpoint_path: Any = None
+    threads: int | None = None
+    loss: LossSettings = field(default_factory=LossSettings)
+    command: str | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "steps", _number("steps", self.steps, int))
+        set_(self, "batch_size", _number("batch_size", self.batch_size, int))
+        set_(self, "lr", _number("lr", self.lr))
+        set_(self, "seed", _number("seed", self.seed, int, positive=False))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ShiftSegError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        set_(self, "noise_std", _number("noise_std", self.noise_std, allow_zero=True))
+        validation = _number("validation", self.validation, allow_zero=True)
+        if validation >= 1:
+            raise ShiftSegError(f"validation is the fraction held out, below 1; got {validation}")
+        set_(self, "validation", validation)
+        for name in ("validate_every", "checkpoint_every", "threads"):
+            if getattr(self, name) is not None:
+                set_(self, name, _number(name, getattr(self, name), int))
+        if not isinstance(self.loss, LossSettings):
+            raise TypeError(f"loss must be a LossSettings, got {type(self.loss).__name__}")
+
+    def augmentation(self) -> Augmentation:
+        """The augmentation to apply (``augment`` resolved, ``noise_std`` folded in)."""
+        augment = self.augment
+        if not isinstance(augment, Augmentation):
+            augment = Augmentation() if augment else NO_AUGMENTATION
+        if self.noise_std > 0 and augment != NO_AUGMENTATION:
+            augment = dataclasses.replace(augment, noise=float(self.noise_std))
+        return augment
+
+    def with_overrides(self, **overrides) -> TrainOptions:
+        """A copy with these fields changed; loss fields (``delta_d=...``) may be given flat."""
+        return with_overrides(self, "train", overrides)
+
+    def to_meta(self) -> dict[str, Any]:
+        """The run's settings as recorded in a model file (keys as before this object existed)."""
+        return {"loss": self.loss.to_meta(), "lr": self.lr, "lr_schedule": self.lr_schedule,
+                "batch_size": self.batch_size, "seed": self.seed,
+                "augment": self.augmentation().to_dict(), "noise_std": self.noise_std}
