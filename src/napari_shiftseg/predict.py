@@ -472,31 +472,6 @@ def _check_plan(plan: TilePlan, inp: _Input, net) -> TilePlan:
     return plan
 
 
-def _setup(image, model, tile, device, mode, channel_axis, batch_size, half, normalization, per_slice,
-           plan=None):
-    net = _net_of(model)
-    inp = _validate(image, net, channel_axis, per_slice)
-    if batch_size is None:
-        batch_size = 1
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ShiftSegError(f"batch_size must be a positive integer, got {batch_size!r}")
-    dev = resolve_device(device)
-    if half and dev.type == "cpu":
-        raise ShiftSegError("half precision needs a GPU; on the CPU use half=False")
-    if plan is not None:
-        plan = _check_plan(plan, inp, net)
-    else:
-        plan = tile_plan(inp.spatial, net.config.geometry, resolve_tile(tile, net.config.geometry, net, dev, half),
-                         mode)
-    multi = net.config.in_channels > 1
-    # Multi-channel: percentiles of each channel of the channel-first view.
-    norm = _normalization(inp.array if multi else inp.source, normalization, model, channels_first=multi)
-    low, scale = norm.offset_scale
-    run = _Run(tuple(low.tolist()), tuple(scale.tolist()), str(dev), bool(half), net.config.geometry.ndim,
-               plan, torch.get_num_threads())
-    return inp, _prepare_net(net, dev), plan, run, int(batch_size)
-
-
 def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, device: str = "auto",
                        mode: str = "exact", channel_axis: int | None = None,
                        batch_size: int | None = None, half: bool = False, normalization=None,
@@ -546,9 +521,27 @@ def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, devi
         Wrong dimensionality or channel count, empty, non-numeric, NaN/inf (also found per
         tile at compute time, naming the tile), tiles below f^l in exact mode, bad device.
     """
-    inp, net, plan, run, batch = _setup(image, model, tile, device, mode, channel_axis, batch_size,
-                                        half, normalization, per_slice, plan)
-    return _build(inp, net, plan, run, batch)
+    net = _net_of(model)
+    inp = _validate(image, net, channel_axis, per_slice)
+    if batch_size is None:
+        batch_size = 1
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ShiftSegError(f"batch_size must be a positive integer, got {batch_size!r}")
+    dev = resolve_device(device)
+    if half and dev.type == "cpu":
+        raise ShiftSegError("half precision needs a GPU; on the CPU use half=False")
+    if plan is not None:
+        plan = _check_plan(plan, inp, net)
+    else:
+        plan = tile_plan(inp.spatial, net.config.geometry, resolve_tile(tile, net.config.geometry, net, dev, half),
+                         mode)
+    multi = net.config.in_channels > 1
+    # Multi-channel: percentiles of each channel of the channel-first view.
+    norm = _normalization(inp.array if multi else inp.source, normalization, model, channels_first=multi)
+    low, scale = norm.offset_scale
+    run = _Run(tuple(low.tolist()), tuple(scale.tolist()), str(dev), bool(half), net.config.geometry.ndim,
+               plan, torch.get_num_threads())
+    return _build(inp, _prepare_net(net, dev), plan, run, int(batch_size))
 
 
 def predict_plan(image, model, tile: int | Sequence[int] | str = 128, mode: str = "exact",

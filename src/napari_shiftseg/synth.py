@@ -34,8 +34,9 @@ from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
 from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg._options import with_overrides
 
-__all__ = ["lattice", "random_objects", "lazy_random_objects", "nuclei", "TEST_SEEDS"]
+__all__ = ["lattice", "random_objects", "lazy_random_objects", "nuclei", "NucleiScene", "TEST_SEEDS"]
 
 # Candidate centres tried per object before random placement gives up on it.
 _TRIES_PER_OBJECT = 200
@@ -746,24 +747,55 @@ def _keep_connected(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def nuclei(
-    shape,
-    seed: int = 0,
-    *,
-    radius=None,
-    density: float = 0.35,
-    size_spread: float = 0.25,
-    elongation: float | None = None,
-    irregularity: float = 0.15,
-    cluster: float = 0.6,
-    max_overlap: float = 0.1,
-    brightness_range=(0.1, 1.0),
-    texture: float = 0.3,
-    blur=None,
-    background: float = 0.12,
-    photons: float = 200.0,
-    read_noise: float = 2.0,
-):
+@dataclass(frozen=True)
+class NucleiScene:
+    """What :func:`nuclei` draws: sizes, shapes, crowding, appearance, optics and camera.
+
+    radius : (float, float), optional
+        Range of equivalent radii in pixels (default (4, 25) in 2D, (4, 12) in 3D).
+    density : float
+        Target fraction of the image covered by nuclei, in (0, 0.8] (best effort).
+    size_spread : float
+        Standard deviation of log radius within one image (>= 0).
+    elongation : float, optional
+        Largest aspect ratio (>= 1; default 2 in 2D, 1.6 in 3D).
+    irregularity : float
+        Strength of the shape perturbation, in [0, 0.5].
+    cluster : float
+        Fraction of nuclei placed touching or overlapping an existing one, in [0, 1].
+    max_overlap : float
+        Largest overlapping fraction of a nucleus' area, in [0, 0.5].
+    brightness_range : (float, float)
+        Range of nucleus brightness, 0 < low <= high.
+    texture : float
+        Relative strength of the chromatin texture, in [0, 1].
+    blur : float or tuple of float, optional
+        Gaussian PSF sigma in pixels, one value or one per axis (default 1.5 in 2D,
+        (2, 1.2, 1.2) in 3D); 0 switches blur off.
+    background : float
+        Mean background level relative to the brightest nucleus (>= 0), with a smooth gradient.
+    photons : float
+        Expected photon count of a brightness-1 pixel (> 0); lower is noisier.
+    read_noise : float
+        Standard deviation of the Gaussian read noise in counts (>= 0).
+    """
+
+    radius: tuple[float, float] | None = None
+    density: float = 0.35
+    size_spread: float = 0.25
+    elongation: float | None = None
+    irregularity: float = 0.15
+    cluster: float = 0.6
+    max_overlap: float = 0.1
+    brightness_range: tuple[float, float] = (0.1, 1.0)
+    texture: float = 0.3
+    blur: float | tuple[float, ...] | None = None
+    background: float = 0.12
+    photons: float = 200.0
+    read_noise: float = 2.0
+
+
+def nuclei(shape, seed: int = 0, scene: NucleiScene | None = None, **overrides):
     """Realistic fluorescent nuclei (2D or 3D) with exact instance labels.
 
     Made to be hard where classical threshold + watershed pipelines fail:
@@ -792,33 +824,10 @@ def nuclei(
     seed : int
         Everything is deterministic given ``seed``. Seeds in :data:`TEST_SEEDS` are reserved for
         held-out benchmarks: never train on them.
-    radius : (float, float), optional
-        Range of equivalent radii in pixels (default (4, 25) in 2D, (4, 12) in 3D).
-    density : float
-        Target fraction of the image covered by nuclei, in (0, 0.8] (best effort).
-    size_spread : float
-        Standard deviation of log radius within one image (>= 0).
-    elongation : float, optional
-        Largest aspect ratio (>= 1; default 2 in 2D, 1.6 in 3D).
-    irregularity : float
-        Strength of the shape perturbation, in [0, 0.5].
-    cluster : float
-        Fraction of nuclei placed touching or overlapping an existing one, in [0, 1].
-    max_overlap : float
-        Largest overlapping fraction of a nucleus' area, in [0, 0.5].
-    brightness_range : (float, float)
-        Range of nucleus brightness, 0 < low <= high.
-    texture : float
-        Relative strength of the chromatin texture, in [0, 1].
-    blur : float or tuple of float, optional
-        Gaussian PSF sigma in pixels, one value or one per axis (default 1.5 in 2D,
-        (2, 1.2, 1.2) in 3D); 0 switches blur off.
-    background : float
-        Mean background level relative to the brightest nucleus (>= 0), with a smooth gradient.
-    photons : float
-        Expected photon count of a brightness-1 pixel (> 0); lower is noisier.
-    read_noise : float
-        Standard deviation of the Gaussian read noise in counts (>= 0).
+    scene : NucleiScene, optional
+        Sizes, shapes, crowding, appearance, optics and camera (defaults there).
+    **overrides
+        Fields of ``scene`` to change, by name (``radius=(4, 6)``, ``photons=50``).
 
     Returns
     -------
@@ -832,6 +841,11 @@ def nuclei(
     ShiftSegError
         On a bad setting.
     """
+    scene = with_overrides(scene or NucleiScene(), "nuclei", overrides)
+    radius, density, size_spread, elongation = scene.radius, scene.density, scene.size_spread, scene.elongation
+    irregularity, cluster, max_overlap = scene.irregularity, scene.cluster, scene.max_overlap
+    brightness_range, texture, blur = scene.brightness_range, scene.texture, scene.blur
+    background, photons, read_noise = scene.background, scene.photons, scene.read_noise
     shape = _check_shape(shape)
     ndim = len(shape)
     seed = _check_seed(seed)

@@ -42,7 +42,7 @@ def run(args) -> int:
     from .._errors import ShiftSegError
     from ..modelio import bundled_model_path, load_model
     from ..reproduce import figures
-    from ..reproduce.window_study import format_table, run_window_study
+    from ..reproduce.window_study import StudySettings, format_table, run_window_study
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,9 @@ def run(args) -> int:
         references.append((f"{Path(path).name} (window {model.meta.get('training_window', ['?'])[0]})",
                            model))
     print(f"window study ({args.mode} mode, l = {args.levels}) -> {out}", file=sys.stderr)
-    study = run_window_study(args.mode, levels=args.levels, steps=args.steps, tile=args.tile,
-                             seed=args.seed, save_dir=out / "models", references=references,
+    settings = StudySettings(mode=args.mode, levels=args.levels, steps=args.steps, tile=args.tile,
+                             seed=args.seed)
+    study = run_window_study(settings, save_dir=out / "models", references=references,
                              progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     print(format_table(study))
     rows = [{k: v for k, v in c.items() if k not in ("arrays", "phase_profile", "model_file")}

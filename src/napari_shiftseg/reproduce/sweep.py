@@ -80,11 +80,11 @@ def _check_inputs(image, labels, model, tiles, mode):
     return labels, tiles
 
 
-def _score(embeddings, gt, model, settings, seed) -> dict:
+def _score(embeddings, gt, model, settings, clustering) -> dict:
     from ..instances import segment_instances
     from ..metrics import evaluate
 
-    lazy, _ = segment_instances(embeddings, settings, foreground=model.config.foreground_head, seed=seed)
+    lazy, _ = segment_instances(embeddings, settings, clustering, foreground=model.config.foreground_head)
     pred = np.asarray(lazy.compute(scheduler="sync"))
     scores = evaluate(gt, pred, thresholds=(0.5,))
     return {"false_splits": int(scores["false_splits"]), "false_merges": int(scores["false_merges"]),
@@ -93,9 +93,8 @@ def _score(embeddings, gt, model, settings, seed) -> dict:
 
 
 def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", device: str = "cpu",
-              bandwidth: float | None = None, fg_threshold: float | None = None, min_size: int | None = None,
-              seed: int = 0, progress: Callable[[int, int, str], None] | None = None,
-              cancel: threading.Event | None = None, keep_labels: bool = False) -> dict:
+              settings=None, *, progress: Callable[[int, int, str], None] | None = None,
+              cancel: threading.Event | None = None, keep_labels: bool = False, **overrides) -> dict:
     """Tile-and-stitch the image for every tile size and score the stitched segmentation.
 
     Parameters
@@ -112,11 +111,9 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         Tiling mode, see the module docstring.
     device : str
         Torch device.
-    bandwidth : float, optional
-        Mean-shift bandwidth; default the model's (:func:`~napari_shiftseg.evaluate.default_bandwidth`).
-    fg_threshold, min_size, seed
-        Clustering settings, identical for every tile size; ``min_size`` defaults to the
-        model's recorded settings (:class:`~napari_shiftseg.settings.SegmentationSettings`).
+    settings : SegmentationSettings, optional
+        How embeddings become instances, identical for every tile size; default the model's
+        recorded (tuned) settings (:meth:`~napari_shiftseg.settings.SegmentationSettings.of`).
     progress : callable(done, total, message), optional
         Called before each tile size and once at the end.
     cancel : threading.Event, optional
@@ -124,6 +121,10 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         sizes; raises :class:`~napari_shiftseg.progress.Cancelled`.
     keep_labels : bool
         Keep every tile size's instance labels (``result["labels"][tile]``).
+    **overrides
+        Fields of ``settings`` (``bandwidth=1.5``, ``min_size=20``) or of the clustering
+        (:class:`~napari_shiftseg.segment_options.ClusterOptions`, e.g. ``seed=2``) to change;
+        None keeps the model's value.
 
     Returns
     -------
@@ -133,13 +134,15 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     """
     from ..predict import predict_embeddings, predict_plan, predict_whole
     from ..progress import Cancelled, compute
+    from ..segment_options import settings_and_clustering
     from ..settings import SegmentationSettings
 
     labels, tiles = _check_inputs(image, labels, model, tiles, mode)
     g = model.geometry
     # The model's own (tuned) settings, identical for every tile size; the caller's win.
-    settings = SegmentationSettings.of(model).replace(
-        bandwidth=float(bandwidth) if bandwidth else None, fg_threshold=fg_threshold, min_size=min_size)
+    settings, clustering = settings_and_clustering(
+        settings or SegmentationSettings.of(model), None,
+        {k: v for k, v in overrides.items() if v is not None}, "run_sweep")
     total = len(tiles) + 1
 
     def tell(done, message):
@@ -154,7 +157,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     start = time.perf_counter()
     whole = predict_whole(image, model, device=device)
     scale = float(np.abs(whole).max()) or 1.0
-    whole_scores = _score(whole, labels, model, settings, seed)
+    whole_scores = _score(whole, labels, model, settings, clustering)
     whole_labels = whole_scores.pop("labels")
     kept: dict[str | int, np.ndarray] = {"whole": whole_labels} if keep_labels else {}
     whole_scores["seconds"] = round(time.perf_counter() - start, 2)
@@ -167,7 +170,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         (emb,) = compute(lazy, cancel=cancel)
         emb = np.asarray(emb)
         diff = float(np.abs(emb - whole).max())
-        scores = _score(emb, labels, model, settings, seed)
+        scores = _score(emb, labels, model, settings, clustering)
         pred = scores.pop("labels")
         if keep_labels:
             kept[tile] = pred

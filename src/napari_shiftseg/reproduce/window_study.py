@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ShiftSegError
+from .._options import with_overrides
 from ..geometry import UNetGeometry
 
 __all__ = ["WindowCase", "default_cases", "cell_start", "phase_jumps", "tile_jump", "run_window_study",
@@ -209,26 +210,48 @@ def evaluate_case(model, image, gt, tile: int, seed: int = 0, keep_arrays: bool 
     return result
 
 
-def run_window_study(mode: str = "quick", levels: int = 3, steps: int | None = None,
-                     lr: float | None = None, base_channels: int | None = None,
-                     batch_size: int | None = None, tile: int | None = None, seed: int = 0,
-                     train_shape=(256, 256), test_shape=(256, 256), cases=None, save_dir=None,
-                     references=(), progress: Callable[[str], None] | None = None,
-                     cancel: threading.Event | None = None) -> dict:
+@dataclass(frozen=True)
+class StudySettings:
+    """The window study's run: ``mode`` ("quick" or "full") picks steps, lr, base channels and
+    batch size (:data:`SETTINGS`) unless given; ``tile`` defaults to 8 f^l; images are
+    ``train_shape`` / ``test_shape``; ``seed`` seeds data and training."""
+
+    mode: str = "quick"
+    levels: int = 3
+    steps: int | None = None
+    lr: float | None = None
+    base_channels: int | None = None
+    batch_size: int | None = None
+    tile: int | None = None
+    seed: int = 0
+    train_shape: tuple[int, ...] = (256, 256)
+    test_shape: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self):
+        if self.mode not in SETTINGS:
+            raise ShiftSegError(f"mode must be one of {tuple(SETTINGS)}, got {self.mode!r}")
+
+
+def run_window_study(study: StudySettings | None = None, cases=None, save_dir=None, references=(),
+                     progress: Callable[[str], None] | None = None,
+                     cancel: threading.Event | None = None, **overrides) -> dict:
     """Train every case and evaluate it; returns ``{"settings": ..., "cases": [...]}``.
 
-    With ``save_dir`` every trained model is saved there (``window_<w>_<padding>.safetensors``)
-    so it can be inspected later (``shiftseg info``, the napari Inspect widget).
-    ``references`` are extra ``(name, Model)`` pairs evaluated the same way without training,
-    e.g. the bundled model (trained much longer with a window far above f^l).
+    ``study`` (:class:`StudySettings`; ``overrides`` change its fields by name, e.g.
+    ``mode="full"``) says how long to train and on what. With ``save_dir`` every trained model
+    is saved there (``window_<w>_<padding>.safetensors``) so it can be inspected later
+    (``shiftseg info``, the napari Inspect widget). ``references`` are extra ``(name, Model)``
+    pairs evaluated the same way without training, e.g. the bundled model (trained much longer
+    with a window far above f^l).
     """
-    if mode not in SETTINGS:
-        raise ShiftSegError(f"mode must be one of {tuple(SETTINGS)}, got {mode!r}")
+    study = with_overrides(study or StudySettings(), "run_window_study", overrides)
+    mode, levels, seed = study.mode, study.levels, study.seed
+    train_shape, test_shape = study.train_shape, study.test_shape
     d_steps, d_lr, d_base, d_batch = SETTINGS[mode]
-    steps, lr = steps or d_steps, lr or d_lr
-    base, batch = base_channels or d_base, batch_size or d_batch
+    steps, lr = study.steps or d_steps, study.lr or d_lr
+    base, batch = study.base_channels or d_base, study.batch_size or d_batch
     geometry = UNetGeometry(ndim=2, levels=levels)
-    tile = tile or 8 * geometry.grid
+    tile = study.tile or 8 * geometry.grid
     cases = cases or default_cases(geometry)
     data = training_data(train_shape, seed=seed)
     image, gt = test_data(test_shape, seed=seed + 1000)
