@@ -93,7 +93,7 @@ def run_once(viewer, widget, tile: int, device: str) -> dict:
             **{f"{k}_{m}": v for k, s in stamps.items() for m, v in _gaps(s).items()}}
 
 
-def slider_gaps(viewer, moves: int, freeze: bool = False) -> dict:
+def slider_gaps(viewer, moves: int) -> dict:
     """The z slider of the large sample moved ``moves`` times, one move every 50 ms (as a user
     dragging it): the longest event-loop gap, and each move's own cost (the slider step, napari
     slicing the lazy planes and drawing them), the first move (first texture) apart."""
@@ -105,10 +105,6 @@ def slider_gaps(viewer, moves: int, freeze: bool = False) -> dict:
 
     image, _ = viewer.open_sample("napari-shiftseg", "large3d")
     QApplication.processEvents()
-    if freeze:
-        # Everything alive now (napari, torch, the modules) is never scanned by a full
-        # collection again: Python's full GC of this process takes ~260 ms.
-        gc.freeze()
     stamps, costs, steps = [], [], list(range(7, 7 + 23 * moves, 23))
     timer = QTimer()
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
@@ -139,9 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the first includes warm-up")
     parser.add_argument("--moves", type=int, default=20, help="z-slider moves on the large sample")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() before the slider moves and the runs (no full collection of "
-                             "what napari, torch and the plugin hold after startup)")
+    parser.add_argument("--no-idle-gc", action="store_true",
+                        help="Python's own full garbage collections (as before the plugin deferred "
+                             "them to idle moments; the plugin setting idle_gc off)")
     args = parser.parse_args(argv)
 
     display = _display()
@@ -153,25 +149,27 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model, description = _model(Path(tmp))
             viewer = napari.Viewer(show=True)
-            if args.moves:
-                g = slider_gaps(viewer, args.moves, args.gc_freeze)
-                print(f"large3d: {args.moves} z-slider moves: a move costs {g['move_median_ms']:.0f} ms "
-                      f"(median; max {g['move_max_ms']:.0f} ms; the first {g['first_ms']:.0f} ms); "
-                      f"longest event-loop gap {g['max_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms; "
-                      f"{g['full_gc']} full garbage collection(s){' (gc.freeze)' if args.gc_freeze else ''}")
-            viewer.open_sample("napari-shiftseg", SAMPLE)
-            if args.gc_freeze:
-                import gc
-
-                gc.freeze()  # as in slider_gaps: no full collection of what is alive now
+            # A user opens the Segment widget first (torch and the model load: ~175k more Python
+            # objects for a full collection to scan); its warm-up runs meanwhile.
             _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
-            # A user opens the widget, then picks an image: the warm-up (started on open) runs
-            # meanwhile; run 0 is the first Run after it (before: a 453 ms first-run stall).
             from qtpy.QtWidgets import QApplication
 
             while widget.warming_up:
                 QApplication.processEvents()
                 time.sleep(0.01)
+            if args.no_idle_gc:
+                from napari_shiftseg._widgets import _gc
+
+                _gc.release()  # Python's thresholds back: full collections whenever Python likes
+            gc_note = "Python's own" if args.no_idle_gc else "deferred to idle moments (default)"
+            if args.moves:
+                g = slider_gaps(viewer, args.moves)
+                print(f"large3d: {args.moves} z-slider moves: a move costs {g['move_median_ms']:.0f} ms "
+                      f"(median; max {g['move_max_ms']:.0f} ms; the first {g['first_ms']:.0f} ms); "
+                      f"longest event-loop gap {g['max_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms; "
+                      f"{g['full_gc']} full garbage collection(s) during the moves ({gc_note})")
+            viewer.open_sample("napari-shiftseg", SAMPLE)
+            # run 0 is the first Run after the warm-up (before it existed: a 453 ms first-run stall)
             widget.set_model_file(model)
             widget.tile.value = args.tile
             image = viewer.layers[0].data

@@ -44,7 +44,7 @@ def _to_scale(pair, diameter: float):
     """(image, labels) resampled so that the median object diameter is ``diameter`` (within
     rescale.LIMITS, as at inference)."""
     from napari_shiftseg import rescale
-    from napari_shiftseg.tuning import median_diameter
+    from napari_shiftseg.metrics import median_diameter
 
     image, labels = pair
     measured = median_diameter([labels])

@@ -107,7 +107,7 @@ def test_widget_measures_large_images_on_a_crop(model, tmp_path, monkeypatch, si
     """'auto' object size: a large image is measured on a central crop (as segment_to_zarr
     does), not by a whole first pass; a small one keeps the first pass (reused when no
     resampling is needed)."""
-    from napari_shiftseg import rescale
+    from napari_shiftseg import evaluate
     from napari_shiftseg._widgets import _pipeline
     from napari_shiftseg.modelio import save_model
     from napari_shiftseg.settings import SegmentationSettings
@@ -115,7 +115,7 @@ def test_widget_measures_large_images_on_a_crop(model, tmp_path, monkeypatch, si
     model.meta["object_diameter"] = 12.0
     path = save_model(model, tmp_path / "sized.safetensors")
     calls = {"crop": 0, "runs": 0}
-    crop, run = rescale.estimate_from_crop, _pipeline._resampled_run
+    crop, run = evaluate.estimate_from_crop, _pipeline._resampled_run
 
     def counting_crop(*a, **k):
         calls["crop"] += 1
@@ -125,7 +125,7 @@ def test_widget_measures_large_images_on_a_crop(model, tmp_path, monkeypatch, si
         calls["runs"] += 1
         return run(*a, **k)
 
-    monkeypatch.setattr(rescale, "estimate_from_crop", counting_crop)
+    monkeypatch.setattr(evaluate, "estimate_from_crop", counting_crop)
     monkeypatch.setattr(_pipeline, "_resampled_run", counting_run)
     image = np.random.default_rng(5).random((side, side), dtype=np.float32)
     params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=64,

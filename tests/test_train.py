@@ -108,7 +108,7 @@ def test_meta(pair):
 
 
 def test_spatial_model_records_the_object_diameter_it_learnt(pair):
-    from napari_shiftseg.tuning import median_diameter
+    from napari_shiftseg.metrics import median_diameter
 
     spatial = dataclasses.replace(TINY, embedding="spatial", embed_dim=3, position_scale=0.25)
     model, _ = train(*pair, spatial, steps=2, output_window=WINDOW)

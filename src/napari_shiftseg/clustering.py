@@ -12,17 +12,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from numbers import Integral
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
 from ._errors import ShiftSegError
+from ._options import with_overrides
 from .meanshift import assign_to_modes, mean_shift
 from .validate import number, whole
 
-__all__ = ["Clustering", "DEFAULT_BANDWIDTH", "DEFAULT_MAX_POINTS", "assign_clusters", "cluster_embeddings",
-           "sample_foreground"]
+__all__ = ["ClusterOptions", "Clustering", "DEFAULT_BANDWIDTH", "DEFAULT_MAX_POINTS", "assign_clusters",
+           "cluster_embeddings", "sample_foreground"]
 
 # Half the push margin 2·delta_d = 6 of the reference loss (train.LOSS_DEFAULTS): clusters
 # trained apart by >= 6 are separated, and pulled-in clusters (delta_v = 0.5) fit well inside.
@@ -30,6 +32,30 @@ DEFAULT_BANDWIDTH = 2.0
 # Points mean-shift works on: seeds x points distances per step, 1000 x 50k is ~0.1 s on a CPU.
 DEFAULT_MAX_POINTS = 50_000
 
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How mean-shift is seeded and voxels are connected; not tuned per model.
+
+    n_seeds, max_points, seed : as for :func:`~napari_shiftseg.instances.cluster_embeddings`.
+    connectivity : as for :func:`~napari_shiftseg.instances.label_instances` (1 = faces).
+    """
+
+    n_seeds: int = 1000
+    max_points: int = DEFAULT_MAX_POINTS
+    seed: int = 0
+    connectivity: int = 1
+
+    def __post_init__(self):
+        for name, low in (("n_seeds", 1), ("max_points", 1), ("seed", 0), ("connectivity", 1)):
+            whole(getattr(self, name), name, low)
+
+    def args(self, settings) -> dict[str, Any]:
+        """The clustering arguments a run records (and resumes only with): ``settings``
+        (a :class:`~napari_shiftseg.settings.SegmentationSettings`) plus these."""
+        return {**settings.to_meta(), "n_seeds": self.n_seeds, "max_points": self.max_points,
+                "seed": self.seed, "connectivity": self.connectivity}
 
 
 # --------------------------------------------------------------------------- validation
@@ -162,9 +188,9 @@ def sample_foreground(embeddings, max_points: int = DEFAULT_MAX_POINTS, fg_thres
 
 
 def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
-                       n_seeds: int = 1000, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
-                       foreground: bool = True, kernel: str = "flat",
-                       device: str = "cpu", compute=None) -> Clustering:
+                       foreground: bool = True, options: ClusterOptions | None = None,
+                       kernel: str = "flat", device: str = "cpu", compute=None,
+                       **overrides) -> Clustering:
     """Mean-shift modes of the embeddings of the whole image.
 
     Parameters
@@ -177,15 +203,14 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
         Mean-shift bandwidth in embedding units (about half the push margin ``2·delta_d``).
     fg_threshold : float
         Voxels with ``sigmoid(logit) > fg_threshold`` are foreground.
-    n_seeds : int
-        Random seeds of the mean-shift (the reference uses ~1000).
-    max_points : int
-        Size of the foreground subsample the modes are computed from.
-    seed : int
-        Seed of the subsample and of the seeds; equal seeds give equal modes.
     foreground : bool
         Whether the last channel is a foreground logit. Without one, every voxel is clustered
         and the most populous cluster is taken as the background (see the module docstring).
+    options : ClusterOptions, optional
+        ``n_seeds`` (random seeds of the mean-shift; the reference uses ~1000), ``max_points``
+        (size of the foreground subsample the modes are computed from) and ``seed`` (of the
+        subsample and of the seeds: equal seeds give equal modes); its fields may be given by
+        name (``n_seeds=200``). Its ``connectivity`` is for labelling, not used here.
     kernel : {'flat', 'gaussian'}
         Mean-shift kernel.
     device : str
@@ -202,8 +227,8 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
     """
     bandwidth = number(bandwidth, "bandwidth", 0.0)
     fg_threshold = number(fg_threshold, "fg_threshold", 0.0, 1.0)
-    n_seeds = whole(n_seeds, "n_seeds", 1)
-    seed = whole(seed, "seed", 0)
+    o = with_overrides(options or ClusterOptions(), "cluster_embeddings", overrides)
+    n_seeds, max_points, seed = o.n_seeds, o.max_points, o.seed
     points = sample_foreground(embeddings, max_points, fg_threshold, foreground, seed, compute)
     if points.shape[0] == 0:
         modes = np.zeros((0, points.shape[1]), np.float32)

@@ -77,14 +77,12 @@ def segment_embeddings(embeddings, settings: SegmentationSettings, foreground: b
 def segment_array(
     image,
     model: Model,
-    bandwidth: float | None = None,
-    foreground_threshold: float | None = None,
-    min_size: int | None = None,
-    n_seeds: int = 1000,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
     settings: SegmentationSettings | None = None,
     diameter: float | str | None = "auto",
+    device: str | torch.device = "cpu",
+    n_seeds: int = 1000,
+    seed: int = 0,
+    **overrides,
 ) -> np.ndarray:
     """Instance labels of a small 2D/3D image (whole-image inference + mean-shift + CC).
 
@@ -96,19 +94,21 @@ def segment_array(
         A trained model. With a foreground head, voxels with probability above the
         foreground threshold are clustered; without one, the most populous cluster is taken
         as background (models trained with ``background_as_instance``).
-    bandwidth, foreground_threshold, min_size : optional
-        Override the model's recorded settings (:meth:`SegmentationSettings.of`).
-    n_seeds, seed : int
-        Mean-shift seeds (random foreground voxels) and their random seed.
-    device : str or torch.device
-        Where to run the network.
     settings : SegmentationSettings, optional
-        Use these instead of the model's recorded settings (the overrides above still apply).
+        Use these instead of the model's recorded settings (:meth:`SegmentationSettings.of`).
     diameter : float, 'auto' or None
         Object diameter in the image (pixels). When it differs from the diameter the model
         records (``meta["object_diameter"]``), the image is resampled to the model's scale and
         the labels back (:mod:`napari_shiftseg.rescale`). ``'auto'`` (default) estimates it
-        from a first pass; None, or a model that records no diameter, segments as is.
+        from a first pass, refined once; None, or a model that records no diameter, segments
+        as is.
+    device : str or torch.device
+        Where to run the network.
+    n_seeds, seed : int
+        Mean-shift seeds (random foreground voxels) and their random seed.
+    **overrides
+        Fields of the settings to change (``bandwidth=1.5``, ``fg_threshold=0.4``); None keeps
+        the recorded value.
 
     Returns
     -------
@@ -117,8 +117,7 @@ def segment_array(
     """
     from . import rescale
 
-    settings = (settings or SegmentationSettings.of(model)).replace(
-        bandwidth=bandwidth, fg_threshold=foreground_threshold, min_size=min_size)
+    settings = (settings or SegmentationSettings.of(model)).replace(**overrides)
     at = segment_at_scales(image, model, settings, n_seeds, seed, device)
     factor, _, _ = rescale.object_factor(model, diameter, lambda: rescale.estimate_diameter(at(1.0)),
                                          lambda f: rescale.estimate_diameter(at(f)))
@@ -152,6 +151,36 @@ def segment_at_scales(image, model: Model, settings: SegmentationSettings | None
         return done[factor]
 
     return at
+
+
+def estimate_from_crop(image, model, device="cpu") -> float | None:
+    """Object diameter estimated on a central crop of ``image``
+    (:data:`~napari_shiftseg.rescale.ESTIMATE_CROP`): first pass as imaged, refined at the scale
+    it asks for (:func:`~napari_shiftseg.rescale.object_factor`)."""
+    from . import rescale
+    from .devices import resolve_device
+
+    crop = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + c)
+                 for n, c in zip(image.shape, rescale.ESTIMATE_CROP[image.ndim]))
+    part = image[crop]
+    part = np.asarray(part.compute() if hasattr(part, "compute") else part)
+    at = segment_at_scales(part, model, device=resolve_device(device))
+    _, diameter, _ = rescale.object_factor(model, "auto", lambda: rescale.estimate_diameter(at(1.0)),
+                                           lambda f: rescale.estimate_diameter(at(f)))
+    return diameter
+
+
+def estimate_as_run(image, model, device="cpu", lead: int = 0, iso=None) -> float | None:
+    """Object diameter of ``image`` as a run sees it: resampled to isotropic voxels by ``iso``
+    (lazily) and, for a 2D model on a stack (``lead`` = 1), on the middle slice; measured on a
+    central crop (:func:`estimate_from_crop`). The one rule of ``segment_to_zarr`` and the widget."""
+    import dask.array as da
+
+    from . import rescale
+
+    view = image if iso is None else rescale.resize_image(
+        da.asarray(image), shape=rescale.working_shape(image.shape, iso))
+    return estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, device)
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:

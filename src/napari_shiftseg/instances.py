@@ -459,8 +459,7 @@ def segment_instances(embeddings, settings=None, clustering=None, foreground: bo
     _post.post_options(post.get("merge_distance"), post.get("absorb_small", False),
                        post.get("fill_holes", False), settings.min_size)  # fail before clustering
     c = clustering
-    found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, c.n_seeds,
-                               c.max_points, c.seed, foreground)
+    found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, foreground, c)
     labels = label_instances(embeddings, found, settings.min_size, c.connectivity,
                              merge_distance=post.get("merge_distance"),
                              absorb_small=post.get("absorb_small", False),
@@ -478,9 +477,10 @@ def _chunk_slices(shape, chunks):
         yield index, tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
 
 
-def _stage_label(emb_block, out, region, modes, threshold, foreground, background, connectivity,
-                 min_size, options):
-    clusters = _assign_block(emb_block, modes, threshold, foreground, background)
+def _stage_label(emb_block, out, region, clustering: Clustering, connectivity, min_size, options):
+    foreground = clustering.foreground
+    clusters = _assign_block(emb_block, clustering.modes, _logit(clustering.fg_threshold), foreground,
+                             clustering.background)
     origin = tuple(r.start for r in region)
     local, sizes, cluster_of, stats = _label_block_post(
         clusters, emb_block, connectivity, min_size, options, origin, out.shape, foreground)
@@ -585,13 +585,11 @@ def write_instances(embeddings, clustering: Clustering, out, min_size: int = 0,
     if tuple(out.shape) != emb.shape[1:]:
         raise ShiftSegError(f"label array shape {out.shape} does not match embeddings {emb.shape[1:]}")
     emb = emb.rechunk((emb.shape[0],) + chunks)
-    threshold = _logit(clustering.fg_threshold)
     blocks = emb.to_delayed()
     regions = list(_chunk_slices(out.shape, chunks))
 
     stage = dask.delayed(_stage_label, pure=False)
-    results = compute(*[stage(blocks[(0,) + index], out, region, clustering.modes, threshold,
-                              clustering.foreground, clustering.background, connectivity,
+    results = compute(*[stage(blocks[(0,) + index], out, region, clustering, connectivity,
                               min_size, options)
                         for index, region in regions])
     counts = [r[0].shape[0] - 1 for r in results]

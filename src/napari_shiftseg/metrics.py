@@ -50,6 +50,8 @@ __all__ = [
     "false_splits",
     "false_merges",
     "evaluate",
+    "median_object_size",
+    "median_diameter",
 ]
 
 
@@ -439,3 +441,25 @@ def evaluate(gt, pred, thresholds=(0.5,), *, recall: bool = False) -> dict[str, 
     result["n_gt"] = int(table.gt_ids.size)
     result["n_pred"] = int(table.pred_ids.size)
     return result
+
+
+# --------------------------------------------------------------------------- object sizes
+
+
+def median_object_size(labels_list) -> float:
+    """Median object size (pixels / voxels) over some label images (0 if there are none)."""
+    sizes = [np.bincount(np.maximum(np.asarray(lab), 0).ravel().astype(np.int64))[1:]
+             for lab in labels_list]
+    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    all_sizes = all_sizes[all_sizes > 0]
+    return float(np.median(all_sizes)) if all_sizes.size else 0.0
+
+
+def median_diameter(labels_list) -> float:
+    """Median equivalent diameter (voxels) of the objects in some label images (0 if none)."""
+    volume = median_object_size(labels_list)
+    if not volume:
+        return 0.0
+    ndim = np.asarray(labels_list[0]).ndim
+    # Diameter of the disk / ball of that area / volume.
+    return 2 * (volume / np.pi) ** 0.5 if ndim == 2 else 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)

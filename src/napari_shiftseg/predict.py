@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 import dask.array as da
@@ -35,6 +36,7 @@ import torch
 from dask.highlevelgraph import HighLevelGraph
 
 from ._errors import ShiftSegError
+from ._options import with_overrides
 from .devices import resolve_device, resolve_tile
 from .normalize import Normalization, recorded_normalization
 from .progress import TILE_PREFIX
@@ -472,10 +474,25 @@ def _check_plan(plan: TilePlan, inp: _Input, net) -> TilePlan:
     return plan
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How an image becomes the network's input.
+
+    channel_axis : image axis holding the model's input channels (None: one channel).
+    per_slice : apply a 2D model to each slice of a 3D image along its first axis.
+    normalization : None (the percentiles recorded in the model file, 1-99.8 if none, of the
+        whole image, computed once), False (none), a Normalization or (low, high).
+    """
+
+    channel_axis: int | None = None
+    per_slice: bool = False
+    normalization: Any = None
+
+
 def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, device: str = "auto",
-                       mode: str = "exact", channel_axis: int | None = None,
-                       batch_size: int | None = None, half: bool = False, normalization=None,
-                       per_slice: bool = False, plan: TilePlan | None = None) -> da.Array:
+                       mode: str = "exact", batch_size: int | None = None, half: bool = False,
+                       plan: TilePlan | None = None, reading: Reading | None = None,
+                       **overrides) -> da.Array:
     """Lazy per-voxel embeddings of ``image``, tiled so the result equals whole-image inference.
 
     Parameters
@@ -492,21 +509,18 @@ def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, devi
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
     mode : {"exact", "naive", "blend"}
         Only ``exact`` is exact; the others exist for comparison.
-    channel_axis : int, optional
-        Image axis holding the model's input channels.
     batch_size : int, optional
         Tiles per network call (default 1): consecutive tiles along the last axis (or
         consecutive slices with ``per_slice``) share one task, and then one output chunk.
     half : bool
         float16 autocast; GPU only.
-    normalization : None, False, Normalization or (low, high)
-        ``None``: the percentiles recorded in the model file (1-99.8 if none), of the whole
-        image, computed once now. ``False``: none.
-    per_slice : bool
-        Apply a 2D model to each slice of a 3D image along its first axis.
     plan : TilePlan, optional
         The tiling, made once by the caller with :func:`predict_plan` (and shared with the
         diagnostics and the user's messages); ``tile`` and ``mode`` are then not used.
+    reading : Reading, optional
+        Channel axis, per-slice runs of a 2D model, normalisation (:class:`Reading`); its
+        fields may be given by name (``channel_axis=0``, ``per_slice=True``,
+        ``normalization=False``).
 
     Returns
     -------
@@ -521,6 +535,8 @@ def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, devi
         Wrong dimensionality or channel count, empty, non-numeric, NaN/inf (also found per
         tile at compute time, naming the tile), tiles below f^l in exact mode, bad device.
     """
+    read = with_overrides(reading or Reading(), "predict_embeddings", overrides)
+    channel_axis, per_slice, normalization = read.channel_axis, read.per_slice, read.normalization
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
     if batch_size is None:

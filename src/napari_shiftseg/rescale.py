@@ -36,7 +36,7 @@ from ._errors import ShiftSegError
 
 __all__ = ["TOLERANCE", "LIMITS", "model_diameter", "estimate_diameter", "check_diameter",
            "scale_for", "working_shape", "resize_image", "resize_labels", "labels_on_image_grid",
-           "working_region", "estimate_from_crop", "object_factor", "REFINE_TOLERANCE", "axis_factors",
+           "working_region", "object_factor", "REFINE_TOLERANCE", "axis_factors",
            "isotropic_factors"]
 
 #: Sizes within this ratio of the model's diameter are segmented as they are (resampling costs
@@ -66,7 +66,7 @@ def model_diameter(model) -> float | None:
 
 def estimate_diameter(labels) -> float | None:
     """Median equivalent diameter (pixels) of the objects in ``labels``; None for < 3 objects."""
-    from .tuning import median_diameter
+    from .metrics import median_diameter
 
     labels = np.asarray(labels)
     if len(np.unique(labels[labels > 0])) < MIN_OBJECTS:
@@ -75,34 +75,8 @@ def estimate_diameter(labels) -> float | None:
 
 
 #: Central crop (pixels per axis, 2D / 3D) segmented to estimate the object size of a large
-#: image before it is segmented tile by tile.
+#: image before it is segmented tile by tile (:func:`napari_shiftseg.evaluate.estimate_as_run`).
 ESTIMATE_CROP = {2: (256, 256), 3: (48, 128, 128)}
-
-
-def estimate_from_crop(image, model, device="cpu") -> float | None:
-    """Object diameter estimated on a central crop of ``image`` (first pass as imaged, refined
-    at the scale it asks for: :func:`object_factor`)."""
-    from .devices import resolve_device
-    from .evaluate import segment_at_scales
-
-    crop = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + c)
-                 for n, c in zip(image.shape, ESTIMATE_CROP[image.ndim]))
-    part = image[crop]
-    part = np.asarray(part.compute() if hasattr(part, "compute") else part)
-    at = segment_at_scales(part, model, device=resolve_device(device))
-    _, diameter, _ = object_factor(model, "auto", lambda: estimate_diameter(at(1.0)),
-                                   lambda f: estimate_diameter(at(f)))
-    return diameter
-
-
-def estimate_as_run(image, model, device="cpu", lead: int = 0, iso=None) -> float | None:
-    """Object diameter of ``image`` as a run sees it: resampled to isotropic voxels by ``iso``
-    (lazily) and, for a 2D model on a stack (``lead`` = 1), on the middle slice; measured on a
-    central crop (:func:`estimate_from_crop`). The one rule of ``segment_to_zarr`` and the widget."""
-    import dask.array as da
-
-    view = image if iso is None else resize_image(da.asarray(image), shape=working_shape(image.shape, iso))
-    return estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, device)
 
 
 def isotropic_factors(voxel_size, ndim: int) -> tuple[float, ...]:

@@ -635,13 +635,14 @@ def _resampled_input(image, model, diameter, device, per_slice=False, voxel_size
     import dask.array as da
 
     from . import rescale
+    from .evaluate import estimate_as_run
 
     source = image if isinstance(image, da.Array) else da.from_array(image, asarray=True, name=False)
     ndim, lead = model.geometry.ndim, int(per_slice)
     iso = rescale.isotropic_factors(voxel_size, ndim) if voxel_size is not None and not lead else None
 
     factor, _, _ = rescale.object_factor(model, diameter,
-                                         lambda: rescale.estimate_as_run(source, model, device, lead, iso))
+                                         lambda: estimate_as_run(source, model, device, lead, iso))
     factors = rescale.axis_factors(factor, ndim, lead, iso)
     if all(f == 1.0 for f in factors):
         return image

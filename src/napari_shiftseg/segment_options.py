@@ -12,39 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ._errors import ShiftSegError
 from ._options import with_overrides
-from .clustering import DEFAULT_MAX_POINTS
+from .clustering import ClusterOptions
 
 __all__ = ["ClusterOptions", "SegmentOptions", "settings_and_clustering"]
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """How mean-shift is seeded and voxels are connected; not tuned per model.
-
-    n_seeds, max_points, seed : as for :func:`~napari_shiftseg.instances.cluster_embeddings`.
-    connectivity : as for :func:`~napari_shiftseg.instances.label_instances` (1 = faces).
-    """
-
-    n_seeds: int = 1000
-    max_points: int = DEFAULT_MAX_POINTS
-    seed: int = 0
-    connectivity: int = 1
-
-    def __post_init__(self):
-        from .validate import whole
-
-        for name, low in (("n_seeds", 1), ("max_points", 1), ("seed", 0), ("connectivity", 1)):
-            whole(getattr(self, name), name, low)
-
-    def args(self, settings) -> dict[str, Any]:
-        """The clustering arguments a run records (and resumes only with): ``settings``
-        (a :class:`~napari_shiftseg.settings.SegmentationSettings`) plus these."""
-        return {**settings.to_meta(), "n_seeds": self.n_seeds, "max_points": self.max_points,
-                "seed": self.seed, "connectivity": self.connectivity}
 
 
 #: The segmentation settings a run may override; None keeps the model's recorded value.

@@ -29,7 +29,7 @@ PAINTED = "painted"
 
 def painted_margin(labels: np.ndarray) -> int:
     """Background margin (pixels) trusted around painted objects: half a median diameter, >= 2."""
-    from .tuning import median_diameter
+    from .metrics import median_diameter
 
     return max(2, int(round(median_diameter([labels]) / 2)))
 

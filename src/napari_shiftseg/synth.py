@@ -36,7 +36,7 @@ from skimage.segmentation import relabel_sequential
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg._options import with_overrides
 
-__all__ = ["lattice", "random_objects", "lazy_random_objects", "nuclei", "NucleiScene", "TEST_SEEDS"]
+__all__ = ["lattice", "random_objects", "lazy_random_objects", "nuclei", "NucleiScene", "Distortion", "TEST_SEEDS"]
 
 # Candidate centres tried per object before random placement gives up on it.
 _TRIES_PER_OBJECT = 200
@@ -272,17 +272,35 @@ def _lattice_labels(shape, spacing, offset, radius, partial) -> np.ndarray:
     return relabel_sequential(provisional)[0].astype(np.int32, copy=False)
 
 
+@dataclass(frozen=True)
+class Distortion:
+    """What :func:`lattice` and :func:`random_objects` do to a clean picture.
+
+    noise_std : standard deviation of additive Gaussian noise (the paper's variance 0.01 is 0.1).
+    elastic_alpha : root-mean-square displacement (pixels) of an elastic deformation; 0 = none.
+    elastic_sigma : smoothness (Gaussian sigma, pixels) of the displacement field.
+    """
+
+    noise_std: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 8.0
+
+    def checked(self) -> dict[str, float]:
+        """The three values, checked, as keywords of ``_corrupt``."""
+        noise, alpha, sigma = _check_corruptions(self.noise_std, self.elastic_alpha, self.elastic_sigma)
+        return {"noise_std": noise, "elastic_alpha": alpha, "elastic_sigma": sigma}
+
+
 def lattice(
     shape,
     spacing,
     radius: float = 5,
     intensity: float = 1.0,
     offset=None,
-    noise_std: float = 0.0,
-    elastic_alpha: float = 0.0,
-    elastic_sigma: float = 8.0,
     seed: int = 0,
     partial: bool = True,
+    distortion: Distortion | None = None,
+    **overrides,
 ):
     """Identical disks / spheres centred on a square / cubic lattice.
 
@@ -305,16 +323,13 @@ def lattice(
         Object intensity; background is 0.
     offset : int or tuple of int, optional
         Position of one lattice centre, per axis. Default ``spacing // 2``.
-    noise_std : float
-        Standard deviation of additive Gaussian noise (the paper's variance 0.01 is 0.1).
-    elastic_alpha : float
-        Root-mean-square displacement (pixels) of the elastic deformation; 0 switches it off.
-    elastic_sigma : float
-        Smoothness (Gaussian sigma, pixels) of the displacement field.
     seed : int
         Seed for the noise and the deformation.
     partial : bool
         Include objects clipped by the image border.
+    distortion : Distortion, optional
+        Noise and elastic deformation (none by default); its fields may be given by name,
+        ``noise_std=0.1``.
 
     Returns
     -------
@@ -347,7 +362,7 @@ def lattice(
     else:
         offset = _per_axis_int(offset, ndim, "offset", None)
     intensity = _real(intensity, "intensity", minimum=-math.inf)
-    corruptions = _check_corruptions(noise_std, elastic_alpha, elastic_sigma)
+    corruptions = with_overrides(distortion or Distortion(), "synth", overrides).checked()
     rngs = _rngs(_check_seed(seed))
 
     labels = _lattice_labels(shape, spacing, offset, radius, bool(partial))
@@ -355,9 +370,7 @@ def lattice(
     return _corrupt(
         image,
         labels,
-        noise_std=corruptions[0],
-        elastic_alpha=corruptions[1],
-        elastic_sigma=corruptions[2],
+        **corruptions,
         rngs=rngs,
     )
 
@@ -437,10 +450,9 @@ def random_objects(
     radius_jitter: float = 1.0,
     intensity_range=(0.6, 1.0),
     min_gap: float = 2,
-    noise_std: float = 0.0,
-    elastic_alpha: float = 0.0,
-    elastic_sigma: float = 8.0,
     seed: int = 0,
+    distortion: Distortion | None = None,
+    **overrides,
 ):
     """Randomly placed, non-overlapping disks / spheres lying fully inside the image.
 
@@ -465,7 +477,7 @@ def random_objects(
         Range of object intensities; background is 0.
     min_gap : float
         Extra distance (pixels, >= 0) required between centres beyond ``r1 + r2``.
-    noise_std, elastic_alpha, elastic_sigma, seed
+    seed, distortion, **overrides
         As in :func:`lattice`; ``seed`` also drives placement.
 
     Returns
@@ -485,7 +497,7 @@ def random_objects(
         n_objects = spec.count_for(shape, _check_density(density))
     elif not _is_int(n_objects) or n_objects < 0:
         raise ShiftSegError(f"n_objects {n_objects!r} must be a non-negative integer or None")
-    corruptions = _check_corruptions(noise_std, elastic_alpha, elastic_sigma)
+    corruptions = with_overrides(distortion or Distortion(), "synth", overrides).checked()
     rngs = _rngs(_check_seed(seed))
 
     centres, radii, intensities = _place_objects(rngs[0], shape, int(n_objects), spec, border=0)
@@ -500,9 +512,7 @@ def random_objects(
     return _corrupt(
         image,
         labels,
-        noise_std=corruptions[0],
-        elastic_alpha=corruptions[1],
-        elastic_sigma=corruptions[2],
+        **corruptions,
         rngs=rngs,
     )
 

@@ -18,15 +18,18 @@ of the spacing (so that every plane cuts through spheres near their centre).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
 from ._errors import ShiftSegError
+from ._options import with_overrides
 
-__all__ = ["jittered_lattice"]
+__all__ = ["jittered_lattice", "LatticeScene"]
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -66,13 +69,32 @@ def _z_phase(ky, kx, spacing: float) -> np.ndarray:
     return ((ky + 2 * kx) % 3) * (spacing / 3.0)
 
 
-def _block(shape_info, spacing, radius, radius_jitter, position_jitter, keep, intensity, noise_std,
-           seed, want, block_info=None):
+@dataclass(frozen=True)
+class LatticeScene:
+    """The spheres of :func:`jittered_lattice`: lattice ``spacing``; radii uniform in
+    ``radius +- radius_jitter``; centres moved from their site by up to ``position_jitter`` per
+    axis (``radius + radius_jitter + position_jitter`` must stay below ``spacing / 2``); the
+    share ``keep`` of sites holding a sphere; brightness uniform in ``intensity``; Gaussian
+    image noise ``noise_std``."""
+
+    spacing: float = 15.0
+    radius: float = 5.0
+    radius_jitter: float = 0.7
+    position_jitter: float = 1.5
+    keep: float = 0.8
+    intensity: tuple[float, float] = (0.6, 1.0)
+    noise_std: float = 0.03
+
+
+def _block(shape_info, scene: LatticeScene, seed, want, block_info=None):
     """Image (``want == "image"``) or labels of one block, from global voxel coordinates.
 
     Every sphere's parameters are hashed once per lattice site met in the block (a few thousand),
     then spread to the voxels by indexing: the per-voxel work is a few gathers and one distance.
     """
+    spacing, radius, radius_jitter = scene.spacing, scene.radius, scene.radius_jitter
+    position_jitter, keep, intensity, noise_std = (scene.position_jitter, scene.keep, scene.intensity,
+                                                   scene.noise_std)
     info = block_info[None]
     ndim = len(info["shape"])
     lo = [r[0] for r in info["array-location"]]
@@ -124,9 +146,7 @@ def _block(shape_info, spacing, radius, radius_jitter, position_jitter, keep, in
     return image.astype(np.float32, copy=False)
 
 
-def jittered_lattice(shape, chunks, spacing: float = 15.0, radius: float = 5.0, radius_jitter: float = 0.7,
-                     position_jitter: float = 1.5, keep: float = 0.8, intensity=(0.6, 1.0),
-                     noise_std: float = 0.03, seed: int = 0):
+def jittered_lattice(shape, chunks, seed: int = 0, scene: LatticeScene | None = None, **overrides):
     """Spheres (disks in 2D) near the sites of a square lattice, as lazy dask arrays.
 
     Parameters
@@ -135,19 +155,9 @@ def jittered_lattice(shape, chunks, spacing: float = 15.0, radius: float = 5.0, 
         (y, x) or (z, y, x); any size (nothing is computed until a region is asked for).
     chunks : int or tuple of int
         Dask chunks; they change nothing in the content except the noise (seeded per chunk).
-    spacing : float
-        Lattice spacing in voxels.
-    radius, radius_jitter : float
-        Each sphere's radius is uniform in ``radius +- radius_jitter``.
-    position_jitter : float
-        Each sphere's centre is moved from its site by up to this much per axis.
-        ``radius + radius_jitter + position_jitter`` must stay below ``spacing / 2``.
-    keep : float
-        Share of lattice sites that hold a sphere.
-    intensity : (float, float)
-        Range of the per-sphere brightness; background is 0.
-    noise_std : float
-        Gaussian noise added to the image.
+    scene : LatticeScene, optional
+        Spacing, radii, jitter, occupancy, brightness and noise (defaults there); its fields may
+        be given by name (``spacing=20``).
     seed : int
 
     Returns
@@ -156,14 +166,15 @@ def jittered_lattice(shape, chunks, spacing: float = 15.0, radius: float = 5.0, 
     labels : dask.array.Array of int32
         0 = background; one id per sphere, unique over the volume (not consecutive).
     """
-    shape = _check(shape, spacing, radius, radius_jitter, position_jitter)
-    if not 0 < keep <= 1:
-        raise ShiftSegError(f"keep must be in (0, 1], got {keep}")
+    sc = with_overrides(scene or LatticeScene(), "jittered_lattice", overrides)
+    shape = _check(shape, sc.spacing, sc.radius, sc.radius_jitter, sc.position_jitter)
+    if not 0 < sc.keep <= 1:
+        raise ShiftSegError(f"keep must be in (0, 1], got {sc.keep}")
+    sc = LatticeScene(float(sc.spacing), float(sc.radius), float(sc.radius_jitter), float(sc.position_jitter),
+                      float(sc.keep), (float(sc.intensity[0]), float(sc.intensity[1])), float(sc.noise_std))
     template = da.zeros(shape, chunks=chunks, dtype=np.float32)
-    token = tokenize(shape, template.chunks, spacing, radius, radius_jitter, position_jitter, keep, intensity,
-                     noise_std, seed)
-    args = (shape, float(spacing), float(radius), float(radius_jitter), float(position_jitter), float(keep),
-            tuple(intensity), float(noise_std), int(seed))
+    token = tokenize(shape, template.chunks, dataclasses.astuple(sc), seed)
+    args = (shape, sc, int(seed))
     image = template.map_blocks(lambda _, block_info=None: _block(*args, "image", block_info=block_info),
                                 dtype=np.float32, name=f"shiftseg-lattice-image-{token}")
     labels = template.map_blocks(lambda _, block_info=None: _block(*args, "labels", block_info=block_info),

@@ -44,13 +44,14 @@ from .augment import Augmentation, move, unmove
 from .data import validate_pair
 from .geometry import UNetGeometry
 from .loss import discriminative_loss, foreground_loss
+from .metrics import median_diameter
 from .modelio import Model, save_model
 from .normalize import percentile_normalization
 from .settings import SegmentationSettings
 from .sparse import mark_unannotated
 from .spatial import add_positions_torch
 from .train_options import LossSettings, TrainOptions
-from .tuning import better, median_diameter, quick_score, split_validation, tune_settings, validation_embeddings
+from .tuning import better, quick_score, split_validation, tune_settings, validation_embeddings
 from .unet import UNet, UNetConfig, memory_format
 
 __all__ = ["train", "default_training_window", "default_embed_dim", "network_config", "suggest_training_window",

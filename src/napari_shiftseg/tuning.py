@@ -125,25 +125,6 @@ def _key(result: dict) -> tuple[float, float]:
     return (round(result["ap@0.5"], 4), round(result["map"], 4))
 
 
-def median_object_size(labels_list) -> float:
-    """Median object size (pixels / voxels) over some label images (0 if there are none)."""
-    sizes = [np.bincount(np.maximum(np.asarray(lab), 0).ravel().astype(np.int64))[1:]
-             for lab in labels_list]
-    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    all_sizes = all_sizes[all_sizes > 0]
-    return float(np.median(all_sizes)) if all_sizes.size else 0.0
-
-
-def median_diameter(labels_list) -> float:
-    """Median equivalent diameter (voxels) of the objects in some label images (0 if none)."""
-    volume = median_object_size(labels_list)
-    if not volume:
-        return 0.0
-    ndim = np.asarray(labels_list[0]).ndim
-    # Diameter of the disk / ball of that area / volume.
-    return 2 * (volume / np.pi) ** 0.5 if ndim == 2 else 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)
-
-
 def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bool = True,
                   delta_d: float = 3.0):
     """Coordinate search of the segmentation settings on the held-out images.
@@ -154,7 +135,7 @@ def tune_settings(embeddings, pairs, start: SegmentationSettings, foreground: bo
 
     Returns ``(settings, result, trials)`` where ``trials`` lists every tried setting.
     """
-    median = median_object_size([gt for _, gt in pairs])
+    median = metrics.median_object_size([gt for _, gt in pairs])
     grid: dict[str, list[Any]] = {
         # Trained means are >= 2·delta_d apart: bandwidths up to ~1.5·delta_d can still part them.
         "bandwidth": sorted({round(delta_d * f, 3) for f in (0.33, 0.5, 0.67, 0.83, 1.0, 1.15, 1.3, 1.5)}),

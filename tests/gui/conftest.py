@@ -42,6 +42,22 @@ def viewer(make_napari_viewer):
     return make_napari_viewer()
 
 
+@pytest.fixture(autouse=True)
+def _python_gc_thresholds_back():
+    """Every GUI test ends with Python's own garbage-collection thresholds, whether or not the
+    Segment widgets it opened were destroyed (they defer full collections while open: _gc.py),
+    so the rest of the session collects as usual."""
+    import gc
+
+    before = gc.get_threshold()
+    yield
+    from napari_shiftseg._widgets import _gc
+
+    while _gc._state["collector"] is not None:
+        _gc.release()
+    assert gc.get_threshold() == before
+
+
 @pytest.fixture
 def lattice_crop():
     """64 x 64 crop of the spacing-15 sample (image, labels)."""

@@ -92,18 +92,50 @@ def test_segment_and_train_docked_together_fit_a_1200_px_screen(viewer):
     assert segment.native.widget() is segment.inner
 
 
-def test_freeze_gc_is_opt_in(viewer, monkeypatch):
+def test_full_garbage_collections_wait_for_idle_moments(viewer, qtbot, monkeypatch):
+    """With a Segment widget open, Python never starts a full collection itself (it stalled
+    slider moves for ~0.3 s): the plugin runs it after a layer removal and when the viewer is
+    idle; Python's thresholds come back when the widget goes; the setting turns it off."""
     import gc
 
-    from napari_shiftseg._widgets import _common, segment
+    import numpy as np
 
-    assert _common.inference_settings().freeze_gc is False  # off by default
-    frozen = gc.get_freeze_count()
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
-    assert gc.get_freeze_count() == frozen
-    monkeypatch.setattr(segment, "inference_settings", lambda: _common.InferenceSettings(freeze_gc=True))
-    try:
-        segment.SegmentWidget(viewer)
-        assert gc.get_freeze_count() > frozen
-    finally:
-        gc.unfreeze()
+    from napari_shiftseg._widgets import _common, _gc, segment
+
+    assert _common.inference_settings().idle_gc is True  # on by default
+    before = gc.get_threshold()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    collector = _gc._state["collector"]
+    assert collector is not None and gc.get_threshold()[2] == _gc.NEVER
+    assert gc.get_threshold()[:2] == before[:2]  # the cheap young collections are untouched
+
+    # A removed layer is collected at once (its data may sit in reference cycles).
+    done = collector.collections
+    viewer.add_image(np.zeros((32, 32), np.float32), name="gone")
+    viewer.layers.remove("gone")
+    qtbot.waitUntil(lambda: collector.collections > done, timeout=5000)
+
+    # Idle and due (10 middle-generation collections since the last full one): collected.
+    collector.idle_s = 0.1
+    done = collector.collections
+    for _ in range(_gc.DUE_AFTER):
+        gc.collect(1)
+    assert collector.due()
+    qtbot.waitUntil(lambda: collector.collections > done, timeout=5000)
+    assert not collector.due()
+    # Busy (activity just now, long idle time asked): nothing runs although it is due.
+    collector.idle_s = 3600
+    for _ in range(_gc.DUE_AFTER):
+        gc.collect(1)
+    viewer.dims.events.current_step(value=(0, 0))
+    done = collector.collections
+    qtbot.wait(1200)
+    assert collector.collections == done
+
+    _gc.release()  # the widget going away releases it (its Qt object's destroyed signal)
+    assert _gc._state["collector"] is None and gc.get_threshold() == before
+
+    monkeypatch.setattr(segment, "inference_settings", lambda: _common.InferenceSettings(idle_gc=False))
+    segment.SegmentWidget(viewer)
+    assert _gc._state["collector"] is None and gc.get_threshold() == before
+    del widget

@@ -12,7 +12,7 @@ def test_manifest_validates():
     assert {s.key for s in manifest.contributions.sample_data} == {"lattice15", "lattice16", "spheres3d", "large3d"}
     assert "napari/layers/segment" in manifest.contributions.menus
     assert set(manifest.contributions.configurations["inference"].properties) == {
-        "device", "memory_budget_gb", "tile_size", "freeze_gc"}
+        "device", "memory_budget_gb", "tile_size", "idle_gc"}
     for command in manifest.contributions.commands:
         assert not command.python_name.startswith("napari_shiftseg:"), command.python_name
     manifest.validate_imports()

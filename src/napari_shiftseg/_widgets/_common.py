@@ -13,7 +13,7 @@ class InferenceSettings:
     device: str = "auto"
     memory_budget_gb: float = 4.0
     tile_size: int = 128
-    freeze_gc: bool = False  # gc.freeze() when the Segment widget opens (RESULTS.md section 6)
+    idle_gc: bool = True  # full garbage collections at idle moments (_gc.py, RESULTS.md section 6)
 
 
 def inference_settings() -> InferenceSettings:
@@ -23,7 +23,7 @@ def inference_settings() -> InferenceSettings:
 
         s = get_plugin_settings(PLUGIN).inference
         return InferenceSettings(s.device, float(s.memory_budget_gb), int(s.tile_size),
-                                 bool(getattr(s, "freeze_gc", False)))
+                                 bool(getattr(s, "idle_gc", True)))
     except (ImportError, KeyError, AttributeError):  # older napari, or the plugin not discovered
         return InferenceSettings()
 

@@ -18,7 +18,7 @@ import numpy as np
 
 # Imported here, not inside the jobs: the widget module imports this one when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import diagnostics, instances, predict, progress, rescale, synth, train
+from .. import diagnostics, evaluate, instances, predict, progress, rescale, synth, train
 from .._errors import ShiftSegError
 from ..devices import resolve_device
 from ..measure import AXES, measure
@@ -193,7 +193,7 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
             # A large image: measure the objects on a central crop (as segment_to_zarr does),
             # not with a whole first pass: that doubled the cost of every run.
             report(0, 1, "object size")
-            return rescale.estimate_as_run(part, model, params.device, lead, iso)
+            return evaluate.estimate_as_run(part, model, params.device, lead, iso)
         return measured(1.0)
 
     factor, diameter, target = rescale.object_factor(model, params.diameter, estimate,

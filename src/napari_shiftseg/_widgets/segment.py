@@ -18,10 +18,9 @@ passed on as one :class:`SegmentationSettings`.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -42,7 +41,7 @@ from qtpy.QtCore import QTimer
 from .. import rescale
 from .._errors import ShiftSegError
 from ..settings import SegmentationSettings
-from . import _axes, _large, _layers, _pipeline
+from . import _axes, _gc, _large, _layers, _pipeline
 from ._common import (
     ScrollsWhenDocked,
     device_choice,
@@ -70,11 +69,23 @@ class _LayerAxes:
     translate: tuple
 
 
-def _segment_job(report, cancel, image, model_path, params, cache, region, target, out_path,
-                 time_point=None):
-    """Worker thread: segment (in memory, or via zarr when ``out_path``), then build the layer
-    data (colours etc.) off the GUI thread. ``time_point``: (index, layer axes) of one time
-    point of a series, whose results get the series' time axis."""
+@dataclasses.dataclass(frozen=True)
+class _Destination:
+    """Where a run's results go: the part of the image (``region``, None = all), the layers'
+    ``target`` (name, placement, embedding size, capacity), a zarr ``out_path`` for results
+    over the memory budget, and ``time_point`` (index, layer axes) for one time point of a
+    series, whose results get the series' time axis."""
+
+    region: tuple | None
+    target: tuple
+    out_path: Any = None
+    time_point: tuple | None = None
+
+
+def _segment_job(report, cancel, image, model_path, params, cache, dest: _Destination):
+    """Worker thread: segment (in memory, or via zarr when ``dest.out_path``), then build the
+    layer data (colours etc.) off the GUI thread."""
+    region, target, out_path, time_point = dest.region, dest.target, dest.out_path, dest.time_point
     if out_path is None:
         result = _pipeline.segment(report, cancel, image, model_path, params, cache, region)
     else:
@@ -87,6 +98,10 @@ def _segment_job(report, cancel, image, model_path, params, cache, region, targe
         layers = _axes.with_time_axis(layers, _axes.TIME, *time_point)
         result = TimeSeriesResult(int(np.max(result.labels, initial=0)), 1)
     return result, layers
+
+
+def _release_gc(*_args) -> None:
+    _gc.release()
 
 
 def _with_features(layers, table) -> None:
@@ -216,10 +231,11 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         watch_layers(napari_viewer, self)
         self._image_changed()
         self._use_model_settings()
-        if settings.freeze_gc:
-            # Opt-in (plugin settings): what is loaded now is never rescanned by a full garbage
-            # collection, the ~0.3 s stall left on slider moves and during runs.
-            gc.freeze()
+        if settings.idle_gc:
+            # Full garbage collections (~0.3 s with torch loaded) wait for idle moments instead
+            # of landing in a slider drag (_gc.py); stopped when the widget goes.
+            _gc.install(napari_viewer, self)
+            self.native.destroyed.connect(_release_gc)
         # The first run's one-time costs, paid in the background now, not when Run is pressed.
         # A plain daemon thread, not a Task: it has no result to show and must not outlive
         # the widget's Qt objects through signals (the widget may close before it ends).
@@ -393,8 +409,8 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         time_point = (index, _LayerAxes(tuple(layer.scale), tuple(layer.translate))) \
             if kind == _axes.TIME else None
         self._next_source = data  # what was segmented: measured again after re-cluster / edits
-        self._task.start(_segment_job, data, self.model.path, params, self._cache, region,
-                         self._next_target, out_path, time_point)
+        self._task.start(_segment_job, data, self.model.path, params, self._cache,
+                         _Destination(region, self._next_target, out_path, time_point))
 
     def _time_point(self, layer) -> int:
         """The time point on screen (the layer's first axis)."""

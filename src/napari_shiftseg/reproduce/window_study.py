@@ -37,6 +37,7 @@ import numpy as np
 from .._errors import ShiftSegError
 from .._options import with_overrides
 from ..geometry import UNetGeometry
+from ..train_options import TrainOptions
 
 __all__ = ["WindowCase", "default_cases", "cell_start", "phase_jumps", "tile_jump", "run_window_study",
            "evaluate_case", "format_table", "SETTINGS"]
@@ -145,10 +146,12 @@ def test_data(shape=(256, 256), seed: int = 1000):
     return random_objects(shape, seed=seed, **DATA)
 
 
-def train_case(case: WindowCase, geometry: UNetGeometry, data, steps: int, lr: float, base: int,
-               batch: int, seed: int = 0, cancel: threading.Event | None = None,
+def train_case(case: WindowCase, geometry: UNetGeometry, data, options, base: int,
+               cancel: threading.Event | None = None,
                progress: Callable[[int, dict], None] | None = None):
-    """Train one case's network with :func:`~napari_shiftseg.train.train`."""
+    """Train one case's network with :func:`~napari_shiftseg.train.train`: ``options`` (a
+    :class:`~napari_shiftseg.train_options.TrainOptions`) with the case's window, ``base``
+    channels at the first level."""
     from ..train import train
     from ..unet import UNetConfig
 
@@ -156,10 +159,8 @@ def train_case(case: WindowCase, geometry: UNetGeometry, data, steps: int, lr: f
                      convs_per_level=geometry.convs_per_level, kernel_size=geometry.kernel_size,
                      padding=case.padding)
     config = UNetConfig(geometry=g, base_channels=base)
-    model, history = train(data, config=config, steps=steps, lr=lr, output_window=case.window,
-                           batch_size=batch, seed=seed, allow_small_window=True, cancel=cancel,
-                           progress=progress)
-    return model, history
+    return train(data, config=config, options=options, output_window=case.window,
+                 allow_small_window=True, cancel=cancel, progress=progress)
 
 
 def evaluate_case(model, image, gt, tile: int, seed: int = 0, keep_arrays: bool = True) -> dict:
@@ -252,6 +253,7 @@ def run_window_study(study: StudySettings | None = None, cases=None, save_dir=No
     base, batch = study.base_channels or d_base, study.batch_size or d_batch
     geometry = UNetGeometry(ndim=2, levels=levels)
     tile = study.tile or 8 * geometry.grid
+    options = TrainOptions(steps=steps, lr=lr, batch_size=batch, seed=seed)
     cases = cases or default_cases(geometry)
     data = training_data(train_shape, seed=seed)
     image, gt = test_data(test_shape, seed=seed + 1000)
@@ -262,7 +264,7 @@ def run_window_study(study: StudySettings | None = None, cases=None, save_dir=No
         if progress:
             progress(f"training {case.name} ({steps} steps)")
         start = time.perf_counter()
-        model, history = train_case(case, geometry, data, steps, lr, base, batch, seed, cancel)
+        model, history = train_case(case, geometry, data, options, base, cancel)
         numbers = evaluate_case(model, image, gt, tile, seed)
         saved = {}
         if save_dir is not None:
