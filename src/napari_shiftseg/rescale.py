@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 
 from ._errors import ShiftSegError
+from .metrics import median_diameter
 
 __all__ = ["TOLERANCE", "LIMITS", "model_diameter", "estimate_diameter", "check_diameter",
            "scale_for", "working_shape", "resize_image", "resize_labels", "labels_on_image_grid",
@@ -66,8 +67,6 @@ def model_diameter(model) -> float | None:
 
 def estimate_diameter(labels) -> float | None:
     """Median equivalent diameter (pixels) of the objects in ``labels``; None for < 3 objects."""
-    from .metrics import median_diameter
-
     labels = np.asarray(labels)
     if len(np.unique(labels[labels > 0])) < MIN_OBJECTS:
         return None

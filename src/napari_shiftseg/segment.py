@@ -568,8 +568,8 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     layout = _Layout(spatial, model.config.out_channels, chunk, grid, bool(model.config.foreground_head),
                      source_shape[lead:] if resampled else None, ngff,
                      tuple(voxel_size) if voxel_size and len(voxel_size) == spatial_ndim else None, unit)
+    # Both halves checked themselves when they were made (SegmentationSettings, ClusterOptions).
     cluster_args = o.clustering.args(settings)
-    _validate_cluster_args(cluster_args)
     if o.clustering.connectivity > spatial_ndim:
         raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
                             f"got {o.clustering.connectivity}")
@@ -779,15 +779,6 @@ def _tile_task(block, group, foreground: bool, index, chunk, shape):
                                                  region, index)
 
 
-def _validate_cluster_args(args: dict) -> None:
-    from .validate import number, whole
-
-    number(args["bandwidth"], "bandwidth", 0.0)
-    number(args["fg_threshold"], "fg_threshold", 0.0, 1.0)
-    for name, low in (("min_size", 0), ("n_seeds", 1), ("max_points", 1), ("seed", 0), ("connectivity", 1)):
-        whole(args[name], name, low)
-
-
 def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
     """Cluster the stored embeddings, write the labels, then mark the group complete."""
     import dask.array as da
@@ -855,7 +846,6 @@ def recluster(out_path, settings=None, clustering: ClusterOptions | None = None,
 
     settings, clustering = settings_and_clustering(settings, clustering, overrides, "recluster")
     cluster_args = clustering.args(settings)
-    _validate_cluster_args(cluster_args)
     with OutputLock(out_path):
         group = _open_output(out_path, overwrite=False)
         if group is None:

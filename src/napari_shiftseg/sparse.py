@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._errors import ShiftSegError
+from .metrics import median_diameter
 
 __all__ = ["UNANNOTATED", "PAINTED", "annotated_region", "mark_unannotated", "painted_margin", "is_sparse"]
 
@@ -29,8 +30,6 @@ PAINTED = "painted"
 
 def painted_margin(labels: np.ndarray) -> int:
     """Background margin (pixels) trusted around painted objects: half a median diameter, >= 2."""
-    from .metrics import median_diameter
-
     return max(2, int(round(median_diameter([labels]) / 2)))
 
 
