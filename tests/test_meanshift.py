@@ -62,6 +62,38 @@ def test_modes_sorted_by_support_and_small_modes_dropped():
     assert len(mean_shift(points, 1.0, min_cluster_size=1000)) == 0
 
 
+def grid_clusters(rng, per_side, n_per_cluster, std=0.2, spacing=4.0):
+    """per_side**2 equal blobs on a 2-D grid: more clusters than a small seed budget."""
+    centres = spacing * np.stack(np.meshgrid(*[np.arange(per_side)] * 2), -1).reshape(-1, 2)
+    truth = np.repeat(np.arange(len(centres)), n_per_cluster)
+    return (centres[truth] + rng.normal(scale=std, size=(len(truth), 2))).astype(np.float32), truth
+
+
+def test_reseeding_finds_clusters_that_random_seeds_miss():
+    # 400 clusters, 100 seeds: random seeds alone leave most clusters without a mode, whose
+    # points then join a neighbour (a merge); re-seeding from the uncovered points finds them all.
+    points, truth = grid_clusters(np.random.default_rng(5), 20, 30)
+    once = mean_shift(points, 1.0, n_seeds=100, reseed_rounds=0)
+    assert len(once) <= 100
+    modes = mean_shift(points, 1.0, n_seeds=100)
+    assert len(modes) == 400
+    assert adjusted_rand_score(truth, assign_to_modes(points, modes)) == 1.0
+
+
+def test_reseeding_adds_no_modes_for_sparse_tails():
+    # Each cluster has a sparse tail of single points 1.5-2.5 bandwidths out: seeds drawn there
+    # stall on plateaus of a few points, far below the typical support, and are not kept.
+    rng = np.random.default_rng(6)
+    points, truth = grid_clusters(rng, 3, 200, spacing=8.0)
+    angle = rng.uniform(0, 2 * np.pi, 9 * 6)
+    radius = rng.uniform(1.5, 2.5, angle.size)
+    tails = np.repeat(np.unique(truth), 6)
+    centres = np.stack([points[truth == k].mean(axis=0) for k in range(9)])
+    tail_points = centres[tails] + radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    points = np.concatenate([points, tail_points.astype(np.float32)])
+    assert len(mean_shift(points, 1.0, n_seeds=20)) == 9
+
+
 def test_deterministic_given_seed_and_independent_of_chunking():
     points, _ = blobs(np.random.default_rng(3), 5, 3, 200)
     first = mean_shift(points, 1.0, n_seeds=50, seed=7)
