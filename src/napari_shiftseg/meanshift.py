@@ -362,6 +362,7 @@ def _climb(current, centres, weighted, bandwidth, kernel, max_iter, tol, chunk_s
 
 
 def _support(current, climb):
+    """Number of (binned) points within one bandwidth of each of ``current``."""
     return _kernel_sums(current, climb["centres"], climb["weighted"], climb["bandwidth"], "flat",
                         climb["chunk_size"])[1]
 
@@ -377,17 +378,19 @@ def _cover(modes, rng, n_seeds, rounds, counts, merge_radius, min_cluster_size, 
     it did), is a candidate for the next round; a new mode counts with ``RESEED_SHARE`` of the
     typical support (module constants, with the measurements behind them).
     """
+    if modes.shape[0] == 0:  # no cluster strong enough even for random seeds
+        return modes
     centres, bandwidth = climb["centres"], climb["bandwidth"]
     explained = _near(centres, modes, COVER_RADIUS * bandwidth, climb["chunk_size"])
-    typical = float(_support(modes, climb).median()) if modes.shape[0] else 0.0
+    typical = float(_support(modes, climb).median())
     for _ in range(rounds):
-        candidates = torch.nonzero(~explained).flatten().cpu().numpy()
-        if candidates.size == 0:
+        candidates = torch.nonzero(~explained).flatten()
+        if candidates.numel() == 0:
             break
         # Drawn like the first seeds: in proportion to how many points each (binned) centre holds.
         weight = counts[candidates].cpu().numpy().astype(np.float64)
-        pick = np.sort(rng.choice(candidates, size=min(n_seeds, candidates.size), replace=False,
-                                  p=weight / weight.sum()))
+        pick = np.sort(rng.choice(candidates.cpu().numpy(), size=min(n_seeds, candidates.numel()),
+                                  replace=False, p=weight / weight.sum()))
         seeds = centres[torch.from_numpy(pick).to(centres.device)]
         new = _climb(seeds.clone(), **climb)
         new = new[_support(new, climb) >= max(min_cluster_size, RESEED_SHARE * typical)]
