@@ -207,7 +207,8 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
         Whether the last channel is a foreground logit. Without one, every voxel is clustered
         and the most populous cluster is taken as the background (see the module docstring).
     options : ClusterOptions, optional
-        ``n_seeds`` (random seeds of the mean-shift; the reference uses ~1000), ``max_points``
+        ``n_seeds`` (random seeds of the mean-shift per round; the reference uses ~1000, and
+        :func:`~napari_shiftseg.meanshift.mean_shift` seeds again where no mode covers), ``max_points``
         (size of the foreground subsample the modes are computed from) and ``seed`` (of the
         subsample and of the seeds: equal seeds give equal modes); its fields may be given by
         name (``n_seeds=200``). Its ``connectivity`` is for labelling, not used here.

@@ -105,7 +105,8 @@ def segment_array(
     device : str or torch.device
         Where to run the network.
     n_seeds, seed : int
-        Mean-shift seeds (random foreground voxels) and their random seed.
+        Mean-shift seeds per round (random foreground voxels; later rounds draw from the voxels
+        no mode covers yet) and their random seed.
     **overrides
         Fields of the settings to change (``bandwidth=1.5``, ``fg_threshold=0.4``); None keeps
         the recorded value.
