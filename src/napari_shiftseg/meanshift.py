@@ -3,11 +3,10 @@
 :func:`mean_shift` finds the modes of the embedding density: a few hundred to a thousand seeds
 (random embedding vectors, as in the reference; then more from the points no mode covers)
 climb the density together, each step moving every seed to the kernel-weighted mean of the
-points around it. All seeds are updated in one
-batched computation, and distances are computed in chunks of points so memory stays bounded
-for millions of pixels. :func:`assign_to_modes` then gives every point the label of its
-nearest mode; it is a pure function of (points, modes), so it can run block by block on a
-dask array once the modes of the whole image are known.
+points around it. All seeds are updated in one batched computation, and distances are computed
+in chunks of points so memory stays bounded for millions of pixels. :func:`assign_to_modes`
+then gives every point the label of its nearest mode; it is a pure function of (points, modes),
+so it can run block by block on a dask array once the modes of the whole image are known.
 """
 
 from __future__ import annotations
@@ -198,9 +197,9 @@ class MeanShiftOptions:
         ``4 * n_seeds * chunk_size`` bytes.
     reseed_rounds : int
         With random seeds: at most this many further rounds of up to ``n_seeds`` seeds drawn
-        from the points no mode covers yet (farther than ``bandwidth`` from every mode), so
-        that images with more objects than seeds still get one mode per object. 0 keeps the
-        first round only (the reference's behaviour).
+        from the points no mode covers yet (farther than ``COVER_RADIUS`` bandwidths from
+        every mode), so that images with more objects than seeds still get one mode per object.
+        0 keeps the first round only (the reference's behaviour).
     """
 
     kernel: str = "flat"
