@@ -6,9 +6,9 @@ else gets a good model within 15 minutes of a 2-core CPU. The crop is the top-le
 a BBBC007 *train* image; the scores are on the BBBC007 *test* split (never trained or tuned on).
 
 Two runs, side by side:
-* ``default``: the command as a user types it (a new network, the CLI's default);
-* ``scratch``: the same with ``--init none`` spelt out (kept for older result tables, where the
-  default was to continue the bundled model).
+* ``default``: the command as a user types it (since the ninth session: continue the bundled
+  model, 1000 steps at 3e-4; before it, a new network);
+* ``scratch``: the same with ``--init none``: a new network, 3000 steps at 1e-3.
 
     python benchmarks/bench_finetune.py [--image "17P1_POS0011_D_1UL"] [--runs default scratch]
 """

@@ -6,12 +6,19 @@ after ignoring (a) reference objects under 15 px (specks no nucleus segmentation
 (b) predicted objects lying >= 80 % in the reference's background (dim nuclei its threshold left
 out), for the bundled 2D model and Otsu + watershed.
 
+``bbbc-misses``: every reference nucleus (>= 15 px) the bundled 2D model does not match at IoU > 0.5,
+drawn side by side (the reference's outline of it in yellow, its other outlines in red; the
+model's outlines in green) into one PNG, numbered in the order the table prints them, so that
+each disagreement can be judged by eye; ``--extra`` draws the model's unmatched objects instead
+(reference left, model right, the object in yellow).
+
 ``merges-3d``: which touching nuclei a 3D model merges, on the small-nucleus dev volume
 (seed 3·10⁹ + 10; never a test seed), binned by how much the pair overlaps (centre distance over
 the sum of the equivalent radii), and how many nuclei it misses by brightness quartile.
 
 Run: ``python benchmarks/diag_disagreements.py bbbc-conventions`` (needs
-``python scripts/bbbc007.py`` once) or ``... merges-3d [--model M ...]``.
+``python scripts/bbbc007.py`` once), ``... bbbc-misses --split train,val --out DIR`` or
+``... merges-3d [--model M ...]``.
 """
 
 from __future__ import annotations
@@ -77,6 +84,72 @@ def majority_label(gt, pred) -> np.ndarray:
     return overlap.argmax(axis=1)
 
 
+def outlines(labels) -> np.ndarray:
+    """Pixels where ``labels`` changes within a 3×3 neighbourhood, on an object."""
+    upper = ndimage.grey_dilation(labels, 3)
+    return (upper != ndimage.grey_erosion(labels, 3)) & (upper > 0)
+
+
+def miss_tiles(image, gt, pred, extra: bool = False, half: int = 24):
+    """(tile, id, area, best IoU) for each reference object >= SPECK px that no predicted object
+    matches at IoU > 0.5 (``extra``: each predicted object no reference object matches): the
+    reference's outlines beside the model's, on the image, the object's own outline in yellow."""
+    overlap = np.zeros((gt.max() + 1, pred.max() + 1), np.int64)
+    np.add.at(overlap, (gt.ravel(), pred.ravel()), 1)
+    if extra:
+        overlap = overlap.T
+    area, other = overlap.sum(1), overlap.sum(0)
+    iou = overlap[1:, 1:] / np.maximum(area[1:, None] + other[None, 1:] - overlap[1:, 1:], 1)
+    grey = np.pad(np.clip(image / np.percentile(image, 99.8), 0, 1) ** 0.5, half)
+    own, theirs = (np.pad(pred, half), np.pad(gt, half)) if extra else (np.pad(gt, half), np.pad(pred, half))
+    floor = 1 if extra else SPECK
+    for i in np.flatnonzero((area[1:] >= floor) & ~(iou > 0.5).any(axis=1)) + 1:
+        cy, cx = (int(c) for c in ndimage.center_of_mass(own == i))  # on the padded grid
+        window = (slice(cy - half, cy + half), slice(cx - half, cx + half))
+        mine, other_side = (np.repeat(grey[window][..., None], 3, axis=2) for _ in range(2))
+        mine[outlines(own[window])] = (0, 1, 0) if extra else (1, 0, 0)
+        mine[outlines(np.where(own[window] == i, i, 0))] = (1, 1, 0)
+        other_side[outlines(theirs[window])] = (1, 0, 0) if extra else (0, 1, 0)
+        pair = (other_side, mine) if extra else (mine, other_side)
+        tile = np.concatenate([pair[0], np.ones((2 * half, 2, 3)), pair[1]], axis=1)
+        yield tile, int(i), int(area[i]), float(iou[i - 1].max())
+
+
+def bbbc_misses(splits, out: Path, extra: bool = False, columns: int = 5, zoom: int = 2) -> None:
+    from PIL import Image, ImageDraw
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bbbc007
+
+    model = load_bundled(2)
+    out.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    whose = "model" if extra else "reference"
+    print(f"| # | image | {whose} id | area (px) | best IoU |\n|---|---|---|---|---|")
+    for split in splits:
+        for name, image, gt in bbbc007.load(split):
+            for tile, g, area, best in miss_tiles(image, gt, segment_array(image, model), extra):
+                print(f"| {len(tiles)} | {name} | {g} | {area} | {best:.2f} |")
+                tiles.append(tile)
+    if not tiles:
+        return
+    height, width = tiles[0].shape[0] + 4, tiles[0].shape[1] + 6
+    rows = -(-len(tiles) // columns)
+    canvas = np.ones((rows * height, columns * width, 3))
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        canvas[r * height:r * height + tile.shape[0], c * width:c * width + tile.shape[1]] = tile
+    picture = Image.fromarray((canvas * 255).astype(np.uint8)).resize(
+        (canvas.shape[1] * zoom, canvas.shape[0] * zoom), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    for i in range(len(tiles)):
+        r, c = divmod(i, columns)
+        draw.text((c * width * zoom + 2, r * height * zoom + 1), str(i), fill=(255, 255, 0))
+    path = out / f"bbbc007_{'extra' if extra else 'misses'}_{'_'.join(splits)}.png"
+    picture.save(path)
+    print(f"\n{len(tiles)} {whose} objects unmatched; drawn in {path}")
+
+
 def merges_3d(model_paths) -> None:
     image, gt = synth.nuclei((64, 128, 128), seed=3_000_000_010, radius=(4, 6))
     ids = np.arange(1, gt.max() + 1)
@@ -109,11 +182,18 @@ def merges_3d(model_paths) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=("bbbc-conventions", "merges-3d"))
+    parser.add_argument("which", choices=("bbbc-conventions", "bbbc-misses", "merges-3d"))
     parser.add_argument("--model", nargs="*", default=[], help="merges-3d: more 3D model files")
+    parser.add_argument("--split", default="train,val",
+                        help="bbbc-misses: comma-separated BBBC007 splits (default train,val)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="bbbc-misses: output folder")
+    parser.add_argument("--extra", action="store_true",
+                        help="bbbc-misses: draw the model's unmatched objects instead")
     args = parser.parse_args(argv)
     if args.which == "bbbc-conventions":
         bbbc_conventions()
+    elif args.which == "bbbc-misses":
+        bbbc_misses(args.split.split(","), args.out, args.extra)
     else:
         merges_3d(args.model)
     return 0

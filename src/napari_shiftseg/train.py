@@ -86,6 +86,14 @@ NETWORK_DEFAULTS: dict[str, Any] = {"levels": 3, "factor": 2, "upsampling": "lea
                     "base_channels": 16, "embed_dim": None, "no_foreground_head": False,
                     "embedding": "spatial", "position_scale": 0.25, "factors": None,
                     "in_channels": 1}
+#: A new 3D network pools twice, as the bundled 3D model: l = 3 scored lower on the 3D dev set
+#: in the same CPU time and costs 3–5× per step (docs/MODELS.md).
+NETWORK_DEFAULTS_3D: dict[str, Any] = {**NETWORK_DEFAULTS, "levels": 2}
+
+
+def network_defaults(ndim: int) -> dict[str, Any]:
+    """:data:`NETWORK_DEFAULTS` for a 2D network, :data:`NETWORK_DEFAULTS_3D` for 3D."""
+    return NETWORK_DEFAULTS_3D if ndim == 3 else NETWORK_DEFAULTS
 
 
 def suggest_factors(voxel_size, levels: int, factor: int = 2):
@@ -125,12 +133,12 @@ def default_embed_dim(ndim: int, embedding: str) -> int:
 
 
 def network_config(ndim: int, **options) -> UNetConfig:
-    """A new network's config: :data:`NETWORK_DEFAULTS`, with any ``options`` (same names,
-    None = default) changed. ``shiftseg train`` builds its network here."""
+    """A new network's config: :func:`network_defaults` of ``ndim``, with any ``options`` (same
+    names, None = default) changed. ``shiftseg train`` builds its network here."""
     unknown = set(options) - set(NETWORK_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown network options {sorted(unknown)}")
-    o = {**NETWORK_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    o = {**network_defaults(ndim), **{k: v for k, v in options.items() if v is not None}}
     geometry = UNetGeometry(ndim=ndim, levels=o["levels"], factor=o["factor"], padding=o["padding"],
                             factors=o["factors"])
     spatial = o["embedding"] == "spatial"
@@ -140,8 +148,9 @@ def network_config(ndim: int, **options) -> UNetConfig:
                       embedding=o["embedding"], position_scale=o["position_scale"] if spatial else 0.0)
 
 
-#: Largest default window per axis: training steps must stay affordable on a laptop CPU.
-MAX_DEFAULT_WINDOW = {2: 132, 3: 52}
+#: Largest default window per axis: training steps must stay affordable on a laptop CPU. In 3D
+#: a 40³ window (80³ input at l = 2) costs ~0.47 s per step at batch 2 on 2 cores; 52³, ~0.8 s.
+MAX_DEFAULT_WINDOW = {2: 132, 3: 40}
 
 #: Most input voxels in one training step (all crops of a batch): about 4 GB of activations
 #: for the default network, far above any sensible window.

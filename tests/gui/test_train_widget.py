@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+from napari_shiftseg._widgets.train import BUNDLED, FROM_SEGMENT, LAYERS, NEW
 from napari_shiftseg.modelio import read_metadata
 
 
-def _small(widget, tmp_path):
-    widget.source.value = "synthetic: lattice spacing 15"
+def _small(widget, tmp_path, source="synthetic: lattice spacing 15"):
+    widget.source.value = source
+    widget.start_from.value = NEW    # layers start from the bundled model otherwise
     widget.levels.value = 2          # f^l = 4
     widget.channels.value = 2
     widget.window.value = 12
@@ -31,8 +33,7 @@ def test_train_save_and_use(viewer, wait_idle, tmp_path, lattice_crop):
     viewer.add_image(image, name="img")
     viewer.add_labels(labels, name="gt")
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
-    _small(widget, tmp_path)
-    widget.source.value = "image + labels layers"
+    _small(widget, tmp_path, LAYERS)
     assert widget.image.value.name == "img" and widget.labels_layer.value.name == "gt"
     widget.train_button.clicked.emit()
     assert widget.busy and widget.train_button.text == "Cancel"
@@ -59,18 +60,49 @@ def test_train_cancel_saves_nothing(viewer, qtbot, wait_idle, tmp_path):
     assert not (tmp_path / "trained.safetensors").exists()
 
 
-def test_defaults_as_the_cli(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
-    assert widget.validation.value == 25 and widget.tune.value and widget.augment.value
-    # Steps, batch size and learning rate are the CLI parser's defaults (one owner for both).
+def _cli_defaults(ndim, *extra):
+    """``shiftseg train``'s options for data of ``ndim`` when no others than ``extra`` are given."""
     import argparse
 
-    from napari_shiftseg.cli.train import add_parser
+    from napari_shiftseg.cli.train import _fill_defaults, add_parser
     sub = argparse.ArgumentParser().add_subparsers()
     add_parser(sub)
-    cli = sub.choices["train"].parse_args(["--image", "i.tif", "--labels", "l.tif", "-o", "m.safetensors"])
+    cli = sub.choices["train"].parse_args(["--image", "i.tif", "--labels", "l.tif", "-o", "m.safetensors",
+                                           *extra])
+    _fill_defaults(cli, ndim)
+    return cli
+
+
+def test_defaults_as_the_cli(viewer):
+    import numpy as np
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
+    assert widget.validation.value == 25 and widget.tune.value and widget.augment.value
+    # Steps, batch size, rate and the start are the CLI's defaults (one owner for both): on
+    # annotated layers, continue the bundled model; on synthetic data, a new network.
+    cli = _cli_defaults(2)
+    assert widget.start_from.value == BUNDLED and cli.init == "bundled" and not widget.levels.enabled
     assert (widget.steps.value, widget.batch_size.value, widget.lr.value) == (cli.steps, cli.batch_size, cli.lr)
-    assert (cli.steps, cli.batch_size) == (3000, 4)
+    assert (cli.steps, cli.batch_size, cli.lr) == (1000, 4, 3e-4)
+    new = _cli_defaults(2, "--init", "none")
+    widget.start_from.value = NEW
+    assert (widget.steps.value, widget.batch_size.value, widget.lr.value) == (new.steps, new.batch_size, new.lr)
+    assert (new.steps, new.lr) == (3000, 1e-3) and widget.levels.enabled
+    widget.source.value = "synthetic: lattice spacing 15"
+    widget.source.value = LAYERS                                          # back: the bundled model
+    assert widget.start_from.value == BUNDLED and widget.steps.value == 1000
+    # A 3D image: the 3D batch and, for a new network, two pooling levels.
+    viewer.add_image(np.zeros((8, 16, 16), np.float32), name="volume")
+    widget.image.value = viewer.layers["volume"]
+    cli3 = _cli_defaults(3)
+    assert widget.ndim.value == 3 and widget.batch_size.value == cli3.batch_size == 2
+    assert widget.bundled_model().geometry.ndim == 3 and widget.ndim.enabled
+    widget.start_from.value = NEW
+    assert widget.levels.value == 2 and widget.steps.value == _cli_defaults(3, "--init", "none").steps
+    widget.source.value = "synthetic: lattice spacing 15"
+    assert widget.start_from.value == NEW
+    widget.ndim.value = 2
+    assert (widget.levels.value, widget.batch_size.value) == (3, 4)
     assert widget.training_window() is None and "sized to the objects" in widget.geometry_info.value
     config = widget.config()
     assert (config.embedding, config.embed_dim, config.position_scale) == ("spatial", 3, 0.25)
@@ -101,8 +133,7 @@ def test_validation_score_and_tuned_settings_reach_segment(viewer, wait_idle, tm
     _, segment = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
     segment.bandwidth.value, segment.min_size.value = 9.5, 999    # edited, for another model
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
-    _small(widget, tmp_path)
-    widget.source.value = "image + labels layers"
+    _small(widget, tmp_path, LAYERS)
     widget.auto_window.value = True                    # the default: sized to the objects
     widget.train_button.clicked.emit()
     wait_idle(widget)
@@ -142,8 +173,7 @@ def test_sparse_labels_with_a_drawn_region(viewer, wait_idle, tmp_path, lattice_
     viewer.add_shapes([np.array([[0, 0], [h // 2, 0], [h // 2, w], [0, w]])], shape_type="rectangle",
                       name="done here")
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
-    _small(widget, tmp_path)
-    widget.source.value = "image + labels layers"
+    _small(widget, tmp_path, LAYERS)
     widget.labels_layer.value = viewer.layers["some"]
     widget.reset_choices()
     names = [c if isinstance(c, str) else c for c in widget.annotated.choices]
@@ -164,7 +194,6 @@ def test_fine_tune_the_segment_model_on_corrected_labels(viewer, wait_idle, tmp_
     new file (same network, more steps, provenance recorded)."""
     import numpy as np
 
-    from napari_shiftseg._widgets.train import FROM_SEGMENT
     from napari_shiftseg.modelio import load_model
 
     image, _ = lattice_crop
@@ -180,11 +209,12 @@ def test_fine_tune_the_segment_model_on_corrected_labels(viewer, wait_idle, tmp_
     segment.merge_ids.value = ", ".join(map(str, ids))
     segment.merge()                                                   # a proofreading edit
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
-    _small(widget, tmp_path)
-    widget.source.value = "image + labels layers"
+    _small(widget, tmp_path, LAYERS)
     widget.labels_layer.value = corrected
     widget.start_from.value = FROM_SEGMENT
     assert not widget.levels.enabled                                  # the model's own network
+    assert widget.steps.value == 1000                                 # a continued model's steps
+    widget.steps.value = 4
     widget.train_button.clicked.emit()
     wait_idle(widget)
     assert widget.status.value.startswith("saved"), widget.status.value

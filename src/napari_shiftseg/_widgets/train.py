@@ -36,9 +36,9 @@ from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
 from ..geometry import UNetGeometry
-from ..settings import TRAINING_DEFAULTS, SegmentationSettings
+from ..settings import TRAINING_DEFAULTS, SegmentationSettings, training_defaults
 from ..spatial import EMBEDDINGS
-from ..train import NETWORK_DEFAULTS, default_training_window, network_config
+from ..train import NETWORK_DEFAULTS, default_training_window, network_config, network_defaults
 from ..unet import UNetConfig
 from . import _pipeline
 from ._common import PLUGIN, ScrollsWhenDocked, layer_choices, set_running, watch_layers, wrap
@@ -52,6 +52,7 @@ LAYERS = "image + labels layers"
 COMPLETE = "labels are complete"
 PAINTED = "only the painted objects (+ margin)"
 NEW = "a new network"
+BUNDLED = "the bundled model (fine-tune)"
 FROM_SEGMENT = "the Segment widget's model (fine-tune)"
 WARN_STYLE = "color: #e8a33d;"
 
@@ -81,9 +82,11 @@ class TrainWidget(ScrollsWhenDocked, Container):
         # a region drawn (Shapes) or painted (Labels) as its own layer.
         self.annotated = ComboBox(label="annotated", choices=self._annotated_choices)
         # Human in the loop: fine-tune the model the Segment widget uses on corrected labels.
-        self.start_from = ComboBox(label="start from", choices=[NEW, FROM_SEGMENT], value=NEW)
-        self.start_from.tooltip = ("a new network (geometry below), or continue the model chosen "
-                                   "in the Segment widget (its geometry and settings are kept)")
+        self.start_from = ComboBox(label="start from", choices=[NEW, BUNDLED, FROM_SEGMENT], value=BUNDLED)
+        self.start_from.tooltip = ("a new network (geometry below), or continue the bundled nuclei "
+                                   "model of the image's dimensionality or the model chosen in the "
+                                   "Segment widget (its geometry and settings are kept); as in "
+                                   "shiftseg train: the bundled model for layers, new for synthetic")
         self.ndim = ComboBox(label="d (dimensions)", choices=[2, 3], value=2)
         self.levels = SpinBox(label="l (levels)", value=3, min=1, max=5)
         self.factor = SpinBox(label="f (pooling)", value=2, min=2, max=4)
@@ -103,7 +106,8 @@ class TrainWidget(ScrollsWhenDocked, Container):
         self.geometry_info = Label(label="sizes")
         self.warning = Label(label="")
         self.allow_small = CheckBox(text="allow window ≤ f^l (reproduces seams)", value=False)
-        # The same defaults as ``shiftseg train`` (one owner: settings.TRAINING_DEFAULTS).
+        # The same defaults as ``shiftseg train`` (one owner: settings.training_defaults), set
+        # for the start and dimensionality by _start_from_changed and _ndim_changed.
         self.steps = SpinBox(label="steps", value=TRAINING_DEFAULTS["steps"], min=1, max=10**6)
         self.batch_size = SpinBox(label="batch size", value=TRAINING_DEFAULTS["batch_size"], min=1, max=64)
         self.lr = FloatSpinBox(label="learning rate", value=TRAINING_DEFAULTS["lr"], min=1e-6, max=1e-1, step=1e-5)
@@ -148,6 +152,7 @@ class TrainWidget(ScrollsWhenDocked, Container):
                   self.auto_window):
             w.changed.connect(self._update_geometry)
         self.source.changed.connect(self._source_changed)
+        self.ndim.changed.connect(self._ndim_changed)
         # The labels layer itself is never offered as its own annotated region.
         self.labels_layer.changed.connect(self.annotated.reset_choices)
         self.image.changed.connect(self._source_changed)
@@ -156,6 +161,8 @@ class TrainWidget(ScrollsWhenDocked, Container):
         self.validation.changed.connect(self._validation_changed)
         self._embedding_changed()
         self._validation_changed()
+        self._was_new, self._from_layers = True, True  # the controls' values up to here
+        self._start_from_changed()
         watch_layers(napari_viewer, self)
         self._source_changed()
 
@@ -204,12 +211,19 @@ class TrainWidget(ScrollsWhenDocked, Container):
             raise ShiftSegError("choose a model in the Segment widget first")
         return load_model(segment.model.path)
 
+    def bundled_model(self):
+        """The bundled nuclei model of the chosen dimensionality, loaded."""
+        from ..modelio import load_bundled
+
+        return load_bundled(self.ndim.value)
+
     def start(self) -> None:
         """Start training with the current settings."""
         if self._task.busy:
             return
         try:
-            config = self.config() if self.start_from.value == NEW else self.segment_model()
+            config = {NEW: self.config, BUNDLED: self.bundled_model,
+                      FROM_SEGMENT: self.segment_model}[self.start_from.value]()
             g = config.geometry
             channels = getattr(config, "config", config).in_channels
             window = self.training_window()
@@ -319,15 +333,34 @@ class TrainWidget(ScrollsWhenDocked, Container):
         self.image.visible = self.labels_layer.visible = self.annotated.visible = from_layers
         layer = self.image.value
         if from_layers and layer is not None and layer.data.ndim in (2, 3):
-            self.ndim.value = layer.data.ndim
+            self.ndim.value = layer.data.ndim  # new defaults only if it changes: edits stay
+        if self.start_from.value != FROM_SEGMENT and from_layers != self._from_layers:
+            self.start_from.value = BUNDLED if from_layers else NEW  # as shiftseg train starts
+        self._from_layers = from_layers
         self._update_geometry()
+
+    def _ndim_changed(self, *_) -> None:
+        """The network and batch defaults of ``shiftseg train`` for the new dimensionality."""
+        ndim = self.ndim.value
+        self.levels.value = network_defaults(ndim)["levels"]
+        self.batch_size.value = training_defaults(ndim, self._continued)["batch_size"]
+        self._update_geometry()
+
+    @property
+    def _continued(self) -> bool:
+        return self.start_from.value != NEW
 
     def _start_from_changed(self, *_) -> None:
         """A continued model keeps its own network: its controls are then off."""
         new = self.start_from.value == NEW
-        for w in (self.ndim, self.levels, self.factor, self.upsampling, self.padding, self.channels,
+        for w in (self.levels, self.factor, self.upsampling, self.padding, self.channels,
                   self.embedding, self.position_scale):
             w.enabled = new
+        self.ndim.enabled = self.start_from.value != FROM_SEGMENT  # it picks the bundled model
+        if new != self._was_new:  # new <-> continued: that start's steps and rate
+            defaults = training_defaults(self.ndim.value, not new)
+            self.steps.value, self.lr.value = defaults["steps"], defaults["lr"]
+        self._was_new = new
 
     def _window_typed(self, *_) -> None:
         self.auto_window.value = False

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ShiftSegError
-from ..settings import TRAINING_DEFAULTS
+from ..settings import BATCH_SIZE_3D, CONTINUE_DEFAULTS, DEFAULT_INIT, TRAINING_DEFAULTS, training_defaults
 from . import _args
 from .synth import add_object_options
 
@@ -55,7 +55,7 @@ def _factor_rows(text: str) -> tuple[tuple[int, ...], ...]:
 
 def _anisotropic_options(args, ndim: int, options: dict) -> None:
     """--factors (and, for 'auto', a per-axis position scale) into the network ``options``."""
-    from ..train import NETWORK_DEFAULTS, physical_position_scale, suggest_factors
+    from ..train import NETWORK_DEFAULTS, network_defaults, physical_position_scale, suggest_factors
 
     spec = getattr(args, "factors", None)
     if spec is None:
@@ -64,7 +64,7 @@ def _anisotropic_options(args, ndim: int, options: dict) -> None:
         options["factors"] = _factor_rows(spec)
         return
     voxel = _voxel_size(args, ndim)
-    rows = suggest_factors(voxel, options["levels"] or NETWORK_DEFAULTS["levels"],
+    rows = suggest_factors(voxel, options["levels"] or network_defaults(ndim)["levels"],
                            options["factor"] or NETWORK_DEFAULTS["factor"])
     options["factors"] = rows
     note = ""
@@ -121,7 +121,8 @@ def add_parser(sub):
         "network", "By default a new network is trained (measured: better than fine-tuning the "
         "bundled model on one annotated BBBC007 crop, see benchmarks/RESULTS.md); "
         "--init bundled or --init MODEL continues an existing one instead.")
-    net.add_argument("--levels", type=_args.positive_int, default=None, help="pooling levels l (default 3)")
+    net.add_argument("--levels", type=_args.positive_int, default=None,
+                     help="pooling levels l (default 3; 2 in 3D)")
     net.add_argument("--factor", type=int, default=None, help="pooling factor f (default 2)")
     net.add_argument("--factors", type=_factors_spec, default=None, metavar="SPEC",
                      help="anisotropic network: pooling factors per level and axis, e.g. "
@@ -149,22 +150,27 @@ def add_parser(sub):
     net.add_argument("--no-foreground-head", action="store_true", default=None,
                      help="no foreground logit (use with --background-as-instance)")
     net.add_argument("--init", metavar="MODEL",
-                     help="continue training this model file, or 'bundled' for the bundled model "
-                          "of the data's dimensionality (default: a new network)")
+                     help="continue training this model file, 'bundled' for the bundled nuclei "
+                          "model of the data's dimensionality, or 'none' for a new network "
+                          "(default: 'bundled' for annotated images; a new network for synthetic "
+                          "data, multi-channel images or when network options are given)")
     opt = p.add_argument_group("training")
     opt.add_argument("--window", type=_window, default=None,
                      help="output window per crop, e.g. 60 or 60,60; must be > f^l "
                           "(default: about 3 median object diameters, capped for speed)")
     opt.add_argument("--allow-small-window", action="store_true",
                      help="allow windows <= f^l (reproduces the paper's seams; not for real use)")
-    opt.add_argument("--steps", type=_args.positive_int, default=TRAINING_DEFAULTS["steps"],
-                     help=f"optimiser steps (default {TRAINING_DEFAULTS['steps']})")
-    opt.add_argument("--lr", type=_args.positive_float, default=TRAINING_DEFAULTS["lr"],
-                     help=f"Adam learning rate (default {TRAINING_DEFAULTS['lr']:g})")
+    opt.add_argument("--steps", type=_args.positive_int, default=None,
+                     help=f"optimiser steps (default {TRAINING_DEFAULTS['steps']} for a new "
+                          f"network, {CONTINUE_DEFAULTS['steps']} when continuing a model)")
+    opt.add_argument("--lr", type=_args.positive_float, default=None,
+                     help=f"Adam learning rate (default {TRAINING_DEFAULTS['lr']:g} for a new "
+                          f"network, {CONTINUE_DEFAULTS['lr']:g} when continuing a model)")
     opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default=TRAINING_DEFAULTS["lr_schedule"],
                      help="constant, or cosine decay to 0 at the last step (default cosine)")
-    opt.add_argument("--batch-size", type=_args.positive_int, default=TRAINING_DEFAULTS["batch_size"],
-                     help=f"crops per step (default {TRAINING_DEFAULTS['batch_size']})")
+    opt.add_argument("--batch-size", type=_args.positive_int, default=None,
+                     help=f"crops per step (default {TRAINING_DEFAULTS['batch_size']}; "
+                          f"{BATCH_SIZE_3D} in 3D)")
     opt.add_argument("--validation", type=float, default=TRAINING_DEFAULTS["validation"], metavar="FRACTION",
                      help="fraction of the annotations held out to pick the best checkpoint and "
                           f"tune the segmentation settings (default {TRAINING_DEFAULTS['validation']}; 0 = off)")
@@ -206,7 +212,7 @@ def command_line(args) -> str:
     skip = {"run", "command", "quiet"}
     if not args.synthetic:
         skip |= OBJECT_OPTIONS | {"ndim", "shape", "eval_images", "eval_shape"}
-    if args.init:
+    if args.init and args.init.lower() != "none":
         skip |= NETWORK_OPTIONS  # ignored: the network comes from the --init file
     parts = ["shiftseg", "train"]
     for key, value in vars(args).items():
@@ -276,6 +282,18 @@ def _network_options_given(args) -> list[str]:
     return sorted(k for k in NETWORK_DEFAULTS if getattr(args, k, None) is not None)
 
 
+def _fill_defaults(args, ndim: int) -> None:
+    """The start and the training defaults for ``ndim``-D data into ``args`` where not given,
+    so that the model records them."""
+    one_channel = not getattr(args, "channels", None) or len(args.channels) == 1  # as the bundled models
+    if args.init is None and not args.synthetic and one_channel and not _network_options_given(args):
+        args.init = DEFAULT_INIT
+    continued = args.init is not None and args.init.lower() != "none"
+    for key, value in training_defaults(ndim, continued).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
 def _init_choice(args) -> str | None:
     """The model file to continue from, or None for a new network (see the group's help)."""
     given = _network_options_given(args)
@@ -327,6 +345,7 @@ def run(args) -> int:
         ndim = pairs[0][1].ndim
         if any(p[1].ndim != ndim for p in pairs):
             raise ShiftSegError("all training images must have the same dimensionality")
+    _fill_defaults(args, ndim)
     config = _config(args, ndim)
     geometry = config.geometry
     window = args.window
