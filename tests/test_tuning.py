@@ -103,3 +103,18 @@ def test_checkpoint_score_breaks_ties_in_the_middle():
     emb[2] = np.where(gt > 0, 10.0, -10.0)
     result = quick_score([emb], [(None, gt)], SegmentationSettings(min_size=1), delta_d=3.0)
     assert result["ap@0.5"] == 1.0 and result["bandwidth"] in (1.5, 2.25)
+
+
+def test_continued_training_keeps_the_start_when_training_makes_it_worse():
+    """The starting weights are checkpoint 0: a rate that wrecks the network returns the start."""
+    from napari_shiftseg.modelio import load_bundled
+
+    start = load_bundled(2)
+    pairs = [synth.nuclei((96, 96), seed=s, radius=(8, 10)) for s in (11, 12)]
+    model, history = train(pairs[:1], None, start, steps=2, lr=0.02, batch_size=1, output_window=36,
+                           validation_pairs=pairs[1:], validate_every=1, tune=False)
+    scores = {v["step"]: v["ap@0.5"] for v in history["validation"]}
+    assert sorted(scores) == [0, 1, 2] and scores[0] > 0.5 and scores[0] > max(scores[1], scores[2])
+    assert model.meta["validation"]["best_step"] == 0
+    for name, weights in start.net.state_dict().items():
+        assert torch.equal(model.net.state_dict()[name], weights), name

@@ -503,6 +503,13 @@ def train(
             optimizer = torch.optim.Adam(net.parameters(), lr=lr)
             if run.lr_schedule == "cosine":
                 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            if base is not None and val_pairs:
+                # The starting weights compete too: continued training never returns a model
+                # that scores worse on the held-out part than the one it started from.
+                result = _validate(net, meta(0, False), val_pairs, settings, device)
+                history["validation"].append({"step": 0, **result})
+                best = (0, result, copy.deepcopy(net.state_dict()))
+                net.train()
             # Offsets of a spatial head are vectors: flips and transpositions turn them too.
             vectors = config.geometry.ndim if config.embedding == "spatial" else 0
             for step in range(1, steps + 1):
@@ -527,7 +534,7 @@ def train(
                 total = loss + run.loss.foreground_weight * fg
                 if not torch.isfinite(total):
                     raise ShiftSegError(
-                        f"the loss became {float(total)} at step {step}; lower the learning rate"
+                        f"the loss became {float(total.detach())} at step {step}; lower the learning rate"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
