@@ -118,9 +118,10 @@ def add_parser(sub):
                       help="synthetic: size of each generated image (default: input crop + context)")
     add_object_options(data)
     net = p.add_argument_group(
-        "network", "By default a new network is trained (measured: better than fine-tuning the "
-        "bundled model on one annotated BBBC007 crop, see benchmarks/RESULTS.md); "
-        "--init bundled or --init MODEL continues an existing one instead.")
+        "network", "Annotated images continue the bundled nuclei model by default (measured: "
+        "better than a new network on one annotated crop, in 2D and 3D, see "
+        "benchmarks/RESULTS.md section 7); --init MODEL continues another model; --init none, "
+        "or a network option such as --levels or --base-channels, trains a new network.")
     net.add_argument("--levels", type=_args.positive_int, default=None,
                      help="pooling levels l (default 3; 2 in 3D)")
     net.add_argument("--factor", type=int, default=None, help="pooling factor f (default 2)")
