@@ -213,7 +213,7 @@ def command_line(args) -> str:
     skip = {"run", "command", "quiet"}
     if not args.synthetic:
         skip |= OBJECT_OPTIONS | {"ndim", "shape", "eval_images", "eval_shape"}
-    if args.init and args.init.lower() != "none":
+    if _continues(args):
         skip |= NETWORK_OPTIONS  # ignored: the network comes from the --init file
     parts = ["shiftseg", "train"]
     for key, value in vars(args).items():
@@ -283,14 +283,18 @@ def _network_options_given(args) -> list[str]:
     return sorted(k for k in NETWORK_DEFAULTS if getattr(args, k, None) is not None)
 
 
+def _continues(args) -> bool:
+    """Whether ``--init`` names a model to continue ('none' and not given: a new network)."""
+    return args.init is not None and args.init.lower() != "none"
+
+
 def _fill_defaults(args, ndim: int) -> None:
     """The start and the training defaults for ``ndim``-D data into ``args`` where not given,
     so that the model records them."""
     one_channel = not getattr(args, "channels", None) or len(args.channels) == 1  # as the bundled models
     if args.init is None and not args.synthetic and one_channel and not _network_options_given(args):
         args.init = DEFAULT_INIT
-    continued = args.init is not None and args.init.lower() != "none"
-    for key, value in training_defaults(ndim, continued).items():
+    for key, value in training_defaults(ndim, _continues(args)).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
 
@@ -298,7 +302,7 @@ def _fill_defaults(args, ndim: int) -> None:
 def _init_choice(args) -> str | None:
     """The model file to continue from, or None for a new network (see the group's help)."""
     given = _network_options_given(args)
-    if args.init is None or args.init.lower() == "none":
+    if not _continues(args):
         return None
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
