@@ -102,34 +102,32 @@ def test_tile_auto_in_segment_to_zarr_and_the_cli(tmp_path, model, capsys):
     assert "1 tiles" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("side, crop_calls", [(300, 1), (200, 0)])
-def test_widget_measures_large_images_on_a_crop(model, tmp_path, monkeypatch, side, crop_calls):
-    """'auto' object size: a large image is measured on a central crop (as segment_to_zarr
-    does), not by a whole first pass; a small one keeps the first pass (reused when no
-    resampling is needed)."""
-    from napari_shiftseg import evaluate
+@pytest.mark.parametrize("side", [300, 200])
+def test_widget_measures_the_object_size_without_a_network_pass(model, tmp_path, monkeypatch, side):
+    """'auto' object size: measured from the image (sizing.estimate_size), once; the network
+    runs once, at the chosen scale, whatever the image's size."""
+    from napari_shiftseg import sizing
     from napari_shiftseg._widgets import _pipeline
     from napari_shiftseg.modelio import save_model
     from napari_shiftseg.settings import SegmentationSettings
 
     model.meta["object_diameter"] = 12.0
     path = save_model(model, tmp_path / "sized.safetensors")
-    calls = {"crop": 0, "runs": 0}
-    crop, run = evaluate.estimate_from_crop, _pipeline._resampled_run
+    calls = {"size": 0, "runs": 0}
+    size, run = sizing.estimate_size, _pipeline._resampled_run
 
-    def counting_crop(*a, **k):
-        calls["crop"] += 1
-        return crop(*a, **k)
+    def counting_size(*a, **k):
+        calls["size"] += 1
+        return size(*a, **k)
 
     def counting_run(*a, **k):
         calls["runs"] += 1
         return run(*a, **k)
 
-    monkeypatch.setattr(evaluate, "estimate_from_crop", counting_crop)
+    monkeypatch.setattr(sizing, "estimate_size", counting_size)
     monkeypatch.setattr(_pipeline, "_resampled_run", counting_run)
     image = np.random.default_rng(5).random((side, side), dtype=np.float32)
     params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=64,
                                      device="cpu", diameter="auto")
     _pipeline.segment(lambda *a: None, threading.Event(), image, path, params, _pipeline.ModelCache())
-    assert calls["crop"] == crop_calls
-    assert calls["runs"] == 1 if crop_calls else calls["runs"] in (1, 2)
+    assert calls == {"size": 1, "runs": 1}

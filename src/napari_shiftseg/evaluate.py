@@ -99,9 +99,9 @@ def segment_array(
     diameter : float, 'auto' or None
         Object diameter in the image (pixels). When it differs from the diameter the model
         records (``meta["object_diameter"]``), the image is resampled to the model's scale and
-        the labels back (:mod:`napari_shiftseg.rescale`). ``'auto'`` (default) estimates it
-        from a first pass, refined once; None, or a model that records no diameter, segments
-        as is.
+        the labels back (:mod:`napari_shiftseg.rescale`). ``'auto'`` (default) measures it
+        from the image (:func:`napari_shiftseg.sizing.estimate_size`); None, or a model that
+        records no diameter, segments as is.
     device : str or torch.device
         Where to run the network.
     n_seeds, seed : int
@@ -120,16 +120,17 @@ def segment_array(
 
     settings = (settings or SegmentationSettings.of(model)).replace(**overrides)
     at = segment_at_scales(image, model, settings, n_seeds, seed, device)
-    factor, _, _ = rescale.object_factor(model, diameter, lambda: rescale.estimate_diameter(at(1.0)),
-                                         lambda f: rescale.estimate_diameter(at(f)))
-    return at(factor)
+    if model.config.in_channels > 1:  # trained on the user's own images: as imaged
+        return at(1.0)
+    # The rule of every run: the object size measured from the image, not from a first pass.
+    return at(rescale.plan_resampling(validate_image(image), model, diameter).factor)
 
 
 def segment_at_scales(image, model: Model, settings: SegmentationSettings | None = None,
                       n_seeds: int = 1000, seed: int = 0, device: str | torch.device = "cpu"):
     """``at(factor) -> labels``: ``image`` segmented after resampling by ``factor``, labels on
     the image's own grid; each factor computed once (the object-size passes of 'auto' are
-    reused as the answer: :func:`~napari_shiftseg.rescale.object_factor`)."""
+    reused when asked again)."""
     from . import rescale
 
     settings = settings or SegmentationSettings.of(model)
@@ -152,36 +153,6 @@ def segment_at_scales(image, model: Model, settings: SegmentationSettings | None
         return done[factor]
 
     return at
-
-
-def estimate_from_crop(image, model, device="cpu") -> float | None:
-    """Object diameter estimated on a central crop of ``image``
-    (:data:`~napari_shiftseg.rescale.ESTIMATE_CROP`): first pass as imaged, refined at the scale
-    it asks for (:func:`~napari_shiftseg.rescale.object_factor`)."""
-    from . import rescale
-    from .devices import resolve_device
-
-    crop = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + c)
-                 for n, c in zip(image.shape, rescale.ESTIMATE_CROP[image.ndim]))
-    part = image[crop]
-    part = np.asarray(part.compute() if hasattr(part, "compute") else part)
-    at = segment_at_scales(part, model, device=resolve_device(device))
-    _, diameter, _ = rescale.object_factor(model, "auto", lambda: rescale.estimate_diameter(at(1.0)),
-                                           lambda f: rescale.estimate_diameter(at(f)))
-    return diameter
-
-
-def estimate_as_run(image, model, device="cpu", lead: int = 0, iso=None) -> float | None:
-    """Object diameter of ``image`` as a run sees it: resampled to isotropic voxels by ``iso``
-    (lazily) and, for a 2D model on a stack (``lead`` = 1), on the middle slice; measured on a
-    central crop (:func:`estimate_from_crop`). The one rule of ``segment_to_zarr`` and the widget."""
-    import dask.array as da
-
-    from . import rescale
-
-    view = image if iso is None else rescale.resize_image(
-        da.asarray(image), shape=rescale.working_shape(image.shape, iso))
-    return estimate_from_crop(view[view.shape[0] // 2] if lead else view, model, device)
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:

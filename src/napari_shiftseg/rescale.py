@@ -26,6 +26,7 @@ on that image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from numbers import Real
 
@@ -35,26 +36,32 @@ import numpy as np
 from ._errors import ShiftSegError
 from .metrics import median_diameter
 
-__all__ = ["TOLERANCE", "LIMITS", "model_diameter", "estimate_diameter", "check_diameter",
+__all__ = ["TOLERANCE", "LIMITS", "Resampling", "plan_resampling", "check_growth", "anisotropic",
+           "model_diameter", "estimate_diameter", "check_diameter",
            "scale_for", "working_shape", "resize_image", "resize_labels", "labels_on_image_grid",
-           "working_region", "object_factor", "REFINE_TOLERANCE", "axis_factors",
+           "working_region", "axis_factors",
            "isotropic_factors"]
 
 #: Sizes within this ratio of the model's diameter are segmented as they are (resampling costs
 #: time and blurs a little, and the dev scores were flat within +-20 %).
 TOLERANCE = 1.2
 
-#: Smallest and largest resampling factor: beyond 2x up the image grows 4x (8x in 3D) for little
-#: gain, below 0.5x down small neighbours disappear.
-LIMITS = (0.5, 2.0)
+#: Smallest and largest object resampling factor. Real nuclei are 6-120 px across and the
+#: bundled models learnt 14 px (3D) and 20 px (2D): 120 px nuclei need x0.12, 6 px ones x2.3-3.3
+#: (issue 24; the old (0.5, 2) left 75 px nuclei at 37 px, where the 3D model cut each in 40).
+LIMITS = (0.1, 3.0)
+
+#: Resampling may make the network's image at most this many times the input's voxels (and
+#: never more than :data:`MAX_WORKING_VOXELS`): a wrong voxel size (1000 x 0.001) or diameter
+#: must give a clear error, not a run that fills the memory.
+MAX_GROWTH = 64
+MAX_WORKING_VOXELS = 2**33
+
+#: Voxel sizes whose axes differ by less than this ratio count as isotropic (no resampling).
+ISOTROPIC_TOLERANCE = 1.1
 
 #: Fewer first-pass objects than this give no usable size estimate: no resampling.
 MIN_OBJECTS = 3
-
-#: A refined estimate whose factor is within this ratio of the first one keeps the first
-#: factor, so the pass that measured it is the answer (no third pass).
-REFINE_TOLERANCE = 1.1
-
 
 def model_diameter(model) -> float | None:
     """The object diameter (pixels) the model (or its meta dict) segments best, or None."""
@@ -71,11 +78,6 @@ def estimate_diameter(labels) -> float | None:
     if len(np.unique(labels[labels > 0])) < MIN_OBJECTS:
         return None
     return median_diameter([labels])
-
-
-#: Central crop (pixels per axis, 2D / 3D) segmented to estimate the object size of a large
-#: image before it is segmented tile by tile (:func:`napari_shiftseg.evaluate.estimate_as_run`).
-ESTIMATE_CROP = {2: (256, 256), 3: (48, 128, 128)}
 
 
 def isotropic_factors(voxel_size, ndim: int) -> tuple[float, ...]:
@@ -95,34 +97,6 @@ def check_diameter(diameter) -> float | str | None:
         raise ShiftSegError(f"the object diameter must be 'auto' or a positive number of pixels, "
                             f"got {diameter!r}")
     return float(diameter)
-
-
-def object_factor(model, diameter, estimate, refine=None) -> tuple[float, float | None, float | None]:
-    """How much to resample for ``model``: ``(factor, image diameter, model diameter)``.
-
-    ``diameter`` is checked (:func:`check_diameter`); for ``'auto'`` the image's diameter is
-    ``estimate()`` (called only then) and, when that asks for a factor other than 1,
-    ``refine(factor)``: the diameter (image pixels) measured on a pass at that factor (module
-    docstring). A refined factor within :data:`REFINE_TOLERANCE` of the first keeps the first.
-    A model that records no diameter, or ``None``, gives 1. Every path that segments
-    (``segment_array``, ``segment_to_zarr``, the Segment widget) asks this one function and
-    only differs in how it measures.
-    """
-    diameter = check_diameter(diameter)
-    target = model_diameter(model)
-    if diameter is None or target is None:
-        return 1.0, None, target
-    if diameter != "auto":
-        return scale_for(diameter, target), diameter, target
-    diameter = estimate()
-    factor = scale_for(diameter, target)
-    if refine is not None and factor != 1.0:
-        second = refine(factor)
-        if second:
-            diameter, again = second, scale_for(second, target)
-            if abs(math.log(again / factor)) >= math.log(REFINE_TOLERANCE):
-                factor = again
-    return factor, diameter, target
 
 
 def axis_factors(factor: float, ndim: int, lead: int = 0, iso=None) -> tuple[float, ...]:
@@ -246,3 +220,89 @@ def working_region(region, image_shape, working_shape) -> tuple[slice, ...]:
         index = nearest_index(n_w, n_o, r.start, r.stop)
         out.append(slice(int(index.min()), int(index.max()) + 1))
     return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resampling:
+    """How a run resamples its image: per-axis ``factors`` (1 = as imaged), the object
+    ``factor`` part of them, the image's object ``diameter`` (px of the finest in-plane axis,
+    None when not measured), the model's ``target``, whether voxels were made ``isotropic``
+    and a sentence that says what was decided (CLI, widget status, output attributes)."""
+
+    factors: tuple[float, ...]
+    factor: float = 1.0
+    diameter: float | None = None
+    target: float | None = None
+    isotropic: bool = False
+    note: str = ""
+
+    @property
+    def identity(self) -> bool:
+        return all(f == 1.0 for f in self.factors)
+
+
+def anisotropic(voxel_size, ndim: int) -> bool:
+    """Whether ``voxel_size`` (its last ``ndim`` values) differs between axes beyond the tolerance."""
+    if voxel_size is None:
+        return False
+    values = [float(v) for v in tuple(voxel_size)[-ndim:]]
+    return max(values) / min(values) > ISOTROPIC_TOLERANCE
+
+
+def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic="auto",
+                    lead: int = 0, estimate=None) -> Resampling:
+    """The one rule for how a run resamples ``image`` for ``model`` (segment_to_zarr, the
+    widgets and evaluate ask it).
+
+    * **Voxel size.** A 3D model on a stack whose ``voxel_size`` is anisotropic gets cubic
+      voxels (``isotropic="auto"``, the default; True insists and needs a voxel size, False
+      leaves the voxels as they are). A stack's slice axis (``lead``) is never resampled.
+    * **Object size.** ``diameter`` in pixels of the finest in-plane axis, or ``"auto"``:
+      measured from the image itself (:func:`napari_shiftseg.sizing.estimate_size`, with the
+      voxel size), never from a first segmentation pass; ``estimate`` may pass one made
+      already. The image is resampled by ``model diameter / image diameter`` (:data:`LIMITS`),
+      down as well as up.
+    """
+    from . import sizing
+
+    ndim = model.geometry.ndim
+    diameter = check_diameter(diameter)
+    iso = None
+    if not lead and ndim == 3 and voxel_size is not None and (
+            isotropic is True or (isotropic == "auto" and anisotropic(voxel_size, ndim))):
+        iso = isotropic_factors(voxel_size, ndim)
+    notes = []
+    if iso is not None and any(f != 1.0 for f in iso):
+        notes.append("voxels made cubic (" + " x ".join(f"{f:g}" for f in iso) + " per axis)")
+    target = model_diameter(model)
+    found = None
+    if diameter == "auto" and target is not None:
+        if estimate is None:
+            view = image[image.shape[0] // 2] if lead else image
+            estimate = sizing.estimate_size(view, voxel_size if iso is not None else None)
+        if estimate is None:
+            notes.append("no nuclei stood out to measure their size: segmented at the image's scale")
+        else:
+            found = estimate.diameter
+            notes.append(estimate.describe())
+    elif isinstance(diameter, float):
+        found = diameter
+        notes.append(f"nuclei {diameter:g} px across (given)")
+    factor = scale_for(found, target) if found else 1.0
+    if found and target:
+        notes[-1] += (f"; resampled x{factor:.2f} to the model's {target:g} px" if factor != 1.0
+                      else f"; segmented as imaged (the model's {target:g} px is close)")
+    factors = axis_factors(factor, ndim, lead, iso)
+    return Resampling(factors, factor, found, target, iso is not None, "; ".join(notes))
+
+
+def check_growth(shape, factors) -> tuple[int, ...]:
+    """The resampled shape, refused with a clear message beyond :data:`MAX_GROWTH`."""
+    out = working_shape(shape, factors)
+    before, after = math.prod(int(n) for n in shape), math.prod(out)
+    if after > MAX_WORKING_VOXELS or after > MAX_GROWTH * max(before, 1):
+        raise ShiftSegError(
+            f"resampling would turn the image of {tuple(shape)} voxels into {out} ({after / max(before, 1):.0f}x "
+            f"the voxels): check the voxel size and the object diameter (give --diameter or "
+            f"--voxel-size), or segment as imaged with --diameter none")
+    return out

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, rescale
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .devices import resolve_tile
@@ -520,6 +520,17 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     lead = int(isinstance(channel, (list, tuple)))
     if image.ndim - lead not in (2, 3):
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
+    # A stack thinner than its nuclei (a few planes through cells 10 um thick) is a slab of cut
+    # nuclei: the bundled 3D model learnt whole ones, the 2D model sees what the slab shows.
+    # So with no model named, such a stack runs the 2D model plane by plane (issue 24).
+    estimate, slab_note = None, ""
+    if model is None and not lead and image.ndim == 3 and diameter == "auto" and per_slice is None:
+        from .sizing import estimate_size
+
+        estimate = estimate_size(image, _usable_voxel_size(voxel_size, 3))
+        if estimate is not None and estimate.thin:
+            model, per_slice = "bundled:2", True
+            slab_note = "the bundled 2D model ran plane by plane, objects linked across z"
     model = _load_model(model, image.ndim - lead)
     geometry = model.geometry
     tile = resolve_tile(o.tile, geometry, model, device)  # "auto": the largest that fits in memory
@@ -532,7 +543,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     # what the caller gives wins.
     settings = options.settings_for(model)
     if lead:
-        if per_slice or isotropic or (diameter not in (None, "auto")):
+        if per_slice or isotropic is True or (diameter not in (None, "auto")):
             raise ShiftSegError("a multi-channel model segments the image as imaged: leave out "
                                 "--diameter, --isotropic and per-slice runs")
         diameter, per_slice = None, False  # trained on the user's own images, at their scale
@@ -552,10 +563,36 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     # The network may run on a resampled image (the model's object size); the input's own
     # shape and voxels still identify the run (fingerprint), the labels return to its grid.
     source_shape = tuple(image.shape)
-    if isotropic:
+    if isotropic is True:
         voxel_size = _check_voxel_size(voxel_size, image.ndim)
-    net_image = image if lead else _resampled_input(image, model, diameter, device, per_slice,
-                                                    voxel_size if isotropic else None)
+    resampling = None
+    net_image = image
+    if not lead:
+        resampling = rescale.plan_resampling(
+            image, model, diameter, voxel_size=_usable_voxel_size(voxel_size, image.ndim),
+            isotropic=isotropic, lead=int(bool(per_slice)),
+            estimate=estimate if estimate is not None and (not per_slice or estimate.thin) else None)
+        if not resampling.identity:
+            import dask.array as da
+
+            source = image if isinstance(image, da.Array) else da.from_array(image, asarray=True, name=False)
+            net_image = rescale.resize_image(source, shape=rescale.check_growth(image.shape, resampling.factors))
+    size_note = "; ".join(filter(None, [slab_note, resampling.note if resampling else ""]))
+    from .sanity import expected_voxels
+
+    # Judged against the size in the image even when a size was given: a wrong --diameter is
+    # one of the causes the warning names.
+    measured = resampling.diameter if resampling is not None and diameter == "auto" else None
+    if resampling is not None and measured is None and resampling.target is not None:
+        from .sizing import estimate_size
+
+        found = estimate if estimate is not None else estimate_size(
+            image[image.shape[0] // 2] if per_slice and not estimate else image,
+            None if per_slice else _usable_voxel_size(voxel_size, image.ndim))
+        measured = found.diameter if found is not None else None
+    expected = expected_voxels(measured, image.ndim - lead,
+                               _usable_voxel_size(voxel_size, image.ndim - lead),
+                               int(image.shape[0]) if image.ndim - lead == 3 else None)
     resampled = tuple(net_image.shape) != source_shape
     spatial = tuple(net_image.shape[lead:])  # the channels of a multi-channel image come first
     plan = tile_plan(spatial[per_slice:], geometry, tile, mode)
@@ -569,6 +606,14 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
                      source_shape[lead:] if resampled else None, ngff,
                      tuple(voxel_size) if voxel_size and len(voxel_size) == spatial_ndim else None, unit)
     # Both halves checked themselves when they were made (SegmentationSettings, ClusterOptions).
+    if per_slice and o.min_size is None and resampling is not None and resampling.diameter:
+        # The 2D model's minimum size is per plane, but its objects are linked across z: a
+        # nucleus spans as many planes as it is deep (bounded by the stack), so a speck of one
+        # or two planes is not kept just because it beats one plane's minimum.
+        z_step = (_usable_voxel_size(voxel_size, 3) or (1.0, 1.0, 1.0))
+        planes = resampling.diameter * min(z_step[1:]) / z_step[0]
+        depth = max(1, min(int(image.shape[0]), int(planes)))
+        settings = settings.replace(min_size=settings.min_size * depth)
     cluster_args = o.clustering.args(settings)
     if o.clustering.connectivity > spatial_ndim:
         raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
@@ -602,7 +647,10 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
                      # where the input was read from: the napari reader shows it next to the labels
                      **({"input": source_file} if source_file else {}),
                      # e.g. "tile 100 changed to 104 (...)": the CLI and the widget say it
-                     **({"tile_note": plan.message} if plan.message else {})}
+                     **({"tile_note": plan.message} if plan.message else {}),
+                     # what the run decided about voxels and object size, in words
+                     **({"size_note": size_note} if size_note else {}),
+                     **({"expected_object_voxels": expected} if expected else {})}
             group = _create_output(target, layout, attrs)
         else:
             _check_resume(group, embed_args, out_path, fingerprint)
@@ -629,24 +677,16 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
             raise
 
 
-def _resampled_input(image, model, diameter, device, per_slice=False, voxel_size=None):
-    """``image``, lazily resampled to isotropic voxels (``voxel_size`` given) and to the object
-    size the model learnt (or as it is); a 2D model on a stack resamples in the plane only."""
-    import dask.array as da
-
-    from . import rescale
-    from .evaluate import estimate_as_run
-
-    source = image if isinstance(image, da.Array) else da.from_array(image, asarray=True, name=False)
-    ndim, lead = model.geometry.ndim, int(per_slice)
-    iso = rescale.isotropic_factors(voxel_size, ndim) if voxel_size is not None and not lead else None
-
-    factor, _, _ = rescale.object_factor(model, diameter,
-                                         lambda: estimate_as_run(source, model, device, lead, iso))
-    factors = rescale.axis_factors(factor, ndim, lead, iso)
-    if all(f == 1.0 for f in factors):
-        return image
-    return rescale.resize_image(source, shape=rescale.working_shape(image.shape, factors))
+def _usable_voxel_size(voxel_size, ndim: int):
+    """The voxel size when it is ``ndim`` positive finite numbers, else None (not used)."""
+    if voxel_size is None:
+        return None
+    try:
+        values = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError):
+        return None
+    ok = len(values) == ndim and all(math.isfinite(v) and v > 0 for v in values)
+    return values if ok else None
 
 
 def _check_voxel_size(voxel_size, ndim: int) -> tuple[float, ...]:
@@ -807,7 +847,14 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
         labels = group[LABELS]
         back = resize_labels(da.from_zarr(out), labels.shape).rechunk(labels.chunks)
         compute(da.store(back, labels, lock=False, compute=False))
-    _set_attrs(group, clustering=clustering.to_dict(), n_objects=count)
+    warning = ""
+    expected = dict(group.attrs[ATTRS]).get("expected_object_voxels")
+    if count:
+        from .sanity import label_statistics, result_warning
+
+        median, foreground_share = label_statistics(da.from_zarr(group[LABELS]), count, compute)
+        warning = result_warning(count, median, foreground_share, expected)
+    _set_attrs(group, clustering=clustering.to_dict(), n_objects=count, warning=warning)
     group.attrs["complete"] = True
 
 

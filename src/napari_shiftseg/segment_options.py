@@ -43,8 +43,10 @@ class SegmentOptions:
         the ones it takes, in its order.
     per_slice : run a 2D model on each slice of a 3D image (None: whenever a 2D model meets a
         3D image).
-    isotropic, voxel_size : resample (lazily) to isotropic voxels first; the voxel size is
-        ``voxel_size`` or, for an image file, the one its metadata records.
+    isotropic, voxel_size : resample (lazily) to isotropic voxels first: ``"auto"`` (default)
+        whenever a 3D model meets a stack whose voxel size is anisotropic, True always (a voxel
+        size is then required), False never; the voxel size is ``voxel_size`` or, for an image
+        file, the one its metadata records (:func:`napari_shiftseg.rescale.plan_resampling`).
     overwrite : replace an existing output (staged beside it, swapped in when complete).
     ngff : OME-Zarr version of the output, "0.5" (zarr v3) or "0.4" (zarr v2).
     tile_resources : dask resources every tile task needs, e.g. ``{"GPU": 1}`` (docs/CLUSTER.md).
@@ -63,7 +65,7 @@ class SegmentOptions:
     diameter: float | str | None = None
     channel: int | Sequence[int] | None = None
     per_slice: bool | None = None
-    isotropic: bool = False
+    isotropic: bool | str = "auto"
     voxel_size: Sequence[float] | None = None
     overwrite: bool = False
     ngff: str = "0.5"

@@ -90,7 +90,7 @@ def test_isotropic_resampling_of_an_anisotropic_layer(viewer, tiny_model_3d, wai
     widget.isotropic.value = True
     _run(widget, wait_idle)
     assert widget._result.embeddings.shape[1:] == (24, 24, 24)       # cubic voxels for the network
-    assert "isotropic voxels: 3x1x1" in widget.status.value
+    assert "voxels made cubic (3 x 1 x 1 per axis)" in widget.status.value
     labels = viewer.layers[layer_name("aniso", "instances")]
     emb = viewer.layers[layer_name("aniso", "embeddings")]
     assert labels.data.shape == volume.shape and tuple(labels.scale) == (3.0, 1.0, 1.0)

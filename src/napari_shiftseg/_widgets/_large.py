@@ -99,7 +99,8 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
                     mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
                     cancel=cancel, stage=on_stage, diameter=params.diameter,
-                    isotropic=params.voxel_size is not None, voxel_size=params.voxel_size, **kwargs)
+                    isotropic="auto" if params.voxel_size is not None else False,
+                    voxel_size=params.voxel_size, **kwargs)
     return _open(out_path, stored_plan(out_path, model.geometry), model, image, params.device)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 # Imported here, not inside the jobs: the widget module imports this one when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import diagnostics, evaluate, instances, predict, progress, rescale, synth, train
+from .. import diagnostics, instances, predict, progress, rescale, synth, train
 from .._errors import ShiftSegError
 from ..devices import resolve_device
 from ..measure import AXES, measure
@@ -168,42 +168,36 @@ def segment(report, cancel, image, model_path, params: SegmentParams, cache: Mod
         return result
     ndim = model.geometry.ndim
     lead = image.ndim - ndim                      # a stack's slice axis is never resampled
-    iso = (rescale.isotropic_factors(params.voxel_size, ndim)
-           if params.voxel_size is not None and not lead else None)
-    notes = [] if iso is None else ["isotropic voxels: " + "x".join(f"{f:g}" for f in iso)]
-    runs: dict[float, SegmentResult] = {}  # the passes of 'auto', reused as the answer
-
-    def run_at(factor: float) -> SegmentResult:
-        if factor not in runs:
-            runs[factor] = _resampled_run(report, cancel, image, model, params, region, norm,
-                                          rescale.axis_factors(factor, ndim, lead, iso), factor)
-        return runs[factor]
-
-    def measured(factor: float):
-        # Measured on the image's grid: in isotropic pixels, volumes scale by the iso factors.
-        found = rescale.estimate_diameter(run_at(factor).labels)
-        return found * float(np.prod(iso or 1.0)) ** (1 / ndim) if found else found
-
     part = image if region is None else image[region]
-    crop = rescale.ESTIMATE_CROP[ndim]
-    large = any(n > c for n, c in zip(part.shape[lead:], crop))
-
-    def estimate():
-        if large:
-            # A large image: measure the objects on a central crop (as segment_to_zarr does),
-            # not with a whole first pass: that doubled the cost of every run.
-            report(0, 1, "object size")
-            return evaluate.estimate_as_run(part, model, params.device, lead, iso)
-        return measured(1.0)
-
-    factor, diameter, target = rescale.object_factor(model, params.diameter, estimate,
-                                                     None if large else measured)
-    if diameter:
-        notes.append(f"objects ~{diameter:.0f} px, model {target:.0f} px: " + (
-            "as imaged" if factor == 1.0 else f"segmented at {factor:.2f}x"))
-    result = run_at(factor)
+    if params.diameter == "auto":
+        report(0, 1, "object size")
+    # The one rule of every run (rescale.plan_resampling): cubic voxels for a 3D model when the
+    # layer's scale is anisotropic, and the object size measured from the image itself.
+    plan = rescale.plan_resampling(part, model, params.diameter, voxel_size=params.voxel_size,
+                                   lead=lead)
+    notes = [plan.note] if plan.note else []
+    factor = plan.factor
+    result = _resampled_run(report, cancel, image, model, params, region, norm, plan.factors, factor)
+    warning = _warning(result.labels, plan.diameter, ndim, params.voxel_size, lead)
+    notes = [warning, *notes] if warning else notes
     result.note = "; ".join([result.note, *notes]) if result.note else "; ".join(notes)
     return result
+
+
+def _warning(labels, diameter, ndim: int, voxel_size, lead: int) -> str:
+    """The nonsense guard's line for in-memory labels (sanity.py), "" when they look right."""
+    from .. import sanity
+
+    expected = sanity.expected_voxels(diameter, ndim, voxel_size,
+                                      int(labels.shape[lead]) if ndim == 3 else None)
+    if not expected:
+        return ""
+    sizes = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    objects = sizes[sizes > 0]
+    if not objects.size:
+        return ""
+    return sanity.result_warning(int(objects.size), float(np.median(objects)),
+                                 float(objects.sum()) / labels.size, expected)
 
 
 def warm_up(report, cancel, model_path, params: SegmentParams, cache: ModelCache) -> bool:

@@ -173,9 +173,10 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         self.diameter = FloatSpinBox(label="object diameter (px)", value=0.0, min=0.0, max=10000.0,
                                      step=1.0)
         self.diameter.native.setSpecialValueText("auto")
-        self.isotropic = CheckBox(text="resample to isotropic voxels (the layer's scale)")
-        self.isotropic.tooltip = ("for stacks whose z step is larger than the pixel size: the "
-                                  "network sees cubic voxels; labels stay on the layer's grid")
+        self.isotropic = CheckBox(value=True, text="resample to isotropic voxels (the layer's scale)")
+        self.isotropic.tooltip = ("for stacks whose z step is larger than the pixel size: a 3D "
+                                  "model sees cubic voxels (on by default; nothing changes for a "
+                                  "layer whose scale is cubic); labels stay on the layer's grid")
         # Values come from the model (_use_model_settings below); the ranges only need to hold
         # anything SegmentationSettings accepts.
         self.bandwidth = FloatSpinBox(label="bandwidth", min=0.001, max=1000.0, step=0.1)

@@ -65,10 +65,14 @@ def add_parser(sub):
                         "(default: the model's recorded value; 0 = off)")
     p.add_argument("--diameter", type=_args.diameter, default="auto", help=_args.DIAMETER_HELP)
     _args.add_channel(p)
-    p.add_argument("--isotropic", action="store_true",
-                   help="resample to cubic voxels first (e.g. a z step 3x the pixel size gets 3x "
-                        "the planes), using the file's voxel size or --voxel-size; labels stay "
-                        "on the image's grid")
+    voxels = p.add_mutually_exclusive_group()
+    voxels.add_argument("--isotropic", action="store_const", const=True, default="auto",
+                        help="resample to cubic voxels first (e.g. a z step 3x the pixel size gets "
+                             "3x the planes), using the file's voxel size or --voxel-size. A 3D "
+                             "model does this by default whenever the voxel size is known and "
+                             "anisotropic; labels stay on the image's grid")
+    voxels.add_argument("--no-isotropic", dest="isotropic", action="store_const", const=False,
+                        help="keep the stack's voxels as they are, even when anisotropic")
     p.add_argument("--voxel-size", type=_args.voxel_size, default=None, metavar="Z,Y,X",
                    help="voxel size per axis (any unit), when the file does not record it")
     p.add_argument("--table", metavar="OUT.csv", default=None,
@@ -137,8 +141,12 @@ def run(args) -> int:
             if cluster is not None:
                 cluster.close()
     info = dict(group.attrs[ATTRS])
+    if info.get("size_note"):
+        print(info["size_note"])
     print(f"{args.output}: {info.get('n_objects', 0)} objects in 'labels'; "
           f"'embeddings' {tuple(group['embeddings'].shape)}, {info.get('tiles')} tiles")
+    if info.get("warning"):
+        print(info["warning"], file=sys.stderr)
     if info.get("tile_note"):
         print(f"note: {info['tile_note']}")
     if info.get("embedding_args", {}).get("per_slice"):
