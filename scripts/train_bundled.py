@@ -55,6 +55,28 @@ def _to_scale(pair, diameter: float):
     return image, np.asarray(rescale.resize_labels(labels, image.shape))
 
 
+#: Seeds of realistic training stacks (counting up) and their validation stacks (counting down).
+REALISTIC_SEEDS = 10_000
+
+
+def _realistic(seed: int, diameter: float):
+    """A realistic stack (random size, z step, crowding), on cubic voxels with ``diameter`` px
+    nuclei: what rescale.plan_resampling hands the 3D model."""
+    from napari_shiftseg import rescale, synth_stacks
+
+    rng = np.random.default_rng(seed)
+    d = float(np.exp(rng.uniform(np.log(8), np.log(60))))
+    aniso = float(rng.uniform(1.0, 5.0))
+    stack = synth_stacks.microscope_stack(d, aniso, seed, extent=(4.0, 7.0, 7.0), crowded=bool(rng.random() < 0.5),
+                                          haze=float(rng.uniform(0.0, 0.5)), axial_blur=float(rng.uniform(2, 4)),
+                                          photons=float(np.exp(rng.uniform(np.log(40), np.log(300)))))
+    jitter = float(np.exp(rng.uniform(-0.15, 0.15)))
+    factor = diameter * jitter / stack.diameter
+    shape = rescale.working_shape(stack.image.shape, (aniso * factor, factor, factor))
+    image = np.asarray(rescale.resize_image(stack.image, shape=shape), np.float32)
+    return image, np.asarray(rescale.resize_labels(stack.labels, shape), np.int32)
+
+
 def main(argv=None) -> int:
 
     from napari_shiftseg import synth
@@ -80,6 +102,10 @@ def main(argv=None) -> int:
     p.add_argument("--small-fraction", type=float, default=0.0,
                    help="3D: share of pool volumes generated with small nuclei only (radius 4-6 px), "
                         "the hardest case once resampled (crowded, blurred)")
+    p.add_argument("--realistic-fraction", type=float, default=0.0,
+                   help="3D: share of pool volumes that are realistic microscope stacks "
+                        "(synth_stacks.microscope_stack: nuclei 8-60 px, z step 1-5x, axial blur, "
+                        "haze), resampled to cubic voxels and --object-diameter as inference does")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -116,6 +142,12 @@ def main(argv=None) -> int:
             # One jittered scale per pool volume (the pool is fixed; see the 2D source below).
             jitter = np.exp(np.random.default_rng(args.seed).uniform(-0.15, 0.15, len(pool)))
             pool = [_to_scale(pair, args.object_diameter * j) for pair, j in zip(pool, jitter)]
+        n_real = round(args.realistic_fraction * args.pool)
+        if n_real:
+            # The last n_real pool volumes become realistic stacks, seen as inference sees them.
+            pool[len(pool) - n_real:] = [_realistic(REALISTIC_SEEDS + i, args.object_diameter or 14.0)
+                                         for i in range(n_real)]
+            val += [_realistic(REALISTIC_SEEDS - 1 - i, args.object_diameter or 14.0) for i in range(2)]
         source_or_pairs = pool
     else:
         source_or_pairs = None

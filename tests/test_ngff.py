@@ -41,7 +41,7 @@ def test_output_validates_as_ome_zarr(stack, tiny_model_3d_path, tmp_path, versi
         from ome_zarr_models.v04.image_label import ImageLabel
     out = tmp_path / "out.zarr"
     segment_to_zarr(stack, out, tiny_model_3d_path, tile=8, device="cpu", ngff=version, diameter=None,
-                    min_size=0)
+                    min_size=0, isotropic=False)  # the network on the stack's own voxels
     group = zarr.open_group(out, mode="r")
     assert group.metadata.zarr_format == (3 if version == "0.5" else 2)
     image = Image.from_zarr(group)  # raises on any violation of the spec

@@ -56,8 +56,9 @@ def test_dask_resampling_is_lazy_and_equals_numpy(factor):
 def test_scale_for_keeps_close_sizes_and_clamps():
     assert rescale.scale_for(19.0, 20.0) == 1.0           # within the tolerance
     assert rescale.scale_for(10.0, 20.0) == pytest.approx(2.0)
-    assert rescale.scale_for(5.0, 20.0) == pytest.approx(2.0)   # clamped
-    assert rescale.scale_for(80.0, 20.0) == pytest.approx(0.5)  # clamped
+    assert rescale.scale_for(5.0, 20.0) == pytest.approx(3.0)   # clamped
+    assert rescale.scale_for(80.0, 20.0) == pytest.approx(0.25)  # down too (real 80 px nuclei)
+    assert rescale.scale_for(400.0, 20.0) == pytest.approx(0.1)  # clamped
     assert rescale.scale_for(30.0, 20.0) == pytest.approx(2 / 3)
     assert rescale.scale_for(None, 20.0) == 1.0 and rescale.scale_for(10.0, None) == 1.0
 

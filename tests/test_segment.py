@@ -410,3 +410,38 @@ def test_isotropic_resampling_of_an_anisotropic_stack(tmp_path):
         segment_to_zarr(stack, tmp_path / "y.zarr", model, tile=16, device="cpu", isotropic=True,
                         voxel_size=(1.0, 1.0))
     assert rescale.isotropic_factors((3.0, 0.5, 0.5), 3) == (6.0, 1.0, 1.0)
+
+
+def test_an_anisotropic_stack_gets_cubic_voxels_without_being_asked(tmp_path):
+    """issue 24: a 3D model on a stack whose voxel size is anisotropic runs on cubic voxels by
+    default; isotropic=False keeps the stack's voxels; the decision is recorded in words."""
+    stack = np.random.default_rng(4).random((6, 24, 28)).astype(np.float32)
+    model = save_standardized(tmp_path / "m3.safetensors", np.zeros((24, 24, 24), np.float32), ndim=3)
+    group = segment_to_zarr(stack, tmp_path / "auto.zarr", model, tile=16, device="cpu",
+                            bandwidth=1.0, min_size=1, voxel_size=(3.0, 1.0, 1.0))
+    assert group["embeddings"].shape[1:] == (18, 24, 28) and group["labels/instances/0"].shape == stack.shape
+    assert "voxels made cubic (3 x 1 x 1 per axis)" in group.attrs[ATTRS]["size_note"]
+    kept = segment_to_zarr(stack, tmp_path / "kept.zarr", model, tile=16, device="cpu",
+                           bandwidth=1.0, min_size=1, voxel_size=(3.0, 1.0, 1.0), isotropic=False)
+    assert kept["embeddings"].shape[1:] == stack.shape
+
+
+def test_a_thin_stack_runs_the_2d_model_plane_by_plane(tmp_path):
+    """issue 24: with no model named, a stack thinner than its nuclei (cut nuclei the 3D model
+    never saw) is segmented by the bundled 2D model slice by slice, and the run says so."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:160, :160]
+    plane = np.zeros((160, 160), np.float32)
+    for cy, cx in [(40, 40), (40, 120), (120, 40), (120, 120), (80, 80)]:
+        plane += ((yy - cy) ** 2 + (xx - cx) ** 2 <= 15**2) * rng.uniform(0.6, 1.0)
+    stack = np.stack([plane] * 3) + rng.normal(0, 0.03, (3, 160, 160)).astype(np.float32)
+    path = tmp_path / "slab.tif"
+    tifffile.imwrite(path, stack.astype(np.float32), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    group = segment_to_zarr(path, tmp_path / "slab.zarr", None, tile=64, device="cpu", diameter="auto")
+    info = group.attrs[ATTRS]
+    assert info["embedding_args"].get("per_slice") is True
+    assert "2D model ran plane by plane" in info["size_note"] and "z projection" in info["size_note"]
+    assert 3 <= info["n_objects"] <= 7
