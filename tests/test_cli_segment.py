@@ -187,3 +187,36 @@ def test_segment_isotropic_from_the_files_voxel_size(files, tmp_path, capsys):
     assert_one_line_error(capsys, "voxel size", "--voxel-size")
     assert main(args + ["--voxel-size", "3,1,1"]) == 0
     assert zarr.open_group(tmp_path / "p.zarr", mode="r")["embeddings"].shape[1:] == (15, 20, 24)
+
+
+def test_table_never_replaces_a_file_unasked(files, tmp_path, capsys):
+    """issue 25: --table on the input image, an existing file or a planted symlink is refused
+    before anything runs; --overwrite replaces a plain file (never through a symlink)."""
+    import os
+
+    image = tmp_path / "image.npy"
+    image.write_bytes(files["image"].read_bytes())
+    before = image.read_bytes()
+    args = segment_args(files, tmp_path / "o.zarr", "--table", str(image))
+    args[1] = str(image)
+    assert main(args) == 2 and image.read_bytes() == before
+    assert not (tmp_path / "o.zarr").exists()
+    assert_one_line_error(capsys, "input of this run")
+    assert main(args + ["--overwrite"]) == 2 and image.read_bytes() == before
+    assert_one_line_error(capsys, "input of this run")
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "link.csv"
+    os.symlink(victim, link)
+    assert main(segment_args(files, tmp_path / "p.zarr", "--table", str(link), "--overwrite")) == 2
+    assert victim.read_text() == "keep me"
+    assert_one_line_error(capsys, "symbolic link")
+
+    old = tmp_path / "old.csv"
+    old.write_text("old")
+    assert main(segment_args(files, tmp_path / "q.zarr", "--table", str(old))) == 2
+    assert old.read_text() == "old"
+    assert_one_line_error(capsys, "exists", "--overwrite")
+    assert main(segment_args(files, tmp_path / "q.zarr", "--table", str(old), "--overwrite")) == 0
+    assert old.read_text().startswith("index,")

@@ -194,13 +194,42 @@ def measure(labels, image=None, spacing=None, embeddings=None, channel_axis: int
     return table
 
 
+def check_table_path(path, overwrite: bool = False, protect=()) -> Path:
+    """Refuse a table path that would lose a file: an existing file unless ``overwrite``, a
+    symlink (its target could be anything), a folder, or any of ``protect`` (the input image,
+    the model). Called before a run starts, so nothing is computed for nothing."""
+    path = Path(path).expanduser()
+    if path.is_symlink():
+        raise ShiftSegError(f"the table path {path} is a symbolic link; give a plain file name")
+    if path.exists():
+        if path.is_dir():
+            raise ShiftSegError(f"the table path {path} is a folder; give a .csv file name")
+        resolved = path.resolve()
+        if any(Path(p).expanduser().resolve() == resolved for p in protect if p is not None):
+            raise ShiftSegError(f"the table path {path} is an input of this run; give another file name")
+        if not overwrite:
+            raise ShiftSegError(f"{path} exists; give another table path, or --overwrite to replace it")
+    return path
+
+
 def write_table(table: dict, path) -> Path:
-    """Write a :func:`measure` table as CSV (one row per object, a header line)."""
+    """Write a :func:`measure` table as CSV (one row per object, a header line), through a
+    temporary file renamed into place: a planted symlink is replaced, never followed, and a
+    failed write leaves the old file."""
+    import os
+    import tempfile
+
     path = Path(path)
     names = list(table)
     rows = zip(*(table[name].tolist() for name in names))
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(names)
-        writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(names)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

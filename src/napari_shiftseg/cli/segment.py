@@ -94,7 +94,8 @@ def add_parser(sub):
     where.add_argument("--scheduler-file", metavar="FILE",
                        help="dask.distributed scheduler file (from `dask scheduler "
                             "--scheduler-file FILE`, e.g. in a SLURM job; see docs/CLUSTER.md)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT.zarr instead of resuming it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT.zarr instead of resuming it (and an existing --table file)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -105,6 +106,10 @@ def run(args) -> int:
     from ..segment import ATTRS, connect, segment_to_zarr
     from ..segment_options import ClusterOptions, SegmentOptions
 
+    if args.table:  # before anything runs: never replace the input, a model or a file unasked
+        from ..measure import check_table_path
+
+        check_table_path(args.table, args.overwrite, protect=(args.image, args.model))
     client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     bar = None
 
