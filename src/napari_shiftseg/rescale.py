@@ -255,8 +255,9 @@ def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic
     widgets and evaluate ask it).
 
     * **Voxel size.** A 3D model on a stack whose ``voxel_size`` is anisotropic gets cubic
-      voxels (``isotropic="auto"``, the default; True insists and needs a voxel size, False
-      leaves the voxels as they are). A stack's slice axis (``lead``) is never resampled.
+      voxels (``isotropic="auto"``, the default, unless the network itself pools the axes
+      differently; True insists and needs a voxel size, False leaves the voxels as they
+      are). A stack's slice axis (``lead``) is never resampled.
     * **Object size.** ``diameter`` in pixels of the finest in-plane axis, or ``"auto"``:
       measured from the image itself (:func:`napari_shiftseg.sizing.estimate_size`, with the
       voxel size), never from a first segmentation pass; ``estimate`` may pass one made
@@ -268,8 +269,10 @@ def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic
     ndim = model.geometry.ndim
     diameter = check_diameter(diameter)
     iso = None
-    if not lead and ndim == 3 and voxel_size is not None and (
-            isotropic is True or (isotropic == "auto" and anisotropic(voxel_size, ndim))):
+    # An anisotropic network (per-axis pooling) was made for the stack's own voxels: "auto"
+    # leaves those alone.
+    auto = isotropic == "auto" and model.geometry.isotropic and anisotropic(voxel_size, ndim)
+    if not lead and ndim == 3 and voxel_size is not None and (isotropic is True or auto):
         iso = isotropic_factors(voxel_size, ndim)
     notes = []
     if iso is not None and any(f != 1.0 for f in iso):

@@ -135,7 +135,7 @@ def test_resampled_run_and_preview(tmp_path, lattice_crop):
     inst = next(kw for _, kw, _ in layers if kw["name"].startswith("instances"))
     assert emb["scale"] == (0.5, 0.5) and inst["translate"] == (40.0, 16.0)
     np.testing.assert_allclose(emb["translate"], [(o + 0.5) / 2 - 0.5 for o in preview.resampled.origin])
-    assert "segmented at 2.00x" in full.note
+    assert "resampled x2.00" in full.note
 
 
 def test_spatial_preview_of_a_stack_slice(tmp_path, lattice_crop):

@@ -235,7 +235,7 @@ def test_object_diameter_control_follows_the_model(segment, viewer, tiny_model_2
     image = segment.image.value.data
     assert segment._result.resampled.factor == 2.0
     assert segment._result.labels.shape == image.shape
-    assert "segmented at 2.00x" in segment.status.value
+    assert "resampled x2.00" in segment.status.value
     emb = viewer.layers[layer_name(segment.image.value.name, "embeddings")]
     assert tuple(emb.scale) == tuple(s / 2 for s in SCALE)  # the image's scale, halved
     np.testing.assert_allclose(emb.translate, [t - s / 4 for t, s in zip(TRANSLATE, SCALE)])
