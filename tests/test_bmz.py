@@ -113,3 +113,11 @@ def main_export(target):
     from napari_shiftseg.modelio import load_bundled
 
     export_package(load_bundled(2), target)
+
+
+def test_export_never_replaces_an_existing_zip(model_file, tmp_path, capsys):
+    """issue 25: `export-bmz -o e --zip` with an existing e.zip is refused before writing."""
+    (tmp_path / "e.zip").write_bytes(b"mine")
+    assert main(["export-bmz", str(model_file), "-o", str(tmp_path / "e"), "--zip"]) == 2
+    assert (tmp_path / "e.zip").read_bytes() == b"mine" and not (tmp_path / "e").exists()
+    assert "exists" in capsys.readouterr().err

@@ -323,6 +323,18 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path, image, model_path, ca
             segment_to_zarr(image, out, model_path, **KW)
 
 
+def test_a_symlink_planted_at_the_lock_is_never_written_through(tmp_path, image, model_path):
+    """issue 25: a symlink at .OUT.zarr.lock must not make the run write the lock's JSON into
+    the link's target; the run is refused with one line and the target is untouched."""
+    out = tmp_path / "out.zarr"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.symlink(victim, lock_path(out))
+    with pytest.raises(ShiftSegError, match="symbolic link"):
+        segment_to_zarr(image, out, model_path, **KW)
+    assert victim.read_text() == "keep me" and not out.exists()
+
+
 # --------------------------------------------------------------------------- 5. NaN
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from types import ModuleType
@@ -92,9 +93,24 @@ class OutputLock:
                 return self
         raise ShiftSegError(f"could not take the lock {self.path} (it keeps changing)")
 
+    def _open(self, flags: int) -> int:
+        """Open the lock file without following a symlink planted at its path (its target
+        would receive the lock's JSON), and only if it is a plain file."""
+        try:
+            fd = os.open(self.path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ShiftSegError(f"the lock path {self.path} is a symbolic link; shiftseg never "
+                                    "writes through one: remove it and run again") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ShiftSegError(f"the lock path {self.path} is not a plain file; remove it and run again")
+        return fd
+
     def _take(self, me: dict) -> int | None:
         if fcntl is not None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open(os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -122,10 +138,10 @@ class OutputLock:
 
     def _take_exclusive(self, me: dict) -> int | None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             try:
-                fd = os.open(self.path, os.O_RDONLY)
+                fd = self._open(os.O_RDONLY)
             except FileNotFoundError:
                 return None
             holder = _read(fd)

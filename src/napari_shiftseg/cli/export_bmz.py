@@ -17,9 +17,14 @@ def run(args) -> int:
     import shutil
     from pathlib import Path
 
+    from .._errors import ShiftSegError
     from ..bmz import export_package
     from ..modelio import load_named
 
+    zip_path = Path(str(Path(args.output)) + ".zip")
+    if args.zip and (zip_path.exists() or zip_path.is_symlink()):  # checked before anything is written
+        raise ShiftSegError(f"{zip_path} exists; remove it or choose another -o (export-bmz never "
+                            "replaces a file it did not create)")
     rdf = export_package(load_named(args.model), args.output, name=args.name)
     print(f"wrote {rdf}")
     if args.zip:
