@@ -266,6 +266,8 @@ def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic
     """
     from . import sizing
 
+    if isotropic not in (True, False, "auto"):
+        raise ShiftSegError(f"isotropic must be True, False or 'auto', got {isotropic!r}")
     ndim = model.geometry.ndim
     diameter = check_diameter(diameter)
     iso = None

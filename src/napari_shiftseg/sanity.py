@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["expected_voxels", "result_warning", "SMALL_FRACTION", "MAX_FOREGROUND"]
+__all__ = ["expected_voxels", "result_warning", "label_statistics", "SMALL_FRACTION", "MAX_FOREGROUND"]
 
 #: Objects whose median size is below this fraction of the expected nucleus are "far smaller".
 SMALL_FRACTION = 0.15
@@ -32,15 +32,14 @@ def expected_voxels(diameter: float | None, ndim: int, voxel_size=None, planes: 
     ``planes`` planes holds at most that many."""
     if not diameter or diameter <= 0:
         return None
+    from .sizing import planes_spanned
+
     if ndim == 2:
         return math.pi / 4 * diameter**2
-    z_ratio = 1.0
-    if voxel_size is not None and len(voxel_size) == 3:
-        z_ratio = float(voxel_size[0]) / min(float(v) for v in voxel_size[1:])
-    depth = diameter / z_ratio  # planes the nucleus spans
+    depth = planes_spanned(diameter, voxel_size)
     if planes is not None and depth > planes:  # a slab: cut nuclei, a disk through every plane
         return math.pi / 4 * diameter**2 * planes
-    return math.pi / 6 * diameter**3 / z_ratio
+    return math.pi / 6 * diameter**2 * depth
 
 
 def result_warning(n_objects: int, median_voxels: float, foreground: float,
@@ -58,13 +57,16 @@ def result_warning(n_objects: int, median_voxels: float, foreground: float,
     return ""
 
 
-def label_statistics(labels, count: int, compute=None) -> tuple[float, float]:
-    """(median object voxels, foreground fraction) of integer ``labels`` (numpy or dask)."""
+def label_statistics(labels, count: int | None = None, compute=None) -> tuple[float, float]:
+    """(median object voxels, foreground fraction) of integer ``labels``: numpy, or dask with
+    ``count`` (its largest id) so that the counting stays blockwise."""
     import dask.array as da
 
-    array = labels if isinstance(labels, da.Array) else da.asarray(labels)
-    sizes = da.bincount(array.ravel().astype(np.int64), minlength=count + 1)
-    sizes = np.asarray(compute(sizes)[0] if compute else sizes.compute())
+    if not isinstance(labels, da.Array):
+        sizes = np.bincount(np.asarray(labels).ravel().astype(np.int64))
+    else:
+        sizes = da.bincount(labels.ravel().astype(np.int64), minlength=int(count or 0) + 1)
+        sizes = np.asarray(compute(sizes)[0] if compute else sizes.compute())
     objects = sizes[1:][sizes[1:] > 0]
     total = max(int(sizes.sum()), 1)
     return (float(np.median(objects)) if objects.size else 0.0, float(objects.sum()) / total)

@@ -587,7 +587,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         from .sizing import estimate_size
 
         found = estimate if estimate is not None else estimate_size(
-            image[image.shape[0] // 2] if per_slice and not estimate else image,
+            image[image.shape[0] // 2] if per_slice else image,
             None if per_slice else _usable_voxel_size(voxel_size, image.ndim))
         measured = found.diameter if found is not None else None
     expected = expected_voxels(measured, image.ndim - lead,
@@ -610,8 +610,9 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         # The 2D model's minimum size is per plane, but its objects are linked across z: a
         # nucleus spans as many planes as it is deep (bounded by the stack), so a speck of one
         # or two planes is not kept just because it beats one plane's minimum.
-        z_step = (_usable_voxel_size(voxel_size, 3) or (1.0, 1.0, 1.0))
-        planes = resampling.diameter * min(z_step[1:]) / z_step[0]
+        from .sizing import planes_spanned
+
+        planes = planes_spanned(resampling.diameter, _usable_voxel_size(voxel_size, 3))
         depth = max(1, min(int(image.shape[0]), int(planes)))
         settings = settings.replace(min_size=settings.min_size * depth)
     cluster_args = o.clustering.args(settings)
@@ -693,8 +694,8 @@ def _check_voxel_size(voxel_size, ndim: int) -> tuple[float, ...]:
     if voxel_size is None:
         raise ShiftSegError("isotropic resampling needs the voxel size: the image file records "
                             "none; give it (e.g. --voxel-size 2,0.5,0.5)")
-    values = tuple(float(v) for v in voxel_size)
-    if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):
+    values = _usable_voxel_size(voxel_size, ndim)
+    if values is None:
         raise ShiftSegError(f"the voxel size must be {ndim} positive numbers (one per axis), got "
                             f"{tuple(voxel_size)}")
     return values

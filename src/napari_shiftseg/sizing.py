@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ._errors import ShiftSegError
 
-__all__ = ["SizeEstimate", "estimate_size", "CALIBRATION", "RESOLVED_PX"]
+__all__ = ["SizeEstimate", "estimate_size", "planes_spanned", "CALIBRATION", "RESOLVED_PX"]
 
 #: Equivalent diameter / (2 x median inscribed radius), calibrated on generated nuclei
 #: (``synth_stacks`` with non-benchmark seeds; elongation up to 1.6, irregular outlines).
@@ -82,6 +82,14 @@ class SizeEstimate:
         return f"nuclei ≈ {self.diameter:.0f} px across ({where})"
 
 
+def planes_spanned(diameter: float, voxel_size=None) -> float:
+    """How many z planes a nucleus ``diameter`` px across (px of the finest in-plane axis)
+    spans in a stack of ``voxel_size`` (z, y, x); the diameter itself for cubic or unknown voxels."""
+    if voxel_size is None or len(voxel_size) != 3:
+        return float(diameter)
+    return float(diameter) * min(float(v) for v in voxel_size[1:]) / float(voxel_size[0])
+
+
 def _relative_spacing(voxel_size, ndim: int) -> np.ndarray:
     if voxel_size is None:
         return np.ones(ndim)
@@ -95,22 +103,24 @@ def _central_crop(shape, limit) -> tuple[slice, ...]:
     return tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(shape, limit))
 
 
-def _block_mean(image: np.ndarray, factors) -> np.ndarray:
-    """Mean over blocks of ``factors`` voxels (the ragged edge dropped)."""
-    factors = tuple(max(1, int(f)) for f in factors)
-    if all(f == 1 for f in factors):
-        return image.astype(np.float32, copy=False)
-    shape = tuple(max(1, n // f) for n, f in zip(image.shape, factors))
-    factors = tuple(min(f, n) for f, n in zip(factors, image.shape))
-    cut = image[tuple(slice(0, s * f) for s, f in zip(shape, factors))].astype(np.float32)
-    split = [v for s, f in zip(shape, factors) for v in (s, f)]
-    return cut.reshape(split).mean(axis=tuple(range(1, 2 * len(shape), 2)))
-
-
-def _read(image, region) -> np.ndarray:
+def _coarse(image, region, factors) -> np.ndarray:
+    """``image[region]`` as float32 block means over ``factors`` voxels (the ragged edge
+    dropped). A dask image stays lazy until the coarse grid: only ~LEVEL_VOXELS values are ever
+    held, whatever the volume."""
     part = image[region]
-    part = part.compute() if hasattr(part, "compute") else part
-    return np.asarray(part, dtype=np.float32)
+    factors = {a: min(max(1, int(f)), n) for a, (f, n) in enumerate(zip(factors, part.shape))}
+    if hasattr(part, "compute"):
+        import dask.array as da
+
+        part = part.astype(np.float32)
+        if any(f > 1 for f in factors.values()):
+            part = da.coarsen(np.mean, part, factors, trim_excess=True)
+        return np.asarray(part.compute(), dtype=np.float32)
+    part = np.asarray(part)
+    shape = tuple(n // factors[a] for a, n in enumerate(part.shape))
+    cut = part[tuple(slice(0, s * factors[a]) for a, s in enumerate(shape))]
+    split = [v for a, s in enumerate(shape) for v in (s, factors[a])]
+    return cut.reshape(split).mean(axis=tuple(range(1, 2 * len(shape), 2)), dtype=np.float32)
 
 
 def _foreground(image: np.ndarray, spacing: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -150,7 +160,7 @@ def _inscribed_radii(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 
 
 def _measure(image, region, block, spacing, sigma=None) -> tuple[float | None, int, float]:
-    part = _block_mean(_read(image, region), block)
+    part = _coarse(image, region, block)
     grid = spacing * np.asarray(block, dtype=float)  # coarse voxel size in px
     mask = _foreground(part, grid, max(float(grid[-2:].min()), sigma or 0.0))
     radii = _inscribed_radii(mask, grid)
@@ -214,7 +224,7 @@ def estimate_size(image, voxel_size=None) -> SizeEstimate | None:
     if ndim == 3 and shape[0] * spacing[0] < SLAB_DIAMETERS * estimate.diameter:
         # A stack thinner than its nuclei cuts every one of them: the ball inside a nucleus is
         # limited by the stack, not the nucleus. Its in-plane size is what the network sees.
-        flat = estimate_size(np.asarray(_read(image, tuple(slice(None) for _ in shape))).max(axis=0))
+        flat = estimate_size(image.max(axis=0))  # lazy on a dask image: read once, block by block
         flat = flat or estimate
         return SizeEstimate(flat.diameter, flat.n_objects, flat.foreground, thin=True)
     return estimate

@@ -77,8 +77,8 @@ def microscope_stack(diameter: float, anisotropy: float = 1.0, seed: int = 0, *,
     image = ndimage.gaussian_filter(light, sigma)
     if haze > 0:  # out-of-focus light: a wide blur, wider in z, of the same fluorescence
         wide = (2 * axial_blur * diameter / anisotropy / 4, diameter / 4, diameter / 4)
-        image = image + haze * ndimage.gaussian_filter(light, wide) / max(
-            float(ndimage.gaussian_filter(light, wide).max()), 1e-6) * float(image.max())
+        spread = ndimage.gaussian_filter(light, wide)
+        image = image + haze * spread / max(float(spread.max()), 1e-6) * float(image.max())
     ramp = np.linspace(0.8, 1.2, shape[2], dtype=np.float32)[None, None, :]
     image = image + 0.08 * float(image.max()) * ramp
     counts = rng.poisson(np.clip(image, 0, None) / max(float(image.max()), 1e-6) * photons)

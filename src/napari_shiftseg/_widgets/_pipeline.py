@@ -190,14 +190,10 @@ def _warning(labels, diameter, ndim: int, voxel_size, lead: int) -> str:
 
     expected = sanity.expected_voxels(diameter, ndim, voxel_size,
                                       int(labels.shape[lead]) if ndim == 3 else None)
-    if not expected:
+    count = len(np.unique(labels)) - 1  # the ids present, 0 aside
+    if not expected or count < 1:
         return ""
-    sizes = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
-    objects = sizes[sizes > 0]
-    if not objects.size:
-        return ""
-    return sanity.result_warning(int(objects.size), float(np.median(objects)),
-                                 float(objects.sum()) / labels.size, expected)
+    return sanity.result_warning(count, *sanity.label_statistics(labels), expected)
 
 
 def warm_up(report, cancel, model_path, params: SegmentParams, cache: ModelCache) -> bool:
