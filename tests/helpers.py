@@ -45,3 +45,35 @@ def save_standardized(path, image, ndim=2, seed=0):
         net.head.weight /= std.view(-1, *[1] * (net.head.weight.ndim - 1))
         net.head.bias.sub_(mean).div_(std)
     return save_model(net, path)
+
+
+# A hostile input must be refused within bounds: at most MEMORY_BOUND bytes of data segment
+# and CPU_BOUND CPU seconds (CPU, not wall time: the suite must hold on a loaded machine). The
+# wall-clock timeout only catches a hang (a blocked open of a FIFO uses no CPU); it is far
+# above any honest run.
+MEMORY_BOUND = 1 << 30
+CPU_BOUND = 30
+HANG_TIMEOUT = 600
+
+
+def _limits():  # pragma: no cover - runs in the child
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_BOUND, MEMORY_BOUND))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_BOUND, CPU_BOUND))
+
+
+def run_bounded(code: str, *args: str):
+    """Run ``python -c code args...`` in a fresh process under the memory and CPU bounds above.
+
+    The child prints its own peak RSS in MiB as the last line of stdout when ``code`` ends with
+    ``report_peak()`` (defined for it). Returns the CompletedProcess: a child that needs more
+    memory fails with MemoryError, one that needs more CPU is killed by SIGXCPU (rc -24)."""
+    import subprocess
+    import sys
+
+    prelude = ("import resource\n"
+               "def report_peak():\n"
+               "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    return subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True,
+                          text=True, preexec_fn=_limits, timeout=HANG_TIMEOUT)

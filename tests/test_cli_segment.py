@@ -220,3 +220,46 @@ def test_table_never_replaces_a_file_unasked(files, tmp_path, capsys):
     assert_one_line_error(capsys, "exists", "--overwrite")
     assert main(segment_args(files, tmp_path / "q.zarr", "--table", str(old), "--overwrite")) == 0
     assert old.read_text().startswith("index,")
+
+
+@pytest.mark.parametrize("content, word", [
+    (b"not json at all \x00\xff", "not a dask scheduler file"),
+    (b"[1, 2, 3]", "not a dask scheduler file"),
+    (b'{"address": 5}', "not a dask scheduler file"),
+    (b'{"address": "nowhere"}', "not a dask scheduler file"),
+    (b'{"type": "Scheduler"}', "not a dask scheduler file"),
+    (b" " * ((1 << 20) + 1), "bytes: not a dask scheduler file"),
+])
+def test_a_wrong_scheduler_file_is_one_line(files, tmp_path, capsys, content, word):
+    path = tmp_path / "scheduler.json"
+    path.write_bytes(content)
+    assert main(segment_args(files, tmp_path / "out.zarr", "--scheduler-file", str(path))) == 2
+    assert_one_line_error(capsys, word)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_workers_are_bounded_by_the_cpus(files, tmp_path, capsys):
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert main(segment_args(files, tmp_path / "out.zarr", "--workers", str(cpus + 1))) == 2
+    assert_one_line_error(capsys, f"at most {cpus}")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_voxel_size_of_the_wrong_length_is_refused_not_dropped(files, tmp_path, capsys):
+    assert main(segment_args(files, tmp_path / "out.zarr", "--voxel-size", "2,1,1")) == 2
+    assert_one_line_error(capsys, "3 values", "2D")
+    assert main(segment_args(files, tmp_path / "out.zarr", "--voxel-size", "1,1")) == 0
+
+
+def test_absurd_voxel_sizes_are_refused_before_resampling(files, tmp_path, capsys):
+    """--isotropic --voxel-size 1000,0.001,0.001 would make a 16x64x64 stack 10^6 times deeper:
+    refused from the planned shape, before anything is allocated."""
+    np.save(tmp_path / "stack.npy", np.zeros((16, 64, 64), np.float32))
+    args = ["segment", str(tmp_path / "stack.npy"), "-m", str(files["model3d"]), "--tile", "16",
+            "-o", str(tmp_path / "s.zarr"), "--device", "cpu", "--isotropic",
+            "--voxel-size", "1000,0.001,0.001"]
+    assert main(args) == 2
+    assert_one_line_error(capsys, "resampling would turn", "voxel size")
+    assert not (tmp_path / "s.zarr").exists()

@@ -7,6 +7,7 @@ configs are refused from their size estimate, before anything is allocated.
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def test_overwrite_refuses_an_input_inside_or_equal_to_the_output(tmp_path, imag
     args = ["segment", str(source), "-m", str(model_path), "--tile", "16", "--device", "cpu",
             "--overwrite", "--quiet"]
     assert main(args + ["-o", str(source)]) == 2
-    one_line_error(capsys, "inside the output")
+    one_line_error(capsys, "would destroy the input")
     np.testing.assert_array_equal(zarr.open_array(source, mode="r")[...], before)
     # an array inside an earlier output
     out = tmp_path / "out.zarr"
@@ -70,7 +71,7 @@ def test_overwrite_refuses_an_input_inside_or_equal_to_the_output(tmp_path, imag
     capsys.readouterr()
     fg = zarr.open_group(out, mode="r")["foreground"][...]
     assert main(args[:1] + [f"{out}/foreground"] + args[2:] + ["-o", str(out)]) == 2
-    one_line_error(capsys, "inside the output")
+    one_line_error(capsys, "would destroy the input")
     np.testing.assert_array_equal(zarr.open_group(out, mode="r")["foreground"][...], fg)
 
 
@@ -95,6 +96,62 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no staging, no lock left
     fresh = segment_to_zarr(image[::-1].copy(), tmp_path / "fresh.zarr", model_path, **KW)
     np.testing.assert_array_equal(new["labels/instances/0"][...], fresh["labels/instances/0"][...])
+
+
+@pytest.mark.parametrize("sibling", [".out.zarr.new", ".out.zarr.old"])
+def test_overwrite_never_deletes_a_folder_it_did_not_make(tmp_path, image, model_path, sibling):
+    """A user's folder (or a planted symlink) named like --overwrite's temporaries is refused,
+    untouched; an input inside such a folder is refused before anything runs."""
+    out = tmp_path / "out.zarr"
+    segment_to_zarr(image, out, model_path, **KW)
+    mine = tmp_path / sibling
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my data")
+    with pytest.raises(ShiftSegError, match="was not made by shiftseg"):
+        segment_to_zarr(image * 2, out, model_path, overwrite=True, **KW)
+    assert (mine / "notes.txt").read_text() == "my data"
+    zarr.save_array(str(mine / "input.zarr"), image)
+    with pytest.raises(ShiftSegError, match="would destroy the input"):
+        segment_to_zarr(str(mine / "input.zarr"), out, model_path, overwrite=True, **KW)
+    assert (mine / "input.zarr").is_dir()
+    # a symlink planted there is never followed, nor removed
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    shutil.rmtree(mine)
+    mine.symlink_to(target, target_is_directory=True)
+    with pytest.raises(ShiftSegError, match="was not made by shiftseg"):
+        segment_to_zarr(image * 2, out, model_path, overwrite=True, **KW)
+    assert (target / "keep.txt").read_text() == "x" and mine.is_symlink()
+    assert zarr.open_group(out, mode="r").attrs["complete"] is True
+
+
+@pytest.mark.parametrize("crash_at", ["between renames", "before deleting the old copy"])
+def test_an_interrupted_overwrite_is_recovered_by_the_next_run(tmp_path, image, model_path,
+                                                               monkeypatch, caplog, crash_at):
+    out = tmp_path / "out.zarr"
+    segment_to_zarr(image, out, model_path, **KW)
+
+    def swap(new, path):  # the process dies part way through segment._swap_in's renames
+        os.replace(path, segment_module._retired_path(path))
+        if crash_at == "before deleting the old copy":
+            os.replace(new, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment_module, "_swap_in", swap)
+    with pytest.raises(KeyboardInterrupt):
+        segment_to_zarr(image[::-1].copy(), out, model_path, overwrite=True, **KW)
+    monkeypatch.undo()
+    assert (tmp_path / ".out.zarr.old").is_dir()
+    assert out.exists() == (crash_at != "between renames")
+    # the next run (here a plain resume of the new settings) repairs it and says so
+    with caplog.at_level("WARNING"):
+        group = segment_to_zarr(image[::-1].copy(), out, model_path, **KW)
+    assert "interrupted --overwrite" in caplog.text or "stopped between its renames" in caplog.text
+    assert group.attrs["complete"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    fresh = segment_to_zarr(image[::-1].copy(), tmp_path / "fresh.zarr", model_path, **KW)
+    np.testing.assert_array_equal(group["labels/instances/0"][...], fresh["labels/instances/0"][...])
 
 
 # --------------------------------------------------------------------------- 2./7. model files

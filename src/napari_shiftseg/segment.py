@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -64,6 +65,8 @@ from .ngff import write_metadata as write_ngff
 from .ngff import zarr_format as ngff_zarr_format
 from .segment_options import ClusterOptions, SegmentOptions, settings_and_clustering
 from .tiling import TilePlan, tile_plan
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
 
@@ -190,10 +193,14 @@ def _input_path(image) -> Path | None:
 def _refuse_input_in_output(image, out_path: Path) -> None:
     """An output that is, or contains, the input would destroy it: refuse before anything."""
     source = _input_path(image)
-    if source is not None and (source == out_path or out_path in source.parents):
-        raise ShiftSegError(
-            f"the input {source} lies inside the output {out_path}; writing (or --overwrite) "
-            "there would destroy the input: choose another output path")
+    if source is None:
+        return
+    # --overwrite writes beside the output and renames: those siblings are replaced too.
+    for place in (out_path, _staging_path(out_path), _retired_path(out_path)):
+        if source == place or place in source.parents:
+            raise ShiftSegError(
+                f"the input {source} lies inside {place}, which this run would replace (or "
+                "--overwrite would): that would destroy the input; choose another output path")
 
 
 def _staging_path(path: Path) -> Path:
@@ -201,14 +208,76 @@ def _staging_path(path: Path) -> Path:
     return path.parent / f".{path.name}.new"
 
 
+def _retired_path(path: Path) -> Path:
+    """Sibling the replaced output is renamed to while an --overwrite run swaps itself in."""
+    return path.parent / f".{path.name}.old"
+
+
+def _is_ours(path: Path) -> bool:
+    """A real directory (never a symlink) holding a shiftseg output: only such siblings may be
+    deleted or renamed by --overwrite; a user's own folder of that name is never touched."""
+    if path.is_symlink() or not path.is_dir() or not _is_zarr_dir(path):
+        return False
+    try:
+        import zarr
+
+        stored = zarr.open_group(path, mode="r").attrs.get(ATTRS) or {}
+    except Exception:  # noqa: BLE001 - unreadable: not provably ours
+        return False
+    return isinstance(stored, dict) and stored.get("format") == FORMAT
+
+
+def _refuse_foreign(path: Path, out_path: Path) -> None:
+    if os.path.lexists(path) and not _is_ours(path):
+        raise ShiftSegError(
+            f"{path} exists and was not made by shiftseg (it is the name --overwrite uses for "
+            f"its temporary copy of {out_path.name}): move or rename it, then run again")
+
+
+def _is_complete(path: Path) -> bool:
+    import zarr
+
+    try:
+        return zarr.open_group(path, mode="r").attrs.get("complete") is True
+    except Exception:  # noqa: BLE001 - unreadable counts as unfinished
+        return False
+
+
+def recover_interrupted_overwrite(out_path: Path) -> str | None:
+    """Finish or undo an --overwrite that stopped between its two renames (see :func:`_swap_in`).
+
+    Called with the output's lock held, before anything else. Returns what was done, in words,
+    or None when there was nothing to recover. Only siblings that are shiftseg outputs are
+    touched; anything else of those names is refused with a message, never deleted.
+    """
+    new, old = _staging_path(out_path), _retired_path(out_path)
+    if not os.path.lexists(old):
+        return None
+    _refuse_foreign(old, out_path)
+    if os.path.lexists(out_path):
+        # The swap finished but the old copy was not deleted yet: it is the replaced output.
+        shutil.rmtree(old)
+        return f"removed {old.name}, the replaced output an interrupted --overwrite left behind"
+    if os.path.lexists(new) and _is_ours(new) and _is_complete(new):
+        os.replace(new, out_path)  # the new run was complete: finish the swap
+        shutil.rmtree(old)
+        return (f"an earlier --overwrite of {out_path.name} stopped between its renames: its "
+                "finished result is now in place and the replaced output was removed")
+    os.replace(old, out_path)  # nothing finished to put in its place: give the old one back
+    return (f"an earlier --overwrite of {out_path.name} stopped half way: the previous output "
+            "was put back")
+
+
 def _swap_in(new: Path, path: Path) -> None:
     """Replace ``path`` by the finished ``new`` tree: rename, rename, then delete the old one.
 
     The old output is only deleted once the new one is in place; if the second rename fails,
-    the old output is put back.
+    the old output is put back. A crash between the renames is repaired by the next run
+    (:func:`recover_interrupted_overwrite`).
     """
-    old = path.parent / f".{path.name}.old"
-    if old.exists():
+    old = _retired_path(path)
+    _refuse_foreign(old, path)
+    if os.path.lexists(old):
         shutil.rmtree(old)
     os.replace(path, old)
     try:
@@ -420,11 +489,9 @@ def connect(scheduler: str | None = None, workers: int | None = None, timeout: f
                             "workers, not several")
     if scheduler_file:
         path = Path(scheduler_file).expanduser()
-        if not path.is_file():
-            raise ShiftSegError(f"scheduler file {path} does not exist (start the scheduler with "
-                                f"`dask scheduler --scheduler-file {path}` first)")
+        address = _scheduler_address(path)
         try:
-            return Client(scheduler_file=str(path), timeout=f"{timeout}s")
+            return Client(address, timeout=f"{timeout}s")
         except (OSError, TimeoutError, ValueError, KeyError) as err:
             raise ShiftSegError(f"cannot reach the dask scheduler named in {path} "
                                 f"({_first_line(err)})") from None
@@ -434,12 +501,48 @@ def connect(scheduler: str | None = None, workers: int | None = None, timeout: f
         except (OSError, TimeoutError, ValueError) as err:
             raise ShiftSegError(f"cannot reach the dask scheduler at {scheduler} ({_first_line(err)})") from None
     if workers:
+        _check_workers(int(workers))
         # Loopback only, and no dashboards: a local cluster must not listen on other interfaces.
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
                                worker_dashboard_address=None)
         return Client(cluster)
     return None
+
+
+#: A scheduler file is a few hundred bytes of JSON; anything far larger is not one.
+SCHEDULER_FILE_LIMIT = 1 << 20
+
+
+def _scheduler_address(path: Path) -> str:
+    """The scheduler address recorded in a ``dask scheduler --scheduler-file`` JSON file, read
+    here (bounded, plain files only) so that a wrong file is one line, not a traceback."""
+    if not path.is_file():
+        raise ShiftSegError(f"scheduler file {path} does not exist or is not a plain file (start "
+                            f"the scheduler with `dask scheduler --scheduler-file {path}` first)")
+    if path.stat().st_size > SCHEDULER_FILE_LIMIT:
+        raise ShiftSegError(f"{path} is {path.stat().st_size} bytes: not a dask scheduler file "
+                            "(those are a few hundred bytes of JSON)")
+    try:
+        info = json.loads(path.read_bytes()[:SCHEDULER_FILE_LIMIT])
+    except (ValueError, UnicodeDecodeError):
+        info = None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or "://" not in address:
+        raise ShiftSegError(f"{path} is not a dask scheduler file (JSON with an \"address\" such "
+                            "as \"tcp://10.0.0.5:8786\"); give the file `dask scheduler "
+                            "--scheduler-file` wrote")
+    return address
+
+
+def _check_workers(workers: int) -> None:
+    """A local cluster shares this machine's CPUs: more worker processes than the CPUs this
+    process may use only compete for them (and each loads torch and a model)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cpus:
+        raise ShiftSegError(f"--workers {workers} is more than the {cpus} CPUs this process may "
+                            f"use: give at most {cpus} (a cluster of many machines is reached "
+                            "with --scheduler or --scheduler-file)")
 
 
 def _first_line(err) -> str:
@@ -520,6 +623,12 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     lead = int(isinstance(channel, (list, tuple)))
     if image.ndim - lead not in (2, 3):
         raise ShiftSegError(f"the image must be 2D (y, x) or 3D (z, y, x), got shape {tuple(image.shape)}")
+    if o.voxel_size is not None and len(tuple(o.voxel_size)) != image.ndim - lead:
+        # Dropping it silently would hide a mix-up of files (a 2D image where a stack was meant).
+        axes = "y, x" if image.ndim - lead == 2 else "z, y, x"
+        raise ShiftSegError(f"the voxel size {tuple(o.voxel_size)} has {len(tuple(o.voxel_size))} "
+                            f"values but the image is {image.ndim - lead}D ({axes}): give one "
+                            "value per axis")
     # A stack thinner than its nuclei (a few planes through cells 10 um thick) is a slab of cut
     # nuclei: the bundled 3D model learnt whole ones, the 2D model sees what the slab shows.
     # So with no model named, such a stack runs the 2D model plane by plane (issue 24).
@@ -624,6 +733,9 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     compute = _runner(client, cancel)
     # One run per output at a time; everything below (attribute updates included) holds it.
     with OutputLock(out_path):
+        recovered = recover_interrupted_overwrite(out_path)
+        if recovered:
+            log.warning("shiftseg: %s", recovered)
         # Not cancellable (it creates nothing): an output exists as soon as a run has started.
         fingerprint = _image_fingerprint(image, _runner(client, None))
         embed_args = _embedding_args(image, model, plan, mode, fingerprint)
@@ -638,7 +750,8 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         if group is None:
             if out_path.exists() and any(out_path.iterdir()):  # --overwrite: keep it until replaced
                 target = _staging_path(out_path)
-                if target.exists():
+                _refuse_foreign(target, out_path)
+                if os.path.lexists(target):
                     shutil.rmtree(target)  # an earlier, unfinished --overwrite run of ours
             attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
                      "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk),
@@ -673,7 +786,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
             # A run that fails (or is cancelled) before its first tile has nothing worth
             # resuming: remove what it created, so the retry (another tile, another device)
             # is not refused as a "different" run. With tiles written, keep them for --resume.
-            if created and not _done_flags(group["done"]).any():
+            if created and target.exists() and not _done_flags(group["done"]).any():
                 _remove_created(target, out_path, existed)
             raise
 
