@@ -263,3 +263,30 @@ def test_absurd_voxel_sizes_are_refused_before_resampling(files, tmp_path, capsy
     assert main(args) == 2
     assert_one_line_error(capsys, "resampling would turn", "voxel size")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_min_size_above_the_image_is_refused_not_an_empty_result(files, tmp_path, capsys):
+    args = segment_args(files, tmp_path / "out.zarr")
+    args[args.index("--min-size") + 1] = str(36 * 44 + 1)
+    assert main(args) == 2
+    assert_one_line_error(capsys, "larger than the whole image", "--min-size")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_large_hostile_scheduler_file_is_refused_within_bounds(tmp_path):
+    """10 MB of junk, or of JSON nesting, named as the scheduler file: one line, little memory."""
+    from helpers import run_bounded
+
+    junk, nested = tmp_path / "junk.json", tmp_path / "nested.json"
+    junk.write_bytes(b"\xff" * 10_000_000)
+    nested.write_text("[" * 500_000 + "]" * 500_000)
+    code = ("import sys\nfrom napari_shiftseg._errors import ShiftSegError\n"
+            "from napari_shiftseg.segment import connect\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n        connect(scheduler_file=path)\n"
+            "    except ShiftSegError as err:\n        print('refused', err)\n"
+            "report_peak()\n")
+    result = run_bounded(code, str(junk), str(nested))
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.count("refused") == 2
+    assert int(result.stdout.split()[-1]) < 1024

@@ -525,7 +525,7 @@ def _scheduler_address(path: Path) -> str:
                             "(those are a few hundred bytes of JSON)")
     try:
         info = json.loads(path.read_bytes()[:SCHEDULER_FILE_LIMIT])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # junk, or nesting too deep
         info = None
     address = info.get("address") if isinstance(info, dict) else None
     if not isinstance(address, str) or "://" not in address:
@@ -724,6 +724,12 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         planes = planes_spanned(resampling.diameter, _usable_voxel_size(voxel_size, 3))
         depth = max(1, min(int(image.shape[0]), int(planes)))
         settings = settings.replace(min_size=settings.min_size * depth)
+    if settings.min_size > math.prod(spatial):
+        # Every object would be dropped: an empty result marked complete looks like "no nuclei".
+        raise ShiftSegError(
+            f"the minimum object size {settings.min_size:g} voxels is larger than the whole image "
+            f"({math.prod(spatial)} voxels{' as the network sees it' if resampled else ''}): no "
+            "object could be kept; give a smaller --min-size")
     cluster_args = o.clustering.args(settings)
     if o.clustering.connectivity > spatial_ndim:
         raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
