@@ -1,14 +1,30 @@
-"""npe2 reader for shiftseg model files: dropping a ``.safetensors`` model on napari (or
-File > Open) loads it into the Segment widget instead of adding a layer.
+"""npe2 readers: shiftseg model files and ``shiftseg segment`` outputs.
 
-A model is not image data, so the reader returns napari's documented "read, but no layers"
-sentinel ``[(None,)]`` after handing the file to the widget. The widget validates the file
-and shows a one-line error (and keeps its previous model) when it is not a shiftseg model.
+Dropping a ``.safetensors`` model on napari (or File > Open) loads it into the Segment widget
+instead of adding a layer. A model is not image data, so the reader returns napari's documented
+"read, but no layers" sentinel ``[(None,)]`` after handing the file to the widget. The widget
+validates the file and shows a one-line error (and keeps its previous model) when it is not a
+shiftseg model.
+
+Dropping an ``OUT.zarr`` of ``shiftseg segment`` adds its layers, lazily. Such a folder may come
+from anywhere: :mod:`._reader_checks` checks it before anything is read, so that a crafted one
+gives a one-line error instead of a hang or gigabytes of memory.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._errors import ShiftSegError
+
+if TYPE_CHECKING:
+    from ._reader_checks import ArrayInfo
 
 PLUGIN = "napari-shiftseg"
 
@@ -32,66 +48,149 @@ def _open_in_segment_widget(path):
 
 
 def get_segmentation_reader(path):
-    """Return a reader for a ``shiftseg segment`` output (``OUT.zarr``), else None."""
-    if not isinstance(path, (str, Path)) or Path(path).suffix.lower() != ".zarr":
+    """Return a reader for a ``shiftseg segment`` output (``OUT.zarr``), else None.
+
+    Only the root metadata is read, and safely (a plain, small file; never through a link):
+    napari asks every reader about every ``.zarr`` folder dropped on it."""
+    if not isinstance(path, (str, Path)) or Path(path).suffix.lower() != ".zarr" or not Path(path).is_dir():
         return None
+    from ._reader_checks import root_attrs
     from .segment import ATTRS, FORMAT
 
-    try:
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r")
-        if dict(group.attrs.get(ATTRS) or {}).get("format") != FORMAT:
-            return None
-    except Exception:  # noqa: BLE001 - not a zarr group, or not ours: another reader's turn
-        return None
+    record = (root_attrs(path) or {}).get(ATTRS)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return None  # not ours: another reader's turn
     return read_segmentation
 
 
 def read_segmentation(path):
     """Layers of a finished ``shiftseg segment`` output: the input image (when its file is still
     there), instances, foreground and embeddings, all placed with the input's voxel size (the
-    network's own grid, for a resampled run, placed over the image)."""
-    from types import SimpleNamespace
+    network's own grid, for a resampled run, placed over the image).
 
-    import dask.array as da
-    import zarr
+    The folder is checked before anything is read (see :mod:`._reader_checks`): a crafted or
+    damaged output raises a one-line :class:`~._errors.ShiftSegError`, never hangs and never
+    reads more than a few chunks. An input image that is gone, no longer a plain file, or of
+    another size is left out with a warning; the results are shown without it.
+    """
+    from ._reader_checks import check_placement, colour_sample
+    from ._widgets._layers import PCA_SAMPLES, apply_rgb, fit_rgb, layer_name, resampled_placement, sigmoid
 
-    from ._widgets._layers import embeddings_to_rgb, layer_name, resampled_placement, sigmoid
-    from .io import read_spatial
-    from .ngff import LABELS
-    from .segment import ATTRS
-
-    group = zarr.open_group(str(path), mode="r")
-    info = dict(group.attrs[ATTRS])
-    name = Path(path).stem
-    labels = da.from_zarr(group[LABELS])
-    scale = tuple(float(v) for v in info.get("voxel_size") or (1.0,) * labels.ndim)
-    layers = []
-    source = info.get("input") or {}
-    if source.get("path") and Path(source["path"]).exists():
-        try:
-            image = read_spatial(source["path"], source.get("channel"))
-            several = isinstance(source.get("channel"), list)  # a multi-channel model's input
-            layers.append((image, {"name": Path(source["path"]).name, "scale": scale,
-                                   **({"channel_axis": 0} if several else {})}, "image"))
-        except Exception:  # noqa: BLE001 - the input moved or changed: show the results anyway
-            pass
-    emb = da.from_zarr(group["embeddings"])
+    out = _open_output(Path(path))
+    name = out.root.stem
+    emb = out.lazy(out.embeddings)
     # A resampled run: the network's grid placed over the image's (one formula, _layers').
-    grid = SimpleNamespace(origin=(0,) * labels.ndim, working_shape=emb.shape[1:],
-                           image_shape=labels.shape)
-    net = resampled_placement({"scale": scale, "translate": (0.0,) * labels.ndim}, None, grid)
-    foreground = "foreground" in group
-    channels = emb.shape[0] - int(foreground)
-    layers.append((embeddings_to_rgb(emb[:channels]),
-                   {"name": layer_name(name, "embeddings"), "rgb": True, "opacity": 0.5, **net},
-                   "image"))
-    if foreground:
-        layers.append((sigmoid(emb[channels]),
+    grid = SimpleNamespace(origin=(0,) * out.ndim, working_shape=emb.shape[1:], image_shape=out.labels_shape)
+    net = resampled_placement({"scale": out.scale, "translate": (0.0,) * out.ndim}, None, grid)
+    check_placement(net, out.root.name)
+    layers = _input_layers(out)
+    # Colours fitted on a few chunks (as embeddings_to_rgb does on a stride over all of them).
+    mapping = fit_rgb(colour_sample(out.guarded(out.embeddings), out.channels, PCA_SAMPLES))
+    rgb = emb[:out.channels].rechunk({0: -1})
+    rgb = rgb.map_blocks(apply_rgb, mapping, dtype=np.float32, drop_axis=0, new_axis=rgb.ndim - 1,
+                         chunks=rgb.chunks[1:] + ((3,),))
+    layers.append((rgb, {"name": layer_name(name, "embeddings"), "rgb": True, "opacity": 0.5,
+                         "contrast_limits": (0.0, 1.0), **net}, "image"))
+    if out.foreground:
+        layers.append((sigmoid(emb[out.channels]),
                        {"name": layer_name(name, "foreground"), "colormap": "green",
                         "blending": "additive", "contrast_limits": (0.0, 1.0), "visible": False,
                         **net}, "image"))
-    layers.append((labels, {"name": layer_name(name, "instances"), "scale": scale, "opacity": 0.6},
-                   "labels"))
+    layers.append((out.lazy(out.labels), {"name": layer_name(name, "instances"), "scale": out.scale,
+                                          "opacity": 0.6}, "labels"))
     return layers
+
+
+@dataclass(frozen=True)
+class _Output:
+    """A checked output: its record, arrays (metadata only so far) and voxel size."""
+
+    root: Path
+    info: dict
+    labels: ArrayInfo
+    embeddings: ArrayInfo
+    foreground: bool
+    channels: int
+    scale: tuple
+
+    @property
+    def ndim(self) -> int:
+        return self.labels.array.ndim
+
+    @property
+    def labels_shape(self) -> tuple:
+        return tuple(self.labels.array.shape)
+
+    def guarded(self, array: ArrayInfo):
+        from ._reader_checks import GuardedArray
+
+        return GuardedArray(array, self.root, self.root.name)
+
+    def lazy(self, array: ArrayInfo):
+        """A dask array over ``array`` whose every chunk read is checked first."""
+        import dask.array as da
+
+        guarded = self.guarded(array)
+        return da.from_array(guarded, chunks=guarded.chunks, asarray=False, fancy=False, name=False,
+                             meta=np.empty((0,) * guarded.ndim, guarded.dtype))
+
+
+def _open_output(root: Path) -> _Output:
+    """Check the folder, then its metadata (see :mod:`._reader_checks`), reading no chunk."""
+    import zarr
+
+    from . import _reader_checks as checks
+    from .ngff import LABELS
+    from .segment import ATTRS, FORMAT
+
+    name = root.name
+    checks.check_store(root, name)  # before zarr reads a file: no links, FIFOs or huge files
+    try:
+        group = zarr.open_group(str(root), mode="r")
+        info = group.attrs.get(ATTRS)
+        foreground = "foreground" in group
+    except Exception as err:  # noqa: BLE001 - zarr's own parse of broken metadata
+        raise checks.damaged(name, f"zarr cannot read it ({checks.first_line(err)})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ShiftSegError(f"{name} is not a shiftseg segment output (it has no {FORMAT} record); "
+                            "open it with a zarr or OME-Zarr reader instead")
+    labels = checks.check_array(group, LABELS, "instances", name)
+    checks.check_labels_dtype(labels.array.dtype, name)
+    if labels.array.ndim not in (2, 3):
+        raise checks.damaged(name, f"the instances have {labels.array.ndim} axes; shiftseg writes 2D or 3D")
+    fg = checks.check_array(group, "foreground", "foreground", name) if foreground else None
+    emb = checks.check_array(group, "embeddings", "embeddings", name)
+    channels = checks.check_embeddings(emb, labels.array.ndim, foreground, name)
+    checks.check_grids(labels.array.shape, emb.array.shape[1:], fg.array.shape if fg else None, info, name)
+    scale = checks.check_voxel_size(info.get("voxel_size"), labels.array.ndim, name)
+    return _Output(root, dict(info), labels, emb, foreground, channels, scale)
+
+
+def _input_layers(out: _Output) -> list:
+    """The input image, when it can still be shown under the labels (else none, with a
+    warning: the results are worth seeing without it)."""
+    from ._errors import failure_message
+    from ._reader_checks import input_matches, usable_input
+    from .io import read_spatial
+
+    source = usable_input(out.info.get("input"), out.root.name)
+    if source is None:
+        return []
+    path, channel = source
+    several = isinstance(channel, list)  # a multi-channel model's input
+    try:
+        image = read_spatial(path, channel)
+    except Exception as err:  # noqa: BLE001 - the input changed: show the results anyway
+        _warn(out, path, failure_message(err) or f"{type(err).__name__}: {err}")
+        return []
+    if not input_matches(image, out.labels_shape, several):
+        _warn(out, path, f"it is now {' x '.join(map(str, image.shape))} voxels, the instances "
+                         f"{' x '.join(map(str, out.labels_shape))}")
+        return []
+    return [(image, {"name": Path(path).name, "scale": out.scale, **({"channel_axis": 0} if several else {})},
+             "image")]
+
+
+def _warn(out: _Output, path: str, why: str) -> None:
+    warnings.warn(f"{out.root.name}: the input image {path} is not shown: {why.splitlines()[0] if why else ''}",
+                  UserWarning, stacklevel=3)
