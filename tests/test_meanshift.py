@@ -202,3 +202,26 @@ def test_mean_shift_rejects_bad_input(points, kwargs, error, match):
 def test_assign_rejects_bad_input(points, modes, kwargs, match):
     with pytest.raises(ShiftSegError, match=match):
         assign_to_modes(points, modes, **kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.sampled_from([None, 1.0, 2.0]),
+       st.booleans())
+def test_the_tree_assigns_exactly_as_brute_force(seed, dims, max_distance, on_grid):
+    """Many modes go through a k-d tree (issue 27); the labels must equal brute force's, ties
+    to the lower index and the max_distance cut included. Grid-valued data makes exact ties
+    (points halfway between modes, duplicated modes, points at max_distance) common."""
+    from napari_shiftseg.meanshift import _TREE_MIN_MODES, _assign_brute_force
+
+    rng = np.random.default_rng(seed)
+    k = _TREE_MIN_MODES + int(rng.integers(0, 50))
+    if on_grid:
+        modes = rng.integers(-4, 5, (k, dims)).astype(np.float32)
+        points = rng.integers(-8, 9, (3000, dims)).astype(np.float32) / 2
+    else:
+        modes = rng.normal(size=(k, dims)).astype(np.float32) * 3
+        points = rng.normal(size=(3000, dims)).astype(np.float32) * 3
+    tree = assign_to_modes(points, modes, max_distance=max_distance)
+    brute = _assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
+                                None, "cpu")
+    np.testing.assert_array_equal(tree, brute)

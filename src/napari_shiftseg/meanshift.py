@@ -34,6 +34,17 @@ DEFAULT_CHUNK_SIZE = 4096
 # on a busy machine each multi-threaded operation can wait a scheduler time slice.
 _ASSIGN_CHUNK_ELEMENTS = 2**22
 
+# From this many modes on, assign_to_modes finds each point's nearest mode with a k-d tree over
+# the modes (log K per point) instead of measuring all K: the modes grow with the volume, so
+# brute force grows with its square (issue 27). Below it brute force is as fast.
+_TREE_MIN_MODES = 256
+# Points per k-d tree query (float64 copies of 65,536 points: a few MB).
+_TREE_CHUNK = 2**16
+# Relative gap (of squared distances) under which the tree's two nearest modes, or the nearest
+# and max_distance, count as a near-tie that float32 rounding in the brute-force arithmetic
+# (relative error ~1e-6 for a few dimensions) could decide differently: measured brute force.
+_TIE_TOLERANCE = 1e-4
+
 # Re-seeding (see _cover) must find the nuclei random seeds missed without cutting found ones
 # apart: seeds drawn among uncovered points include the tails of spread-out clusters and
 # stragglers between clusters. Measured on the crowded dev images (each new mode labelled by
@@ -472,9 +483,15 @@ def assign_to_modes(
         raise ShiftSegError(
             f"modes have {centres.shape[1]} embedding dimensions but points have {data.shape[1]}"
         )
-    labels = np.zeros(data.shape[0], dtype=np.int64)
     if centres.shape[0] == 0:
-        return labels
+        return np.zeros(data.shape[0], dtype=np.int64)
+    if centres.shape[0] >= _TREE_MIN_MODES and centres.device.type == "cpu" and chunk_size is None:
+        return _assign_by_tree(data, centres, max_distance)
+    return _assign_brute_force(data, centres, max_distance, chunk_size, device)
+
+
+def _assign_brute_force(data, centres, max_distance, chunk_size, device) -> np.ndarray:
+    labels = np.zeros(data.shape[0], dtype=np.int64)
     if chunk_size is None:
         chunk_size = max(1, _ASSIGN_CHUNK_ELEMENTS // centres.shape[0])
     for part in _chunks(data.shape[0], chunk_size):
@@ -490,4 +507,34 @@ def assign_to_modes(
         if max_distance is not None:
             chunk_labels[nearest.sqrt() > max_distance] = 0
         labels[part] = chunk_labels.cpu().numpy()
+    return labels
+
+
+def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance) -> np.ndarray:
+    """The labels of :func:`_assign_brute_force`, from a k-d tree over the modes.
+
+    The tree gives each point its two nearest modes in float64. Where the second is clearly
+    further than the first (and the first clearly on one side of ``max_distance``), the
+    brute-force argmin, whose float32 rounding is far smaller than that gap, picks the same
+    mode. The few near-ties (equal distances, duplicated modes) and near-threshold points are
+    measured by brute force, so the labels are identical, ties to the lower index included.
+    """
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(centres.double().numpy())
+    labels = np.zeros(data.shape[0], dtype=np.int64)
+    for part in _chunks(data.shape[0], _TREE_CHUNK):
+        points = data[part].double().numpy()
+        distance, index = tree.query(points, k=2)
+        d1, d2 = distance[:, 0], distance[:, 1]
+        unsure = d2 * d2 - d1 * d1 <= _TIE_TOLERANCE * d2 * d2
+        chunk_labels = index[:, 0] + 1
+        if max_distance is not None:
+            chunk_labels[d1 > max_distance] = 0
+            unsure |= np.abs(d1 - max_distance) <= _TIE_TOLERANCE * max_distance
+        if unsure.any():
+            rows = torch.from_numpy(np.flatnonzero(unsure))
+            chunk_labels[unsure] = _assign_brute_force(data[part][rows], centres, max_distance,
+                                                       None, "cpu")
+        labels[part] = chunk_labels
     return labels
