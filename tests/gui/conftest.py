@@ -7,6 +7,7 @@ base channels and random weights, saved with ``modelio.save_model`` in a tempora
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -67,12 +68,56 @@ def lattice_crop():
     return image[:64, :64].copy(), labels[:64, :64].copy()
 
 
+#: A GUI wait fails only after this many seconds in which nothing moved (no progress report, no
+#: status line, no layer added). It bounds a stall, not a job: a job that keeps reporting may
+#: take as long as the machine's load makes it take, and nothing here asserts a wall time.
+STALL_S = float(os.environ.get("SHIFTSEG_GUI_STALL_S", "600"))
+#: How often (ms of event loop) a wait looks at its condition.
+POLL_MS = 10
+
+
+def wait_until(qtbot, condition, *, progress=lambda: None, what="the condition"):
+    """Run the event loop until ``condition()`` holds; fail only when ``progress()`` (anything
+    that changes while the work advances) has not changed for :data:`STALL_S` seconds."""
+    seen, since = progress(), time.monotonic()
+    while not condition():
+        qtbot.wait(POLL_MS)
+        now = progress()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since > STALL_S:
+            pytest.fail(f"waiting for {what}: nothing moved for {STALL_S:.0f} s (last: {seen!r})")
+
+
+def visible_state(widget) -> tuple:
+    """What a widget shows of its job's progress: the progress bar, the status line, the
+    viewer's layers (added one by one after a Segment run)."""
+    parts = [getattr(getattr(widget, name, None), "value", None)
+             for name in ("progress", "status", "result")]
+    viewer = getattr(widget, "_viewer", None)
+    return (*parts, getattr(getattr(widget, "progress", None), "max", None),
+            None if viewer is None else len(viewer.layers))
+
+
+@pytest.fixture
+def wait_for(qtbot):
+    """``wait_for(condition, progress=..., what=...)``: :func:`wait_until` with this test's qtbot."""
+
+    def wait(condition, *, progress=lambda: None, what="the condition"):
+        wait_until(qtbot, condition, progress=progress, what=what)
+
+    wait.stall_s = STALL_S  # for waits outside the event loop (threading.Event.wait)
+    return wait
+
+
 @pytest.fixture
 def wait_idle(qtbot):
     """``wait_idle(widget)``: block (running the event loop) until the widget's job is over
-    (and the Segment widget's warm-up, which runs beside it when the widget opens)."""
+    (and the Segment widget's warm-up, which runs beside it when the widget opens); fails only
+    when the widget shows no progress for :data:`STALL_S` seconds."""
 
-    def wait(widget, timeout=60_000):
-        qtbot.waitUntil(lambda: not widget.busy and not getattr(widget, "warming_up", False), timeout=timeout)
+    def wait(widget):
+        wait_until(qtbot, lambda: not widget.busy and not getattr(widget, "warming_up", False),
+                   progress=lambda: visible_state(widget), what=f"{type(widget).__name__}'s job")
 
     return wait

@@ -20,7 +20,7 @@ def test_inseparable_lattice_is_one_embedding_cluster(viewer, wait_idle):
     assert widget.set_model_file(bundled_model_path(2, "disks"))
     widget.device.value = "cpu"
     widget.run_button.clicked.emit()
-    wait_idle(widget, timeout=120_000)
+    wait_idle(widget)
     assert widget.status.value.startswith("done"), widget.status.value
     instances = viewer.layers[layer_name(image.name, "instances")]
     clusters = viewer.layers[layer_name(image.name, "clusters")]
@@ -55,13 +55,13 @@ def test_recluster_updates_the_clusters_layer(viewer, wait_idle, tiny_model_2d, 
     assert not np.array_equal(before, clusters.data) or np.unique(before[before > 0]).size <= 1
 
 
-def test_widget_warms_up_when_it_opens(viewer, qtbot):
+def test_widget_warms_up_when_it_opens(viewer, wait_for):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     # The warm-up starts when the widget opens, in a background thread; the Run button stays
     # usable meanwhile.
     assert widget.run_button.enabled
-    qtbot.waitUntil(lambda: widget.warmed_up, timeout=60_000)
-    assert widget.run_button.enabled and not widget.busy
+    wait_for(lambda: not widget.warming_up, what="the warm-up")
+    assert widget.warmed_up and widget.run_button.enabled and not widget.busy
     # It loaded the chosen model into the run's cache: the first Run does not load it again.
     assert widget._cache.loaded_path() == widget.model.path
 
@@ -92,7 +92,7 @@ def test_segment_and_train_docked_together_fit_a_1200_px_screen(viewer):
     assert segment.native.widget() is segment.inner
 
 
-def test_full_garbage_collections_wait_for_idle_moments(viewer, qtbot, monkeypatch):
+def test_full_garbage_collections_wait_for_idle_moments(viewer, qtbot, wait_for, monkeypatch):
     """With a Segment widget open, Python never starts a full collection itself (it stalled
     slider moves for ~0.3 s): the plugin runs it after a layer removal and when the viewer is
     idle; Python's thresholds come back when the widget goes; the setting turns it off."""
@@ -113,7 +113,7 @@ def test_full_garbage_collections_wait_for_idle_moments(viewer, qtbot, monkeypat
     done = collector.collections
     viewer.add_image(np.zeros((32, 32), np.float32), name="gone")
     viewer.layers.remove("gone")
-    qtbot.waitUntil(lambda: collector.collections > done, timeout=5000)
+    wait_for(lambda: collector.collections > done, what="a full collection")
 
     # Idle and due (10 middle-generation collections since the last full one): collected.
     collector.idle_s = 0.1
@@ -121,7 +121,7 @@ def test_full_garbage_collections_wait_for_idle_moments(viewer, qtbot, monkeypat
     for _ in range(_gc.DUE_AFTER):
         gc.collect(1)
     assert collector.due()
-    qtbot.waitUntil(lambda: collector.collections > done, timeout=5000)
+    wait_for(lambda: collector.collections > done, what="a full collection")
     assert not collector.due()
     # Busy (activity just now, long idle time asked): nothing runs although it is due.
     collector.idle_s = 3600

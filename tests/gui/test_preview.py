@@ -9,7 +9,7 @@ from napari_shiftseg.synth import random_objects
 
 
 def test_preview_2d_matches_full_run_and_screenshot(make_napari_viewer, qtbot, tiny_model_2d,
-                                                    lattice_crop, wait_idle):
+                                                    lattice_crop, wait_idle, wait_for):
     # Shown: napari computes the visible region (layer.corner_pixels) only when it draws.
     viewer = make_napari_viewer(show=True)
     image = np.tile(lattice_crop[0], (2, 2))                            # 128 x 128
@@ -20,7 +20,11 @@ def test_preview_2d_matches_full_run_and_screenshot(make_napari_viewer, qtbot, t
     full = predict_whole(image, load_model(tiny_model_2d), device="cpu")  # = an exact full run
     viewer.scene.camera.center = (80, 90)
     viewer.scene.camera.zoom = 4 * viewer.scene.camera.zoom
-    qtbot.wait(100)                                                    # let the canvas draw
+    # napari updates the visible region (layer.corner_pixels) when the canvas draws: wait for
+    # that draw rather than a fixed time, which a loaded machine may not give it.
+    source = viewer.layers["img"]
+    wait_for(lambda: bool((np.diff(source.corner_pixels, axis=0) < 127).any()),
+             what="the zoomed canvas to draw")
     widget.preview_button.clicked.emit()
     wait_idle(widget)
     layer = viewer.layers[layer_name("img", "instances")]

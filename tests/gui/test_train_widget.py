@@ -48,12 +48,12 @@ def test_train_save_and_use(viewer, wait_idle, tmp_path, lattice_crop):
     assert "l=2" in segment.model.summary.value
 
 
-def test_train_cancel_saves_nothing(viewer, qtbot, wait_idle, tmp_path):
+def test_train_cancel_saves_nothing(viewer, wait_for, wait_idle, tmp_path):
     _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Train")
     _small(widget, tmp_path)
     widget.steps.value = 10_000
     widget.start()
-    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=60_000)
+    wait_for(lambda: widget.progress.value > 0, what="the first training step")
     widget.train_button.clicked.emit()  # now a Cancel button
     wait_idle(widget)
     assert widget.status.value == "cancelled"

@@ -49,7 +49,7 @@ class InspectWidget(Container):
                                   row2, self.progress, self.result])
         wrap(self.result)
         self._target = None
-        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
+        self._task = Task(self.native, viewer=self._viewer, progress=self._on_progress, busy=self._on_busy,
                           failed=lambda msg: show_error(f"shiftseg: {msg}"),
                           cancelled=lambda: show_info("shiftseg: cancelled"), done=self._on_done)
         self.grid_button.changed.connect(lambda: self.show_geometry("grid"))
@@ -108,7 +108,7 @@ class InspectWidget(Container):
         layer, g, where = checked
         self._target = ("seams", layer.name, where)
         self._task.start(_pipeline.seams, layer.data, self.model.path, self._tile(g), self.mode.value,
-                         self.device.value, _pipeline.ModelCache())
+                         self.device.value, _pipeline.ModelCache(), input_layers=(layer,))
 
     def stitch_check(self) -> None:
         """Print max |stitched − whole| for the chosen tile and mode (worker thread)."""
@@ -118,7 +118,8 @@ class InspectWidget(Container):
         layer, g, _ = checked
         self._target = ("check", self.mode.value, self._tile(g))
         self._task.start(_pipeline.stitch_check, layer.data, self.model.path, self._tile(g),
-                         self.mode.value, self.device.value, _pipeline.ModelCache())
+                         self.mode.value, self.device.value, _pipeline.ModelCache(),
+                         input_layers=(layer,))
 
     def _on_busy(self, busy: bool) -> None:
         for button in (self.seams_button, self.check_button):

@@ -216,8 +216,11 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         self._target: tuple | None = None  # (layer name, placement, E, capacity) of the cached result
         self._next_target: tuple | None = None
         self._pending: list = []  # layer tuples still to add, then the final status line
-        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
-                          failed=self._on_failed,
+        # The layer the running job (and its pending layers) comes from, and that of the cached
+        # result: removing it stops the job, or the adding of its layers.
+        self._next_layer = self._result_layer = None
+        self._task = Task(self.native, viewer=napari_viewer, progress=self._on_progress,
+                          busy=self._on_busy, failed=self._on_failed,
                           cancelled=self._on_cancelled, done=self._on_done)
         self.preview_button.changed.connect(self.preview)
         self.run_button.changed.connect(self._run_or_cancel)
@@ -328,7 +331,11 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
-        self._task.start(_recluster_job, self._result, params, self._target, self._source)
+        # Re-clustering needs only the cached result; its image, while still there, is watched
+        # as a run's would be.
+        self._next_layer = self._result_layer if self._in_viewer(self._result_layer) else None
+        self._task.start(_recluster_job, self._result, params, self._target, self._source,
+                         input_layers=(self._next_layer,) if self._next_layer else ())
 
     # ---- proofreading (see _proofread.ProofreadPanel) ---------------------------------
     def split(self) -> None:
@@ -340,6 +347,9 @@ class SegmentWidget(ScrollsWhenDocked, Container):
     # ---- running ---------------------------------------------------------------------
     def _layer(self):
         return self.image.value
+
+    def _in_viewer(self, layer) -> bool:
+        return any(shown is layer for shown in self._viewer.layers)
 
     def _params(self) -> _pipeline.SegmentParams:
         return _pipeline.SegmentParams(settings=self.settings(), tile=self._tile(),
@@ -398,9 +408,11 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         scale, translate = _axes.model_axes(layer.scale, layer.translate, kind, rgb)
         self._next_target = (layer.name, _layers.placement(scale, translate, origin),
                              config.embed_dim, config.geometry.capacity)
+        self._next_layer = layer
         if kind == _axes.TIME_ALL:
             self._task.start(_time_job, data, self.model.path, params, self._cache,
-                             self._next_target, _LayerAxes(tuple(layer.scale), tuple(layer.translate)))
+                             self._next_target, _LayerAxes(tuple(layer.scale), tuple(layer.translate)),
+                             input_layers=(layer,))
             return
         out_path = None  # results that do not fit the budget go to zarr and are shown lazily
         if region is None and not _pipeline.fits_budget(data.shape, config.out_channels, budget):
@@ -411,7 +423,8 @@ class SegmentWidget(ScrollsWhenDocked, Container):
             if kind == _axes.TIME else None
         self._next_source = data  # what was segmented: measured again after re-cluster / edits
         self._task.start(_segment_job, data, self.model.path, params, self._cache,
-                         _Destination(region, self._next_target, out_path, time_point))
+                         _Destination(region, self._next_target, out_path, time_point),
+                         input_layers=(layer,))
 
     def _time_point(self, layer) -> int:
         """The time point on screen (the layer's first axis)."""
@@ -467,7 +480,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         result, layers = outcome
         if isinstance(result, (_pipeline.SegmentResult, _large.LargeResult)):
             self._result, self._target = result, self._next_target
-            self._source = self._next_source
+            self._source, self._result_layer = self._next_source, self._next_layer
             done = "done" + ("" if result.origin is None else " (preview)") + (
                 f": results in {result.path}" if isinstance(result, _large.LargeResult)
                 else f": {int(result.labels.max())} objects") + (
@@ -490,6 +503,13 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         QTimer.singleShot(0, self._add_next)
 
     def _add_next(self) -> None:
+        if self._task.closed:
+            self._pending = []  # the widget is gone (its Qt objects too): nowhere to add or say
+            return
+        if self._next_layer is not None and not self._in_viewer(self._next_layer):
+            # The image was removed, or the viewer is closing (napari removes every layer
+            # first, and fails on layers added then): its remaining layers are not added.
+            self._pending = ["stopped: the image layer was removed before all its layers were added"]
         item = self._pending.pop(0)
         if isinstance(item, tuple):
             _layers.show_layers(self._viewer, [item])

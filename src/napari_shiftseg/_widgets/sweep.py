@@ -64,8 +64,8 @@ class SweepWidget(Container):
         self.canvas.setMinimumHeight(240)
         self.native.layout().addWidget(self.canvas)
         self.last_result: dict | None = None
-        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
-                          failed=self._on_failed,
+        self._task = Task(self.native, viewer=napari_viewer, progress=self._on_progress,
+                          busy=self._on_busy, failed=self._on_failed,
                           cancelled=self._on_cancelled, done=self._on_done)
         self.run_button.changed.connect(self._run_or_cancel)
         self.image.changed.connect(self.model.follow_layer)
@@ -109,7 +109,7 @@ class SweepWidget(Container):
             return
         self.result.value = f"{len(tiles)} tile sizes…"
         self._task.start(sweep_job, image.data, labels.data, self.model.path, tiles,
-                         self.mode.value, self.device.value)
+                         self.mode.value, self.device.value, input_layers=(image, labels))
 
     # ---- task callbacks (GUI thread) -----------------------------------------------------
     def _on_busy(self, busy: bool) -> None:

@@ -141,7 +141,8 @@ class TrainWidget(ScrollsWhenDocked, Container):
         self._losses: list[tuple[int, float]] = []
         self._validating = False
         self.saved_path: Path | None = None
-        self._task = Task(self.native, progress=self._on_progress, busy=self._on_busy,
+        self._task = Task(self.native, viewer=napari_viewer, progress=self._on_progress,
+                          busy=self._on_busy,
                           failed=lambda msg: self._finish("failed", show_error, msg),
                           cancelled=lambda: self._finish("cancelled", show_info, "cancelled; nothing saved"),
                           done=self._on_done)
@@ -235,11 +236,13 @@ class TrainWidget(ScrollsWhenDocked, Container):
                     f"must be (channels, {g.ndim} spatial axes), it is {self.image.value.ndim}D")
             validation = self.validation.value / 100
             validation_pairs = None
+            inputs = ()  # the layers read: removing one stops the training
             if self.source.value == LAYERS:
                 if self.image.value is None or self.labels_layer.value is None:
                     raise ShiftSegError("choose an image layer and a labels layer (or synthetic data)")
                 source, labels = self.image.value.data, self.labels_layer.value.data
                 annotated = self.annotated_region(np.shape(labels))
+                inputs = (self.image.value, self.labels_layer.value, self.annotated.value)
             else:
                 annotated = None
                 kind = _pipeline.SYNTHETIC[self.source.value]
@@ -265,7 +268,8 @@ class TrainWidget(ScrollsWhenDocked, Container):
                          output_window=window, allow_small_window=self.allow_small.value,
                          augment=self.augment.value, validation=validation,
                          tune=self.tune.value and bool(validation),
-                         validation_pairs=validation_pairs, annotated=annotated)
+                         validation_pairs=validation_pairs, annotated=annotated,
+                         input_layers=inputs)
 
     def cancel(self) -> None:
         self._task.cancel()
