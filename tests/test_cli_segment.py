@@ -93,7 +93,10 @@ def test_bad_arguments_are_usage_errors(files, tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(segment_args(files, tmp_path / "out.zarr", *bad))
         assert info.value.code == 2
-    capsys.readouterr()
+        err = capsys.readouterr().err.strip().splitlines()
+        # one line that says what is wrong, not argparse's usage block first
+        assert len(err) == 1 and err[0].startswith("shiftseg segment: error:"), err
+        assert err[0].endswith("(see shiftseg segment --help)")
 
 
 def test_real_process_prints_no_traceback(files, tmp_path):

@@ -26,8 +26,17 @@ def _commands():
             yield importlib.import_module(f"{__name__}.{info.name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line like every other error (argparse
+    prints the whole usage block first, which buries the line that says what is wrong)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {_one_line(message)} (see {self.prog} "
+                                   "--help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shiftseg",
         description="Exact tile-and-stitch instance segmentation with shift-equivariant U-Nets.",
     )
