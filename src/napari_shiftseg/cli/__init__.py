@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage errors are one line like every other error (argparse
     prints the whole usage block first, which buries the line that says what is wrong)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {_one_line(message)} (see {self.prog} "
                                    "--help)\n")
 
