@@ -406,7 +406,7 @@ def test_isotropic_resampling_of_an_anisotropic_stack(tmp_path):
     assert group.attrs[ATTRS]["voxel_size"] == [3.0, 1.0, 1.0]
     with pytest.raises(ShiftSegError, match="isotropic resampling needs the voxel size"):
         segment_to_zarr(stack, tmp_path / "x.zarr", model, tile=16, device="cpu", isotropic=True)
-    with pytest.raises(ShiftSegError, match=r"voxel size must be 3 positive numbers"):
+    with pytest.raises(ShiftSegError, match=r"voxel size \(1.0, 1.0\) has 2 values but the image is 3D"):
         segment_to_zarr(stack, tmp_path / "y.zarr", model, tile=16, device="cpu", isotropic=True,
                         voxel_size=(1.0, 1.0))
     assert rescale.isotropic_factors((3.0, 0.5, 0.5), 3) == (6.0, 1.0, 1.0)

@@ -4,4 +4,10 @@ The package root stays light (no torch, Qt or napari import) so that napari star
 cluster workers can import the headless core.
 """
 
+# Before anything imports torch: OpenMP threads that sleep instead of spinning while they wait
+# (docs/THREADS.md). The OpenMP runtime reads this once, when torch loads; a user's value wins.
+from .threads import set_env_defaults as _set_env_defaults
+
+_set_env_defaults()
+
 __version__ = "0.1.0"

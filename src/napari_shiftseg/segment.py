@@ -39,6 +39,7 @@ workers write into ``out_path`` themselves, so it must be on a file system they 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -442,6 +443,35 @@ def _write_tile(block, embeddings, foreground, done, region, index):
     return 1
 
 
+@contextlib.contextmanager
+def _tile_threads(client):
+    """torch threads per tile such that the tiles running at once (dask's local threads, or
+    a local cluster's workers) times torch's threads never exceed the CPUs (docs/THREADS.md):
+    two tiles of two threads each on two cores made every step wait. The tile graph records
+    the count (predict.py), so each tile runs with it wherever it runs. A remote cluster's
+    machines are not known here: their count stays the caller's."""
+    import torch
+
+    from .threads import threads_per_worker
+
+    if client is None:
+        from dask.system import CPU_COUNT
+
+        parallel: int | None = max(1, CPU_COUNT)
+    else:
+        from distributed import LocalCluster
+
+        local = isinstance(getattr(client, "cluster", None), LocalCluster)
+        parallel = len(client.scheduler_info().get("workers", {})) if local else None
+    before = torch.get_num_threads()
+    if parallel:
+        torch.set_num_threads(min(before, threads_per_worker(parallel)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _runner(client, cancel):
     """``compute(*collections, progress=None)`` on the chosen scheduler, honouring cancel.
 
@@ -787,7 +817,8 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         try:
             run = _Run(net_image, model, plan, layout, device, bool(per_slice), bool(lead),
                        o.tile_resources, cluster_args)
-            return _run_tiles(run, group, target, out_path, compute, client, progress, stage)
+            with _tile_threads(client):
+                return _run_tiles(run, group, target, out_path, compute, client, progress, stage)
         except BaseException:
             # A run that fails (or is cancelled) before its first tile has nothing worth
             # resuming: remove what it created, so the retry (another tile, another device)

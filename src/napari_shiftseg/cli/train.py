@@ -189,7 +189,10 @@ def add_parser(sub):
                      help="treat background as one more instance in the loss (the paper's setting)")
     opt.add_argument("--checkpoint-every", type=_args.positive_int, default=None, metavar="N",
                      help="save the model every N steps")
-    opt.add_argument("--threads", type=_args.positive_int, default=None, help="torch CPU threads")
+    opt.add_argument("--threads", type=_args.positive_int, default=None,
+                     help="torch CPU threads (default: the CPUs this process may use, fewer when "
+                          "other work keeps them busy; more than the CPUs are not used; "
+                          "docs/THREADS.md)")
     opt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-images", type=int, default=0, metavar="N",
@@ -337,6 +340,7 @@ def run(args) -> int:
 
     from ..data import load_training_pair, read_array
     from ..modelio import save_model
+    from ..threads import choose_threads
     from ..train import FINAL_LOSS_STEPS, default_training_window, suggest_training_window, train
     from ..train_options import LossSettings, TrainOptions
     from .synth import DEFAULT_SHAPES, generate, resolve_shape
@@ -408,7 +412,7 @@ def run(args) -> int:
             seed=args.seed, output_window=window, allow_small_window=args.allow_small_window,
             augment=not args.no_augment, noise_std=args.augment_noise, validation=args.validation,
             tune=not args.no_tune, checkpoint_every=args.checkpoint_every, checkpoint_path=args.output,
-            threads=args.threads, command=command_line(args),
+            threads=choose_threads(args.threads), command=command_line(args),
             loss=LossSettings(delta_v=args.delta_v, delta_d=args.delta_d,
                               background_as_instance=args.background_as_instance))
         model, history = train(source, labels, config, options, validation_pairs=validation_pairs,
