@@ -254,3 +254,21 @@ def test_sparse_labels_from_the_cli(tif_pair, tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(capsys, 2, [*base, "--sparse", "--mask", str(tmp_path / "mask.tif"), "-o",
                                 str(tmp_path / "c.safetensors")], "not both")
+
+
+def test_no_tune_keeps_the_bandwidth_and_says_so(tmp_path, capsys):
+    """--no-tune once still took the checkpoint scan's bandwidth and printed "settings tuned"."""
+    assert main(["synth", "random", "--shape", "96,96", "--n-objects", "40", "--radius", "4",
+                 "--noise", "0.05", "-o", str(tmp_path)]) == 0
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    data = ["--image", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
+            "--validation", "0.3"]
+    assert main(["train", *data, *TINY, "--no-tune", "--bandwidth", "1.7", "-o", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["train", *data, *RUN[:-1], "--no-tune", "--init", str(first), "-o", str(second)]) == 0
+    out = capsys.readouterr().out
+    meta = load_model(second).meta
+    assert "held-out" in out and "best_step" in meta["validation"]  # the checkpoint scan ran
+    assert meta["bandwidth"] == 1.7
+    assert "settings kept" in out and "settings tuned" not in out
+    assert "tuned" not in meta["validation"]

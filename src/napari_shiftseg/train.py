@@ -564,7 +564,8 @@ def train(
             # few hundred annotated objects.
             net.load_state_dict(best[2])
             validation_record.update(best_step=best[0], **{k: round(v, 4) for k, v in best[1].items()})
-            settings = dataclasses.replace(settings, bandwidth=best[1]["bandwidth"])
+            if run.tune:  # --no-tune keeps every setting, the bandwidth included
+                settings = dataclasses.replace(settings, bandwidth=best[1]["bandwidth"])
             if run.tune and not history["cancelled"]:
                 tuned = Model(net, meta(history["steps_done"], False))
                 val_embeddings = validation_embeddings(tuned, val_pairs, str(device))

@@ -448,8 +448,9 @@ def run(args) -> int:
                f"{model.meta['final_loss']:.4f}" if history["steps_done"] else f"{status}: no steps")
     record = model.meta.get("validation", {})
     if "ap@0.5" in record:
+        how = "tuned" if "tuned" in record else "kept"
         summary += (f", held-out AP@0.5 {record.get('tuned', record)['ap@0.5']:.3f} "
-                    f"(best step {record['best_step']}; settings tuned: bandwidth "
+                    f"(best step {record['best_step']}; settings {how}: bandwidth "
                     f"{model.meta['bandwidth']}, min size {model.meta['min_size']})")
     if "metrics" in model.meta:
         summary += f", AP@0.5 {model.meta['metrics']['ap@0.5']:.3f} on {args.eval_images} held-out images"
