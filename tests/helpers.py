@@ -63,6 +63,25 @@ def _limits():  # pragma: no cover - runs in the child
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_BOUND, CPU_BOUND))
 
 
+# The child's own peak RSS in MiB. Not getrusage's ru_maxrss: Linux keeps it across execve, so
+# a child of a big pytest process would report the parent's peak (1.8 GB in the full suite).
+# VmHWM belongs to the new address space that execve made.
+_PEAK_PRELUDE = """
+def peak_mib():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+def report_peak():
+    print(peak_mib())
+"""
+
+
 def run_bounded(code: str, *args: str):
     """Run ``python -c code args...`` in a fresh process under the memory and CPU bounds above.
 
@@ -72,8 +91,6 @@ def run_bounded(code: str, *args: str):
     import subprocess
     import sys
 
-    prelude = ("import resource\n"
-               "def report_peak():\n"
-               "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    prelude = _PEAK_PRELUDE
     return subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True,
                           text=True, preexec_fn=_limits, timeout=HANG_TIMEOUT)

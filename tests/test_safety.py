@@ -17,7 +17,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from helpers import save_standardized, tiny_net  # noqa: E402
+from helpers import run_bounded, save_standardized, tiny_net  # noqa: E402
 from safetensors.torch import save_file
 
 from napari_shiftseg import segment as segment_module
@@ -273,7 +273,7 @@ _PEAK = """
 import resource, sys
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.modelio import load_model
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mib()
 for path in sys.argv[1:]:
     try:
         load_model(path)
@@ -281,7 +281,7 @@ for path in sys.argv[1:]:
         pass
     else:
         raise SystemExit(f"{path} was accepted")
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+print(peak_mib() - base)
 """
 
 
@@ -289,8 +289,7 @@ def test_hostile_models_are_refused_in_little_memory(tmp_path):
     """Peak memory (measured in a fresh process) of refusing every hostile model above."""
     paths = [str(write_model(tmp_path / f"h{i}.safetensors", base_config(**changes)))
              for i, (changes, _) in enumerate(HOSTILE.values())]
-    result = subprocess.run([sys.executable, "-c", _PEAK, *paths], capture_output=True, text=True,
-                            timeout=120)
+    result = run_bounded(_PEAK, *paths)  # 1 GiB of data, 30 CPU seconds at most
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) < 300  # MiB above the interpreter with torch loaded
 
