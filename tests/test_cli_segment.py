@@ -242,9 +242,9 @@ def test_a_wrong_scheduler_file_is_one_line(files, tmp_path, capsys, content, wo
 
 
 def test_workers_are_bounded_by_the_cpus(files, tmp_path, capsys):
-    import os
+    from napari_shiftseg.threads import usable_cpus
 
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     assert main(segment_args(files, tmp_path / "out.zarr", "--workers", str(cpus + 1))) == 2
     assert_one_line_error(capsys, f"at most {cpus}")
     assert not (tmp_path / "out.zarr").exists()

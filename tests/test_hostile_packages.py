@@ -345,6 +345,17 @@ def _one_line(err: ShiftSegError, words: str) -> None:
     assert "\n" not in str(err) and words in str(err), str(err)
 
 
+def _refused_when_read(path, words: str) -> list[ShiftSegError]:
+    """Both ways a model file is read refuse it, each in one line naming ``words``."""
+    errors = []
+    for read in (read_metadata, load_model):
+        with pytest.raises(ShiftSegError) as info:
+            read(path)
+        _one_line(info.value, words)
+        errors.append(info.value)
+    return errors
+
+
 @pytest.mark.parametrize("name", list(HOSTILE_PACKAGES))
 def test_hostile_packages_are_refused_with_one_line(net, tmp_path, name):
     build, words, by_info = HOSTILE_PACKAGES[name]
@@ -445,10 +456,7 @@ MALFORMED_RDF = {
 def test_malformed_rdf_is_one_line(net, tmp_path, name):
     rdf, words = MALFORMED_RDF[name]
     path = folder(tmp_path / "pkg", rdf(net), torch_bytes(good_state(net)))
-    for read in (read_metadata, load_model):
-        with pytest.raises(ShiftSegError) as info:
-            read(path)
-        _one_line(info.value, words)
+    _refused_when_read(path, words)
 
 
 def test_info_and_segment_refuse_a_malformed_package_with_one_line(net, tmp_path, capsys):
@@ -541,11 +549,8 @@ IMPOSSIBLE_SETTINGS = {
 def test_impossible_recorded_settings_are_refused_when_loaded(net, tmp_path, name):
     meta, words = IMPOSSIBLE_SETTINGS[name]
     path = write_model(tmp_path / "m.safetensors", net, meta)
-    for read in (read_metadata, load_model):
-        with pytest.raises(ShiftSegError) as info:
-            read(path)
-        _one_line(info.value, words)
-        assert "m.safetensors records an impossible setting" in str(info.value) or "unreadable" in str(info.value)
+    for err in _refused_when_read(path, words):
+        assert "m.safetensors records an impossible setting" in str(err) or "unreadable" in str(err)
 
 
 @pytest.mark.parametrize("name", list(IMPOSSIBLE_SETTINGS))
@@ -565,10 +570,7 @@ def test_impossible_settings_in_a_package_are_refused(net, tmp_path, name):
     rdf["config"]["shiftseg"]["settings"].update({k: v for k, v in meta.items() if k != "object_diameter"})
     path = zipped(tmp_path / "pkg.zip", {"rdf.yaml": yaml.safe_dump(rdf).encode(),
                                          "weights.pt": torch_bytes(good_state(net))})
-    for read in (read_metadata, load_model):
-        with pytest.raises(ShiftSegError) as info:
-            read(path)
-        _one_line(info.value, words)
+    _refused_when_read(path, words)
 
 
 def test_segment_and_info_refuse_impossible_settings_with_one_line(net, tmp_path, capsys):

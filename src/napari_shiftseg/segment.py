@@ -568,7 +568,9 @@ def _scheduler_address(path: Path) -> str:
 def _check_workers(workers: int) -> None:
     """A local cluster shares this machine's CPUs: more worker processes than the CPUs this
     process may use only compete for them (and each loads torch and a model)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .threads import usable_cpus
+
+    cpus = usable_cpus()
     if workers > cpus:
         raise ShiftSegError(f"--workers {workers} is more than the {cpus} CPUs this process may "
                             f"use: give at most {cpus} (a cluster of many machines is reached "
