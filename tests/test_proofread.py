@@ -282,3 +282,81 @@ def test_split_of_a_large_object_is_bounded():
     assert lines[1].startswith("at the floor:")
     assert lines[2] == "ordinary: [1, 2]"
     assert int(lines[-1]) < MEMORY_BOUND >> 20
+
+
+# --------------------------------------------------------------------------- undo (issue 26)
+
+def test_split_then_undo_restores_the_exact_labels():
+    labels, emb = _merged_pair()
+    history = proofread.EditHistory()
+    out, ids = split_object(labels, emb, 3, bandwidth=1.0)
+    patch = history.record(labels, out)
+    assert len(ids) == 2 and len(history) == 1
+    # The patch is the box of the changed voxels (part of object 3), not a copy of the image.
+    assert patch.labels.size < labels.size and set(np.unique(patch.labels)) <= {0, 3}
+    restored = history.undo(out)
+    np.testing.assert_array_equal(restored, labels)
+    assert restored.dtype == labels.dtype and len(history) == 0
+    with pytest.raises(ShiftSegError, match="nothing to undo"):
+        history.undo(restored)
+
+
+def test_merge_then_undo_restores_the_exact_labels():
+    labels, _ = _merged_pair()
+    labels[10:12, 15:20] = 7
+    history = proofread.EditHistory()
+    merged, kept = merge_objects(labels, [3, 7, 1])
+    patch = history.record(labels, merged)
+    assert kept == 1 and patch.region == (slice(3, 12), slice(2, 20))  # the box of 3 and 7
+    assert history.record(merged, merged.copy()) is None and len(history) == 1  # no change: not kept
+    restored = history.undo(merged)
+    np.testing.assert_array_equal(restored, labels)
+    assert restored.dtype == labels.dtype
+
+
+def test_undo_of_several_edits_in_order_keeps_hand_edits_outside_the_box():
+    labels, emb = _merged_pair()
+    labels[10:12, 15:20] = 7
+    history = proofread.EditHistory()
+    split, ids = split_object(labels, emb, 3, bandwidth=1.0)
+    history.record(labels, split)
+    merged, _ = merge_objects(split, ids)
+    history.record(split, merged)
+    merged[10, 15] = 9                                    # a hand edit, outside both boxes
+    once = history.undo(merged)
+    np.testing.assert_array_equal(once[:9], split[:9])
+    twice = history.undo(once)
+    expected = labels.copy()
+    expected[10, 15] = 9
+    np.testing.assert_array_equal(twice, expected)
+
+
+def test_undo_after_a_split_that_widened_the_type():
+    labels = np.zeros((4, 8), np.uint8)
+    labels[:, :4], labels[:, 4:], labels[0, 0] = 5, 5, 255
+    emb = np.zeros((1, 4, 8), np.float32)
+    emb[0, :, 4:] = 10.0
+    history = proofread.EditHistory()
+    out, ids = split_object(labels, emb, 5, bandwidth=1.0)
+    assert out.dtype == np.uint16 and ids[1] == 256
+    history.record(labels, out)
+    restored = history.undo(out)
+    assert restored.dtype == np.uint8
+    np.testing.assert_array_equal(restored, labels)
+
+
+def test_history_is_bounded():
+    labels = np.zeros((16, 16), np.int32)
+    history = proofread.EditHistory(steps=3)
+    for i in range(1, 6):
+        edited = labels.copy()
+        edited[i, i] = i
+        history.record(labels, edited)
+        labels = edited
+    assert len(history) == 3                              # the oldest edits are forgotten
+    assert all(p.labels.shape == (1, 1) for p in history._patches)
+    small = proofread.EditHistory(max_bytes=64)
+    small.record(np.zeros((8, 8), np.int32), np.ones((8, 8), np.int32))  # 256 bytes: not kept
+    assert len(small) == 0
+    with pytest.raises(ShiftSegError, match="steps"):
+        proofread.EditHistory(steps=0)

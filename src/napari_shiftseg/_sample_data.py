@@ -7,6 +7,11 @@ Each sample is an image layer plus its ground-truth instance labels as a second 
   (THEORY.md, result 2; the paper's Fig. 2b).
 - ``lattice16``: the same with spacing 16, a multiple of f^l: every disk sits at the same
   phase, so the network *must* give all of them the same embedding (Fig. 2a).
+- Both lattices are the paper's demos, for a model that sees no positions (``disks 2D``,
+  bundled). Their image layers name that model in their metadata, and the Segment (Inspect,
+  Sweep) widget chooses it for them and says why in its status line: the default nuclei model
+  adds positions to its embeddings, which tells the 196 disks of spacing 16 apart and hides
+  the one-cluster point.
 - ``spheres3d``: randomly placed spheres in a small volume.
 - ``large3d``: a 512 x 1024 x 1024 float32 volume (2 GiB if materialised) as a lazy dask
   array (:func:`napari_shiftseg.synth_large.jittered_lattice`): every plane shows spheres, and
@@ -27,6 +32,20 @@ LARGE_SHAPE = (512, 1024, 1024)
 LARGE_CHUNKS = (1, 256, 256)
 
 
+#: The bundled model the lattice samples are for (a ``_widgets._model_choice.BUNDLED`` key).
+PAPER_DEMO_MODEL = "bundled:disks:2"
+SEPARABLE_WHY = ("the paper's separable lattice (spacing 15, co-prime with f^l = 8): the disk "
+                 "model sees no positions, yet gives every disk its own embedding")
+INSEPARABLE_WHY = ("the paper's inseparable lattice (spacing 16 = 2·f^l): the disk model sees no "
+                   "positions, so all disks share one embedding cluster (the clusters layer); "
+                   "the default nuclei model adds positions and tells them apart")
+
+
+def _paper_demo(why: str) -> dict:
+    """Layer metadata asking the widgets for the paper-demo model (_model_choice.layer_model)."""
+    return {"metadata": {"shiftseg": {"model": PAPER_DEMO_MODEL, "why": why}}}
+
+
 def _pair(image, labels, name: str, **image_kwargs) -> list[tuple]:
     return [
         (image, {"name": name, "contrast_limits": (0.0, 1.0), **image_kwargs}, "image"),
@@ -37,13 +56,13 @@ def _pair(image, labels, name: str, **image_kwargs) -> list[tuple]:
 def separable_lattice() -> list[tuple]:
     """Disks of radius 5 on a lattice with spacing 15 (separable for f^l = 8)."""
     image, labels = synth.lattice(LATTICE_SHAPE, spacing=15, radius=5)
-    return _pair(image, labels, "lattice spacing 15")
+    return _pair(image, labels, "lattice spacing 15", **_paper_demo(SEPARABLE_WHY))
 
 
 def inseparable_lattice() -> list[tuple]:
     """Disks of radius 5 on a lattice with spacing 16 (f^l-periodic: inseparable)."""
     image, labels = synth.lattice(LATTICE_SHAPE, spacing=16, radius=5)
-    return _pair(image, labels, "lattice spacing 16")
+    return _pair(image, labels, "lattice spacing 16", **_paper_demo(INSEPARABLE_WHY))
 
 
 def spheres_3d() -> list[tuple]:

@@ -12,19 +12,26 @@ the spread of the object's embeddings is refused (it could only shatter the obje
 of a very large object are found on a sample of its pixels, and the object is cut into at most
 :data:`MAX_FRAGMENTS` connected pieces. Splits of ordinary objects at ordinary bandwidths are
 computed exactly as without these bounds.
+
+:class:`EditHistory` undoes edits: it keeps, for each of the last few, the bounding box of the
+voxels it changed and their labels before it (not a copy of the whole label image).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
 
 from ._errors import ShiftSegError
+from .region import Region
 from .validate import number, whole
 
-__all__ = ["MAX_FRAGMENTS", "MAX_MODE_PIXELS", "MAX_WINDOWS", "merge_objects", "split_object"]
+__all__ = ["MAX_FRAGMENTS", "MAX_MODE_PIXELS", "MAX_WINDOWS", "EditHistory", "Patch", "merge_objects",
+           "split_object"]
 
 # A split's mean-shift costs (seeds x occupied embedding cells x steps), and it finds at most
 # a few modes per bandwidth-wide window the embeddings occupy. Measured on the bundled models'
@@ -262,11 +269,11 @@ def _absorb_small(pieces: np.ndarray, count: int, min_size: int, background: int
 
 def _grown(box, shape) -> tuple[slice, ...]:
     """``box`` one pixel wider on every side, within ``shape``."""
-    return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, shape))
+    return Region.from_slices(box).grow(1, within=Region.whole(shape)).to_slices()
 
 
 def _union(a, b) -> tuple[slice, ...]:
-    return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))
+    return Region.from_slices(a).union(Region.from_slices(b)).to_slices()
 
 
 def _relabel(labels: np.ndarray, box, mask: np.ndarray, pieces: np.ndarray,
@@ -296,3 +303,91 @@ def _dtype_for(labels: np.ndarray, top: int) -> np.dtype:
             f"the split needs object id {top}, more than any integer label image holds; "
             f"renumber the objects (e.g. consecutively from 1) first")
     return wider
+
+
+# --------------------------------------------------------------------------- undo
+
+#: Edits an :class:`EditHistory` keeps by default, and the most bytes of previous labels it holds
+#: for them (older edits are forgotten first).
+UNDO_STEPS = 20
+UNDO_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Patch:
+    """What one edit replaced: the labels inside ``region`` (a box of slices) before it, and
+    the data type of the whole label image before it (a split may have widened it)."""
+
+    region: tuple[slice, ...]
+    labels: np.ndarray
+    dtype: np.dtype
+
+    def changes(self, labels) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(indices, values) that put this patch back into ``labels``: the voxels of the region
+        whose label differs, as whole-image index arrays (napari's ``Labels.data_setitem``)."""
+        now = np.asarray(labels)[self.region]
+        differs = now != self.labels
+        indices = tuple(i + s.start for i, s in zip(np.nonzero(differs), self.region))
+        return indices, self.labels[differs]
+
+
+class EditHistory:
+    """Undo for edits of a label image (split, merge): a bounded stack of :class:`Patch`.
+
+    ``record(before, after)`` after each edit; ``undo(labels)`` gives the labels with the last
+    recorded edit taken back. Edits made in between (by hand) outside the edit's box are kept;
+    inside it, the box comes back as it was before the edit. At most ``steps`` edits and
+    ``max_bytes`` of previous labels are kept; an edit whose box alone is larger is not kept,
+    and the history is emptied (the older patches would no longer fit what is undone).
+    """
+
+    def __init__(self, steps: int = UNDO_STEPS, max_bytes: int = UNDO_BYTES):
+        self.steps = whole(steps, "steps", 1)
+        self.max_bytes = whole(max_bytes, "max_bytes", 0)
+        self._patches: deque[Patch] = deque()
+
+    def __len__(self) -> int:
+        return len(self._patches)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of previous labels held."""
+        return sum(p.labels.nbytes for p in self._patches)
+
+    def clear(self) -> None:
+        self._patches.clear()
+
+    def record(self, before, after) -> Patch | None:
+        """Remember what ``after`` (an edit of ``before``, same shape) changed. Returns the
+        patch, or None when nothing changed or the edit was too large to keep."""
+        before, after = np.asarray(before), np.asarray(after)
+        if before.shape != after.shape:
+            raise ShiftSegError(f"an edit must keep the labels' shape {before.shape}, got {after.shape}")
+        changed = np.nonzero(before != after)
+        if changed[0].size == 0:
+            return None
+        region = tuple(slice(int(i.min()), int(i.max()) + 1) for i in changed)
+        patch = Patch(region, before[region].copy(), before.dtype)
+        if patch.labels.nbytes > self.max_bytes:
+            self.clear()
+            return None
+        self._patches.append(patch)
+        while len(self._patches) > self.steps or self.nbytes > self.max_bytes:
+            self._patches.popleft()
+        return patch
+
+    def pop(self) -> Patch:
+        """The last recorded edit's patch, taken off the stack."""
+        if not self._patches:
+            raise ShiftSegError("nothing to undo")
+        return self._patches.pop()
+
+    def undo(self, labels) -> np.ndarray:
+        """A copy of ``labels`` with the last recorded edit taken back, in the labels' data
+        type before that edit when its ids fit it again."""
+        patch = self.pop()
+        out = np.array(labels, dtype=np.promote_types(np.asarray(labels).dtype, patch.dtype), copy=True)
+        out[patch.region] = patch.labels
+        info = np.iinfo(patch.dtype)
+        fits = out.size == 0 or (info.min <= out.min() and out.max() <= info.max)
+        return out.astype(patch.dtype, copy=False) if fits else out

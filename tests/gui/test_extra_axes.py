@@ -94,7 +94,10 @@ def test_isotropic_resampling_of_an_anisotropic_layer(viewer, tiny_model_3d, wai
     labels = viewer.layers[layer_name("aniso", "instances")]
     emb = viewer.layers[layer_name("aniso", "embeddings")]
     assert labels.data.shape == volume.shape and tuple(labels.scale) == (3.0, 1.0, 1.0)
-    assert tuple(emb.scale)[:3] == (1.0, 1.0, 1.0)
+    # Shown on the layer's own grid (issue 26): a finer layer would make the z slider count
+    # the network's planes (24) instead of the image's (8).
+    assert emb.data.shape[:3] == volume.shape and tuple(emb.scale)[:3] == (3.0, 1.0, 1.0)
+    assert viewer.dims.nsteps[0] == 8
 
 
 def test_isotropic_resampling_of_a_layer_kept_on_disk(viewer, tiny_model_3d, wait_idle, monkeypatch):
@@ -111,7 +114,8 @@ def test_isotropic_resampling_of_a_layer_kept_on_disk(viewer, tiny_model_3d, wai
     widget.isotropic.value = True
     _run(widget, wait_idle)
     assert "results in" in widget.status.value
-    assert viewer.layers[layer_name("aniso", "embeddings")].data.shape[:3] == (24, 24, 24)
+    assert widget._result.embeddings.shape[1:] == (24, 24, 24)       # cubic voxels for the network
+    assert viewer.layers[layer_name("aniso", "embeddings")].data.shape[:3] == volume.shape  # shown on its grid
     assert viewer.layers[layer_name("aniso", "instances")].data.shape == volume.shape
 
 

@@ -54,3 +54,31 @@ def test_inspect_picks_the_model_of_the_image_dimensionality(viewer):
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
     widget.image.value = viewer.layers["img"]
     assert widget.model.geometry.ndim == 2
+
+
+def test_phase_map_after_a_segment_run_is_shown(viewer, tiny_model_2d, lattice_crop, wait_idle):
+    """issue 26: a Segment run leaves a hidden phase layer of the same name; Inspect ▸ Phase map
+    shows it (visible and selected) holding the image's phase map, placed on the image."""
+    from napari_shiftseg import diagnostics
+
+    viewer.add_image(lattice_crop[0], name="crop", scale=(2.0, 2.0))
+    _, segment = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
+    assert segment.set_model_file(tiny_model_2d)
+    segment.tile.value, segment.device.value = 16, "cpu"
+    segment.run()
+    wait_idle(segment)
+    assert segment.status.value.startswith("done"), segment.status.value
+    name = layer_name("crop", "phase")
+    assert not viewer.layers[name].visible                      # diagnostics start hidden
+    viewer.layers[name].data = np.zeros((64, 64), np.int32)     # whatever it held before
+    _, inspect = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Inspect")
+    assert inspect.set_model_file(tiny_model_2d)
+    inspect.phase_button.clicked.emit()
+    phase = viewer.layers[name]
+    assert phase.visible and viewer.layers.selection.active.name == name
+    geometry = inspect.model.geometry
+    np.testing.assert_array_equal(np.asarray(phase.data), np.asarray(diagnostics.phase_map((64, 64), geometry)))
+    assert tuple(phase.scale) == (2.0, 2.0) and tuple(phase.contrast_limits) == (0, 63)
+    phase.visible = False                                        # a second click shows it again
+    inspect.phase_button.clicked.emit()
+    assert viewer.layers[name].visible

@@ -51,3 +51,44 @@ def test_preview_keeps_objects_its_edge_cuts():
     assert kept == 1 and out.max() == 1 and (out[labels == 1] == 1).all()
     out, kept = keep_cut_objects(labels, min_size=20)
     assert kept == 0 and out.max() == 2 and not out[labels == 2].any()
+
+
+def test_network_grid_maps_of_a_resampled_volume_on_the_image_grid():
+    """issue 26: a volume resampled 2x in z (16 network planes for 8) shows its network-grid
+    maps on the image's planes: the nearest plane for embeddings, the maximum over the planes a
+    voxel holds for one-plane lines (the f^l grid), so no line falls between sampled planes."""
+    resampled = _pipeline.Resampled(origin=(0, 0, 0), working_shape=(16, 6, 6), image_shape=(8, 6, 6),
+                                    factor=1.0)
+    result = _pipeline.SegmentResult(np.zeros((2, 16, 6, 6), np.float32), np.zeros((8, 6, 6), np.int32),
+                                     resampled=resampled)
+    where = _layers.placement((2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert _layers.shown_on_image_grid(result)
+    grid = np.zeros((16, 6, 6), bool)
+    grid[::4] = True                                   # planes 0, 4, 8, 12 (the odd ones are sampled)
+    data, kwargs, _ = _layers.network_layer(grid, "grid", "vol", result, where)
+    assert data.shape == (8, 6, 6) and kwargs["scale"] == (2.0, 1.0, 1.0)
+    np.testing.assert_array_equal(data[:, 0, 0], [1, 0, 1, 0, 1, 0, 1, 0])
+    plane = np.arange(16, dtype=np.float32)[:, None, None] * np.ones((16, 6, 6), np.float32)
+    nearest, _, _ = _layers.network_layer(plane, "foreground", "vol", result, where)
+    np.testing.assert_array_equal(nearest[:, 0, 0], np.arange(1, 16, 2))   # floor((i + 0.5) * 2)
+    lazy, _, _ = _layers.network_layer(da.from_array(grid, chunks=4), "grid", "vol", result, where)
+    assert isinstance(lazy, da.Array) and lazy.shape == (8, 6, 6)
+    # A 2D image (no slider): shown on the network's grid, placed over the image.
+    flat = _pipeline.SegmentResult(np.zeros((2, 12, 12), np.float32), np.zeros((6, 6), np.int32),
+                                   resampled=_pipeline.Resampled((0, 0), (12, 12), (6, 6), 2.0))
+    data, kwargs, _ = _layers.network_layer(np.zeros((12, 12), bool), "grid", "img", flat,
+                                            _layers.placement((1.0, 1.0), (0.0, 0.0)))
+    assert data.shape == (12, 12) and kwargs["scale"] == (0.5, 0.5)
+
+
+def test_labels_on_the_image_grid_are_numbered_again():
+    """issue 26: objects lost between the sampled planes leave no gaps in the ids, so the
+    status line's "n objects" (the largest id) is what the layer holds."""
+    resampled = _pipeline.Resampled((0, 0, 0), (4, 2, 2), (2, 2, 2), 1.0)
+    result = _pipeline.SegmentResult(np.zeros((2, 4, 2, 2), np.float32), np.zeros((2, 2, 2), np.int32),
+                                     resampled=resampled)
+    working = np.zeros((4, 2, 2), np.int32)
+    working[0], working[1], working[3, 0] = 1, 2, 3     # planes 1 and 3 are sampled: 1 is lost
+    labels = _pipeline.labels_on_image_grid(result, working)
+    np.testing.assert_array_equal(labels[:, 0, 0], [1, 2])  # 2 and 3, numbered again
+    assert labels.max() == np.unique(labels[labels > 0]).size == 2 and labels.dtype == np.int32

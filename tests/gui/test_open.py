@@ -3,6 +3,7 @@
 import dask.array as da
 import dask.callbacks
 import numpy as np
+import pytest
 
 from napari_shiftseg._widgets._common import inference_settings
 from napari_shiftseg._widgets.inspect import InspectWidget
@@ -91,3 +92,70 @@ def test_segment_output_opens_as_layers(viewer, tiny_model_2d, lattice_crop, tmp
     labels = viewer.layers["instances [cells]"]
     assert labels.data.shape == image.shape and int(np.asarray(labels.data).max()) > 0
     np.testing.assert_array_equal(np.asarray(viewer.layers["cells.tif"].data), image)
+
+
+def test_paper_demo_samples_choose_the_disk_model(viewer, wait_idle):
+    """issue 26: the lattice samples are the paper's demos, for the disk model (no position
+    channels): the Segment widget chooses it for them, says why, and goes back to the default
+    for other images. A model file the user chose stays chosen."""
+    from napari_shiftseg._widgets._model_choice import BUNDLED
+
+    disks = BUNDLED["disks 2D (paper demos)"]
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")   # opened first
+    assert widget.model.choice.value == BUNDLED["nuclei 2D (default)"]
+    image, _ = viewer.open_sample(PLUGIN, "lattice16")
+    assert widget.image.value.name == image.name
+    assert widget.model.choice.value == disks
+    assert "'disks 2D (paper demos)' chosen for lattice spacing 16" in widget.status.value
+    assert "one embedding cluster" in widget.status.value
+    assert widget.bandwidth.value == widget.model.settings().bandwidth  # the disk model's settings
+
+    viewer.add_image(np.zeros((32, 32), np.float32), name="cells")
+    widget.image.value = viewer.layers["cells"]
+    assert widget.model.choice.value == BUNDLED["nuclei 2D (default)"]   # back to the default
+
+    first, _ = viewer.open_sample(PLUGIN, "lattice15")                    # widget opened after
+    _, other = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect")
+    other.image.value = viewer.layers[first.name]
+    assert other.model.choice.value == disks
+    widget.image.value = viewer.layers[first.name]
+    assert widget.model.choice.value == disks and "separable" in widget.status.value
+    wait_idle(widget)
+
+
+def test_paper_demo_sample_keeps_a_model_file_the_user_chose(viewer, tiny_model_2d, wait_idle):
+    viewer.add_image(np.zeros((32, 32), np.float32), name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.set_model_file(tiny_model_2d)
+    image, _ = viewer.open_sample(PLUGIN, "lattice16")
+    widget.image.value = image
+    assert widget.model.path == tiny_model_2d.resolve()
+    assert "choose the model 'disks 2D (paper demos)' to see it" in widget.status.value
+    wait_idle(widget)
+
+
+@pytest.mark.filterwarnings("default::UserWarning")  # as in a napari session, not as errors
+def test_moved_input_image_is_reported_every_time(viewer, tiny_model_2d, lattice_crop, tmp_path):
+    """issue 26: an output whose input image has moved opens without it, and napari says so,
+    naming the path, each time it is opened (napari's hooks in place, as in a napari session,
+    where a Python warning's text is shown once a session)."""
+    import tifffile
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    from napari_shiftseg.segment import segment_to_zarr
+
+    tifffile.imwrite(tmp_path / "cells.tif", (lattice_crop[0][:32, :32] * 200).astype(np.uint8))
+    out = tmp_path / "cells.zarr"
+    segment_to_zarr(tmp_path / "cells.tif", out, tiny_model_2d, tile=16, device="cpu")
+    (tmp_path / "cells.tif").rename(tmp_path / "moved.tif")
+    for _ in range(2):
+        seen = len(notification_manager.records)
+        with notification_manager:
+            layers = viewer.open(str(out), plugin=PLUGIN)
+        assert [layer.name for layer in layers] == ["embeddings [cells]", "foreground [cells]",
+                                                    "instances [cells]"]
+        told = [r for r in notification_manager.records[seen:] if str(tmp_path / "cells.tif") in str(r.message)]
+        assert len(told) == 1 and told[0].severity == NotificationSeverity.WARNING  # each time
+        assert "not there any more" in str(told[0].message)
+        viewer.layers.clear()
+    assert "the results are shown without it (open the image from where it is now" in str(told[0].message)

@@ -162,3 +162,31 @@ def test_spatial_preview_of_a_stack_slice(tmp_path, lattice_crop):
                                _pipeline.ModelCache(), region)
     np.testing.assert_allclose(result.embeddings, full[(slice(None),) + region], rtol=1e-5, atol=1e-4)
     assert result.labels.shape == (1, 32, 40)
+
+
+def test_resampled_3d_layers_keep_the_image_grid_and_the_count(viewer, tiny_model_3d, wait_idle):
+    """issue 26: a volume with a z step of 2 runs on cubic voxels (16 planes for its 8). Every
+    layer of a Run and of a Preview is on the image's grid, so the z slider counts the image's
+    planes; the status line's object count is the number of ids the instances layer holds
+    (thin objects of the resampled labels are lost on the way back to the image's grid)."""
+    image, _ = random_objects((8, 32, 32), radius=2, seed=1)
+    viewer.add_image(image, name="vol", scale=(2.0, 1.0, 1.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")
+    widget.set_model_file(tiny_model_3d)
+    widget.tile.value, widget.device.value = 16, "cpu"
+    widget.fg_threshold.value, widget.min_size.value = 0.45, 1   # many small objects
+    viewer.dims.set_point(0, 2.0 * 5)                                   # slice 5
+    for action, shape in ((widget.run, (8, 32, 32)), (widget.preview, (4, 32, 32))):
+        action()
+        wait_idle(widget)
+        assert widget._result.resampled.working_shape[0] == 2 * widget._result.resampled.image_shape[0]
+        assert viewer.dims.nsteps[0] == 8, viewer.dims.range
+        instances = viewer.layers[layer_name("vol", "instances")]
+        for layer in viewer.layers:
+            if layer.name.endswith("[vol]"):
+                assert layer.data.shape[:3] == shape, layer.name
+                assert tuple(layer.scale)[:3] == (2.0, 1.0, 1.0), layer.name
+                assert tuple(layer.translate)[:3] == tuple(instances.translate), layer.name
+        labels = np.asarray(instances.data)
+        present = np.unique(labels[labels > 0]).size
+        assert present > 10 and f": {present} objects" in widget.status.value, widget.status.value

@@ -324,6 +324,45 @@ def test_split_and_merge(segment, viewer, wait_idle):
     np.testing.assert_array_equal(np.asarray(layer.data), split)
 
 
+def test_undo_split_and_merge(segment, viewer, wait_idle):
+    """issue 26: Undo takes back splits and merges, last first, exactly; napari's own undo of
+    the layer (Ctrl+Z) takes them back too; a new run starts a new history."""
+    segment.fg_threshold.value, segment.min_size.value = 0.45, 3
+    _run(segment, wait_idle)
+    assert not segment.undo_button.enabled                          # nothing to undo yet
+    layer = viewer.layers[layer_name("crop", "instances")]
+    before = np.asarray(layer.data).copy()
+    ids = np.unique(before[before > 0])
+    sizes = {i: int((before == i).sum()) for i in ids}
+    a, b = sorted(ids, key=lambda i: -sizes[i])[:2]
+    segment.merge_ids.value = f"{a}, {b}"
+    segment.merge_button.clicked.emit()
+    merged = np.asarray(layer.data).copy()
+    assert segment.undo_button.enabled and not np.array_equal(merged, before)
+    layer.selected_label = min(a, b)
+    segment.split_button.clicked.emit()
+    assert segment.status.value.startswith("split object")
+    split = np.asarray(layer.data).copy()
+
+    segment.undo_button.clicked.emit()
+    np.testing.assert_array_equal(np.asarray(layer.data), merged)
+    assert list(layer.features["index"]) == list(np.unique(merged[merged > 0]))  # the table follows
+    np.testing.assert_array_equal(segment._result.labels, merged)
+    segment.undo_button.clicked.emit()
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+    assert not segment.undo_button.enabled and segment.status.value == "undone"
+
+    segment.merge_button.clicked.emit()                             # the same merge again...
+    np.testing.assert_array_equal(np.asarray(layer.data), merged)
+    layer.undo()                                                    # ...taken back by napari
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+
+    segment.merge_button.clicked.emit()
+    _run(segment, wait_idle)                                        # new labels: a new history
+    assert not segment.undo_button.enabled
+    assert not np.array_equal(split, before)
+
+
 def test_2d_model_on_a_stack(viewer, tiny_model_2d, lattice_crop, wait_idle):
     """A 2D model on a 3D layer runs slice by slice (exact in the plane, equal to the whole
     stack run slice by slice); objects are linked across z; a preview is the current slice."""

@@ -4,11 +4,19 @@ Pure numpy/dask: nothing here imports Qt or napari, so it is tested without a di
 layer is named ``<kind> [<image>]`` (the kind first: the layer list cuts long names off at
 the right) and placed with the source image's scale and
 translate (shifted by the crop origin for a preview of part of the image).
+
+A result computed on a resampled image (``_pipeline.Resampled``) has its embeddings and
+diagnostics on the grid the network ran on. In 2D they are shown there, placed over the image's
+pixels. An image with a slider axis (3D, stacks) gets them back on its own pixels instead:
+napari steps a slider by the finest scale of the layers on it, so one layer on a finer grid
+made the z slider count resampled planes (0-94 for a 48-plane volume).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .. import rescale
 
 #: kind -> (layer type, display settings). Diagnostic layers start hidden.
 KINDS = {
@@ -138,17 +146,18 @@ def segmentation_layers(result, image_name: str, where: dict, embed_dim: int,
     """All layers of a segmentation run (see :class:`~._pipeline.SegmentResult`).
 
     Instances are on the image's grid; embeddings and diagnostics on the grid the network ran
-    on, which differs when the image was resampled to the model's object size.
+    on (see :func:`network_layer`), which differs when the image was resampled.
     """
     emb = result.embeddings
-    net_where = network_placement(result, where)
-    layers = [result_layer(embeddings_to_rgb(emb[:embed_dim]), "embeddings", image_name, net_where)]
+    layers = [network_layer(embeddings_to_rgb(emb[:embed_dim]), "embeddings", image_name, result, where)]
     if emb.shape[0] > embed_dim:
-        layers.append(result_layer(sigmoid(emb[embed_dim]), "foreground", image_name, net_where))
+        layers.append(network_layer(sigmoid(emb[embed_dim]), "foreground", image_name, result, where))
     layers.append(result_layer(result.labels, "instances", image_name, where))
     if getattr(result, "clusters", None) is not None:
-        layers.append(result_layer(result.clusters, "clusters", image_name, net_where))
-    layers += diagnostic_layers(result.diagnostics, image_name, net_where, capacity)
+        layers.append(network_layer(result.clusters, "clusters", image_name, result, where))
+    for kind, data in result.diagnostics.items():
+        extra = {"contrast_limits": (0, capacity - 1)} if kind == "phase" and capacity else {}
+        layers.append(network_layer(data, kind, image_name, result, where, **extra))
     return layers
 
 
@@ -156,6 +165,57 @@ def network_placement(result, where: dict) -> dict:
     """Placement of what is on the grid the network ran on (embeddings, clusters, diagnostics)."""
     resampled = getattr(result, "resampled", None)
     return where if resampled is None else resampled_placement(where, result.origin, resampled)
+
+
+def shown_on_image_grid(result) -> bool:
+    """Whether the network-grid layers of ``result`` are shown on the image's own pixels: for a
+    resampled image with a slider axis (three axes or more; see the module docstring)."""
+    resampled = getattr(result, "resampled", None)
+    return resampled is not None and len(resampled.image_shape) > 2
+
+
+def network_layer(data, kind: str, image_name: str, result, where: dict, **extra) -> tuple:
+    """A layer of ``data`` (spatial axes first) on the grid the network ran on: placed over the
+    image, or read back on the image's pixels (:func:`shown_on_image_grid`)."""
+    if shown_on_image_grid(result):
+        return result_layer(to_image_grid(data, result, kind), kind, image_name, where, **extra)
+    return result_layer(data, kind, image_name, network_placement(result, where), **extra)
+
+
+#: Kinds read back on the image's pixels as the maximum over the network voxels each pixel
+#: holds, so that one-voxel lines and seam jumps do not fall between the sampled voxels. The
+#: others take the nearest voxel, as the instances do.
+MAX_KINDS = ("tile_boundaries", "grid", "seams")
+
+
+def to_image_grid(data, result, kind: str):
+    """``data`` (on the resampled part ``result.resampled`` describes, spatial axes first) on
+    the image pixels the result's labels cover. Lazy arrays stay lazy (nearest voxel)."""
+    r = result.resampled
+    origin = result.origin or (0,) * len(r.image_shape)
+    lazy = hasattr(data, "map_blocks")
+    out = data
+    for axis, (n_w, n_i, w0, i0, n) in enumerate(zip(r.working_shape, r.image_shape, r.origin,
+                                                     origin, result.labels.shape)):
+        part = out.shape[axis]
+        if kind in MAX_KINDS and n_w > n_i and not lazy:
+            # Image pixel i holds the network voxels whose centres fall in it: from the first
+            # voxel j with (j + 0.5) · n_i / n_w ≥ i on.
+            bounds = np.ceil(np.arange(i0, i0 + n + 1) * (n_w / n_i) - 0.5).astype(np.int64) - w0
+            starts = np.clip(bounds[:-1], 0, part - 1)
+            stop = max(int(np.clip(bounds[-1], 0, part)), int(starts[-1]) + 1)
+            head = np.asarray(out)[(slice(None),) * axis + (slice(0, stop),)]
+            out = np.maximum.reduceat(head, starts, axis=axis)
+        else:
+            index = np.clip(rescale.nearest_index(n_w, n_i, i0, i0 + n) - w0, 0, part - 1)
+            out = out.take(index, axis=axis) if not lazy else _lazy_take(out, index, axis)
+    return out
+
+
+def _lazy_take(data, index, axis: int):
+    import dask.array as da
+
+    return da.take(data, index, axis=axis)
 
 
 def diagnostic_layers(diagnostics: dict, image_name: str, where: dict,
@@ -170,7 +230,9 @@ def show_layers(viewer, layer_tuples: list[tuple]) -> list:
     """Add each layer, or update the existing layer of the same name in place.
 
     Updating in place keeps the user's layer order, visibility and colours across reruns, and
-    is much cheaper than removing a layer (napari runs a full garbage collection then).
+    is much cheaper than removing a layer (napari runs a full garbage collection then). A layer
+    asked for with ``visible=True`` (what a button that shows a map asks) is shown, also when
+    it was there, hidden, already.
     """
     shown = []
     for data, kwargs, layer_type in layer_tuples:
@@ -186,6 +248,8 @@ def show_layers(viewer, layer_tuples: list[tuple]) -> list:
                 old.contrast_limits = kwargs["contrast_limits"]
             if "features" in kwargs:
                 old.features = kwargs["features"]
+            if kwargs.get("visible") is True:
+                old.visible = True
             shown.append(old)
             continue
         if old is not None:

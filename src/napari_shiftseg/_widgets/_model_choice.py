@@ -26,6 +26,19 @@ BUNDLED = {"nuclei 2D (default)": "bundled:2", "nuclei 3D (default)": "bundled:3
            "disks 2D (paper demos)": "bundled:disks:2", "disks 3D (paper demos)": "bundled:disks:3"}
 
 
+#: Layer metadata under which a layer names the bundled model it is meant for, and why: the
+#: paper-demo samples (_sample_data.py), ``{"model": "bundled:disks:2", "why": "..."}``.
+METADATA_KEY = "shiftseg"
+
+
+def layer_model(layer) -> tuple[str, str] | None:
+    """(bundled model key, why) that ``layer``'s metadata asks for, or None."""
+    wanted = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY)
+    if not isinstance(wanted, dict) or wanted.get("model") not in BUNDLED.values():
+        return None
+    return wanted["model"], str(wanted.get("why", ""))
+
+
 def describe_config(config) -> str:
     """One line: the numbers of THEORY.md for this network."""
     g = config.geometry
@@ -52,6 +65,7 @@ class ModelChooser(Container):
     def __init__(self):
         self._files: list[str] = []
         self._metadata: dict[tuple[str, float], dict] = {}
+        self._asked: tuple[str, str] | None = None  # (choice a layer asked for, choice before)
         self.choice = ComboBox(label="model", choices=self._choices)
         self.file = FileEdit(label="model file", filter="*.safetensors", mode="r")
         self.summary = Label(label="network")
@@ -123,10 +137,28 @@ class ModelChooser(Container):
         if value.startswith("bundled:") and ndim in (2, 3):
             self.choice.value = f"{value.rsplit(':', 1)[0]}:{ndim}"
 
-    def follow_layer(self, layer) -> None:
-        """Follow an image layer's dimensionality (Segment, Inspect and Sweep alike)."""
+    def follow_layer(self, layer) -> str:
+        """Follow an image layer (Segment, Inspect and Sweep alike): the bundled model its
+        metadata asks for (the paper-demo samples), else the bundled model of its
+        dimensionality. A model file the user chose stays chosen. Returns what to tell the
+        user ("" when nothing)."""
+        wanted = layer_model(layer)
+        if self._asked is not None and self.choice.value == self._asked[0] and (
+                wanted is None or wanted[0] != self._asked[0]):
+            self.choice.value = self._asked[1]  # the choice before that layer asked for another
+        self._asked = None
+        if wanted is not None:
+            key, why = wanted
+            name = next(n for n, k in BUNDLED.items() if k == key)
+            if not self.choice.value.startswith("bundled:"):
+                return f"{layer.name}: {why}; choose the model '{name}' to see it"
+            if self.choice.value != key:
+                self._asked = (key, self.choice.value)
+                self.choice.value = key
+            return f"model '{name}' chosen for {layer.name}: {why}"
         if layer is not None and not getattr(layer, "multiscale", False) and not getattr(layer, "rgb", False):
             self.match_ndim(getattr(layer.data, "ndim", 0))
+        return ""
 
     # ---- callbacks ---------------------------------------------------------------------
     def _file_picked(self, value) -> None:
@@ -134,6 +166,8 @@ class ModelChooser(Container):
             self.select_file(value)
 
     def _refresh(self, *_):
+        if self._asked is not None and self.choice.value != self._asked[0]:
+            self._asked = None  # the user chose another model since: theirs stays
         try:
             self.summary.value = describe_config(self.metadata().config)
         except ShiftSegError as err:

@@ -1,9 +1,15 @@
-"""The Segment widget's proofreading row: split one object, merge several.
+"""The Segment widget's proofreading row: split one object, merge several, undo.
 
 *Split* re-clusters one object's embeddings (cached from the last run) with half the bandwidth
 (:func:`napari_shiftseg.proofread.split_object`); *Merge* joins the ids typed. Both work on the
 instances layer as it is now, so hand edits made with napari's label tools are kept; the
 measurement table follows each edit.
+
+*Undo* takes back the last split or merge (:class:`napari_shiftseg.proofread.EditHistory`: the
+box each edit changed, as it was before). Edits are written with napari's
+``Labels.data_setitem``, so napari's own undo of the layer (Ctrl+Z) takes them back as well,
+in order with the user's hand edits. A new run or re-cluster (new labels in the layer) starts
+a new history.
 """
 
 from __future__ import annotations
@@ -13,28 +19,41 @@ from magicgui.widgets import Container, LineEdit, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from .._errors import ShiftSegError
-from ..proofread import merge_objects
+from ..proofread import EditHistory, merge_objects
 from . import _layers, _pipeline
 
 
 class ProofreadPanel(Container):
-    """Split / merge controls; ``owner`` is the Segment widget (its last result and settings)."""
+    """Split / merge / undo controls; ``owner`` is the Segment widget (its last result and
+    settings)."""
 
     def __init__(self, owner):
         self._owner = owner
+        self.history = EditHistory()
+        self._edited = None  # the layer data the history's edits were made on
         self.split_id = SpinBox(label="object", value=0, min=0, max=2**31 - 1)
         self.split_id.native.setSpecialValueText("selected label")
         self.split_button = PushButton(text="Split", enabled=False)
         self.merge_ids = LineEdit(label="merge ids", value="")
         self.merge_ids.tooltip = "object ids to merge into one, e.g. 4, 9"
         self.merge_button = PushButton(text="Merge", enabled=False)
-        super().__init__(widgets=[self.split_id, self.split_button, self.merge_ids, self.merge_button],
-                         layout="horizontal", labels=True, label="proofread")
+        self.undo_button = PushButton(text="Undo", enabled=False)
+        self.undo_button.tooltip = "take back the last split or merge"
+        super().__init__(widgets=[self.split_id, self.split_button, self.merge_ids, self.merge_button,
+                                  self.undo_button], layout="horizontal", labels=True, label="proofread")
         self.split_button.changed.connect(self.split)
         self.merge_button.changed.connect(self.merge)
+        self.undo_button.changed.connect(self.undo)
 
     def set_enabled(self, enabled: bool) -> None:
         self.split_button.enabled = self.merge_button.enabled = enabled
+        self.undo_button.enabled = enabled and self._can_undo()
+
+    def _can_undo(self) -> bool:
+        try:
+            return len(self.history) > 0 and self._instances_layer().data is self._edited
+        except ShiftSegError:
+            return False
 
     def _instances_layer(self):
         owner = self._owner
@@ -62,7 +81,7 @@ class ProofreadPanel(Container):
             owner.status.value = (f"object {object_id} has one embedding mode at bandwidth "
                                   f"{bandwidth:g}; lower the bandwidth to split it")
             return
-        self._show(layer, labels)
+        self._apply(layer, labels)
         owner.status.value = f"split object {object_id} into {', '.join(map(str, ids))}"
 
     def merge(self) -> None:
@@ -79,13 +98,45 @@ class ProofreadPanel(Container):
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
-        self._show(layer, labels)
+        self._apply(layer, labels)
         self._owner.status.value = f"merged {', '.join(map(str, sorted(set(ids))))} into {kept}"
 
-    def _show(self, layer, labels) -> None:
-        """Proofread labels into the layer; the cached result and the table follow."""
+    def undo(self) -> None:
+        """Take back the last split or merge."""
+        try:
+            layer = self._instances_layer()
+            if not self._can_undo():
+                raise ShiftSegError("nothing to undo since the last run")
+            patch = self.history.pop()
+        except ShiftSegError as err:
+            show_error(f"shiftseg: {err}")
+            return
+        indices, values = patch.changes(layer.data)
+        layer.data_setitem(indices, values.astype(np.asarray(layer.data).dtype, copy=False))
+        self._edited = layer.data
+        self._after_edit(layer)
+        self._owner.status.value = "undone" + (f" ({len(self.history)} more edit(s) to undo)"
+                                               if self.history else "")
+
+    def _apply(self, layer, labels) -> None:
+        """Write proofread ``labels`` into the layer, recording the edit for undo."""
+        current = layer.data
+        if current is not self._edited:  # new labels since the last edit (run, re-cluster)
+            self.history.clear()
+        before = np.asarray(current)
+        self.history.record(before, labels)
+        if labels.dtype == before.dtype:
+            changed = np.nonzero(labels != before)
+            layer.data_setitem(changed, labels[changed])  # in napari's undo history too
+        else:  # a split that needed a wider integer type: a new array
+            layer.data = labels
+        self._edited = layer.data
+        self._after_edit(layer)
+
+    def _after_edit(self, layer) -> None:
+        """The cached result and the measurement table follow the layer; Undo's state too."""
         owner = self._owner
-        owner._result.labels = labels
-        layer.data = labels
+        owner._result.labels = np.asarray(layer.data)
         layer.features = _pipeline.object_features(owner._result, owner._source,
                                                    owner._target[1]["scale"])
+        self.undo_button.enabled = self._can_undo()

@@ -6,6 +6,9 @@
 - **Tiles + seams** runs the network with the chosen tiling mode and shows the tile borders and
   the embedding jump across them: about zero for ``exact``, clearly not for ``naive``.
 - **Stitch check** compares stitched with whole-image output and prints the max abs diff.
+
+A Segment run leaves hidden phase, grid and seam layers of the same names; the buttons update
+those in place and show and select them, so that a click always shows its map.
 """
 
 from __future__ import annotations
@@ -97,8 +100,7 @@ class InspectWidget(Container):
             data, limits = diagnostics.grid_lines(layer.data.shape, g), (0, 1)
         else:
             data, limits = diagnostics.phase_map(layer.data.shape, g), (0, g.capacity - 1)
-        _layers.show_layers(self._viewer, [_layers.result_layer(data, kind, layer.name, where,
-                                                                contrast_limits=limits, visible=True)])
+        self._show([_layers.result_layer(data, kind, layer.name, where, contrast_limits=limits)])
 
     def show_seams(self) -> None:
         """Tile borders and embedding jumps across them, for the chosen mode (worker thread)."""
@@ -121,6 +123,12 @@ class InspectWidget(Container):
                          self.mode.value, self.device.value, _pipeline.ModelCache(),
                          input_layers=(layer,))
 
+    def _show(self, layer_tuples: list[tuple]) -> None:
+        """Add or update the layers, visible, the last one selected (its controls shown)."""
+        shown = _layers.show_layers(self._viewer, [(d, {**kw, "visible": True}, t)
+                                                   for d, kw, t in layer_tuples])
+        self._viewer.layers.selection.active = shown[-1]
+
     def _on_busy(self, busy: bool) -> None:
         for button in (self.seams_button, self.check_button):
             button.enabled = not busy
@@ -133,8 +141,7 @@ class InspectWidget(Container):
         self.progress.value = self.progress.max
         if self._target[0] == "seams":
             _, name, where = self._target
-            layers = _layers.diagnostic_layers(result, name, where)
-            _layers.show_layers(self._viewer, [(d, {**kw, "visible": True}, t) for d, kw, t in layers])
+            self._show(_layers.diagnostic_layers(result, name, where))
             self.result.value = f"max seam jump: {float(result['seams'].max()):.3g}"
         else:
             _, mode, tile = self._target
