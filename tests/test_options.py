@@ -112,6 +112,36 @@ def test_segment_and_recluster_with_objects_equal_keywords(tmp_path):
     assert again.attrs[ATTRS]["cluster_args"]["n_seeds"] == 40
 
 
+def test_typed_settings_pass_through_unchanged(tmp_path):
+    """Switched-off post-processing stays off in a run (issue 26: the Segment widget's Run on an
+    over-budget image used to get the model's merge_distance, absorb_small and fill_holes back
+    because "off" travelled as a missing keyword), and Run and Re-cluster agree."""
+    from napari_shiftseg.modelio import load_model, save_model
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 0.05, (48, 48)).astype(np.float32)
+    image[10:18, 10:18] += 1
+    image[30:38, 28:36] += 1
+    path = save_standardized(tmp_path / "m.safetensors", image)
+    model = load_model(path)
+    save_model(model, path, {"merge_distance": 1.5, "absorb_small": True, "fill_holes": True, "min_size": 3})
+    recorded = segment_to_zarr(image, tmp_path / "model.zarr", path, tile=16, device="cpu")
+    assert recorded.attrs[ATTRS]["cluster_args"]["merge_distance"] == 1.5  # the model's, untouched
+    off = SegmentationSettings(bandwidth=1.0, min_size=2)  # post-processing off
+    run = segment_to_zarr(image, tmp_path / "run.zarr", path, SegmentOptions(tile=16, device="cpu", settings=off))
+    args = run.attrs[ATTRS]["cluster_args"]
+    recorded = (args["merge_distance"], args["absorb_small"], args["fill_holes"], args["min_size"])
+    assert recorded == (0.0, False, False, 2)
+    labels = np.asarray(run["labels/instances/0"])
+    again = recluster(tmp_path / "run.zarr", off)
+    np.testing.assert_array_equal(np.asarray(again["labels/instances/0"]), labels)
+    # A single flag still changes one setting on top of the typed ones.
+    flagged = SegmentOptions(settings=off, min_size=5).settings_for(model)
+    assert (flagged.min_size, flagged.bandwidth, flagged.merge_distance) == (5, 1.0, 0.0)
+    with pytest.raises(TypeError, match="SegmentationSettings"):
+        SegmentOptions(settings={"bandwidth": 1.0})
+
+
 def test_generators_and_reading_take_objects_or_keywords():
     a = synth.nuclei((48, 48), seed=2, scene=NucleiScene(radius=(4, 6), photons=80))
     b = synth.nuclei((48, 48), seed=2, radius=(4, 6), photons=80)

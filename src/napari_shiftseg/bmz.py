@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ._errors import ShiftSegError
+from .model import Model, ModelInfo, expected_shapes, refuse_impossible_settings
 from .unet import UNet, UNetConfig
 
 #: The paper's code, as cited in the package.
@@ -112,7 +113,6 @@ def export_package(model, out_dir, *, name: str | None = None, seed: int = 0) ->
     except ImportError:
         raise ShiftSegError("exporting a bioimage.io package needs bioimageio.spec: "
                             "pip install bioimageio.core") from None
-    from .modelio import Model
     from .normalize import recorded_normalization, recorded_percentiles
     from .settings import SegmentationSettings
 
@@ -339,7 +339,6 @@ def _network(path: Path, rdf: dict) -> tuple[UNetConfig, str]:
 def _describe(path: Path, rdf: dict) -> tuple[UNetConfig, dict, str]:
     """(config, meta, weights file name) of a package's rdf, each part's structure checked and
     the recorded settings refused where they cannot give a result."""
-    from .modelio import refuse_impossible_settings
 
     ours = _mapping(path, rdf, "config", "config", required=False).get("shiftseg")
     if ours is None:
@@ -379,7 +378,6 @@ def _too_big(path: Path, what: str, size: int, limit: int) -> ShiftSegError:
 def weights_budget(config: UNetConfig) -> int:
     """Most bytes the weights file of a network with ``config`` may have
     (:data:`WEIGHT_BYTES` per weight plus :data:`WEIGHTS_OVERHEAD`, at most :data:`MAX_EXTRACT_BYTES`)."""
-    from .modelio import expected_shapes
 
     weights = sum(math.prod(shape) for shape in expected_shapes(config).values())
     return min(WEIGHT_BYTES * weights + WEIGHTS_OVERHEAD, MAX_EXTRACT_BYTES)
@@ -491,7 +489,6 @@ def _read(path: Path):
 def read_package_metadata(path):
     """The :class:`~napari_shiftseg.modelio.ModelInfo` of a package, as
     :func:`napari_shiftseg.modelio.read_metadata` gives for a model file."""
-    from .modelio import ModelInfo
 
     path = Path(path)
     config, meta, _ = _read(path)
@@ -513,7 +510,6 @@ def _check_torch_file(path: Path, file: Path, limit: int) -> None:
 
 def _check_state(path: Path, state, config: UNetConfig) -> None:
     """Names, shapes and types of the tensors against the config (mapped, not yet read)."""
-    from .modelio import expected_shapes
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ShiftSegError(f"{path.name}: the weights file is not a state dict of tensors")
@@ -553,7 +549,6 @@ def load_package(path, device="cpu"):
     only the weights file is extracted, and only up to :func:`weights_budget` of the network
     the rdf describes; its tensors are memory-mapped and checked against the network's names
     and shapes before anything is copied."""
-    from .modelio import Model
 
     path = Path(path)
     with _Package(path) as package:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._errors import ShiftSegError
 from .geometry import UNetGeometry
+from .region import Region
 from .tiling import TilePlan
 
 
@@ -47,9 +48,9 @@ def _region_slices(region, shape) -> tuple[slice, ...]:
 def _reference_crop(region: tuple[slice, ...], shape, geometry: UNetGeometry):
     """Image crop whose whole-image prediction equals the full image's inside ``region``
     (:meth:`UNetGeometry.context_region`), and where ``region`` lies in it."""
-    crop = geometry.context_region(region, shape)
-    inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, crop))
-    return crop, inner
+    wanted = Region.from_slices(region, shape)
+    crop = wanted.with_context(geometry, shape)
+    return crop.to_slices(), wanted.relative_to(crop).to_slices()
 
 
 def stitch_check(image, model, tile, mode: str = "exact", region=None, device: str = "auto",

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._errors import ShiftSegError
+from .validate import whole
 
 PADDINGS = ("valid", "same")
 
@@ -54,16 +55,6 @@ _BOUNDS = (
 )
 #: Largest tile grid factor**levels (2**6 = 64, 3**5 = 243, 4**4 = 256 are the largest allowed).
 MAX_GRID = 256
-
-
-def check_int(value, name: str, low: int, high: int, why: str = "") -> int:
-    """``value`` as an int in [low, high], refusing other types (bool, float) with one sentence."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ShiftSegError(f"{name} must be a whole number, got {value!r}")
-    if not low <= value <= high:
-        reason = f" ({why})" if why else ""
-        raise ShiftSegError(f"{name} must be between {low} and {high}{reason}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -209,7 +200,7 @@ def _as_factors(value, levels: int, ndim: int):
             f"({ndim}), e.g. {((1,) + (2,) * (ndim - 1),) + ((2,) * ndim,) * (levels - 1)}")
     for row in rows:
         for f in row:
-            check_int(f, "a pooling factor", 1, 4, "pooling by more than 4 discards most of each window")
+            whole(f, "a pooling factor", 1, 4, "pooling by more than 4 discards most of each window")
     return tuple(tuple(int(f) for f in row) for row in rows)
 
 
@@ -254,7 +245,7 @@ class UNetGeometry:
         if isinstance(self.ndim, bool) or not isinstance(self.ndim, (int, np.integer)) or self.ndim not in (2, 3):
             raise ShiftSegError(f"ndim must be 2 or 3, got {self.ndim!r}")
         for name, low, high, why in _BOUNDS:
-            check_int(getattr(self, name), name, low, high, why)
+            whole(getattr(self, name), name, low, high, why)
         if self.kernel_size % 2 == 0:
             raise ShiftSegError(f"kernel_size must be odd and positive, got {self.kernel_size}")
         if self.padding not in PADDINGS:

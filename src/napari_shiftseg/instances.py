@@ -76,6 +76,7 @@ from .clustering import (
     cluster_embeddings,
     sample_foreground,
 )
+from .region import Region
 from .validate import whole
 
 __all__ = [
@@ -197,13 +198,12 @@ def _piece_blocks(piece, chunks):
         first = int(np.searchsorted(edges, s.start, side="right")) - 1
         last = int(np.searchsorted(edges, s.stop - 1, side="right")) - 1
         ranges.append(range(first, last + 1))
+    whole = Region.from_slices(piece)
     for index in product(*ranges):
-        inner, outer = [], []
-        for s, i, edges in zip(piece, index, bounds):
-            lo, hi = max(s.start, int(edges[i])), min(s.stop, int(edges[i + 1]))
-            inner.append(slice(lo - int(edges[i]), hi - int(edges[i])))
-            outer.append(slice(lo - s.start, hi - s.start))
-        yield index, tuple(inner), tuple(outer)
+        block = Region(tuple(int(edges[i]) for i, edges in zip(index, bounds)),
+                       tuple(int(edges[i + 1] - edges[i]) for i, edges in zip(index, bounds)))
+        common = whole.intersect(block)
+        yield index, common.relative_to(block).to_slices(), common.relative_to(whole).to_slices()
 
 
 def _piece_edges(shape, spans, offsets, cluster_table, connectivity, contacts=None):
@@ -455,15 +455,12 @@ def segment_instances(embeddings, settings=None, clustering=None, foreground: bo
 
     settings, clustering = settings_and_clustering(settings, clustering, overrides, "segment_instances",
                                                    SegmentationSettings(min_size=0))
-    post = settings.instance_kwargs()
-    _post.post_options(post.get("merge_distance"), post.get("absorb_small", False),
-                       post.get("fill_holes", False), settings.min_size)  # fail before clustering
+    merge = settings.merge_distance or None  # 0 switches merging off
+    _post.post_options(merge, settings.absorb_small, settings.fill_holes, settings.min_size)  # fail before clustering
     c = clustering
     found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, foreground, c)
-    labels = label_instances(embeddings, found, settings.min_size, c.connectivity,
-                             merge_distance=post.get("merge_distance"),
-                             absorb_small=post.get("absorb_small", False),
-                             fill_holes=post.get("fill_holes", False))
+    labels = label_instances(embeddings, found, settings.min_size, c.connectivity, merge_distance=merge,
+                             absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
     return labels, found
 
 

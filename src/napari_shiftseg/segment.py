@@ -65,6 +65,7 @@ from .ngff import check_version as check_ngff
 from .ngff import write_metadata as write_ngff
 from .ngff import zarr_format as ngff_zarr_format
 from .segment_options import ClusterOptions, SegmentOptions, settings_and_clustering
+from .settings import SegmentationSettings
 from .tiling import TilePlan, tile_plan
 
 log = logging.getLogger(__name__)
@@ -818,7 +819,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
 
         try:
             run = _Run(net_image, model, plan, layout, device, bool(per_slice), bool(lead),
-                       o.tile_resources, cluster_args)
+                       o.tile_resources, settings, o.clustering)
             with _tile_threads(client):
                 return _run_tiles(run, group, target, out_path, compute, client, progress, stage)
         except BaseException:
@@ -865,7 +866,7 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """What the tile loop needs of a run: the image the network reads (resampled or not), the
-    model and its plan, the output's layout, where tiles run, and the clustering to record.
+    model and its plan, the output's layout, where tiles run, and how to cluster and label.
     ``channels_first``: ``image`` holds a multi-channel network's input channels on axis 0."""
 
     image: Any
@@ -876,7 +877,8 @@ class _Run:
     per_slice: bool
     channels_first: bool
     tile_resources: dict | None
-    cluster_args: dict
+    settings: SegmentationSettings
+    clustering: ClusterOptions
 
 
 def _run_tiles(run: _Run, group, target, out_path, compute, client, progress, stage):
@@ -931,7 +933,7 @@ def _run_tiles(run: _Run, group, target, out_path, compute, client, progress, st
         if missing:
             raise RuntimeError(f"{missing} tiles were not written")
     _set_attrs(group, tiles=total)
-    _label(group, run.cluster_args, foreground, compute, stage)
+    _label(group, run.settings, run.clustering, foreground, compute, stage)
     if target != out_path:
         import zarr
 
@@ -972,27 +974,25 @@ def _tile_task(block, group, foreground: bool, index, chunk, shape):
                                                  region, index)
 
 
-def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
+def _label(group, settings: SegmentationSettings, clustering: ClusterOptions, foreground: bool,
+           compute, stage) -> None:
     """Cluster the stored embeddings, write the labels, then mark the group complete."""
     import dask.array as da
 
     from .instances import cluster_embeddings, write_instances
 
     embeddings = da.from_zarr(group["embeddings"])
-    args = dict(cluster_args)
-    connectivity, min_size = args.pop("connectivity"), args.pop("min_size")
-    post: dict[str, Any] = {"merge_distance": args.pop("merge_distance", 0.0) or None,
-            "absorb_small": bool(args.pop("absorb_small", False)),
-            "fill_holes": bool(args.pop("fill_holes", False))}
     if stage:
         stage("clustering")
-    clustering = cluster_embeddings(embeddings, foreground=foreground, compute=compute, **args)
+    found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, foreground,
+                               clustering, compute=compute)
     if stage:
         stage("labels")
     resampled = "labels_resampled" in group
     out = group["labels_resampled" if resampled else LABELS]
-    count = write_instances(embeddings, clustering, out, min_size, connectivity,
-                            compute=compute, **post)
+    count = write_instances(embeddings, found, out, settings.min_size, clustering.connectivity,
+                            compute=compute, merge_distance=settings.merge_distance or None,
+                            absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
     if resampled:
         # Nearest-centre read-back onto the image's grid, chunk by chunk (rescale.py).
         from .rescale import resize_labels
@@ -1007,7 +1007,7 @@ def _label(group, cluster_args: dict, foreground: bool, compute, stage) -> None:
 
         median, foreground_share = label_statistics(da.from_zarr(group[LABELS]), count, compute)
         warning = result_warning(count, median, foreground_share, expected)
-    _set_attrs(group, clustering=clustering.to_dict(), n_objects=count, warning=warning)
+    _set_attrs(group, clustering=found.to_dict(), n_objects=count, warning=warning)
     group.attrs["complete"] = True
 
 
@@ -1056,5 +1056,5 @@ def recluster(out_path, settings=None, clustering: ClusterOptions | None = None,
         if "complete" in group.attrs:
             del group.attrs["complete"]
         _set_attrs(group, cluster_args=cluster_args)
-        _label(group, cluster_args, "foreground" in group, _runner(client, cancel), stage)
+        _label(group, settings, clustering, "foreground" in group, _runner(client, cancel), stage)
     return zarr.open_group(out_path, mode="r+")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ._errors import ShiftSegError
 from ._options import with_overrides
 from .clustering import ClusterOptions
+from .settings import SegmentationSettings
 
 __all__ = ["ClusterOptions", "SegmentOptions", "settings_and_clustering"]
 
@@ -31,9 +32,11 @@ class SegmentOptions:
     tile : output tile per axis (snapped to n·f^l in ``exact`` mode; also the zarr chunk), or
         ``"auto"`` (the largest n·f^l tile whose estimated memory fits the device).
     device, mode : as for :func:`~napari_shiftseg.predict.predict_embeddings`.
-    bandwidth, min_size, fg_threshold, merge_distance, absorb_small, fill_holes : segmentation
-        settings (:class:`~napari_shiftseg.settings.SegmentationSettings`); None takes the value
-        recorded in the model file (tuned at training time).
+    settings : the segmentation settings, whole and typed
+        (:class:`~napari_shiftseg.settings.SegmentationSettings`, e.g. a widget's form); None
+        takes the ones recorded in the model file (tuned at training time).
+    bandwidth, min_size, fg_threshold, merge_distance, absorb_small, fill_holes : single
+        settings changed on top of ``settings`` (CLI flags); None keeps the value.
     clustering : mean-shift seeding and connectivity (:class:`ClusterOptions`; its fields may be
         given flat, ``seed=3``).
     diameter : object diameter in the image (pixels), ``'auto'`` (estimated on a central crop)
@@ -55,6 +58,7 @@ class SegmentOptions:
     tile: int | Sequence[int] | str = 128
     device: str = "auto"
     mode: str = "exact"
+    settings: SegmentationSettings | None = None
     bandwidth: float | None = None
     min_size: int | None = None
     fg_threshold: float | None = None
@@ -74,16 +78,18 @@ class SegmentOptions:
     def __post_init__(self):
         if not isinstance(self.clustering, ClusterOptions):
             raise ShiftSegError(f"clustering must be ClusterOptions, got {type(self.clustering).__name__}")
+        if self.settings is not None and not isinstance(self.settings, SegmentationSettings):
+            raise TypeError(f"settings must be SegmentationSettings, got {type(self.settings).__name__}")
 
     def with_overrides(self, **overrides) -> SegmentOptions:
         """A copy with these fields changed (clustering fields may be given flat)."""
         return with_overrides(self, "segment_to_zarr", overrides)
 
     def settings_for(self, model):
-        """The model's recorded segmentation settings with the ones given here instead."""
-        from .settings import SegmentationSettings
-
-        return SegmentationSettings.of(model).replace(**{k: getattr(self, k) for k in SETTING_NAMES})
+        """``settings`` (default: the model's recorded ones) with the single settings given here
+        instead. Passed on as they are: switched-off post-processing stays off."""
+        base = self.settings if self.settings is not None else SegmentationSettings.of(model)
+        return base.replace(**{k: getattr(self, k) for k in SETTING_NAMES})
 
 
 def settings_and_clustering(settings, clustering: ClusterOptions | None, overrides: dict, owner: str,
@@ -92,8 +98,6 @@ def settings_and_clustering(settings, clustering: ClusterOptions | None, overrid
     name (``bandwidth=1.5`` to the settings, ``seed=2`` to the clustering); ``merge_distance``
     None means no merging."""
     import dataclasses
-
-    from .settings import SegmentationSettings
 
     names = {f.name for f in dataclasses.fields(SegmentationSettings)}
     overrides = dict(overrides)

@@ -129,14 +129,3 @@ class SegmentationSettings:
     def to_meta(self) -> dict:
         """The entries recorded in a model file's metadata."""
         return dataclasses.asdict(self)
-
-    def instance_kwargs(self) -> dict:
-        """Keyword arguments of :func:`napari_shiftseg.instances.segment_instances`."""
-        kwargs = {"bandwidth": self.bandwidth, "fg_threshold": self.fg_threshold,
-                  "min_size": self.min_size}
-        post = {"merge_distance": self.merge_distance or None, "absorb_small": self.absorb_small,
-                "fill_holes": self.fill_holes}
-        # Post-processing keywords are passed only when switched on, so the plain path stays
-        # the one the paper describes.
-        kwargs.update({k: v for k, v in post.items() if v})
-        return kwargs

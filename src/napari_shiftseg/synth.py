@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 
 import dask.array as da
 import numpy as np
@@ -35,6 +35,8 @@ from skimage.segmentation import relabel_sequential
 
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg._options import with_overrides
+from napari_shiftseg.region import Region
+from napari_shiftseg.validate import is_whole
 
 __all__ = ["lattice", "random_objects", "lazy_random_objects", "nuclei", "NucleiScene", "Distortion", "TEST_SEEDS"]
 
@@ -45,11 +47,6 @@ _TRIES_PER_OBJECT = 200
 # --------------------------------------------------------------------------- validation
 
 
-def _is_int(value) -> bool:
-    # bool is an Integral, but True as a size or spacing is always a mistake.
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
 def _check_shape(shape, name: str = "shape") -> tuple[int, ...]:
     try:
         sizes = tuple(shape)
@@ -57,7 +54,7 @@ def _check_shape(shape, name: str = "shape") -> tuple[int, ...]:
         raise ShiftSegError(
             f"{name} {shape!r} must be a tuple of 2 (y, x) or 3 (z, y, x) positive integers"
         ) from None
-    if len(sizes) not in (2, 3) or not all(_is_int(s) and s >= 1 for s in sizes):
+    if len(sizes) not in (2, 3) or not all(is_whole(s) and s >= 1 for s in sizes):
         raise ShiftSegError(
             f"{name} {shape!r} must be a tuple of 2 (y, x) or 3 (z, y, x) positive integers"
         )
@@ -66,13 +63,13 @@ def _check_shape(shape, name: str = "shape") -> tuple[int, ...]:
 
 def _per_axis_int(value, ndim: int, name: str, minimum: int | None) -> tuple[int, ...]:
     """An int or one int per axis (each >= ``minimum`` unless None), as a tuple of length ndim."""
-    values = (value,) * ndim if _is_int(value) else value
+    values = (value,) * ndim if is_whole(value) else value
     try:
         values = tuple(values)
     except TypeError:
         values = ()
     low = -math.inf if minimum is None else minimum
-    if len(values) != ndim or not all(_is_int(v) and v >= low for v in values):
+    if len(values) != ndim or not all(is_whole(v) and v >= low for v in values):
         bound = "an integer" if minimum is None else f"an integer >= {minimum}"
         raise ShiftSegError(
             f"{name} {value!r} must be {bound} or {ndim} such integers (one per axis)"
@@ -92,7 +89,7 @@ def _real(value, name: str, *, minimum: float = 0.0, strict: bool = True) -> flo
 
 
 def _check_seed(seed) -> int:
-    if not _is_int(seed) or seed < 0:
+    if not is_whole(seed) or seed < 0:
         raise ShiftSegError(f"seed {seed!r} must be a non-negative integer")
     return int(seed)
 
@@ -495,7 +492,7 @@ def random_objects(
     spec = _ObjectSpec.build(len(shape), radius, radius_jitter, intensity_range, min_gap)
     if n_objects is None:
         n_objects = spec.count_for(shape, _check_density(density))
-    elif not _is_int(n_objects) or n_objects < 0:
+    elif not is_whole(n_objects) or n_objects < 0:
         raise ShiftSegError(f"n_objects {n_objects!r} must be a non-negative integer or None")
     corruptions = with_overrides(distortion or Distortion(), "synth", overrides).checked()
     rngs = _rngs(_check_seed(seed))
@@ -742,7 +739,7 @@ def _keep_connected(labels: np.ndarray) -> np.ndarray:
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        grown = Region.from_slices(box).grow(1, within=Region.whole(labels.shape)).to_slices()
         view = labels[grown]
         parts, n = ndimage.label(view == index)
         if n <= 1:

@@ -11,33 +11,18 @@ model file. ``train(..., steps=500)`` still works: keywords are applied to the o
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ._errors import ShiftSegError
 from ._options import with_overrides
 from .augment import NO_AUGMENTATION, Augmentation
+from .validate import finite
 
 __all__ = ["LossSettings", "TrainOptions", "LR_SCHEDULES"]
 
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def _number(name: str, value, kind=float, positive: bool = True, allow_zero: bool = False):
-    """``value`` as ``kind``, refused with a plain message unless a finite (positive) number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ShiftSegError(f"{name} must be a finite number, got {value}")
-    if kind is int and int(value) != value:
-        raise ShiftSegError(f"{name} must be a whole number, got {value}")
-    if positive and not (value > 0 or (allow_zero and value == 0)):
-        raise ShiftSegError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
-    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -64,7 +49,7 @@ class LossSettings:
 
     def __post_init__(self):
         for name in ("delta_v", "delta_d", "alpha", "beta", "gamma", "foreground_weight"):
-            object.__setattr__(self, name, _number(name, getattr(self, name), allow_zero=True))
+            object.__setattr__(self, name, finite(name, getattr(self, name), allow_zero=True))
         if self.delta_d <= 0:
             raise ShiftSegError(f"delta_d (the push margin) must be positive, got {self.delta_d}")
         object.__setattr__(self, "background_as_instance", bool(self.background_as_instance))
@@ -134,20 +119,20 @@ class TrainOptions:
 
     def __post_init__(self):
         set_ = object.__setattr__
-        set_(self, "steps", _number("steps", self.steps, int))
-        set_(self, "batch_size", _number("batch_size", self.batch_size, int))
-        set_(self, "lr", _number("lr", self.lr))
-        set_(self, "seed", _number("seed", self.seed, int, positive=False))
+        set_(self, "steps", finite("steps", self.steps, int))
+        set_(self, "batch_size", finite("batch_size", self.batch_size, int))
+        set_(self, "lr", finite("lr", self.lr))
+        set_(self, "seed", finite("seed", self.seed, int, positive=False))
         if self.lr_schedule not in LR_SCHEDULES:
             raise ShiftSegError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        set_(self, "noise_std", _number("noise_std", self.noise_std, allow_zero=True))
-        validation = _number("validation", self.validation, allow_zero=True)
+        set_(self, "noise_std", finite("noise_std", self.noise_std, allow_zero=True))
+        validation = finite("validation", self.validation, allow_zero=True)
         if validation >= 1:
             raise ShiftSegError(f"validation is the fraction held out, below 1; got {validation}")
         set_(self, "validation", validation)
         for name in ("validate_every", "checkpoint_every", "threads"):
             if getattr(self, name) is not None:
-                set_(self, name, _number(name, getattr(self, name), int))
+                set_(self, name, finite(name, getattr(self, name), int))
         if not isinstance(self.loss, LossSettings):
             raise TypeError(f"loss must be a LossSettings, got {type(self.loss).__name__}")
 

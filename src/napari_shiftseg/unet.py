@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ._errors import ShiftSegError
-from .geometry import UNetGeometry, check_int
+from .geometry import UNetGeometry
 from .spatial import EMBEDDINGS
+from .validate import whole
 
 UPSAMPLINGS = ("learnt", "nearest")
 
@@ -72,7 +73,7 @@ class UNetConfig:
         if not isinstance(self.geometry, UNetGeometry):
             raise ShiftSegError(f"geometry must be a UNetGeometry, got {type(self.geometry).__name__}")
         for name, high, why in _CONFIG_BOUNDS:
-            check_int(getattr(self, name), name, 1, high, why)
+            whole(getattr(self, name), name, 1, high, why)
         if not isinstance(self.foreground_head, bool):
             raise ShiftSegError(f"foreground_head must be true or false, got {self.foreground_head!r}")
         object.__setattr__(self, "position_scale", _check_position_scale(self.position_scale, self.geometry.ndim))

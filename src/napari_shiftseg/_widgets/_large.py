@@ -92,15 +92,16 @@ def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeR
         stage["name"] = name
         report(0, 1, name)
 
-    kwargs = params.settings.instance_kwargs()
     model = ModelCache().get(model_path, params.device)
-    if model.config.in_channels > 1:  # a channel-first array holding the model's channels
-        kwargs["channel"] = list(range(model.config.in_channels))
+    # A multi-channel model reads a channel-first array holding its channels.
+    channel = list(range(model.config.in_channels)) if model.config.in_channels > 1 else None
+    # The form's settings go as they are: what the user switched off stays off.
     segment_to_zarr(image, out_path, model=model, tile=params.tile, device=params.device,
-                    mode=params.mode, progress=lambda d, t: report(d, t, stage["name"]),
+                    mode=params.mode, settings=params.settings,
+                    progress=lambda d, t: report(d, t, stage["name"]),
                     cancel=cancel, stage=on_stage, diameter=params.diameter,
                     isotropic="auto" if params.voxel_size is not None else False,
-                    voxel_size=params.voxel_size, **kwargs)
+                    voxel_size=params.voxel_size, channel=channel)
     return _open(out_path, stored_plan(out_path, model.geometry), model, image, params.device)
 
 
@@ -108,8 +109,7 @@ def recluster(report, cancel, result: LargeResult, params) -> tuple[da.Array, No
     """Mean-shift and labelling again from the stored embeddings (no network pass): (instances,
     None: results on disk keep no per-voxel clusters)."""
 
-    recluster_zarr(result.path, cancel=cancel, stage=lambda name: report(0, 1, name),
-                   **params.settings.instance_kwargs())
+    recluster_zarr(result.path, params.settings, cancel=cancel, stage=lambda name: report(0, 1, name))
     # A new dask name, so nothing cached for the old labels is shown again.
     labels = zarr.open_group(str(result.path), mode="r")[LABELS]
     return da.from_zarr(labels, name=f"shiftseg-labels-{uuid.uuid4().hex}"), None

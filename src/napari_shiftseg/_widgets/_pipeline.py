@@ -24,6 +24,7 @@ from ..devices import resolve_device
 from ..measure import AXES, measure
 from ..modelio import load_model, save_model
 from ..normalize import recorded_normalization
+from ..region import Region
 from ..settings import SegmentationSettings
 from ..spatial import position_grid
 from ._common import file_stamp
@@ -71,6 +72,10 @@ class SegmentResult:
     # The mean-shift cluster of every voxel before connected components (on the embeddings'
     # grid): on an inseparable input it is one cluster, however many objects the labels show.
     clusters: np.ndarray | None = None
+    # A preview's window: per axis, whether it cuts the image (low side, high side). Objects at
+    # a cut are only partly inside; at the image's own edges they are whole as far as anyone
+    # can tell, so a window as large as the image labels exactly as a Run does.
+    cuts: tuple | None = None
 
 
 class ModelCache:
@@ -226,7 +231,7 @@ def _resampled_run(report, cancel, image, model, params, region, norm, factors, 
         rescale.working_region(region, shape, working_shape), working_shape)
     result = _segment_at(report, cancel, working, model, params, working_part, norm)
     result.resampled = Resampled(result.origin or (0,) * len(shape), working_shape, shape, factor)
-    result.labels = on_image_grid(result, result.labels, image_region)
+    result.labels = labels_on_image_grid(result, result.labels, image_region)
     result.origin = None if region is None else tuple(r.start for r in region)
     return result
 
@@ -238,9 +243,24 @@ def on_image_grid(result: SegmentResult, labels, image_region=None, dtype=np.int
     r = result.resampled
     if image_region is None:
         origin = result.origin or (0,) * len(r.image_shape)
-        image_region = tuple(slice(o, o + n) for o, n in zip(origin, result.labels.shape))
+        image_region = Region(origin, result.labels.shape).to_slices()
     out = rescale.labels_on_image_grid(labels, r.origin, r.working_shape, image_region, r.image_shape)
     return np.ascontiguousarray(out, dtype=dtype)
+
+
+def labels_on_image_grid(result: SegmentResult, labels, image_region=None) -> np.ndarray:
+    """Instances of a (possibly resampled) result on the image's own pixels, numbered 1..n.
+
+    Objects thinner than the step between the sampled voxels are lost on the way back to the
+    image's grid; numbering the rest again keeps "n objects" (the largest id, as the status
+    line says it) equal to the objects the instances layer holds.
+    """
+    if result.resampled is None:
+        return labels
+    from skimage.segmentation import relabel_sequential
+
+    out = on_image_grid(result, labels, image_region)
+    return relabel_sequential(out)[0].astype(np.int32, copy=False)
 
 
 def _segment_at(report, cancel, image, model, params: SegmentParams, region, norm) -> SegmentResult:
@@ -253,9 +273,11 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
     else:
         # A preview: the region plus its context predicted, then the region cut out: the
         # preview equals the full run there.
-        grown = g.context_region(region, spatial)
+        wanted = Region.from_slices(region, spatial)
+        context = wanted.with_context(g, spatial)
+        grown = context.to_slices()
         data = image[lead + grown]
-        inner = (slice(None),) + tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, grown))
+        inner = (slice(None),) + wanted.relative_to(context).to_slices()
     per_slice = g.ndim < len(spatial)     # a 2D model on a stack: slice by slice
     # One plan for the run: the prediction, the diagnostics and the note to the user.
     plan = predict.predict_plan(data, model, params.tile, params.mode, channel_axis, per_slice, params.device)
@@ -275,30 +297,38 @@ def _segment_at(report, cancel, image, model, params: SegmentParams, region, nor
             # them to the image's own positions, which a full run adds.
             d = g.ndim
             shift = position_grid((1,) * d, model.config.position_scale,
-                                  [s.start for s in grown[len(grown) - d:]])
+                                  context.offset[context.ndim - d:])
             embeddings[:d] += shift.reshape((d,) + (1,) * (embeddings.ndim - 1))
-    labels, clusters, note = _label(report, cancel, embeddings, params, model.config.foreground_head,
-                                    preview=region is not None)
+    cuts = None if region is None else window_cuts(region, spatial)
+    labels, clusters, note = _label(report, cancel, embeddings, params, model.config.foreground_head, cuts)
     origin = None if region is None else tuple(s.start for s in region)
     note = "; ".join(filter(None, [note, plan.message]))
     return SegmentResult(np.ascontiguousarray(embeddings), labels, diag, origin,
-                         model.config.foreground_head, note, clusters=clusters)
+                         model.config.foreground_head, note, clusters=clusters, cuts=cuts)
 
 
-def keep_cut_objects(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
-    """Drop objects below ``min_size`` except those touching the array's border.
+def window_cuts(region, shape) -> tuple:
+    """Per axis, whether ``region`` cuts the image of ``shape`` below and above."""
+    return tuple((r.start > 0, r.stop < n) for r, n in zip(region, shape))
+
+
+def keep_cut_objects(labels: np.ndarray, min_size: int, cuts=None) -> tuple[np.ndarray, int]:
+    """Drop objects below ``min_size`` except those touching a face the window cuts.
 
     A preview is a window (in 3D a slab a few planes thick): objects it cuts are only partly
-    inside, so the model's min size (whole objects) would drop most of them. Returns the
+    inside, so the model's min size (whole objects) would drop most of them. ``cuts`` (per
+    axis, low and high side; default: every face) says which faces are cuts. Returns the
     labels and how many cut objects were kept below the min size.
     """
     from skimage.segmentation import relabel_sequential
 
     sizes = np.bincount(labels.ravel())
     border = np.zeros(len(sizes), bool)
+    cuts = cuts or ((True, True),) * labels.ndim
     for axis in range(labels.ndim):
-        for face in (labels.take(0, axis=axis), labels.take(-1, axis=axis)):
-            border[np.unique(face)] = True
+        for side, face in ((0, labels.take(0, axis=axis)), (1, labels.take(-1, axis=axis))):
+            if cuts[axis][side]:
+                border[np.unique(face)] = True
     small = sizes < min_size
     small[0] = False
     drop = small & ~border
@@ -308,25 +338,28 @@ def keep_cut_objects(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, int
 
 
 def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
-           preview: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
-    """(instances, the cluster of every voxel, a note for the user)."""
+           cuts: tuple | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(instances, the cluster of every voxel, a note for the user); ``cuts``: a preview's
+    window (:func:`window_cuts`), None for a whole image."""
 
-    # segment_instances' keywords, split between its two steps so mean-shift can run on the
-    # chosen device and a cancel is seen in between.
-    kwargs = params.settings.instance_kwargs()
-    clustering = instances.cluster_embeddings(embeddings, kwargs.pop("bandwidth"),
-                                              kwargs.pop("fg_threshold"), foreground=foreground,
+    # segment_instances' two steps, apart so mean-shift can run on the chosen device and a
+    # cancel is seen in between.
+    settings = params.settings
+    clustering = instances.cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold,
+                                              foreground=foreground,
                                               device=str(resolve_device(params.device)))
     if cancel.is_set():
         raise progress.Cancelled()
     # Blocks of a few hundred thousand voxels: labelling reports progress and uses both cores.
     side = 512 if embeddings.ndim == 3 else 96
     blocks = da.from_array(embeddings, chunks=(-1,) + (side,) * (embeddings.ndim - 1))
-    min_size = kwargs.pop("min_size")
+    min_size = settings.min_size
     # Preview: the size filter runs after labelling, sparing objects the window cuts (with
     # absorb_small the min size also decides what is absorbed, so it stays in the labelling).
-    spare_cut = preview and not kwargs.get("absorb_small")
-    labels = instances.label_instances(blocks, clustering, 0 if spare_cut else min_size, **kwargs)
+    spare_cut = cuts is not None and any(any(c) for c in cuts) and not settings.absorb_small
+    labels = instances.label_instances(blocks, clustering, 0 if spare_cut else min_size,
+                                       merge_distance=settings.merge_distance or None,
+                                       absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
     clusters = instances.assign_clusters(blocks, clustering)
     labels, clusters = progress.compute(labels, clusters, progress=lambda d, t: report(d, t, "labels"),
                                         cancel=cancel)
@@ -335,7 +368,7 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
     # shows the paper's point on inseparable inputs (one cluster, many objects).
     notes = [f"{clustering.n_clusters} embedding cluster(s)"]
     if spare_cut:
-        labels, kept = keep_cut_objects(labels, min_size)
+        labels, kept = keep_cut_objects(labels, min_size, cuts)
         if kept:
             notes.append(f"{kept} object(s) cut by the preview's edge kept although below "
                          f"min size {min_size}")
@@ -345,8 +378,7 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
 def object_features(result: SegmentResult, image, spacing) -> dict:
     """The measurement table of an in-memory result (see :func:`napari_shiftseg.measure.measure`),
     for the instances layer's ``features``: sizes in the layer's world units (its scale)."""
-    region = tuple(slice(o, o + n) for o, n in zip(result.origin or (0,) * result.labels.ndim,
-                                                   result.labels.shape))
+    region = Region(result.origin or (0,) * result.labels.ndim, result.labels.shape).to_slices()
     channels = np.ndim(image) - result.labels.ndim  # 1: a multi-channel model's channels first
     intensities = np.asarray(image[(slice(None),) * channels + region], dtype=np.float32)
     embeddings = None
@@ -385,8 +417,8 @@ def recluster(report, cancel, result: SegmentResult, params: SegmentParams):
     """Mean-shift + labelling again on the cached embeddings (no network pass): (instances on
     the image's grid, clusters on the embeddings' grid)."""
     labels, clusters, _ = _label(report, cancel, result.embeddings, params, result.foreground,
-                                 preview=result.origin is not None)
-    return on_image_grid(result, labels), clusters
+                                 result.cuts)
+    return labels_on_image_grid(result, labels), clusters
 
 
 # --------------------------------------------------------------------------- training
