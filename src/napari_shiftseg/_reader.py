@@ -8,11 +8,17 @@ shiftseg model.
 
 Dropping an ``OUT.zarr`` of ``shiftseg segment`` adds its layers, lazily. Such a folder may come
 from anywhere: :mod:`._reader_checks` checks it before anything is read, so that a crafted one
-gives a one-line error instead of a hang or gigabytes of memory.
+gives a one-line error instead of a hang or gigabytes of memory. When the input image it
+records has moved (or changed), the results open without it and the user is told so, naming
+the path, every time: a napari warning notification while a viewer is open (napari shows a
+Python warning's text once a session, and Python once per line of code), a Python warning
+otherwise. A time-series output (:mod:`.series`) opens as the input it stores and its instances,
+both with the time axis first.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +62,11 @@ def get_segmentation_reader(path):
         return None
     from ._reader_checks import root_attrs
     from .segment import ATTRS, FORMAT
+    from .series import SERIES_FORMAT
 
     record = (root_attrs(path) or {}).get(ATTRS)
+    if isinstance(record, dict) and record.get("format") == SERIES_FORMAT:
+        return read_series
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         return None  # not ours: another reader's turn
     return read_segmentation
@@ -101,6 +110,59 @@ def read_segmentation(path):
     return layers
 
 
+def read_series(path):
+    """Layers of a finished time-series output (:mod:`.series`): the input it stores and the
+    instances, both with the time axis first (napari's time slider), placed with the input's
+    voxel size. Checked like :func:`read_segmentation` before anything is read."""
+    import zarr
+
+    from . import _reader_checks as checks
+    from ._widgets._layers import layer_name
+    from .ngff import LABELS
+    from .segment import ATTRS
+    from .series import IMAGE, SERIES_FORMAT
+
+    root = Path(path)
+    name = root.name
+    checks.check_store(root, name)
+    try:
+        group = zarr.open_group(str(root), mode="r")
+        info = group.attrs.get(ATTRS)
+    except Exception as err:  # noqa: BLE001 - zarr's own parse of broken metadata
+        raise checks.damaged(name, f"zarr cannot read it ({checks.first_line(err)})") from None
+    if not isinstance(info, dict) or info.get("format") != SERIES_FORMAT:
+        raise ShiftSegError(f"{name} is not a shiftseg time-series output; open it with a zarr or "
+                            "OME-Zarr reader instead")
+    labels = checks.check_array(group, LABELS, "instances", name)
+    checks.check_labels_dtype(labels.array.dtype, name)
+    if labels.array.ndim not in (3, 4):
+        raise checks.damaged(name, f"the instances have {labels.array.ndim} axes; a time series "
+                                   "has time and 2 or 3 spatial axes")
+    image = checks.check_array(group, IMAGE, "image", name)
+    channels = image.array.ndim == labels.array.ndim + 1
+    shape = tuple(image.array.shape)
+    if shape[:1] + shape[1 + channels:] != tuple(labels.array.shape) or \
+            not (np.issubdtype(image.array.dtype, np.number) or image.array.dtype == bool):
+        raise checks.damaged(name, f"the image ({image.array.dtype}, {' x '.join(map(str, shape))}) "
+                                   "does not fit the instances")
+    scale = (1.0, *checks.check_voxel_size(info.get("voxel_size"), labels.array.ndim - 1, name))
+    return [(_lazy(image, root), {"name": layer_name(name, "image"), "scale": scale,
+                                  **({"channel_axis": 1} if channels else {})}, "image"),
+            (_lazy(labels, root), {"name": layer_name(name, "instances"), "scale": scale,
+                                   "opacity": 0.6}, "labels")]
+
+
+def _lazy(array: ArrayInfo, root: Path):
+    """A dask array over ``array`` whose every chunk read is checked first."""
+    import dask.array as da
+
+    from ._reader_checks import GuardedArray
+
+    guarded = GuardedArray(array, root, root.name)
+    return da.from_array(guarded, chunks=guarded.chunks, asarray=False, fancy=False, name=False,
+                         meta=np.empty((0,) * guarded.ndim, guarded.dtype))
+
+
 @dataclass(frozen=True)
 class _Output:
     """A checked output: its record, arrays (metadata only so far) and voxel size."""
@@ -128,11 +190,7 @@ class _Output:
 
     def lazy(self, array: ArrayInfo):
         """A dask array over ``array`` whose every chunk read is checked first."""
-        import dask.array as da
-
-        guarded = self.guarded(array)
-        return da.from_array(guarded, chunks=guarded.chunks, asarray=False, fancy=False, name=False,
-                             meta=np.empty((0,) * guarded.ndim, guarded.dtype))
+        return _lazy(array, self.root)
 
 
 def _open_output(root: Path) -> _Output:
@@ -173,7 +231,14 @@ def _input_layers(out: _Output) -> list:
     from ._reader_checks import input_matches, usable_input
     from .io import read_spatial
 
-    source = usable_input(out.info.get("input"), out.root.name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = usable_input(out.info.get("input"), out.root.name)
+    for warning in caught:  # "the input image ... is not shown: why": told every time
+        if issubclass(warning.category, UserWarning) and str(warning.message).startswith(out.root.name):
+            _tell(str(warning.message))
+        else:
+            warnings.warn(warning.message, warning.category, stacklevel=2)
     if source is None:
         return []
     path, channel = source
@@ -192,5 +257,17 @@ def _input_layers(out: _Output) -> list:
 
 
 def _warn(out: _Output, path: str, why: str) -> None:
-    warnings.warn(f"{out.root.name}: the input image {path} is not shown: {why.splitlines()[0] if why else ''}",
-                  UserWarning, stacklevel=3)
+    _tell(f"{out.root.name}: the input image {path} is not shown: {why.splitlines()[0] if why else ''}")
+
+
+def _tell(message: str) -> None:
+    """Say that the input image is left out, and what to do, however often the output is opened."""
+    message = (f"{message}; the results are shown without it (open the image from where it is "
+               "now to see them over it)")
+    napari = sys.modules.get("napari")  # never imported here just to ask
+    if napari is not None and napari.current_viewer() is not None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    else:
+        warnings.warn(message, UserWarning, stacklevel=4)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ._errors import ShiftSegError
 
-__all__ = ["EXTENSIONS", "read_image", "read_spatial", "image_info", "write_zarr"]
+__all__ = ["EXTENSIONS", "TimeSeries", "read_image", "read_series", "read_spatial", "image_info",
+           "time_points", "write_zarr"]
 
 EXTENSIONS = (".tif", ".tiff", ".zarr", ".npy")
 # Below this many bytes a compressed TIFF is simply decoded into memory.
@@ -174,9 +175,92 @@ def read_spatial(path, channel: int | Sequence[int] | None = None):
     """:func:`read_image`, checked to be a 2D/3D single-channel image (one channel picked).
 
     RGB TIFFs and multi-channel files (a ``C``/``S`` axis, or an OME ``channel`` axis, of size
-    > 1) need ``channel``; a time axis of size > 1 is refused (segment one time point at a time).
-    A list of channels gives those channels stacked on a first axis, (C, *spatial), for a
+    > 1) need ``channel``; a time axis of size > 1 is refused here: read such a file with
+    :func:`read_series` (one time point at a time), or segment it with
+    :func:`napari_shiftseg.series.segment_series` (``shiftseg segment`` does). A list of
+    channels gives those channels stacked on a first axis, (C, *spatial), for a
     multi-channel network.
+    """
+    image, axes = _picked(path, channel)
+    if axes and "T" in axes and image.shape[axes.index("T")] > 1:
+        name = Path(path).name
+        raise ShiftSegError(f"{name} is a time series (axes {axes}, shape {tuple(image.shape)}); "
+                            "`shiftseg segment` segments every time point (ids numbered on), "
+                            "napari_shiftseg.series.segment_series in Python; io.read_series "
+                            "reads one time point at a time")
+    return image
+
+
+class TimeSeries:
+    """A time series read lazily, one time point at a time (see :func:`read_series`).
+
+    ``data`` has the time axis first, (T, *spatial), or (T, C, *spatial) for a list of
+    channels (``axes``: its letters, ``T`` first; None when unknown). ``frame(t)`` is one time
+    point as :func:`read_spatial` would give it for a file of that one point (a memory map or
+    dask array where the file allows it: nothing is read until it is used). ``voxel_size`` is
+    one number per spatial axis (None when the file records none), ``unit`` its unit.
+    """
+
+    def __init__(self, data, axes: str | None, voxel_size=None, unit: str | None = None):
+        self.data, self.axes = data, axes
+        self.voxel_size = tuple(voxel_size) if voxel_size else None
+        self.unit = unit
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def frame(self, t: int):
+        if not 0 <= t < len(self):
+            raise IndexError(f"time point {t} of {len(self)}")
+        return self.data[t]
+
+
+def read_series(path, channel: int | Sequence[int] | None = None) -> TimeSeries:
+    """A file with a time axis (metadata axes ``T``: an ImageJ hyperstack ``TZYX``, an OME-Zarr
+    ``time`` axis, ...) as a :class:`TimeSeries`, time first; channels are picked as in
+    :func:`read_spatial`. A file whose metadata names no time axis is refused.
+    """
+    image, axes = _picked(path, channel)
+    name = Path(path).name
+    if not axes or "T" not in axes:
+        raise ShiftSegError(f"{name} has no time axis that its metadata names (axes "
+                            f"{axes or 'unknown'}, shape {tuple(image.shape)})")
+    axis = axes.index("T")
+    if axis:
+        if hasattr(image, "dask"):
+            import dask.array as da
+
+            image = da.moveaxis(image, axis, 0)
+        else:
+            image = np.moveaxis(image, axis, 0)  # a view: a memory map stays one
+        axes = "T" + axes[:axis] + axes[axis + 1:]
+    info = image_info(path)
+    spatial = sum(a in "ZYX" for a in axes)
+    voxel = info["voxel_size"] if info["voxel_size"] and len(info["voxel_size"]) == spatial else None
+    return TimeSeries(image, axes, voxel, info["unit"])
+
+
+def time_points(path) -> int:
+    """How many time points ``path`` holds along a time axis its metadata names (1 when it
+    names none); reads the metadata only."""
+    axes = image_info(path)["axes"]
+    if not axes or "T" not in axes:
+        return 1
+    image = read_image(path)
+    return int(image.shape[axes.index("T")]) if len(axes) == image.ndim else 1
+
+
+def _picked(path, channel):
+    """The image of ``path`` with its channel(s) picked, and its axes letters (tifffile's, no
+    channel axis left; ``C`` first for a list of channels; None when the metadata names none).
     """
     if channel is not None and not isinstance(channel, (int, np.integer)):
         return _read_channels(path, [int(c) for c in channel])
@@ -188,7 +272,7 @@ def read_spatial(path, channel: int | Sequence[int] | None = None):
         if channel is not None:
             raise ShiftSegError(f"{name} has no channel axis that its metadata names (shape "
                                 f"{tuple(image.shape)}); leave out --channel")
-        return image
+        return image, None
     channel_axes = [i for i, a in enumerate(axes) if a in "CS"]
     if channel_axes:
         axis = channel_axes[0]
@@ -204,14 +288,12 @@ def read_spatial(path, channel: int | Sequence[int] | None = None):
         axes = axes[:axis] + axes[axis + 1:]
     elif channel is not None:
         raise ShiftSegError(f"{name} has one channel (axes {axes}); leave out --channel")
-    if "T" in axes and image.shape[axes.index("T")] > 1:
-        raise ShiftSegError(f"{name} is a time series (axes {axes}, shape {tuple(image.shape)}); "
-                            "segment one time point at a time")
-    return image
+    return image, axes
 
 
 def _read_channels(path, picks: list[int]):
-    """The channels ``picks`` of a file with a channel axis, stacked first (lazily for dask)."""
+    """The channels ``picks`` of a file with a channel axis, stacked first (lazily for dask),
+    and the axes letters of the result (``C`` first)."""
     image = read_image(path)
     axes = image_info(path)["axes"]
     name = Path(path).name
@@ -223,15 +305,18 @@ def _read_channels(path, picks: list[int]):
     bad = [c for c in picks if not 0 <= c < n]
     if bad:
         raise ShiftSegError(f"--channels {','.join(map(str, picks))}: {name} has channels 0..{n - 1}")
-    rest = axes[:axis] + axes[axis + 1:]
-    if "T" in rest and image.shape[axes.index("T")] > 1:
-        raise ShiftSegError(f"{name} is a time series (axes {axes}, shape {tuple(image.shape)}); "
-                            "segment one time point at a time")
+    rest = "C" + axes[:axis] + axes[axis + 1:]
+    if "T" in axes and not hasattr(image, "dask"):
+        import dask.array as da
+
+        # A time series: picked lazily, one time point per chunk (never the whole series).
+        image = da.from_array(image, chunks=tuple(1 if a == "T" else -1 for a in axes),
+                              asarray=True, name=False)
     if hasattr(image, "dask"):
         import dask.array as da
 
-        return da.moveaxis(image[(slice(None),) * axis + (picks,)], axis, 0)
-    return np.moveaxis(np.asarray(image).take(picks, axis=axis), axis, 0)
+        return da.moveaxis(image[(slice(None),) * axis + (picks,)], axis, 0), rest
+    return np.moveaxis(np.asarray(image).take(picks, axis=axis), axis, 0), rest
 
 
 def _read_npy(path: Path):

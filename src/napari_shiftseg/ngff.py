@@ -20,6 +20,9 @@ Written by hand rather than with ome-zarr-py or ngff-zarr: the metadata is a few
 while both writers want to own the arrays (shiftseg writes tiles into them as they finish, and
 resumes), and either would add a dependency chain (ome-zarr-py pulls aiohttp/requests) to the
 headless core. The tests validate the result with ``ome-zarr-models``.
+
+A time series (:mod:`napari_shiftseg.series`) is written by :func:`write_series_metadata`: its
+image is the segmented input and every axis list starts with a ``time`` axis.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ def zarr_format(version: str) -> Literal[2, 3]:
     return 3 if check_version(version) == "0.5" else 2
 
 
-def _axes(spatial_ndim: int, unit: str | None, channel: bool) -> list[dict]:
+def _axes(spatial_ndim: int, unit: str | None, channel: bool, time: bool = False) -> list[dict]:
+    """NGFF axes in the order the spec requires: time, channel, then space."""
     ngff_unit = UNITS.get(unit or "")
-    axes = [{"name": "c", "type": "channel"}] if channel else []
+    axes = [{"name": "t", "type": "time"}] if time else []
+    axes += [{"name": "c", "type": "channel"}] if channel else []
     for name in AXIS_NAMES[spatial_ndim]:
         axes.append({"name": name, "type": "space", **({"unit": ngff_unit} if ngff_unit else {})})
     return axes
@@ -96,10 +101,35 @@ def write_metadata(group, version: str, *, voxel_size=None, unit: str | None = N
     # A 2D model run slice by slice on a stack has 3D embeddings: same grid as the labels.
     _set(group, version, multiscales=_multiscales(
         "embeddings", "embeddings", _axes(emb_ndim, unit, channel=True), [1.0, *emb_scale], version))
+    _write_label_image(group, version, _axes(ndim, unit, channel=False), voxel)
+
+
+def _write_label_image(group, version: str, axes: list[dict], scale) -> None:
+    """``labels/instances``: the one label image of ``group``, its source the image above."""
     _set(group["labels"], version, labels=["instances"])
-    instances = group["labels/instances"]
     image_label: dict[str, Any] = {"source": {"image": "../../"}}
     if version == "0.4":
         image_label = {"version": "0.4", **image_label}
-    _set(instances, version, **{"image-label": image_label},
-         multiscales=_multiscales("instances", "0", _axes(ndim, unit, channel=False), voxel, version))
+    _set(group["labels/instances"], version, **{"image-label": image_label},
+         multiscales=_multiscales("instances", "0", axes, scale, version))
+
+
+def dimension_names(spatial_ndim: int, channel: bool = False, time: bool = False) -> tuple[str, ...]:
+    """zarr v3 ``dimension_names`` of an array with these axes (the names its NGFF axes use)."""
+    return ("t",) * time + ("c",) * channel + AXIS_NAMES[spatial_ndim]
+
+
+def write_series_metadata(group, version: str, *, image: str, voxel_size=None,
+                          unit: str | None = None, channel: bool = False) -> None:
+    """Make ``group`` (a time-series output: ``image`` (T, [C,] *spatial) and :data:`LABELS`
+    (T, *spatial)) an OME-Zarr image with one label image, ``instances``; every axis list
+    starts with ``t`` (scale 1: one time point per step).
+    """
+    check_version(version)
+    labels = group[LABELS]
+    spatial = labels.ndim - 1
+    voxel = [float(v) for v in (voxel_size or (1.0,) * spatial)]
+    _set(group, version, multiscales=_multiscales(
+        "image", image, _axes(spatial, unit, channel=channel, time=True),
+        [1.0] + [1.0] * channel + voxel, version))
+    _write_label_image(group, version, _axes(spatial, unit, channel=False, time=True), [1.0, *voxel])

@@ -5,6 +5,10 @@ Writes ``embeddings``, ``foreground`` and ``labels/instances/0`` with OME-Zarr (
 Interrupted runs (Ctrl-C, a crash, a killed worker) keep every finished tile; running the same
 command again resumes. ``--scheduler tcp://HOST:PORT`` runs on an existing dask.distributed
 cluster (its workers must see the output path), ``--workers N`` starts a local one.
+
+A file whose metadata names a time axis (an ImageJ hyperstack TYX/TZYX, an OME-Zarr ``time``
+axis) is segmented time point by time point into one output whose labels have the time axis
+first and ids numbered on across time (:mod:`napari_shiftseg.series`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ def add_parser(sub):
     p = sub.add_parser(
         "segment", help="segment an image into a zarr group (embeddings, foreground, labels); resumable",
         description="Tile-and-stitch instance segmentation of IMAGE (.tif, .zarr, OME-Zarr, .npy) "
-                    "into OUT.zarr. Run the same command again to resume an interrupted run.",
+                    "into OUT.zarr. Run the same command again to resume an interrupted run. A "
+                    "file with a time axis (ImageJ TYX/TZYX, OME-Zarr time) is segmented time "
+                    "point by time point into one labels array, ids numbered on across time.",
     )
     p.add_argument("image", help="input image: .tif/.tiff, .zarr (OME-Zarr too) or .npy")
     p.add_argument("-o", "--output", required=True, metavar="OUT.zarr", help="output zarr directory")
@@ -100,12 +106,26 @@ def add_parser(sub):
     p.set_defaults(run=run)
 
 
+def _options(args):
+    from ..segment_options import ClusterOptions, SegmentOptions
+
+    return SegmentOptions(
+        tile=args.tile, device=args.device, mode=args.mode, bandwidth=args.bandwidth,
+        min_size=args.min_size, fg_threshold=args.fg_threshold,
+        merge_distance=args.merge_distance, clustering=ClusterOptions(seed=args.seed),
+        diameter=args.diameter, channel=_args.picked_channels(args), isotropic=args.isotropic,
+        voxel_size=args.voxel_size, overwrite=args.overwrite, ngff=args.ngff,
+        tile_resources=args.tile_resources)
+
+
 def run(args) -> int:
     import sys
 
+    from ..io import time_points
     from ..segment import ATTRS, connect, segment_to_zarr
-    from ..segment_options import ClusterOptions, SegmentOptions
 
+    if time_points(args.image) > 1:
+        return run_series(args)
     if args.table:  # before anything runs: never replace the input, a model or a file unasked
         from ..measure import check_table_path
 
@@ -128,13 +148,7 @@ def run(args) -> int:
             print(f"{name}...", file=sys.stderr)
 
     try:
-        options = SegmentOptions(
-            tile=args.tile, device=args.device, mode=args.mode, bandwidth=args.bandwidth,
-            min_size=args.min_size, fg_threshold=args.fg_threshold,
-            merge_distance=args.merge_distance, clustering=ClusterOptions(seed=args.seed),
-            diameter=args.diameter, channel=_args.picked_channels(args), isotropic=args.isotropic,
-            voxel_size=args.voxel_size, overwrite=args.overwrite, ngff=args.ngff,
-            tile_resources=args.tile_resources)
+        options = _options(args)
         group = segment_to_zarr(args.image, args.output, args.model, options, progress=progress,
                                 stage=stage, client=client)
     finally:
@@ -164,6 +178,68 @@ def run(args) -> int:
         shape = "x".join(map(str, info["resampled"]["working_shape"]))
         print(f"the network ran on the image resampled to {shape} (the object size the model "
               "learnt); 'labels' are on the image's grid, 'labels_resampled' on that one")
+    return 0
+
+
+def run_series(args) -> int:
+    """A time series: every time point on its own, one line each, then the total."""
+    import sys
+
+    from .._errors import ShiftSegError
+    from ..segment import ATTRS, connect
+    from ..series import frames_path, segment_series
+
+    if args.table:
+        raise ShiftSegError(f"{args.image} is a time series: --table measures one image; leave it "
+                            "out (each time point's output in the work folder can be measured)")
+    options = _options(args)  # checked before a cluster starts
+    client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
+    bar, doing = None, "tiles"
+
+    def progress(done, total):  # the tiles of the time point being segmented
+        nonlocal bar
+        if args.quiet or (bar is None and done >= total):
+            return  # a time point finished earlier gets no bar
+        if bar is None:
+            bar = _args.progress_bar(total=total, initial=done, unit="tile", desc=doing)
+        bar.update(done - bar.n)
+
+    def stage(text):  # "time point 2/5: tiles"
+        nonlocal doing
+        doing = text
+        if bar is not None:
+            bar.set_description(text)
+
+    def time_point(point):
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+        ids = f" (ids {point.first_id}-{point.last_id})" if point.objects else ""
+        earlier = ", finished earlier" if point.reused else ""
+        print(f"time point {point.index + 1}/{point.of}: {point.objects} objects{ids}{earlier}", flush=True)
+        if point.warning:
+            print(f"time point {point.index + 1}/{point.of}: {point.warning}", file=sys.stderr)
+
+    try:
+        group = segment_series(args.image, args.output, args.model, options, progress=progress,
+                               stage=stage, client=client, time_point=time_point)
+    finally:
+        if bar is not None:
+            bar.close()
+        if client is not None:
+            cluster = client.cluster if args.workers else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    info = dict(group.attrs[ATTRS])
+    n = info.get("time_points", group["labels/instances/0"].shape[0])
+    print(f"{args.output}: {info.get('n_objects', 0)} objects over {n} time points in 'labels' "
+          f"{tuple(group['labels/instances/0'].shape)}, ids numbered on across time; each time "
+          f"point's own output (embeddings, for resuming and re-clustering) is kept in "
+          f"{frames_path(args.output).name}")
+    if info.get("tile_note"):
+        print(f"note: {info['tile_note']}")
     return 0
 
 
