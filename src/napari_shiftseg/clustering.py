@@ -143,48 +143,93 @@ class Clustering:
         return cls(modes.reshape(len(modes), -1) if modes.size else modes.reshape(0, 0), **data)
 
 
-def _sample_block(block, quota: int, threshold: float, foreground: bool, seed: int, index):
-    """Up to ``quota`` random foreground embedding vectors (rows) of one block."""
+#: The first read keeps voxels whose key is below this many times max_points / all voxels: one
+#: read suffices whenever the foreground is at least 1/this of the image (nearly always).
+_FIRST_READ_MARGIN = 4
+
+
+def _keys(flat_index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform key in [0, 1) per voxel from its index in the whole image (splitmix64): the
+    same voxel gets the same key whatever the chunking, the scheduler or the machine."""
+    with np.errstate(over="ignore"):
+        z = flat_index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def _sample_block(block, below: float, threshold: float, foreground: bool, seed: int, origin, shape):
+    """(foreground voxels, and the (flat index, key, vector) of those whose key is < ``below``)
+    of one block at ``origin`` in an image of spatial ``shape``."""
     flat = np.asarray(block).reshape(block.shape[0], -1)
     if foreground:
         candidates = np.flatnonzero(flat[-1] > threshold)
         flat = flat[:-1]
     else:
         candidates = np.arange(flat.shape[1])
-    if candidates.size > quota:
-        # Seeded per block (not per run order) so every scheduler draws the same sample.
-        rng = np.random.default_rng([seed, *index])
-        candidates = np.sort(rng.choice(candidates, size=quota, replace=False))
-    return np.ascontiguousarray(flat[:, candidates].T, dtype=np.float32)
+    local = np.unravel_index(candidates, block.shape[1:])
+    index = np.ravel_multi_index(tuple(c + o for c, o in zip(local, origin)), shape)
+    keys = _keys(index, seed)
+    keep = keys < below
+    vectors = np.ascontiguousarray(flat[:, candidates[keep]].T, dtype=np.float32)
+    return candidates.size, index[keep], keys[keep], vectors
 
 
 def sample_foreground(embeddings, max_points: int = DEFAULT_MAX_POINTS, fg_threshold: float = 0.5,
                       foreground: bool = True, seed: int = 0, compute=None) -> np.ndarray:
-    """Random foreground embedding vectors of the whole image, drawn chunk by chunk.
+    """A uniform random sample of the foreground embedding vectors of the whole image.
 
-    Each chunk contributes at most ``ceil(max_points · chunk voxels / all voxels)`` of its
-    foreground voxels (all of them if it has fewer), so the sample is spread over the whole
-    volume and only the sample is ever in memory.
+    The sample is the ``max_points`` foreground voxels with the smallest keys (all of them when
+    there are fewer), in raster order, where a voxel's key is a hash of its position in the
+    whole image and ``seed``. So it does not depend on the chunking: a run in memory, one
+    staged through zarr tiles, a preview of the whole image and a dask cluster draw the same
+    points, hence the same modes and labels (issues 26, 27). Chunks are read once, keeping
+    only voxels whose key is small enough; a sparse foreground (under 1/4 of the image) takes
+    a second read. Only the sample is ever in memory.
 
     Returns
     -------
     numpy.ndarray
-        (N, E) float32, N <= max_points + number of chunks.
+        (N, E) float32, N = min(max_points, foreground voxels).
     """
     emb = _embeddings(embeddings, foreground)
     max_points = whole(max_points, "max_points", 1)
-    total = math.prod(emb.shape[1:])
+    shape = tuple(emb.shape[1:])
+    total = math.prod(shape)
     threshold = _logit(number(fg_threshold, "fg_threshold", 0.0, 1.0))
-    blocks = emb.to_delayed()
-    tasks = []
-    for index in np.ndindex(blocks.shape):
-        size = math.prod(emb.chunks[axis][i] for axis, i in enumerate(index))
-        quota = math.ceil(max_points * size / total)
-        tasks.append(dask.delayed(_sample_block, pure=True)(
-            blocks[index], quota, threshold, foreground, seed, index[1:]))
-    parts = (compute or dask.compute)(*tasks)
     dim = emb.shape[0] - int(foreground)
-    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    blocks = emb.to_delayed()
+    origins = [np.cumsum((0,) + c[:-1]) for c in emb.chunks[1:]]
+
+    def read(below: float):
+        tasks = [dask.delayed(_sample_block, pure=True)(
+            blocks[index], below, threshold, foreground, seed,
+            tuple(int(o[i]) for o, i in zip(origins, index[1:])), shape)
+            for index in np.ndindex(blocks.shape)]
+        parts = (compute or dask.compute)(*tasks)
+        n_foreground = sum(p[0] for p in parts)
+        if not parts:
+            return 0, np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim), np.float32)
+        return (n_foreground, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
+                np.concatenate([p[3] for p in parts]))
+
+    below = min(1.0, _FIRST_READ_MARGIN * max_points / max(total, 1))
+    n_foreground, index, keys, vectors = read(below)
+    if keys.size < min(max_points, n_foreground) and below < 1.0:
+        # A sparse foreground: read again with a bound that keeps enough of it (twice the
+        # expected need; all of it when that is most).
+        below = min(1.0, 2.0 * max_points / n_foreground)
+        while True:
+            n_foreground, index, keys, vectors = read(below)
+            if keys.size >= min(max_points, n_foreground) or below >= 1.0:
+                break
+            below = min(1.0, 2.0 * below)
+    if keys.size > max_points:  # the max_points smallest keys (every voxel below is here)
+        chosen = np.argpartition(keys, max_points - 1)[:max_points]
+        index, vectors = index[chosen], vectors[chosen]
+    order = np.argsort(index, kind="stable")  # raster order: independent of the chunking
+    return np.ascontiguousarray(vectors[order])
 
 
 def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
