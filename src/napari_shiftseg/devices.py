@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from ._errors import ShiftSegError
@@ -19,7 +18,6 @@ from .geometry import UNetGeometry
 #: Largest tile ``auto_tile`` proposes per axis: beyond this the context overhead is already
 #: small (amplification < 1.5 for a 3D l = 3 net) and tiles only get slower to cancel.
 MAX_AUTO_TILE = {2: 1024, 3: 256}
-_WORKSPACE = 1.5  # headroom for convolution workspaces and the allocator's fragmentation
 
 
 def _cuda_available() -> bool:
@@ -84,23 +82,12 @@ def _config(model):
 
 def estimate_tile_memory(geometry: UNetGeometry, model, tile: int | Sequence[int], batch: int = 1,
                          bytes_per_value: int = 4) -> int:
-    """Estimated peak bytes of one inference call on ``batch`` tiles of ``tile`` outputs.
-
-    Upper bound: skips of every level are held, plus the widest step at full resolution
-    (upsampled + concatenated + convolved, ~4 · channels(0) maps), plus the weights.
-    """
+    """Estimated peak bytes of one inference call on ``batch`` tiles of ``tile`` outputs
+    (:meth:`~napari_shiftseg.unet.UNetConfig.forward_bytes`, the one estimate)."""
     config = _config(model)
-    tile = tuple(tile) if not isinstance(tile, (int, np.integer)) else (int(tile),) * geometry.ndim
-    window = np.array(geometry.tile_input_size(tile), dtype=np.float64)
-    values = window.prod() * config.in_channels  # the input itself
-    scale = np.ones(geometry.ndim)
-    for level in range(geometry.levels + 1):
-        values += config.channels(level) * np.prod(window / scale)  # skip (or bottom) activations
-        if level < geometry.levels:
-            scale = scale * np.array(geometry.level_factors(level))
-    values += 4 * config.channels(0) * window.prod()
-    weights = sum(p.numel() for p in getattr(model, "net", model).parameters())
-    return int(_WORKSPACE * batch * values * bytes_per_value + 4 * weights)
+    if config.geometry != geometry:
+        raise ShiftSegError("the geometry asked about is not the model's")
+    return config.forward_bytes(tile, batch, bytes_per_value)
 
 
 def _available_ram() -> int:

@@ -14,6 +14,7 @@ the forward pass refuses inputs it calls invalid instead of silently rounding in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -43,6 +44,8 @@ MAX_PARAMETERS = 200_000_000
 MAX_TILE_BYTES = 64 * 2**30
 #: Tile width (per axis) of the default memory estimate: the default tile of ``shiftseg segment``.
 ESTIMATE_TILE = 128
+#: Headroom of a forward pass over its tensors: convolution workspaces, allocator fragmentation.
+WORKSPACE = 1.5
 
 
 def _gb(nbytes: int) -> str:
@@ -89,13 +92,8 @@ class UNetConfig:
                 raise ShiftSegError(f"position_scale must be a number in (0, 10] (or one per axis), "
                                     f"got {self.position_scale!r}")
 
-    def estimate(self, tile: int = ESTIMATE_TILE) -> tuple[int, int]:
-        """(parameters, bytes of float32 memory for one forward pass of a ``tile``-wide tile).
-
-        Pure arithmetic on the (already bounded) fields: nothing is allocated. The byte count is
-        an estimate (weights, the skip tensors kept for the up path and three of the largest
-        layer outputs alive at once), not a promise.
-        """
+    def parameters_count(self) -> int:
+        """Number of weights, from the fields alone (equal to the built network's)."""
         g = self.geometry
         kernel, convs = g.kernel_size**g.ndim, g.convs_per_level
         ch = [self.channels(i) for i in range(g.levels + 1)]
@@ -109,16 +107,31 @@ class UNetConfig:
         params = sum(block(self.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(g.levels))
         params += block(ch[-2], ch[-1])
         params += sum(ch[i + 1] * ch[i] * up(i) + ch[i] + block(2 * ch[i], ch[i]) for i in range(g.levels))
-        params += ch[0] * self.out_channels + self.out_channels
-        size = np.array([a.cover(tile) + a.context + a.output_residue for a in g.axes], dtype=np.int64)
-        skips, largest = 0, self.in_channels * int(np.prod(size))
-        for level in range(g.levels):
-            size = np.maximum(size - g.conv_loss, 1)
-            skips += ch[level] * int(np.prod(size))
-            largest = max(largest, 2 * ch[level] * int(np.prod(size)))  # the concatenation on the way up
-            size = np.maximum(size // np.array(g.level_factors(level)), 1)
-        largest = max(largest, ch[-1] * int(np.prod(np.maximum(size - g.conv_loss, 1))))
-        return params, 4 * (params + skips + 3 * largest)
+        return params + ch[0] * self.out_channels + self.out_channels
+
+    def forward_bytes(self, tile: int | Sequence[int], batch: int = 1, bytes_per_value: int = 4) -> int:
+        """Estimated peak bytes of one forward pass on ``batch`` tiles of ``tile`` outputs: the
+        one memory estimate (the auto tile and the refusal of oversized networks both use it).
+
+        Upper bound: the input, the skips of every level, the widest step at full resolution
+        (upsampled + concatenated + convolved, ~4 · channels(0) maps) with headroom for
+        convolution workspaces, plus the weights. Pure arithmetic: nothing is allocated.
+        """
+        g = self.geometry
+        per_axis = (int(tile),) * g.ndim if isinstance(tile, (int, np.integer)) else tuple(tile)
+        window = np.array(g.tile_input_size(g.cover(per_axis)), dtype=np.float64)  # whole grid cells
+        values = window.prod() * self.in_channels  # the input itself
+        scale = np.ones(g.ndim)
+        for level in range(g.levels + 1):
+            values += self.channels(level) * np.prod(window / scale)  # skip (or bottom) activations
+            if level < g.levels:
+                scale = scale * np.array(g.level_factors(level))
+        values += 4 * self.channels(0) * window.prod()
+        return int(WORKSPACE * batch * values * bytes_per_value + 4 * self.parameters_count())
+
+    def estimate(self, tile: int = ESTIMATE_TILE) -> tuple[int, int]:
+        """(parameters, :meth:`forward_bytes` of one ``tile``-wide tile)."""
+        return self.parameters_count(), self.forward_bytes(tile)
 
     def _check_size(self) -> None:
         smallest = max(self.geometry.grids)
