@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from napari_shiftseg.geometry import UNetGeometry
@@ -94,3 +96,23 @@ def run_bounded(code: str, *args: str):
     prelude = _PEAK_PRELUDE
     return subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True,
                           text=True, preexec_fn=_limits, timeout=HANG_TIMEOUT)
+
+
+#: A ``shiftseg segment`` output in the layout written before issue 26 (the embeddings as the
+#: NGFF image, the input named by its path only), with its input: see its README.md.
+OLDER_OUTPUT = Path(__file__).parent / "data" / "old_layout_output"
+
+
+def older_output(folder) -> Path:
+    """A copy of :data:`OLDER_OUTPUT` in ``folder`` (``cells.zarr``, 2D 32 x 32, voxel 0.25 um,
+    18 objects) whose recorded input is the copy of its ``cells.tif`` beside it."""
+    import json
+    import shutil
+
+    folder = Path(folder)
+    shutil.copy(OLDER_OUTPUT / "cells.tif", folder / "cells.tif")
+    out = shutil.copytree(OLDER_OUTPUT / "cells.zarr", folder / "cells.zarr")
+    meta = json.loads((out / "zarr.json").read_text())
+    meta["attributes"]["shiftseg"]["input"]["path"] = str((folder / "cells.tif").resolve())
+    (out / "zarr.json").write_text(json.dumps(meta))
+    return out

@@ -121,6 +121,16 @@ def test_cli_train_and_segment_with_channels(tmp_path, capsys):
     image = tifffile.imread(tmp_path / "img.tif")[[0, 2]]
     whole = predict_whole(image, load_model(model), device="cpu", channel_axis=0)
     np.testing.assert_allclose(np.asarray(group["embeddings"]), whole, atol=1e-5)
+    # its NGFF image is the two channels the model took (issue 26), opened one layer per channel
+    from ome_zarr_models.v05.image import Image
+
+    from napari_shiftseg._reader import read_segmentation
+    from napari_shiftseg.ngff import IMAGE
+
+    np.testing.assert_array_equal(group[IMAGE][...], image)
+    assert [a.name for a in Image.from_zarr(group).ome_attributes.multiscales[0].axes] == ["c", "y", "x"]
+    data, kwargs, _ = read_segmentation(out)[0]
+    assert kwargs["name"] == "img.tif" and kwargs["channel_axis"] == 0 and data.shape == (2, 48, 48)
 
 
 @pytest.mark.parametrize("extra, match", [

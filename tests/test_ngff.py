@@ -1,5 +1,7 @@
 """``shiftseg segment`` outputs are OME-Zarr images (NGFF 0.5 by default, 0.4 on request) with a
-label image: validated with ome-zarr-models, scales from the input's voxel size."""
+label image: validated with ome-zarr-models, scales from the input's voxel size. The image is the
+input that was segmented (issue 26: it was the embeddings), so generic NGFF viewers show the
+data under the labels."""
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import zarr
 from napari_shiftseg import synth
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.ngff import LABELS
+from napari_shiftseg.ngff import IMAGE, LABELS
 from napari_shiftseg.segment import segment_to_zarr
 
 
@@ -48,20 +50,32 @@ def test_output_validates_as_ome_zarr(stack, tiny_model_3d_path, tmp_path, versi
     labels = ImageLabel.from_zarr(group["labels/instances"])
     image_ms = image.ome_attributes.multiscales[0] if version == "0.5" else image.attributes.multiscales[0]
     label_ms = labels.ome_attributes.multiscales[0] if version == "0.5" else labels.attributes.multiscales[0]
-    assert [a.name for a in image_ms.axes] == ["c", "z", "y", "x"]
-    assert [a.unit for a in label_ms.axes] == ["micrometer"] * 3
+    # The image is the input, as it was read, on the labels' grid and with their voxel size.
+    assert image_ms.datasets[0].path == IMAGE == "image/0"
+    assert [a.name for a in image_ms.axes] == [a.name for a in label_ms.axes] == ["z", "y", "x"]
+    assert [a.unit for a in image_ms.axes] == [a.unit for a in label_ms.axes] == ["micrometer"] * 3
     assert list(label_ms.datasets[0].coordinateTransformations[0].scale) == [2.0, 0.5, 0.5]
-    assert list(image_ms.datasets[0].coordinateTransformations[0].scale) == [1.0, 2.0, 0.5, 0.5]
+    assert list(image_ms.datasets[0].coordinateTransformations[0].scale) == [2.0, 0.5, 0.5]
+    np.testing.assert_array_equal(group[IMAGE][...], tifffile.imread(stack))
+    assert group[IMAGE].dtype == np.float32 and group[IMAGE].chunks == group[LABELS].chunks
     assert group[LABELS].shape == (8, 24, 24) and group[LABELS][...].max() > 0
+    # The embeddings stay, as a plain array that NGFF readers skip.
+    assert group["embeddings"].shape[1:] == (8, 24, 24)
+    assert group.attrs["shiftseg"]["input_stored"] is True
 
 
-def test_resampled_embeddings_get_their_own_scale(stack, tiny_model_3d_path, tmp_path):
+def test_resampled_run_keeps_the_input_grid_for_image_and_labels(stack, tiny_model_3d_path, tmp_path):
+    """The network ran on cubic voxels (z step 2 µm resampled to 0.5 µm: four planes per
+    plane); the NGFF image and labels stay on the stack's grid and voxel size."""
+    from ome_zarr_models.v05.image import Image
+
     out = tmp_path / "iso.zarr"
-    segment_to_zarr(stack, out, tiny_model_3d_path, tile=8, device="cpu", isotropic=True, diameter=None)
-    attrs = zarr.open_group(out, mode="r").attrs["ome"]
-    emb_scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
-    # z step 2 µm resampled to 0.5 µm: four planes per plane, the embeddings' z voxel is 0.5 µm
-    assert emb_scale == [1.0, 0.5, 0.5, 0.5]
+    group = segment_to_zarr(stack, out, tiny_model_3d_path, tile=8, device="cpu", isotropic=True, diameter=None)
+    assert group["embeddings"].shape[1:] == (32, 24, 24)
+    assert group[IMAGE].shape == group[LABELS].shape == (8, 24, 24)
+    np.testing.assert_array_equal(group[IMAGE][...], tifffile.imread(stack))
+    multiscale = Image.from_zarr(group).ome_attributes.multiscales[0]
+    assert list(multiscale.datasets[0].coordinateTransformations[0].scale) == [2.0, 0.5, 0.5]
 
 
 def test_ngff_version_is_checked_and_kept_on_resume(stack, tiny_model_3d_path, tmp_path, capsys):
@@ -75,3 +89,17 @@ def test_ngff_version_is_checked_and_kept_on_resume(stack, tiny_model_3d_path, t
     assert "OME-Zarr version (was 0.5, now 0.4)" in capsys.readouterr().err
     assert main(args + ["--ngff", "0.4", "--overwrite"]) == 0
     assert zarr.open_group(out, mode="r").metadata.zarr_format == 2
+
+
+def test_image_source_is_read_chunk_by_chunk_in_native_byte_order(tmp_path):
+    """The copy of the input (segment_to_zarr and series) goes through ngff.image_source: one
+    task per chunk of the target, a big-endian file (tifffile memory-maps them as they are) in
+    zarr's native order."""
+    from napari_shiftseg.ngff import image_source
+
+    data = np.arange(40 * 56, dtype=">u2").reshape(40, 56)
+    mapped = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=">u2", shape=data.shape)
+    mapped[...] = data
+    source = image_source(mapped, (16, 16))
+    assert source.chunks == ((16, 16, 8), (16, 16, 16, 8)) and source.dtype == np.dtype("=u2")
+    np.testing.assert_array_equal(source.compute(), data)

@@ -58,6 +58,22 @@ def test_overrides_change_one_field_and_reach_nested_options():
         MeanShiftOptions(kernel="box")
 
 
+def test_training_defaults_have_one_torch_free_owner():
+    """``shiftseg train`` and the Train widget read their defaults from train_options, which
+    loads no torch (the CLI builds its parser from it); settings still finds them by name."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_shiftseg import settings, train_options, train_setup; "
+            "assert settings.TRAINING_DEFAULTS is train_options.TRAINING_DEFAULTS; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    new, continued = TrainOptions.recommended(2, False), TrainOptions.recommended(3, True, steps=7)
+    assert (new.steps, new.lr, new.lr_schedule, new.batch_size, new.validation) == (3000, 1e-3, "cosine", 4, 0.25)
+    assert (continued.steps, continued.lr, continued.batch_size) == (7, 3e-4, 2)
+
+
 def test_settings_and_clustering_split_keywords_between_their_owners():
     settings, clustering = settings_and_clustering(None, None, {"bandwidth": 1.5, "seed": 4,
                                                                 "merge_distance": None}, "f")

@@ -3,7 +3,9 @@
 Each gives a one-line ShiftSegError that names the problem, or a correct result (the results
 without the input image, with a warning): never a hang, never gigabytes, never a traceback.
 The hostile outputs are copies of a real 64 x 64 output whose metadata lies while the data
-stays small: every one takes under 10 MB of disk (huge files are sparse).
+stays small: every one takes under 10 MB of disk (huge files are sparse). An output stores its
+input (``image/0``, issue 26); the attacks on the input's path are made on outputs turned back
+into the layout written before that, which name their input by its path only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from napari_shiftseg.segment import ATTRS, segment_to_zarr
 MAX_DISK = 10 * 2**20  # a hostile input of at most 10 MB (issue 25)
 EMB_CHUNK = {"0.5": "embeddings/c/0/0/0", "0.4": "embeddings/0/0/0"}
 LABEL_CHUNK = {"0.5": "labels/instances/0/c/0/0", "0.4": "labels/instances/0/0/0"}
+IMAGE_CHUNK = {"0.5": "image/0/c/0/0", "0.4": "image/0/0/0"}
 
 
 # --------------------------------------------------------------------------- crafting
@@ -82,11 +85,23 @@ def _both(*attacks):
     return attack
 
 
+def _older(out: Path, _=None) -> None:
+    """An output as written before issue 26: no copy of the input, only its path."""
+    _edit(_meta(out, ""), lambda meta: meta.get("attributes", meta)[ATTRS].pop("input_stored"))
+    shutil.rmtree(out / "image")
+
+
 def _input(make):
-    """Attack: point the recorded input image at what ``make(folder)`` returns."""
+    """Attack: point the recorded input image of an older output at what ``make(folder)`` returns."""
     def attack(out: Path, folder: Path):
+        _older(out)
         _record(input={"path": str(make(folder)), "channel": None})(out, folder)
     return attack
+
+
+def _no_image(out: Path, _) -> None:
+    """Attack: the stored input is gone while the record says it is there."""
+    shutil.rmtree(out / "image")
 
 
 def _fifo(folder: Path) -> Path:
@@ -183,7 +198,7 @@ CASES = [
     ("input device", "0.5", _input(lambda _: Path("/dev/zero")), ("shown", "not a plain file")),
     ("input gone", "0.5", _input(lambda f: f / "gone.tif"), ("shown", "not there any more")),
     ("input of another size", "0.5", _input(_small_tif), ("shown", "is now 32 x 32 voxels")),
-    ("input not text", "0.5", _record(input={"path": 42}), ("shown", None)),
+    ("input not text", "0.5", _both(_older, _record(input={"path": 42})), ("shown", None)),
     ("input zarr with a link", "0.5", _input(lambda f: _zarr_image(f, link=True)), ("shown", "c/0/0 is a link")),
     # shapes, chunk counts and chunk sizes, from the metadata, before any dask array
     ("labels 1e7^2", "0.5", _array("labels/instances/0", shape=[10**7] * 2), r"split into \d+ chunks"),
@@ -208,6 +223,13 @@ CASES = [
      "have 4 axes"),
     ("labels of another size", "0.5", _array("labels/instances/0", shape=[32, 32]), "differ in size"),
     ("foreground of another size", "0.4", _array("foreground", shape=[64, 63]), "differ in size"),
+    # the stored input (issue 26): checked like the other arrays
+    ("image of another size", "0.5", _array("image/0", shape=[32, 32]), r"the image \(uint8, 32 x 32\) does not fit"),
+    ("image of 1000 channels", "0.4", _array("image/0", shape=[1000, 64, 64], chunks=[1, 16, 16]),
+     "image .* does not fit the instances"),
+    ("image 1e6^2 in 1x1 chunks", "0.5", _array("image/0", shape=[10**6] * 2, chunks=[1, 1]), r"split into"),
+    ("image gone", "0.4", _no_image, r"it has no image array \(image/0\)"),
+    ("image chunk -> /dev/zero", "0.5", _replace(IMAGE_CHUNK, _symlink_to("/dev/zero")), "is a link"),
     ("gzip chunks", "0.5", _array("labels/instances/0", codec={"name": "gzip", "configuration": {"level": 1}}),
      "stored with .*Gzip"),
     # files that are not plain files, or are too large
@@ -349,6 +371,18 @@ def test_zarr_input_is_shown(base, tmp_path):
     _input(_zarr_image)(out, tmp_path)
     image, kwargs, _ = _open_all(out)[0]
     assert kwargs["name"] == "cells.zarr" and np.asarray(image).shape == (64, 64) and np.asarray(image).max() == 7
+
+
+def test_stored_input_is_shown_wherever_its_file_went(base, tmp_path, recwarn):
+    """issue 26: the output's copy of the input is shown; the file it was read from is not
+    needed (it has moved here), and nothing is said about it."""
+    out = tmp_path / "moved.zarr"
+    shutil.copytree(base / "v0.5.zarr", out)
+    _record(input={"path": str(tmp_path / "gone" / "cells.tif"), "channel": None})(out, tmp_path)
+    layers = _open_all(out)
+    assert [kwargs["name"] for _, kwargs, _ in layers][0] == "cells.tif" and not recwarn.list
+    np.testing.assert_array_equal(np.asarray(layers[0][0]), tifffile.imread(base / "cells.tif"))
+    assert layers[0][1]["scale"] == (0.25, 0.25)
 
 
 def test_output_without_voxel_size_gets_unit_voxels(base, tmp_path):

@@ -6,6 +6,7 @@ import time
 import dask.array as da
 import numpy as np
 import pytest
+import tifffile
 import torch
 import zarr
 from helpers import save_standardized  # noqa: E402
@@ -220,6 +221,68 @@ def test_finished_output_is_not_recomputed(tmp_path, image, model_path, monkeypa
     written = count_tiles(monkeypatch)
     assert segment_to_zarr(image, out, model_path, **KW).attrs["complete"] is True
     assert written == []
+
+
+def test_the_input_is_stored_once_as_the_ngff_image(tmp_path, image, model_path, monkeypatch):
+    """issue 26: the output's NGFF image is the input. It is copied once every tile is done; a
+    run interrupted during the copy copies it again (and no tile), a finished output or one
+    labelled again is not copied again."""
+    from napari_shiftseg.ngff import IMAGE
+
+    copies = []
+    original = segment_module.image_source
+    monkeypatch.setattr(segment_module, "image_source",
+                        lambda *args: copies.append(args[1]) or original(*args))
+    out = tmp_path / "out.zarr"
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        segment_to_zarr(image, out, model_path, cancel=cancel,
+                        stage=lambda name: name == "copying the image" and cancel.set(), **KW)
+    group = zarr.open_group(out, mode="r")
+    assert group["done"][...].all() and "input_stored" not in dict(group.attrs[ATTRS])
+    assert "complete" not in group.attrs
+    with pytest.raises(ShiftSegError, match="copy of the input .* is incomplete"):
+        recluster(out, bandwidth=1.0)  # it would look complete, and never be copied
+
+    written, stages = count_tiles(monkeypatch), []
+    group = segment_to_zarr(image, out, model_path, stage=stages.append, **KW)
+    assert written == [] and stages == ["tiles", "copying the image", "clustering", "labels"]
+    assert copies == [(TILE, TILE)] * 2  # chunk by chunk, the labels' chunks
+    np.testing.assert_array_equal(group[IMAGE][...], image)
+    assert group[IMAGE].dtype == image.dtype and dict(group.attrs[ATTRS])["input_stored"] is True
+
+    stages.clear()
+    segment_to_zarr(image, out, model_path, stage=stages.append, **KW)  # finished: nothing to do
+    segment_to_zarr(image, out, model_path, stage=stages.append, **{**KW, "min_size": 5})
+    recluster(out, bandwidth=1.0, min_size=3, n_seeds=100, stage=stages.append)
+    assert len(copies) == 2 and "copying the image" not in stages
+
+
+def test_an_output_of_the_older_layout_still_opens_and_relabels(tmp_path):
+    """Outputs written before issue 26 (the embeddings as the NGFF image, the input named by its
+    path only) open in the napari reader with their input file, and label again without
+    gaining a copy of the input."""
+    from helpers import older_output
+
+    from napari_shiftseg._reader import get_segmentation_reader, read_segmentation
+    from napari_shiftseg.ngff import IMAGE, LABELS
+    from napari_shiftseg.segment import stored_plan
+
+    out = older_output(tmp_path)
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "embeddings"
+    assert get_segmentation_reader(str(out)) is read_segmentation
+    layers = read_segmentation(out)
+    assert [kw["name"] for _, kw, _ in layers] == [
+        "cells.tif", "embeddings [cells]", "foreground [cells]", "instances [cells]"]
+    assert all(kw["scale"] == (0.25, 0.25) for _, kw, _ in layers)
+    np.testing.assert_array_equal(np.asarray(layers[0][0]), tifffile.imread(tmp_path / "cells.tif"))
+    assert int(np.asarray(layers[-1][0]).max()) == 18
+    plan = stored_plan(out, UNetGeometry(ndim=2, levels=3))
+    assert tuple(plan.tile) == (16, 16)
+    group = recluster(out, bandwidth=0.5, min_size=3, fg_threshold=0.45)
+    assert group.attrs["complete"] is True and group[LABELS][...].max() > 0
+    assert IMAGE not in group and "input_stored" not in dict(group.attrs[ATTRS])
 
 
 def test_bad_outputs_and_models(tmp_path, image, model_path):

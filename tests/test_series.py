@@ -13,7 +13,7 @@ from helpers import save_standardized
 from napari_shiftseg import io
 from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.ngff import LABELS
+from napari_shiftseg.ngff import IMAGE, LABELS
 from napari_shiftseg.progress import Cancelled
 from napari_shiftseg.segment import segment_to_zarr
 from napari_shiftseg.series import frames_path, segment_series
@@ -59,7 +59,7 @@ def test_labels_have_time_first_and_ids_numbered_on(movie, reference):
         np.testing.assert_array_equal(labels[t], np.where(alone > 0, alone + offset, 0))
         assert record["objects"][t] == alone.max()
     # the input is the NGFF image, placed with the file's pixel size
-    np.testing.assert_array_equal(group["image"][...], movie["frames"])
+    np.testing.assert_array_equal(group[IMAGE][...], movie["frames"])
     assert record["voxel_size"] == [0.5, 0.5]
 
 

@@ -72,6 +72,9 @@ def test_benchmark_stacks_are_held_out():
     from napari_shiftseg import synth
 
     assert all(seed in synth.TEST_SEEDS for *_, seed in synth_stacks.BENCHMARK_STACKS)
+    # Dev stacks choose models and settings: never held-out seeds, never the benchmark's.
+    dev = {seed for *_, seed in synth_stacks.DEV_STACKS}
+    assert not dev & set(synth.TEST_SEEDS) and len(dev) == len(synth_stacks.DEV_STACKS)
 
 
 # ---- the one resampling rule ------------------------------------------------------------------

@@ -198,3 +198,16 @@ def test_grid_note_says_where_tiles_start_on_the_grid():
     assert "on the f^l grid (8 x 8)" in tile_plan((100, 100), g, 20, "exact").grid_note
     assert "4 x 4 px off the f^l grid" in tile_plan((100, 100), g, 20, "naive").grid_note
     assert tile_plan((100, 100), g, 20, "blend").grid_note.startswith("tiles start every 15 x 15 px, 7 x 7 px off")
+
+
+def test_tile_for_is_the_one_answer_to_the_tile_a_run_uses():
+    """Widgets, sweep and CLI ask tiling.tile_for; the plan then caps it at the image."""
+    from napari_shiftseg.tiling import tile_for
+
+    g = UNetGeometry(ndim=2, levels=2)
+    assert tile_for(g, 30, "exact") == g.snap_tile(30) == 32
+    assert tile_for(g, 30, "naive") == 30 and tile_for(g, 30, "blend") == 30
+    assert tile_for(g, "auto", "exact") == "auto"
+    assert tile_plan((200, 200), g, tile_for(g, 30, "exact")).tile == (32, 32)
+    with pytest.raises(ShiftSegError, match="'auto'"):
+        tile_for(g, "big", "exact")

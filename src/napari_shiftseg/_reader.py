@@ -6,14 +6,24 @@ instead of adding a layer. A model is not image data, so the reader returns napa
 validates the file and shows a one-line error (and keeps its previous model) when it is not a
 shiftseg model.
 
-Dropping an ``OUT.zarr`` of ``shiftseg segment`` adds its layers, lazily. Such a folder may come
-from anywhere: :mod:`._reader_checks` checks it before anything is read, so that a crafted one
-gives a one-line error instead of a hang or gigabytes of memory. When the input image it
-records has moved (or changed), the results open without it and the user is told so, naming
-the path, every time: a napari warning notification while a viewer is open (napari shows a
-Python warning's text once a session, and Python once per line of code), a Python warning
-otherwise. A time-series output (:mod:`.series`) opens as the input it stores and its instances,
-both with the time axis first.
+Dropping an ``OUT.zarr`` of ``shiftseg segment`` adds its layers, lazily: the input image it
+stores (its OME-Zarr image, :mod:`.ngff`), the embeddings, the foreground and the instances.
+Such a folder may come from anywhere: :mod:`._reader_checks` checks it before anything is read,
+so that a crafted one gives a one-line error instead of a hang or gigabytes of memory. An output
+written before the input was stored in it names the input by its path: when that file has moved
+(or changed), the results open without it and the user is told so, naming the path, every time:
+a napari warning notification while a viewer is open (napari shows a Python warning's text once
+a session, and Python once per line of code), a Python warning otherwise. A time-series output
+(:mod:`.series`) opens as the input it stores and its instances, both with the time axis first.
+
+Which reader napari uses (napari 0.5 and later, npe2): ``viewer.open(path)`` reads with napari's
+built-in reader unless ``plugin=`` names another, so scripts open an output with
+``viewer.open(path, plugin="napari-shiftseg")``. Dropping the folder on the viewer, *File >
+Open* and ``napari OUT.zarr`` let napari choose; every reader that accepts folders is offered
+every folder (npe2 matches ``filename_patterns`` against files only), napari's built-in one
+among them, so napari asks which one to use unless a preference is saved. This reader takes a
+folder only when its root metadata carries shiftseg's record, and returns None (not ours)
+otherwise.
 """
 
 from __future__ import annotations
@@ -73,13 +83,14 @@ def get_segmentation_reader(path):
 
 
 def read_segmentation(path):
-    """Layers of a finished ``shiftseg segment`` output: the input image (when its file is still
-    there), instances, foreground and embeddings, all placed with the input's voxel size (the
-    network's own grid, for a resampled run, placed over the image).
+    """Layers of a finished ``shiftseg segment`` output: the input image (the output's copy, or
+    for an output written before it stored one, its file when that is still there), embeddings,
+    foreground and instances, all placed with the input's voxel size (the network's own grid,
+    for a resampled run, placed over the image).
 
     The folder is checked before anything is read (see :mod:`._reader_checks`): a crafted or
     damaged output raises a one-line :class:`~._errors.ShiftSegError`, never hangs and never
-    reads more than a few chunks. An input image that is gone, no longer a plain file, or of
+    reads more than a few chunks. An input file that is gone, no longer a plain file, or of
     another size is left out with a warning; the results are shown without it.
     """
     from ._reader_checks import check_placement, colour_sample
@@ -118,9 +129,9 @@ def read_series(path):
 
     from . import _reader_checks as checks
     from ._widgets._layers import layer_name
-    from .ngff import LABELS
+    from .ngff import IMAGE, LABELS
     from .segment import ATTRS
-    from .series import IMAGE, SERIES_FORMAT
+    from .series import SERIES_FORMAT
 
     root = Path(path)
     name = root.name
@@ -138,13 +149,7 @@ def read_series(path):
     if labels.array.ndim not in (3, 4):
         raise checks.damaged(name, f"the instances have {labels.array.ndim} axes; a time series "
                                    "has time and 2 or 3 spatial axes")
-    image = checks.check_array(group, IMAGE, "image", name)
-    channels = image.array.ndim == labels.array.ndim + 1
-    shape = tuple(image.array.shape)
-    if shape[:1] + shape[1 + channels:] != tuple(labels.array.shape) or \
-            not (np.issubdtype(image.array.dtype, np.number) or image.array.dtype == bool):
-        raise checks.damaged(name, f"the image ({image.array.dtype}, {' x '.join(map(str, shape))}) "
-                                   "does not fit the instances")
+    image, channels = checks.check_image(group, IMAGE, labels.array.shape, name, time=True)
     scale = (1.0, *checks.check_voxel_size(info.get("voxel_size"), labels.array.ndim - 1, name))
     return [(_lazy(image, root), {"name": layer_name(name, "image"), "scale": scale,
                                   **({"channel_axis": 1} if channels else {})}, "image"),
@@ -174,6 +179,8 @@ class _Output:
     foreground: bool
     channels: int
     scale: tuple
+    image: ArrayInfo | None = None  # the input the output stores (None: named by its path only)
+    image_channels: bool = False
 
     @property
     def ndim(self) -> int:
@@ -198,7 +205,7 @@ def _open_output(root: Path) -> _Output:
     import zarr
 
     from . import _reader_checks as checks
-    from .ngff import LABELS
+    from .ngff import IMAGE, LABELS
     from .segment import ATTRS, FORMAT
 
     name = root.name
@@ -221,13 +228,25 @@ def _open_output(root: Path) -> _Output:
     channels = checks.check_embeddings(emb, labels.array.ndim, foreground, name)
     checks.check_grids(labels.array.shape, emb.array.shape[1:], fg.array.shape if fg else None, info, name)
     scale = checks.check_voxel_size(info.get("voxel_size"), labels.array.ndim, name)
-    return _Output(root, dict(info), labels, emb, foreground, channels, scale)
+    image, several = None, False
+    if info.get("input_stored") is True:  # else an output written before the input was stored
+        image, several = checks.check_image(group, IMAGE, labels.array.shape, name)
+    return _Output(root, dict(info), labels, emb, foreground, channels, scale, image, several)
 
 
 def _input_layers(out: _Output) -> list:
-    """The input image, when it can still be shown under the labels (else none, with a
-    warning: the results are worth seeing without it)."""
+    """The input image: the output's copy; for an output written before it stored one, the
+    file it names, when that can still be shown under the labels (else none, with a warning:
+    the results are worth seeing without it)."""
     from ._errors import failure_message
+    from ._widgets._layers import layer_name
+
+    if out.image is not None:
+        source = out.info.get("input")
+        path = source.get("path") if isinstance(source, dict) else None
+        name = Path(path).name if isinstance(path, str) and path else layer_name(out.root.stem, "image")
+        return [(out.lazy(out.image), {"name": name, "scale": out.scale,
+                                       **({"channel_axis": 0} if out.image_channels else {})}, "image")]
     from ._reader_checks import input_matches, usable_input
     from .io import read_spatial
 

@@ -15,9 +15,11 @@ trusts nothing in it: before zarr or dask touch the folder, and before a single 
   more than one chunk of data (a small file cannot unpack into gigabytes).
 
 A problem raises :class:`~._errors.ShiftSegError` with one line that says what is wrong and
-what to do. The input image the output records is shown only when it is still a plain file
-(or a zarr folder passing the same checks) of the labels' size; otherwise the results are
-shown without it, with a warning, as for an input that has moved.
+what to do. The input image is shown from the output's own copy (``image/0``, checked like the
+other arrays) where the output stores one; an output written before the input was stored names
+it by its path only, and that file is shown only when it is still a plain file (or a zarr
+folder passing the same checks) of the labels' size; otherwise the results are shown without
+it, with a warning, as for an input that has moved.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ MAX_CHUNKS = 100_000
 MAX_CHUNK_BYTES = 512 * 2**20
 #: Most bytes of one metadata file (``zarr.json``, ``.zattrs``...): shiftseg's are a few kB.
 MAX_METADATA_BYTES = 8 * 2**20
-#: Most files and folders in an output: its five arrays (embeddings, foreground, instances,
-#: labels_resampled, done flags) at MAX_CHUNKS chunk files each, plus as many folders. Bounds
-#: the time the walk over the folder takes.
-MAX_STORE_ENTRIES = 10 * MAX_CHUNKS + 1000
+#: Most files and folders in an output: its six arrays (image, embeddings, foreground,
+#: instances, labels_resampled, done flags) at MAX_CHUNKS chunk files each, plus as many
+#: folders. Bounds the time the walk over the folder takes.
+MAX_STORE_ENTRIES = 12 * MAX_CHUNKS + 1000
 #: Chunks of the embeddings read to fit their colours (PCA): evenly spread, whatever the size.
 SAMPLE_CHUNKS = 8
 #: Most embedding channels: a model has at most 16 (``unet._CONFIG_BOUNDS``), plus foreground.
@@ -247,6 +249,24 @@ def check_embeddings(emb: ArrayInfo, spatial_ndim: int, foreground: bool, name: 
                             f"coloured; napari-shiftseg reads at most {MAX_CHUNK_BYTES / 2**20:.0f} "
                             f"MiB at once: run shiftseg segment again with a smaller --tile")
     return channels
+
+
+def check_image(group, key: str, labels_shape, name: str, time: bool = False) -> tuple[ArrayInfo, bool]:
+    """The input image an output stores (``key``) and whether it has a channel axis: numbers,
+    on the instances' grid, with at most one more axis (a multi-channel model's input: its
+    channels after the time axis of a series, else first), of at most as many channels as a
+    model takes."""
+    image = check_array(group, key, "image", name)
+    shape, labels_shape = tuple(image.array.shape), tuple(labels_shape)
+    channels = len(shape) == len(labels_shape) + 1
+    lead = int(time)
+    dtype = image.array.dtype
+    if shape[:lead] + shape[lead + channels:] != labels_shape \
+            or (channels and shape[lead] > MAX_CHANNELS - 1) \
+            or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise damaged(name, f"the image ({dtype}, {_shape(shape)}) does not fit the instances "
+                            f"({_shape(labels_shape)})")
+    return image, channels
 
 
 def check_grids(labels_shape, emb_shape, fg_shape, info: dict, name: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from ._errors import ShiftSegError
@@ -107,7 +106,7 @@ def unmove(out, axes: tuple[int, ...], transpose: bool, vector_channels: int = 0
     if axes:
         out = out.flip([a + 1 for a in axes])
         if vector_channels:
-            sign = torch.ones(out.shape[0], dtype=out.dtype, device=out.device)
+            sign = out.new_ones(out.shape[0])  # the tensor's dtype and device: no torch import here
             sign[list(axes)] = -1
             out = out * sign.reshape(-1, *(1,) * d)
     return out

@@ -1,28 +1,47 @@
-"""OME-Zarr (NGFF) metadata for ``shiftseg segment`` outputs: readable by napari-ome-zarr,
-Fiji/MoBIE, webKnossos and neuroglancer, without changing what shiftseg stores.
+"""OME-Zarr (NGFF) layout of ``shiftseg segment`` outputs: readable by napari-ome-zarr,
+Fiji/MoBIE, webKnossos and neuroglancer, without changing what shiftseg's own code reads.
 
 Layout of ``OUT.zarr`` (NGFF 0.5 on zarr v3 by default; 0.4 on zarr v2 for older readers)::
 
-    OUT.zarr/                 image group: ``multiscales`` -> the embeddings (axes c, [z,] y, x)
-      embeddings              (E [+1 foreground logit], *spatial) float32
+    OUT.zarr/                 image group: ``multiscales`` -> image/0 (axes [c,] [z,] y, x)
+      image/0                 the input that was segmented (the channel, or the channels, the
+                              model took), on the input's grid, in its own data type
       labels/                 ``labels: ["instances"]``
         instances/            label image: ``image-label`` + its own ``multiscales``
           0                   int32 instances, on the input image's grid
+      embeddings              (E [+1 foreground logit], *network grid) float32
       foreground, labels_resampled, done
-                              extra arrays NGFF readers ignore (the resume flags among them)
+                              plain arrays that shiftseg reads and NGFF readers ignore
+
+**Why the input is the image.** A generic NGFF viewer shows an OME-Zarr's multiscale image
+and offers its label images over it: napari-ome-zarr adds the image layer and the
+``instances`` labels layer, MoBIE opens the image as a source with its segmentation,
+neuroglancer takes the image group as an image layer and ``labels/instances`` as a
+segmentation layer. Each expects the image to be the data that was segmented, as it was
+imaged, with the labels on the same grid: then the labels outline the nuclei the user sees.
+The embeddings are the network's internal output (E channels of positions, often on a
+resampled grid): shown as the image they mislead every such viewer (their contrast means
+nothing to a user, and napari-ome-zarr opens each channel as a layer of its own), so they stay
+plain arrays for shiftseg's own reader and relabelling. The image sits one level down, at
+``image/0`` (a nested dataset path is plain NGFF; ngff-zarr writes ``scale0/image``): napari's
+built-in zarr reader, which ``viewer.open(path)`` uses unless a plugin is named, opens the first
+subgroup of a zarr folder in sorted order, and ``image`` sorts before ``labels``, so it shows
+the input instead of failing on the arrayless ``labels`` group. The input is copied into the
+output once all tiles are done (:func:`napari_shiftseg.segment.segment_to_zarr`), chunk by
+chunk: it adds the input's size, a fraction of the embeddings' (E + 1 float32 per voxel).
 
 Each ``multiscales`` has one level and a ``scale`` transformation in the input's voxel units
-(read from its ImageJ/OME metadata): the embeddings of a resampled run (object size or
-isotropic voxels) are on a finer or coarser grid, so their scale is the voxel size times the
-resampling. shiftseg's own record (``attrs["shiftseg"]``) stays at the root.
+(read from its ImageJ/OME metadata). shiftseg's own record (``attrs["shiftseg"]``) stays at
+the root. Outputs written before this layout (the embeddings as the NGFF image, the input only
+named by its path) are still read by shiftseg's own code.
 
 Written by hand rather than with ome-zarr-py or ngff-zarr: the metadata is a few dictionaries,
 while both writers want to own the arrays (shiftseg writes tiles into them as they finish, and
 resumes), and either would add a dependency chain (ome-zarr-py pulls aiohttp/requests) to the
 headless core. The tests validate the result with ``ome-zarr-models``.
 
-A time series (:mod:`napari_shiftseg.series`) is written by :func:`write_series_metadata`: its
-image is the segmented input and every axis list starts with a ``time`` axis.
+A time series (:mod:`napari_shiftseg.series`) has the same layout with a ``t`` axis first in
+every axis list.
 """
 
 from __future__ import annotations
@@ -33,6 +52,8 @@ from ._errors import ShiftSegError
 
 #: Where the instance labels live, relative to the output group.
 LABELS = "labels/instances/0"
+#: Where the segmented input lives, relative to the output group: the NGFF image's one level.
+IMAGE = "image/0"
 VERSIONS = ("0.5", "0.4")
 AXIS_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
 #: Units a file may name, mapped to NGFF (UDUNITS-2) names.
@@ -84,24 +105,22 @@ def _set(group, version: str, **values) -> None:
 
 
 def write_metadata(group, version: str, *, voxel_size=None, unit: str | None = None,
-                   embedding_scale=None) -> None:
-    """Make ``group`` (a shiftseg output with ``embeddings`` and :data:`LABELS`) an OME-Zarr
-    image with one label image, ``instances``.
+                   channel: bool = False, time: bool = False) -> None:
+    """Make ``group`` (an output holding :data:`IMAGE` and :data:`LABELS`) an OME-Zarr image,
+    the segmented input, with one label image, ``instances``.
 
-    ``voxel_size``: the input's voxel size per spatial axis (1 each when unknown);
-    ``embedding_scale``: the voxel size of the embeddings' grid, when the network ran on a
-    resampled image (default: ``voxel_size``).
+    ``voxel_size``: the input's voxel size per spatial axis (1 each when unknown); ``channel``:
+    the image has a channel axis (a multi-channel model's input); ``time``: every axis list
+    starts with ``t`` (a time series; scale 1: one time point per step).
     """
     check_version(version)
-    labels = group[LABELS]
-    ndim = labels.ndim
-    voxel = [float(v) for v in (voxel_size or (1.0,) * ndim)]
-    emb_scale = [float(v) for v in (embedding_scale or voxel)]
-    emb_ndim = group["embeddings"].ndim - 1
-    # A 2D model run slice by slice on a stack has 3D embeddings: same grid as the labels.
+    spatial = group[LABELS].ndim - time
+    voxel = [float(v) for v in (voxel_size or (1.0,) * spatial)]
+    lead = [1.0] * time
     _set(group, version, multiscales=_multiscales(
-        "embeddings", "embeddings", _axes(emb_ndim, unit, channel=True), [1.0, *emb_scale], version))
-    _write_label_image(group, version, _axes(ndim, unit, channel=False), voxel)
+        "image", IMAGE, _axes(spatial, unit, channel=channel, time=time),
+        lead + [1.0] * channel + voxel, version))
+    _write_label_image(group, version, _axes(spatial, unit, channel=False, time=time), lead + voxel)
 
 
 def _write_label_image(group, version: str, axes: list[dict], scale) -> None:
@@ -119,17 +138,24 @@ def dimension_names(spatial_ndim: int, channel: bool = False, time: bool = False
     return ("t",) * time + ("c",) * channel + AXIS_NAMES[spatial_ndim]
 
 
-def write_series_metadata(group, version: str, *, image: str, voxel_size=None,
-                          unit: str | None = None, channel: bool = False) -> None:
-    """Make ``group`` (a time-series output: ``image`` (T, [C,] *spatial) and :data:`LABELS`
-    (T, *spatial)) an OME-Zarr image with one label image, ``instances``; every axis list
-    starts with ``t`` (scale 1: one time point per step).
-    """
-    check_version(version)
-    labels = group[LABELS]
-    spatial = labels.ndim - 1
-    voxel = [float(v) for v in (voxel_size or (1.0,) * spatial)]
-    _set(group, version, multiscales=_multiscales(
-        "image", image, _axes(spatial, unit, channel=channel, time=True),
-        [1.0] + [1.0] * channel + voxel, version))
-    _write_label_image(group, version, _axes(spatial, unit, channel=False, time=True), [1.0, *voxel])
+def create_array(group, version: str, name: str, shape, chunks, dtype, fill=0, names=None):
+    """The array ``name`` of an output, stored as NGFF ``version`` asks: nested chunk keys on
+    zarr v2 (0.4, as zarr v3 always has) and, on 0.5, the axis names ``names`` (zarr v3
+    ``dimension_names``, as its NGFF axes; None for an array no NGFF metadata describes)."""
+    keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
+    if version != "0.4" and names is not None:
+        keys["dimension_names"] = tuple(names)
+    return group.create_array(name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype,
+                              fill_value=fill, **keys)
+
+
+def image_source(image, chunks):
+    """``image`` (numpy, memory map, zarr or dask) as a dask array of ``chunks`` (-1: the whole
+    axis) in native byte order, the way zarr stores it: storing it into an :data:`IMAGE` array
+    reads and writes one chunk at a time, never the whole image."""
+    import dask.array as da
+    import numpy as np
+
+    source = image if isinstance(image, da.Array) else da.from_array(
+        image, chunks=chunks, asarray=True, name=False)
+    return source.rechunk(chunks).astype(np.dtype(source.dtype).newbyteorder("="))

@@ -1,18 +1,22 @@
-"""The resumable segmentation job: image -> zarr group with embeddings, foreground and labels.
+"""The resumable segmentation job: image -> zarr group with the input, embeddings, foreground
+and labels.
 
 Used by ``shiftseg segment`` and by the napari plugin for images too big for one go. Layout of
-the output group (every array chunked by the output tile)::
+the output group, an OME-Zarr image (:mod:`.ngff`; every array chunked by the output tile)::
 
     OUT.zarr/
+      image/0     ([C,] *image) as read      the input that was segmented: the NGFF image
+      labels/instances/0  (*image) int32     instances 1..M, 0 = background: its label image
       embeddings  (E+1, *spatial) float32   network output, foreground logit last
       foreground  (*spatial) float32         sigmoid of the logit (models with a foreground head)
-      labels      (*spatial) int32           instances 1..M, 0 = background
       labels_resampled                       only when the network ran on the image resampled
                                              to the model's object size (``diameter``): the
                                              labels on that grid; ``embeddings``/``foreground``
-                                             are on it too, ``labels`` on the image's grid
+                                             are on it too, the labels and the input on the
+                                             image's grid
       done        (tile grid) bool           True once a tile's chunks are completely written
-      attrs: "shiftseg" (the run's arguments, clustering, counts), "complete" (only when done)
+      attrs: "shiftseg" (the run's arguments, clustering, counts, "input_stored" once the
+             input is copied), "complete" (only when done)
 
 **Nothing is lost on interruption.** Each tile is one chunk of ``embeddings`` and one of
 ``foreground``; the task that computed it writes both (zarr writes every chunk file to a
@@ -20,9 +24,10 @@ temporary name and renames it, so a chunk is either old or new, never torn) and 
 its ``done`` flag. A run that is interrupted (Ctrl-C, cancel, a killed worker) and started again
 with the same arguments skips the tiles marked done; a tile whose chunks were written but whose
 flag was not is computed again. Tiles are exact (THEORY.md, result 3), so the resumed result is
-identical to an uninterrupted run. Labels are computed from the stored embeddings once every
-tile is done, and ``complete: true`` is written last, so an interrupted output never looks
-complete.
+identical to an uninterrupted run. Once every tile is done the input is copied into ``image/0``,
+chunk by chunk, and ``input_stored`` recorded (a run interrupted during the copy copies it again;
+one that finds it recorded never does); the labels are then computed from the stored embeddings,
+and ``complete: true`` is written last, so an interrupted output never looks complete.
 
 **One run per output.** A run holds an exclusive lock on its output (:mod:`._lock`) from start to
 finish, so attribute updates (read-modify-write) never race; a second run is refused, naming
@@ -60,7 +65,7 @@ from . import __version__, rescale
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .devices import resolve_tile
-from .ngff import AXIS_NAMES, LABELS
+from .ngff import IMAGE, LABELS, create_array, dimension_names, image_source
 from .ngff import check_version as check_ngff
 from .ngff import write_metadata as write_ngff
 from .ngff import zarr_format as ngff_zarr_format
@@ -74,9 +79,12 @@ __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
 
 #: Group attribute holding the run's arguments and results.
 ATTRS = "shiftseg"
-#: /2: an OME-Zarr image (ngff.py): the labels moved to ``labels/instances/0``.
+#: /2: an OME-Zarr image (ngff.py): the labels moved to ``labels/instances/0``. Outputs of /2
+#: written before issue 26 have the embeddings as their NGFF image and no ``image/0``; since then
+#: the input is the NGFF image (``input_stored`` in the record once it is copied). What shiftseg
+#: reads (embeddings, foreground, labels, done) is the same in both, so both are /2.
 FORMAT = "napari-shiftseg-segmentation/2"
-_ARRAYS = ("embeddings", "foreground", LABELS, "done")
+_ARRAYS = ("embeddings", "foreground", LABELS, "done", IMAGE)
 # Tiles handed to the scheduler at a time (raised to 4 per worker thread on big clusters).
 _TILE_BATCH = 256
 # The input is hashed in slabs of whole planes (first axis) of about this many bytes, in parallel:
@@ -351,7 +359,9 @@ def _shown(value, key: str = "") -> str:
 class _Layout:
     """What an output holds: the network's grid (``spatial``, resampled or not), its chunks
     (``chunk``, one per tile) and their number per axis (``grid``); ``image_shape`` is the
-    input's own grid when the network ran on a resampled image."""
+    input's own grid when the network ran on a resampled image. The input is stored as it was
+    read: ``input_dtype``, with ``input_channels`` on a first axis (a multi-channel model's
+    input) or none (0)."""
 
     spatial: tuple[int, ...]
     channels: int
@@ -362,11 +372,14 @@ class _Layout:
     ngff: str = "0.5"
     voxel_size: tuple[float, ...] | None = None
     unit: str | None = None
+    input_dtype: str = "float32"
+    input_channels: int = 0
 
 
 def _create_output(path: Path, layout: _Layout, attrs: dict):
-    """The output arrays and their OME-Zarr metadata (:mod:`ngff`); with ``image_shape`` (a
-    resampled run) the labels are on the image's grid and the network's labels go to
+    """The output arrays and their OME-Zarr metadata (:mod:`ngff`): the input, empty until it is
+    copied (:func:`_store_input`), is the NGFF image; with ``image_shape`` (a resampled run) the
+    labels and the input are on the image's grid and the network's labels go to
     ``labels_resampled``."""
     import zarr
 
@@ -374,15 +387,11 @@ def _create_output(path: Path, layout: _Layout, attrs: dict):
     image_shape, voxel_size = layout.image_shape, layout.voxel_size
     version = check_ngff(layout.ngff)
     group = zarr.open_group(path, mode="w", zarr_format=ngff_zarr_format(version))
-    # NGFF 0.4 (zarr v2) asks for nested chunk keys, as zarr v3 always has.
-    keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
 
     def array(name, shape, chunks, dtype, fill, channel=False):
         # NGFF 0.5: every array names its axes (zarr v3 dimension_names), as its metadata does.
-        names: dict[str, Any] = {} if version == "0.4" or name == "done" else {"dimension_names": (
-            ("c",) * channel + AXIS_NAMES[len(shape) - channel])}
-        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                                  **keys, **names)
+        names = None if name == "done" else dimension_names(len(shape) - channel, channel=channel)
+        return create_array(group, version, name, shape, chunks, dtype, fill, names=names)
 
     net_spatial, net_tile = tuple(spatial), tuple(tile)
     if image_shape is not None:
@@ -390,6 +399,8 @@ def _create_output(path: Path, layout: _Layout, attrs: dict):
         attrs = {**attrs, "resampled": {"image_shape": list(image_shape), "working_shape": list(spatial)}}
         spatial = tuple(image_shape)
         tile = tuple(min(t, n) for t, n in zip(tile, spatial))
+    lead = (layout.input_channels,) if layout.input_channels else ()
+    array(IMAGE, (*lead, *spatial), (*lead, *tile), layout.input_dtype, 0, channel=bool(lead))
     array("embeddings", (channels, *net_spatial), (channels, *net_tile), "float32", 0.0, channel=True)
     if layout.foreground:
         array("foreground", net_spatial, net_tile, "float32", 0.0)
@@ -397,11 +408,28 @@ def _create_output(path: Path, layout: _Layout, attrs: dict):
     # One chunk per flag: each tile's flag is its own (atomically renamed) file.
     array("done", grid, (1,) * len(grid), "bool", False)
     group.attrs[ATTRS] = {**attrs, "ngff": version}
-    # Embeddings of a resampled run sit on a finer or coarser grid than the input's voxels.
     voxel = tuple(voxel_size) if voxel_size else (1.0,) * len(spatial)
-    emb_scale = tuple(v * n / m for v, n, m in zip(voxel, spatial, net_spatial))
-    write_ngff(group, version, voxel_size=voxel, unit=layout.unit, embedding_scale=emb_scale)
+    write_ngff(group, version, voxel_size=voxel, unit=layout.unit, channel=bool(lead))
     return group
+
+
+def _store_input(group, image, compute, stage) -> None:
+    """Copy the input into the output's NGFF image, chunk by chunk, once: the first run to
+    finish its tiles does it and records ``input_stored``; a run interrupted here copies it
+    again (each chunk is written whole or not at all), one that finds it recorded does not.
+    An output written before the input was stored (no ``image/0``) is left as it is."""
+    import dask.array as da
+
+    if IMAGE not in group or dict(group.attrs[ATTRS]).get("input_stored") is True:
+        return
+    if stage:
+        stage("copying the image")
+    target = group[IMAGE]
+    source = image_source(image, target.chunks)
+    if tuple(source.shape) != tuple(target.shape):
+        raise RuntimeError(f"the input is {source.shape}, its copy {target.shape}")
+    compute(da.store(source, target, lock=False, compute=False))
+    _set_attrs(group, input_stored=True)
 
 
 def _done_flags(done) -> np.ndarray:
@@ -746,7 +774,8 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     grid = tuple(math.ceil(s / c) for s, c in zip(spatial, chunk))
     layout = _Layout(spatial, model.config.out_channels, chunk, grid, bool(model.config.foreground_head),
                      source_shape[lead:] if resampled else None, ngff,
-                     tuple(voxel_size) if voxel_size and len(voxel_size) == spatial_ndim else None, unit)
+                     tuple(voxel_size) if voxel_size and len(voxel_size) == spatial_ndim else None, unit,
+                     np.dtype(image.dtype).newbyteorder("=").str, source_shape[0] if lead else 0)
     # Both halves checked themselves when they were made (SegmentationSettings, ClusterOptions).
     if per_slice and o.min_size is None and resampling is not None and resampling.diameter:
         # The 2D model's minimum size is per plane, but its objects are linked across z: a
@@ -819,7 +848,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
 
         try:
             run = _Run(net_image, model, plan, layout, device, bool(per_slice), bool(lead),
-                       o.tile_resources, settings, o.clustering)
+                       o.tile_resources, settings, o.clustering, image)
             with _tile_threads(client):
                 return _run_tiles(run, group, target, out_path, compute, client, progress, stage)
         except BaseException:
@@ -866,7 +895,8 @@ def _remove_created(target: Path, out_path: Path, existed: bool) -> None:
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """What the tile loop needs of a run: the image the network reads (resampled or not), the
-    model and its plan, the output's layout, where tiles run, and how to cluster and label.
+    model and its plan, the output's layout, where tiles run, how to cluster and label, and the
+    input as read (``source``: what the output stores as its image).
     ``channels_first``: ``image`` holds a multi-channel network's input channels on axis 0."""
 
     image: Any
@@ -879,6 +909,7 @@ class _Run:
     tile_resources: dict | None
     settings: SegmentationSettings
     clustering: ClusterOptions
+    source: Any = None
 
 
 def _run_tiles(run: _Run, group, target, out_path, compute, client, progress, stage):
@@ -933,6 +964,7 @@ def _run_tiles(run: _Run, group, target, out_path, compute, client, progress, st
         if missing:
             raise RuntimeError(f"{missing} tiles were not written")
     _set_attrs(group, tiles=total)
+    _store_input(group, run.source, compute, stage)
     _label(group, run.settings, run.clustering, foreground, compute, stage)
     if target != out_path:
         import zarr
@@ -1053,6 +1085,10 @@ def recluster(out_path, settings=None, clustering: ClusterOptions | None = None,
         if not _done_flags(group["done"]).all():
             raise ShiftSegError(f"the embeddings in {out_path} are incomplete; run the segmentation "
                                 "again with its first settings to finish them")
+        if IMAGE in group and dict(group.attrs[ATTRS]).get("input_stored") is not True:
+            # Labelled now, it would look complete without its input (then never copied).
+            raise ShiftSegError(f"the copy of the input in {out_path} is incomplete; run the "
+                                "segmentation again with its first settings to finish it")
         if "complete" in group.attrs:
             del group.attrs["complete"]
         _set_attrs(group, cluster_args=cluster_args)

@@ -12,8 +12,9 @@ each time point is segmented exactly as ``segment_to_zarr`` would segment it alo
 Layout::
 
     OUT.zarr/                 OME-Zarr image (NGFF 0.5, or 0.4); every axis list starts with t
-      image                   (T, [C,] [Z,] Y, X) the input that was segmented (the channel or
+      image/0                 (T, [C,] [Z,] Y, X) the input that was segmented (the channel or
                               channels the model took): what an NGFF viewer shows under the labels
+                              (the layout and its reasons: :mod:`napari_shiftseg.ngff`)
       labels/instances/0      (T, [Z,] Y, X) int32, ids numbered on across time: time point
                               t's ids 1..M_t (as segment_to_zarr writes them) + M_0 + ... + M_t-1
       attrs: "shiftseg" (objects per time point, their first ids, the total), "complete"
@@ -64,7 +65,7 @@ from . import __version__
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .io import TimeSeries
-from .ngff import LABELS, dimension_names, write_series_metadata
+from .ngff import IMAGE, LABELS, create_array, dimension_names, image_source, write_metadata
 from .ngff import check_version as check_ngff
 from .ngff import zarr_format as ngff_zarr_format
 
@@ -76,8 +77,6 @@ __all__ = ["SERIES_FORMAT", "TimePoint", "frames_path", "segment_series"]
 SERIES_FORMAT = "napari-shiftseg-series/1"
 #: The file in the work folder that says which series it belongs to.
 MARKER = "series.json"
-#: Where the input is stored in the output (the NGFF image).
-IMAGE = "image"
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -466,13 +465,6 @@ def _assemble(target: Path, image, groups, counts: list[int], record: dict, *, c
     n, version = len(groups), record["ngff"]
     group = zarr.open_group(target, mode="w", zarr_format=ngff_zarr_format(version))
     group.attrs[ATTRS] = record  # first: an interrupted assembly is ours to remove
-    keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
-
-    def array(name, shape, chunks, dtype, names):
-        named: dict[str, Any] = {} if version == "0.4" else {"dimension_names": names}
-        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                                  **keys, **named)
-
     planes = []
     for g, offset in zip(groups, _offsets(counts)):
         labels = da.from_zarr(g[LABELS])
@@ -481,24 +473,21 @@ def _assemble(target: Path, image, groups, counts: list[int], record: dict, *, c
         labels = labels.rechunk(chunk)
         planes.append(da.where(labels > 0, labels + np.int32(offset), np.int32(0)).astype(np.int32))
     numbered = da.stack(planes, axis=0)
-    labels_out = array(LABELS, (n, *spatial), (1, *chunk), "int32", dimension_names(len(spatial), time=True))
+    labels_out = create_array(group, version, LABELS, (n, *spatial), (1, *chunk), "int32",
+                              names=dimension_names(len(spatial), time=True))
 
-    source = image if isinstance(image, da.Array) else da.from_array(
-        image, chunks=(1, *((-1,) if channel else ()), *chunk), asarray=True, name=False)
+    source = image_source(image, (1, *((-1,) if channel else ()), *chunk))
     if picks is not None:
         source = source[:, list(picks)]
-    image_chunks = (1, *((int(source.shape[1]),) if channel else ()), *chunk)
-    lead = image_chunks[1:2] if channel else ()
-    dtype = np.dtype(source.dtype).newbyteorder("=")  # zarr stores native byte order
-    source = source.rechunk(image_chunks).astype(dtype)
+    lead = (int(source.shape[1]),) if channel else ()
     if tuple(source.shape) != (n, *lead, *spatial):
         raise RuntimeError(f"the input is {source.shape}, the labels {(n, *spatial)}")
-    image_out = array(IMAGE, tuple(source.shape), image_chunks, dtype,
-                      dimension_names(len(spatial), channel=channel, time=True))
+    image_out = create_array(group, version, IMAGE, source.shape, (1, *lead, *chunk), source.dtype,
+                             names=dimension_names(len(spatial), channel=channel, time=True))
     stored = da.store([numbered, source], [labels_out, image_out], lock=False, compute=False)
     _compute(stored, client, cancel)
-    write_series_metadata(group, version, image=IMAGE, voxel_size=record.get("voxel_size"),
-                          unit=record.get("unit"), channel=channel)
+    write_metadata(group, version, voxel_size=record.get("voxel_size"), unit=record.get("unit"),
+                   channel=channel, time=True)
     group.attrs["complete"] = True
 
 

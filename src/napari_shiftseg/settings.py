@@ -16,38 +16,20 @@ from typing import Any
 
 from ._errors import ShiftSegError
 
-__all__ = ["SegmentationSettings", "BANDWIDTH_OF_DELTA_D", "DEFAULT_MIN_SIZE", "TRAINING_DEFAULTS",
-           "CONTINUE_DEFAULTS", "BATCH_SIZE_3D", "DEFAULT_INIT", "training_defaults"]
+__all__ = ["SegmentationSettings", "BANDWIDTH_OF_DELTA_D", "DEFAULT_MIN_SIZE"]
 
-#: How ``shiftseg train`` and the Train widget train a *new* network when not told otherwise
-#: (chosen on the BBBC007 dev set and synthetic nuclei: docs/MODELS.md); ``validation`` is the
-#: held-out fraction. Here, not in ``train.py``, so the CLI can build its parser without importing torch.
-TRAINING_DEFAULTS = {"steps": 3000, "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 4,
-                     "validation": 0.25}
-
-#: Continuing a trained model (the bundled one, a file, the Segment widget's): fewer steps at a
-#: lower rate. On one annotated BBBC007 crop, 1000 steps at 3e-4 from the bundled 2D model beat a
-#: new network's 3000 at 1e-3 on the 10 other dev images for each of three crops (0.901 / 0.925 /
-#: 0.904 against 0.879 / 0.905 / 0.800) in 40 s instead of 110; in 3D likewise (docs/MODELS.md).
-CONTINUE_DEFAULTS = {"steps": 1000, "lr": 3e-4}
-
-#: A 3D crop costs about ten 2D ones: half the batch.
-BATCH_SIZE_3D = 2
-
-#: What training on annotated images starts from when not told (``--init``): the bundled nuclei
-#: model of the data's dimensionality. Synthetic data, network options or several channels
-#: (the bundled models take one) start a new network instead.
-DEFAULT_INIT = "bundled"
+#: Training defaults that lived here until :mod:`napari_shiftseg.train_options` became their one
+#: owner; still found here by name (benchmarks/bench_sparse.py reads ``TRAINING_DEFAULTS``).
+_MOVED_TO_TRAIN_OPTIONS = ("TRAINING_DEFAULTS", "CONTINUE_DEFAULTS", "BATCH_SIZE_3D", "DEFAULT_INIT",
+                           "training_defaults")
 
 
-def training_defaults(ndim: int, continued: bool) -> dict[str, Any]:
-    """Steps, rate, schedule, batch and held-out fraction for a new (``continued`` False) or
-    continued network on ``ndim``-D data: :data:`TRAINING_DEFAULTS`, then
-    :data:`CONTINUE_DEFAULTS` and :data:`BATCH_SIZE_3D` where they apply."""
-    defaults = {**TRAINING_DEFAULTS, **(CONTINUE_DEFAULTS if continued else {})}
-    if ndim == 3:
-        defaults["batch_size"] = BATCH_SIZE_3D
-    return defaults
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_TRAIN_OPTIONS:
+        from . import train_options
+
+        return getattr(train_options, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Fraction of the push margin used as mean-shift bandwidth when the model does not say.

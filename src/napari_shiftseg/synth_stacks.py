@@ -28,7 +28,7 @@ from scipy import ndimage
 from . import metrics, rescale, synth
 from ._errors import ShiftSegError
 
-__all__ = ["Stack", "microscope_stack", "BENCHMARK_STACKS"]
+__all__ = ["Stack", "microscope_stack", "BENCHMARK_STACKS", "DEV_STACKS"]
 
 #: Median diameter (px) nuclei are drawn at before resampling to the target size.
 BASE_DIAMETER = 16.0
@@ -102,6 +102,19 @@ BENCHMARK_STACKS = (
     (30.0, 3.0, False, 924_004),
     (50.0, 5.0, False, 924_005),
     (80.0, 4.0, False, 924_006),
+)
+
+
+#: Dev stacks (same generator, seeds outside the test and training ranges): what models and
+#: settings for real volumes are chosen on. Never report them as held-out figures.
+DEV_STACKS = (
+    (16.0, 2.0, False, 8101),
+    (30.0, 3.0, False, 8102),
+    (50.0, 5.0, False, 8103),
+    (24.0, 1.0, True, 8104),
+    (10.0, 1.0, True, 8105),
+    (60.0, 4.0, True, 8106),
+    (8.0, 1.0, True, 8107),
 )
 
 

@@ -406,6 +406,23 @@ def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
     return values
 
 
+def tile_for(geometry: UNetGeometry, requested, mode: str = "exact"):
+    """The output tile a run uses for ``requested``, before the image caps it at one tile
+    covering the image: the one answer for widgets, sweep and CLI.
+
+    ``"auto"`` stays ``"auto"`` (decided for the device that runs,
+    :func:`~napari_shiftseg.devices.resolve_tile`); exact mode snaps to n·f^l per axis; naive
+    and blend use the request as given (on purpose: they show what off-grid tiles do).
+    """
+    if isinstance(requested, str):
+        if requested != "auto":
+            raise ShiftSegError(f"tile must be a number of voxels or 'auto', got {requested!r}")
+        return requested
+    if mode not in MODES:
+        raise ShiftSegError(f"tiling mode must be one of {MODES}, got {mode!r}")
+    return geometry.snap_tile(requested) if mode == "exact" else requested
+
+
 def tile_plan(image_shape: Sequence[int], geometry: UNetGeometry, tile: int | Sequence[int],
               mode: str = "exact") -> TilePlan:
     """Plan the tiles that cover an image of ``image_shape`` (spatial axes only).

@@ -55,7 +55,7 @@ from .tuning import better, quick_score, split_validation, tune_settings, valida
 from .unet import UNet, UNetConfig, memory_format
 
 __all__ = ["train", "default_training_window", "default_embed_dim", "network_config", "suggest_training_window",
-           "suggest_factors", "physical_position_scale", "NORMALIZATION", "LOSS_DEFAULTS",
+           "training_window", "suggest_factors", "physical_position_scale", "NORMALIZATION", "LOSS_DEFAULTS",
            "TrainOptions", "LossSettings"]
 
 #: Normalisation every model trained here records in its metadata; inference applies the same
@@ -171,6 +171,21 @@ def suggest_training_window(geometry: UNetGeometry, labels_list) -> tuple[int, .
     cap = min([MAX_DEFAULT_WINDOW[geometry.ndim]] + [int(min(np.shape(lab))) for lab in labels_list])
     return tuple(_axis_window(a, base, want, cap)
                  for a, base in zip(geometry.axes, default_training_window(geometry)))
+
+
+def training_window(geometry: UNetGeometry, window: int | Sequence[int] | None = None, labels_list=None,
+                    allow_small: bool = False) -> tuple[int, ...]:
+    """The output window a run trains with, checked (:meth:`UNetGeometry.check_training_window`).
+
+    ``window`` as given (one number: every axis); else sized to the objects of ``labels_list``
+    (:func:`suggest_training_window`); else, for a generator (no objects to size it by),
+    :func:`default_training_window`. The one rule of :func:`train`, ``shiftseg train`` and the
+    Train widget.
+    """
+    if window is None:
+        window = (suggest_training_window(geometry, labels_list) if labels_list
+                  else default_training_window(geometry))
+    return geometry.check_training_window(window, allow_small=allow_small)
 
 
 def _axis_window(a, base: int, want: int, cap: int) -> int:
@@ -410,11 +425,8 @@ def train(
     if sparse_note and run.loss.background_as_instance:
         raise ShiftSegError("sparse annotations cannot train background as an instance: outside "
                             "the annotated region nothing is known to be background")
-    output_window = run.output_window
-    if output_window is None:
-        output_window = (suggest_training_window(geometry, [lab for _, lab in pairs]) if pairs
-                         else default_training_window(geometry))
-    window = geometry.check_training_window(output_window, allow_small=run.allow_small_window)
+    window = training_window(geometry, run.output_window, [lab for _, lab in pairs] if pairs else None,
+                             run.allow_small_window)
     if min(window) < 1:
         raise ShiftSegError(f"training window {window} must be positive")
     crop = _Crop.plan(geometry, window)

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_shiftseg._widgets import _pipeline
+from napari_shiftseg._widgets import _train_jobs
 from napari_shiftseg._widgets import segment as segment_module
 from napari_shiftseg._widgets import sweep as sweep_module
 from napari_shiftseg._widgets.sweep import SweepWidget
@@ -89,7 +89,7 @@ def start_preview(viewer, gate, wait_for, tiny_model_2d, lattice_crop):
 
 
 def start_train(viewer, gate, wait_for, tiny_model_2d, lattice_crop, tmp_path):
-    g = gate(_pipeline, "train_model", {"loss": 1.0})
+    g = gate(_train_jobs, "train_model", {"loss": 1.0})
     image = viewer.add_image(lattice_crop[0], name="img")
     viewer.add_labels(lattice_crop[1], name="gt")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
@@ -169,7 +169,7 @@ def test_close_during_run_cancels_the_job(run, how, viewer, gate, wait_for, qtbo
 def test_closing_the_viewer_stops_training_on_synthetic_data(viewer, gate, wait_for, qtbot,
                                                              tmp_path):
     """No input layer to remove: the widget's destruction alone cancels the job."""
-    g = gate(_pipeline, "train_model", {"loss": 1.0})
+    g = gate(_train_jobs, "train_model", {"loss": 1.0})
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
     widget.source.value = "synthetic: lattice spacing 15"
     widget.levels.value, widget.channels.value, widget.window.value = 2, 2, 12

@@ -71,9 +71,10 @@ def test_reader_opens_model_in_segment_widget(viewer, tiny_model_2d):
 
 
 
-def test_segment_output_opens_as_layers(viewer, tiny_model_2d, lattice_crop, tmp_path):
-    """Dropping a `shiftseg segment` output on napari: the input image, embeddings, foreground
-    and instances, with the input's voxel size."""
+@pytest.fixture
+def segmented(tiny_model_2d, lattice_crop, tmp_path):
+    """A `shiftseg segment` output of a 64 x 64 uint8 tif with a voxel size of 0.25 um:
+    (its path, the input image)."""
     import tifffile
 
     from napari_shiftseg.segment import segment_to_zarr
@@ -84,7 +85,22 @@ def test_segment_output_opens_as_layers(viewer, tiny_model_2d, lattice_crop, tmp
     out = tmp_path / "cells.zarr"
     segment_to_zarr(tmp_path / "cells.tif", out, tiny_model_2d, tile=16, device="cpu",
                     fg_threshold=0.45, min_size=3)
-    layers = viewer.open(str(out), plugin=PLUGIN)
+    return out, image
+
+
+@pytest.mark.filterwarnings("default::UserWarning")  # as in a napari session, not as errors
+def test_segment_output_opens_as_layers(viewer, segmented, tmp_path):
+    """Dropping a `shiftseg segment` output on napari: the input image, embeddings, foreground
+    and instances, with the input's voxel size. The image is the output's own copy (issue 26),
+    so it is shown even after its file has moved, and nothing needs saying."""
+    from napari.utils.notifications import notification_manager
+
+    out, image = segmented
+    (tmp_path / "cells.tif").rename(tmp_path / "moved.tif")
+    seen = len(notification_manager.records)
+    with notification_manager:
+        layers = viewer.open(str(out), plugin=PLUGIN)
+    assert len(notification_manager.records) == seen
     names = [layer.name for layer in layers]
     assert names == ["cells.tif", "embeddings [cells]", "foreground [cells]", "instances [cells]"]
     for layer in layers:
@@ -92,6 +108,26 @@ def test_segment_output_opens_as_layers(viewer, tiny_model_2d, lattice_crop, tmp
     labels = viewer.layers["instances [cells]"]
     assert labels.data.shape == image.shape and int(np.asarray(labels.data).max()) > 0
     np.testing.assert_array_equal(np.asarray(viewer.layers["cells.tif"].data), image)
+
+
+def test_viewer_open_without_plugin_shows_the_input(viewer, segmented):
+    """issue 26: `viewer.open('OUT.zarr')` failed ("No arrays found in zarr group"). napari
+    (0.5 and later) reads with its built-in reader unless `plugin=` names another; that reader
+    opens the first subgroup of a zarr folder in sorted order, which was the arrayless
+    `labels`. The input now sits in `image/` (the NGFF image), which sorts first: the plain
+    call shows the input. All the layers need the plugin named; leaving the choice to napari
+    (`plugin=None`, as a drop on the viewer does) names both readers that accept folders."""
+    from napari.errors import MultipleReaderError
+    from napari.layers import Image
+
+    out, image = segmented
+    layers = viewer.open(str(out))
+    assert len(layers) == 1 and isinstance(layers[0], Image)
+    data = layers[0].data[0] if layers[0].multiscale else layers[0].data
+    np.testing.assert_array_equal(np.asarray(data), image)
+    with pytest.raises(MultipleReaderError, match=f"'{PLUGIN}'.*plugin=") as err:
+        viewer.open(str(out), plugin=None)
+    assert {PLUGIN, "napari"} <= set(err.value.available_plugins)
 
 
 def test_paper_demo_samples_choose_the_disk_model(viewer, wait_idle):
@@ -135,18 +171,15 @@ def test_paper_demo_sample_keeps_a_model_file_the_user_chose(viewer, tiny_model_
 
 
 @pytest.mark.filterwarnings("default::UserWarning")  # as in a napari session, not as errors
-def test_moved_input_image_is_reported_every_time(viewer, tiny_model_2d, lattice_crop, tmp_path):
-    """issue 26: an output whose input image has moved opens without it, and napari says so,
-    naming the path, each time it is opened (napari's hooks in place, as in a napari session,
-    where a Python warning's text is shown once a session)."""
-    import tifffile
+def test_moved_input_image_is_reported_every_time(viewer, tmp_path):
+    """issue 26: an output written before outputs stored their input names it by its path;
+    when that file has moved, the output opens without it, and napari says so, naming the
+    path, each time it is opened (napari's hooks in place, as in a napari session, where a
+    Python warning's text is shown once a session)."""
+    from helpers import older_output
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
-    from napari_shiftseg.segment import segment_to_zarr
-
-    tifffile.imwrite(tmp_path / "cells.tif", (lattice_crop[0][:32, :32] * 200).astype(np.uint8))
-    out = tmp_path / "cells.zarr"
-    segment_to_zarr(tmp_path / "cells.tif", out, tiny_model_2d, tile=16, device="cpu")
+    out = older_output(tmp_path)
     (tmp_path / "cells.tif").rename(tmp_path / "moved.tif")
     for _ in range(2):
         seen = len(notification_manager.records)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PLUGIN = "napari-shiftseg"
 
@@ -28,7 +29,7 @@ def inference_settings() -> InferenceSettings:
         return InferenceSettings()
 
 
-def layer_choices(viewer, kind: type):
+def layer_choices(viewer, kind: type[Any]):
     """A magicgui ``choices`` callable listing the viewer's layers of ``kind`` by name."""
 
     def choices(_widget=None):
@@ -87,6 +88,8 @@ class ScrollsWhenDocked:
     out). Handing napari the scroll area instead lets a tall widget scroll rather than force its
     height on the window (Segment and Train docked together fit a 1200 px screen)."""
 
+    root_native_widget: Any  # the Container's (the scroll area when scrollable)
+
     @property
     def native(self):
         return self.root_native_widget
@@ -96,4 +99,5 @@ class ScrollsWhenDocked:
         """The widget holding the layout (inside the scroll area)."""
         from magicgui.widgets import Container
 
-        return Container.native.fget(self)
+        # The property's getter, read on the class: mypy types ``Container.native`` as the getter.
+        return Container.native.fget(self)  # type: ignore[attr-defined]

@@ -24,7 +24,8 @@ from ..ngff import LABELS
 from ..segment import ATTRS, segment_to_zarr, stored_plan
 from ..segment import recluster as recluster_zarr
 from ._common import file_stamp
-from ._pipeline import ModelCache, Resampled
+from ._pipeline import ModelCache
+from ._results import Resampled
 
 _SESSION_DIR: Path | None = None
 
@@ -60,7 +61,7 @@ class LargeResult:
     diagnostics: dict
     foreground: bool
     origin: tuple | None = None
-    resampled: object = None  # a _pipeline.Resampled when the network ran on a resampled image
+    resampled: object = None  # a _results.Resampled when the network ran on a resampled image
     note: str = ""            # what the user should know (e.g. the tile was snapped to n·f^l)
 
 
@@ -79,9 +80,10 @@ def _open(path: Path, plan, model, image, device) -> LargeResult:
     # Lazy: napari computes the reference only for the tiles of the slice on screen.
     per_slice = geometry.ndim < len(shape)
     diag = diagnostics.run_diagnostics(embeddings, image, model, plan, device=device, per_slice=per_slice)
-    note = dict(group.attrs[ATTRS]).get("tile_note", "")
+    record = group.attrs[ATTRS]
+    note = record.get("tile_note", "") if isinstance(record, dict) else ""
     return LargeResult(path, embeddings, da.from_zarr(group[LABELS]), diag, "foreground" in group,
-                       resampled=resampled, note=note)
+                       resampled=resampled, note=str(note))
 
 
 def segment(report, cancel, image, model_path, params, out_path: Path) -> LargeResult:

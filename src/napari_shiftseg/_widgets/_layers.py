@@ -5,7 +5,7 @@ layer is named ``<kind> [<image>]`` (the kind first: the layer list cuts long na
 the right) and placed with the source image's scale and
 translate (shifted by the crop origin for a preview of part of the image).
 
-A result computed on a resampled image (``_pipeline.Resampled``) has its embeddings and
+A result computed on a resampled image (``_results.Resampled``) has its embeddings and
 diagnostics on the grid the network ran on. In 2D they are shown there, placed over the image's
 pixels. An image with a slider axis (3D, stacks) gets them back on its own pixels instead:
 napari steps a slider by the finest scale of the layers on it, so one layer on a finer grid
@@ -14,12 +14,14 @@ made the z slider count resampled planes (0-94 for a 48-plane volume).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import rescale
 
 #: kind -> (layer type, display settings). Diagnostic layers start hidden.
-KINDS = {
+KINDS: dict[str, tuple[str, dict[str, Any]]] = {
     # Maps drawn over the image are half transparent, so the image stays visible under them.
     "embeddings": ("image", {"rgb": True, "opacity": 0.5}),
     "foreground": ("image", {"colormap": "green", "blending": "additive", "contrast_limits": (0.0, 1.0),
@@ -126,7 +128,7 @@ def _contrast(data, kind: str) -> tuple[float, float]:
 
 
 def resampled_placement(where: dict, origin, resampled) -> dict:
-    """Placement of a result on a resampled image's grid (see ``_pipeline.Resampled``), given
+    """Placement of a result on a resampled image's grid (see ``_results.Resampled``), given
     the image's own ``where`` for a crop starting at ``origin`` (None: the whole image).
 
     Pixel j of the resampled image has its centre at image coordinate (j + 0.5)·r − 0.5 with
@@ -143,7 +145,7 @@ def resampled_placement(where: dict, origin, resampled) -> dict:
 
 def segmentation_layers(result, image_name: str, where: dict, embed_dim: int,
                         capacity: int | None = None) -> list[tuple]:
-    """All layers of a segmentation run (see :class:`~._pipeline.SegmentResult`).
+    """All layers of a segmentation run (see :class:`~._results.SegmentResult`).
 
     Instances are on the image's grid; embeddings and diagnostics on the grid the network ran
     on (see :func:`network_layer`), which differs when the image was resampled.
@@ -241,7 +243,7 @@ def show_layers(viewer, layer_tuples: list[tuple]) -> list:
         # ``__class__``, not ``type()``: plugins get layers wrapped in napari's PublicOnlyProxy.
         same_kind = old is not None and old.__class__.__name__.lower() == layer_type and (
             getattr(old, "rgb", False) == kwargs.get("rgb", False)) and old.ndim == _layer_ndim(data, kwargs)
-        if same_kind:
+        if old is not None and same_kind:
             old.data = data
             old.scale, old.translate = kwargs["scale"], kwargs["translate"]
             if "contrast_limits" in kwargs:

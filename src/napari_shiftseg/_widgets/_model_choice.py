@@ -50,15 +50,6 @@ def describe_config(config) -> str:
             f"({config.upsampling} upsampling, {g.padding})")
 
 
-def describe_settings(settings: SegmentationSettings) -> str:
-    """One line: the settings a model segments with."""
-    s = settings
-    post = [f"merge < {s.merge_distance:g}" if s.merge_distance else "",
-            "absorb small" if s.absorb_small else "", "fill holes" if s.fill_holes else ""]
-    return (f"bandwidth {s.bandwidth:g}, foreground > {s.fg_threshold:g}, min size {s.min_size}"
-            + "".join(f", {p}" for p in post if p))
-
-
 class ModelChooser(Container):
     """Bundled or file model, with its geometry shown; ``changed`` fires on a new choice."""
 

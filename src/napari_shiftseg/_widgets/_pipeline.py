@@ -1,16 +1,17 @@
-"""The jobs the widgets run in a worker thread: plain functions of arrays, no Qt, no napari.
+"""The Segment widget's in-memory jobs: plain functions of arrays, no Qt, no napari.
 
 Each job has the :mod:`._worker` signature ``job(report, cancel, ...)``. They only chain core
-functions (predict -> compute with progress -> cluster -> label -> diagnostics) and return
-arrays; :mod:`._layers` turns those into layer data (still in the worker thread), and the
-widgets only add the finished layers on the GUI thread.
+functions (predict -> compute with progress -> cluster -> label -> diagnostics) and return a
+:class:`~._results.SegmentResult`; :mod:`._layers` turns that into layer data (still in the
+worker thread), and the widgets only add the finished layers on the GUI thread. The training
+jobs are in :mod:`._train_jobs`, the tiling inspection in :mod:`._inspect_jobs`.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
@@ -18,16 +19,20 @@ import numpy as np
 
 # Imported here, not inside the jobs: the widget module imports this one when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import diagnostics, instances, predict, progress, rescale, synth, train
+from .. import diagnostics, instances, predict, progress, rescale
 from .._errors import ShiftSegError
 from ..devices import resolve_device
-from ..measure import AXES, measure
-from ..modelio import load_model, save_model
+from ..modelio import load_model
 from ..normalize import recorded_normalization
 from ..region import Region
 from ..settings import SegmentationSettings
 from ..spatial import position_grid
 from ._common import file_stamp
+from ._results import Resampled, SegmentResult, labels_on_image_grid
+
+__all__ = ["MODES", "SegmentParams", "ModelCache", "Resampled", "SegmentResult", "check_image",
+           "fits_budget", "check_budget", "preview_region", "segment", "warm_up", "recluster",
+           "labels_on_image_grid", "window_cuts", "keep_cut_objects"]
 
 MODES = ("exact", "naive", "blend")
 
@@ -44,38 +49,6 @@ class SegmentParams:
     # Voxel size of the model's axes (the layer's scale) when the image is to be resampled to
     # isotropic voxels first (3D; a z step larger than the pixel size gets more planes).
     voxel_size: tuple | None = None
-
-
-@dataclass(frozen=True)
-class Resampled:
-    """Where a result computed on a resampled image sits: its part of the resampled image."""
-
-    origin: tuple           # first voxel of the computed part, on the resampled image
-    working_shape: tuple    # shape of the whole resampled image
-    image_shape: tuple      # shape of the image itself
-    factor: float
-
-
-@dataclass
-class SegmentResult:
-    """Everything a run produced, kept by the widget for re-clustering."""
-
-    embeddings: np.ndarray          # (E [+1 foreground logit], *spatial), float32
-    labels: np.ndarray              # int32 instances
-    diagnostics: dict = field(default_factory=dict)  # kind -> array (see _layers.KINDS)
-    origin: tuple | None = None     # crop origin in the source image (None: whole image)
-    foreground: bool = True
-    note: str = ""                  # what the user should know about these labels
-    # Set when the network ran on a resampled image: embeddings and diagnostics are on that
-    # image's grid, labels on the image's own (rescale.py).
-    resampled: Resampled | None = None
-    # The mean-shift cluster of every voxel before connected components (on the embeddings'
-    # grid): on an inseparable input it is one cluster, however many objects the labels show.
-    clusters: np.ndarray | None = None
-    # A preview's window: per axis, whether it cuts the image (low side, high side). Objects at
-    # a cut are only partly inside; at the image's own edges they are whole as far as anyone
-    # can tell, so a window as large as the image labels exactly as a Run does.
-    cuts: tuple | None = None
 
 
 class ModelCache:
@@ -236,33 +209,6 @@ def _resampled_run(report, cancel, image, model, params, region, norm, factors, 
     return result
 
 
-def on_image_grid(result: SegmentResult, labels, image_region=None, dtype=np.int32) -> np.ndarray:
-    """Labels (or any map) of a (possibly resampled) result on the image's own pixels."""
-    if result.resampled is None:
-        return labels
-    r = result.resampled
-    if image_region is None:
-        origin = result.origin or (0,) * len(r.image_shape)
-        image_region = Region(origin, result.labels.shape).to_slices()
-    out = rescale.labels_on_image_grid(labels, r.origin, r.working_shape, image_region, r.image_shape)
-    return np.ascontiguousarray(out, dtype=dtype)
-
-
-def labels_on_image_grid(result: SegmentResult, labels, image_region=None) -> np.ndarray:
-    """Instances of a (possibly resampled) result on the image's own pixels, numbered 1..n.
-
-    Objects thinner than the step between the sampled voxels are lost on the way back to the
-    image's grid; numbering the rest again keeps "n objects" (the largest id, as the status
-    line says it) equal to the objects the instances layer holds.
-    """
-    if result.resampled is None:
-        return labels
-    from skimage.segmentation import relabel_sequential
-
-    out = on_image_grid(result, labels, image_region)
-    return relabel_sequential(out)[0].astype(np.int32, copy=False)
-
-
 def _segment_at(report, cancel, image, model, params: SegmentParams, region, norm) -> SegmentResult:
     g = model.geometry
     lead = (slice(None),) * int(model.config.in_channels > 1)  # a multi-channel image's channels
@@ -357,11 +303,11 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
     # Preview: the size filter runs after labelling, sparing objects the window cuts (with
     # absorb_small the min size also decides what is absorbed, so it stays in the labelling).
     spare_cut = cuts is not None and any(any(c) for c in cuts) and not settings.absorb_small
-    labels = instances.label_instances(blocks, clustering, 0 if spare_cut else min_size,
-                                       merge_distance=settings.merge_distance or None,
-                                       absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
-    clusters = instances.assign_clusters(blocks, clustering)
-    labels, clusters = progress.compute(labels, clusters, progress=lambda d, t: report(d, t, "labels"),
+    lazy_labels = instances.label_instances(blocks, clustering, 0 if spare_cut else min_size,
+                                            merge_distance=settings.merge_distance or None,
+                                            absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
+    lazy_clusters = instances.assign_clusters(blocks, clustering)
+    labels, clusters = progress.compute(lazy_labels, lazy_clusters, progress=lambda d, t: report(d, t, "labels"),
                                         cancel=cancel)
     labels = labels.astype(np.int32, copy=False)
     # Objects are connected pieces of embedding clusters: saying how many clusters there were
@@ -375,149 +321,9 @@ def _label(report, cancel, embeddings, params: SegmentParams, foreground: bool,
     return labels, clusters, "; ".join(notes)
 
 
-def object_features(result: SegmentResult, image, spacing) -> dict:
-    """The measurement table of an in-memory result (see :func:`napari_shiftseg.measure.measure`),
-    for the instances layer's ``features``: sizes in the layer's world units (its scale)."""
-    region = Region(result.origin or (0,) * result.labels.ndim, result.labels.shape).to_slices()
-    channels = np.ndim(image) - result.labels.ndim  # 1: a multi-channel model's channels first
-    intensities = np.asarray(image[(slice(None),) * channels + region], dtype=np.float32)
-    embeddings = None
-    if result.resampled is None:  # on the image's grid: the mean embedding of each object too
-        embeddings = result.embeddings[:result.embeddings.shape[0] - int(result.foreground)]
-    table = measure(result.labels, intensities, spacing=spacing, embeddings=embeddings,
-                    channel_axis=0 if channels else None)
-    if result.origin is not None:  # a preview: positions in the whole image's pixels
-        for axis, o in zip(AXES[result.labels.ndim], result.origin):
-            for key in (f"centroid_{axis}", f"bbox_{axis}_start", f"bbox_{axis}_stop"):
-                table[key] = table[key] + o
-    return table
-
-
-def embeddings_on_image_grid(result: SegmentResult) -> np.ndarray:
-    """The result's embeddings (foreground channel excluded) on the labels' pixels."""
-    emb = result.embeddings[:result.embeddings.shape[0] - int(result.foreground)]
-    if result.resampled is None:
-        return emb
-    return np.stack([on_image_grid(result, channel, dtype=np.float32) for channel in emb])
-
-
-def split(result: SegmentResult, labels, object_id: int, bandwidth: float, min_size: int):
-    """Split one object of the (possibly hand-edited) ``labels`` of ``result``."""
-    from ..proofread import split_object
-
-    if isinstance(result.embeddings, da.Array) or hasattr(result, "path"):
-        raise ShiftSegError("split works on results kept in memory; this one is on disk")
-    if tuple(np.shape(labels)) != tuple(result.labels.shape):
-        raise ShiftSegError("the instances layer no longer matches the last run; run again")
-    return split_object(labels, embeddings_on_image_grid(result), object_id, bandwidth,
-                        min_size=min_size)
-
-
 def recluster(report, cancel, result: SegmentResult, params: SegmentParams):
     """Mean-shift + labelling again on the cached embeddings (no network pass): (instances on
     the image's grid, clusters on the embeddings' grid)."""
     labels, clusters, _ = _label(report, cancel, result.embeddings, params, result.foreground,
                                  result.cuts)
     return labels_on_image_grid(result, labels), clusters
-
-
-# --------------------------------------------------------------------------- training
-
-SYNTHETIC = {
-    "synthetic: lattice spacing 15": "lattice15",
-    "synthetic: random objects": "random",
-}
-
-
-@dataclass(frozen=True)
-class SyntheticSource:
-    """``seed -> (image, labels)``: a fresh synthetic image per training step."""
-
-    kind: str
-    shape: tuple
-
-    def __call__(self, seed: int):
-
-        rng = np.random.default_rng(seed)
-        if self.kind == "lattice15":
-            # A random lattice offset per image: every phase of the lattice gets trained.
-            offset = tuple(int(o) for o in rng.integers(0, 15, len(self.shape)))
-            return synth.lattice(self.shape, spacing=15, radius=5, offset=offset, noise_std=0.05,
-                                 seed=seed)
-        return synth.random_objects(self.shape, radius=5, density=0.15, noise_std=0.05, seed=seed)
-
-
-#: Seeds of synthetic validation images: far above any seed a training run draws.
-VALIDATION_SEED_BASE = 2**31 + 10_000
-
-
-def synthetic_source(kind: str, geometry, window: int) -> SyntheticSource:
-    """A generator of images just large enough for one training input crop."""
-    size = max(geometry.training_input_size(window), 2 * window)
-    return SyntheticSource(kind, (size,) * geometry.ndim)
-
-
-def synthetic_validation(source: SyntheticSource, n: int = 2) -> list:
-    """Fresh (image, labels) pairs from seeds training never draws: validation for a generator."""
-    return [source(VALIDATION_SEED_BASE + i) for i in range(n)]
-
-
-def train_model(report, cancel, source, labels, config, path, **options):
-    """Train (``options`` go to :func:`napari_shiftseg.train.train`), then save to ``path``.
-
-    Returns ``(path, history, meta)`` (None on cancel: nothing is saved); ``meta`` holds the
-    held-out scores (``meta["validation"]``) and the tuned segmentation settings.
-    """
-    steps = options["steps"]
-
-    def progress(step, parts):
-        report(step, steps, parts)
-
-    model, history = train.train(source, labels, config=config, progress=progress, cancel=cancel,
-                                 **options)
-    if cancel.is_set() or history.get("cancelled"):
-        return None
-    return save_model(model, path), history, model.meta
-
-
-def describe_tile(geometry, requested: int, mode: str) -> str:
-    """The live tile line: snapped n·f^l tile, its input window and compute amplification."""
-    g = geometry
-    if requested in (0, "auto"):
-        return "auto: the largest n·f^l tile that fits the device's memory (chosen at Run)"
-    t = g.snap_tile(requested)
-    if g.isotropic:
-        text = f"{t} = {t // g.grid}·f^l → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"
-    else:  # one tile per axis, each a multiple of that axis' grid
-        text = f"{t} on the grid {g.grids} → input {g.tile_input_size(t)}, compute ×{g.amplification(t):.2f}"
-    if mode != "exact":
-        text += f"; {mode} mode uses {requested} as given (not exact)"
-    return text
-
-
-# --------------------------------------------------------------------------- inspection
-
-def seams(report, cancel, image, model_path, tile: int, mode: str, device: str,
-          cache: ModelCache) -> dict:
-    """Tile boundaries and embedding jumps across them for one tiling mode."""
-
-    model = cache.get(model_path, device)
-    plan = predict.predict_plan(image, model, tile, mode)
-    embeddings = predict.predict_embeddings(image, model, plan=plan, device=device)
-    (embeddings,) = progress.compute(embeddings, progress=lambda d, t: report(d, t, "tiles"),
-                                     cancel=cancel)
-    found = diagnostics.run_diagnostics(embeddings, image, model, plan, device=device,
-                                        kinds=("tile_boundaries", "seams"))
-    return dict(zip(found, progress.compute(*found.values(), cancel=cancel)))
-
-
-def stitch_check(report, cancel, image, model_path, tile: int, mode: str, device: str,
-                 cache: ModelCache) -> tuple[float, str]:
-    """Max |stitched − whole-image| embedding difference (0 for exact tiling), and where the
-    tiles start relative to the f^l grid."""
-
-    model = cache.get(model_path, device)
-    report(0, 1, "stitch check")
-    # Where the tiles start on the f^l grid explains the number (e.g. naive beating blend).
-    return diagnostics.stitch_check(image, model, tile, mode, device=device), \
-        predict.predict_plan(image, model, tile, mode).grid_note

@@ -20,7 +20,7 @@ from napari.utils.notifications import show_error
 
 from .._errors import ShiftSegError
 from ..proofread import EditHistory, merge_objects
-from . import _layers, _pipeline
+from . import _layers, _results
 
 
 class ProofreadPanel(Container):
@@ -72,7 +72,7 @@ class ProofreadPanel(Container):
         try:
             layer = self._instances_layer()
             object_id = self.split_id.value or int(layer.selected_label)
-            labels, ids = _pipeline.split(owner._result, np.asarray(layer.data), object_id,
+            labels, ids = _results.split(owner._result, np.asarray(layer.data), object_id,
                                           bandwidth, owner.min_size.value)
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
@@ -137,6 +137,6 @@ class ProofreadPanel(Container):
         """The cached result and the measurement table follow the layer; Undo's state too."""
         owner = self._owner
         owner._result.labels = np.asarray(layer.data)
-        layer.features = _pipeline.object_features(owner._result, owner._source,
+        layer.features = _results.object_features(owner._result, owner._source,
                                                    owner._target[1]["scale"])
         self.undo_button.enabled = self._can_undo()

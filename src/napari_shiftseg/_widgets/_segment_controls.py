@@ -15,7 +15,8 @@ from napari.utils.notifications import show_error
 from .. import rescale
 from .._errors import ShiftSegError
 from ..settings import SegmentationSettings
-from . import _axes, _pipeline
+from ..tiling import tile_for
+from . import _axes, _inspect_jobs, _pipeline
 from ._common import device_choice
 
 
@@ -100,9 +101,8 @@ class SegmentControls(Container):
         """The n·f^l tile in exact mode; naive and blend use the request as given (on purpose);
         "auto" for the largest tile that fits the device."""
         g = self._model.geometry
-        if self.tile.value == 0:
-            return "auto"  # decided in the worker, for the device that runs
-        return g.snap_tile(self.tile.value) if g is not None and self.mode.value == "exact" else self.tile.value
+        requested = "auto" if self.tile.value == 0 else self.tile.value  # auto: decided in the worker
+        return tile_for(g, requested, self.mode.value) if g is not None else requested
 
     def extra_choices(self, _widget=None) -> list[str]:
         """What the image layer's extra axis can be for the chosen model (a callable, so that
@@ -145,4 +145,4 @@ class SegmentControls(Container):
         if g is None:
             self.tile_info.value = "choose a readable model"
             return
-        self.tile_info.value = _pipeline.describe_tile(g, self.tile.value, self.mode.value)
+        self.tile_info.value = _inspect_jobs.describe_tile(g, self.tile.value, self.mode.value)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _axes, _large, _layers, _pipeline
+from . import _axes, _large, _layers, _pipeline, _results
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,19 @@ def count_objects(labels) -> int | None:
 def segment_job(report, cancel, image, model_path, params, cache, dest: Destination):
     """Segment (in memory, or via zarr when ``dest.out_path``), then build the layer data."""
     region, target, out_path, time_point = dest.region, dest.target, dest.out_path, dest.time_point
+    name, where, embed_dim, capacity = target
+    result: _results.SegmentResult | _large.LargeResult
     if out_path is None:
         result = _pipeline.segment(report, cancel, image, model_path, params, cache, region)
-    else:
+        layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
+        with_features(layers, _results.object_features(result, image, where["scale"]))
+    else:  # results on disk are not measured here: `shiftseg segment --table`
         result = _large.segment(report, cancel, image, model_path, params, out_path)
-    name, where, embed_dim, capacity = target
-    layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
-    if out_path is None:  # results on disk are not measured here: `shiftseg segment --table`
-        with_features(layers, _pipeline.object_features(result, image, where["scale"]))
+        layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
     objects = count_objects(result.labels)
     if time_point is not None:
         layers = _axes.with_time_axis(layers, _axes.TIME, *time_point)
-        result = TimeSeriesResult(int(np.max(result.labels, initial=0)), 1)
+        return TimeSeriesResult(int(np.max(result.labels, initial=0)), 1), layers, objects
     return result, layers, objects
 
 
@@ -104,7 +105,7 @@ def recluster_job(report, cancel, result, params, target, image):
         layers.append(_layers.network_layer(clusters, "clusters", name, result, where))
     if not large:
         measured = dataclasses.replace(result, labels=labels)
-        with_features(layers, _pipeline.object_features(measured, image, where["scale"]))
+        with_features(layers, _results.object_features(measured, image, where["scale"]))
     return labels, layers, count_objects(labels)
 
 
@@ -120,7 +121,7 @@ def done_message(result, objects: int | None) -> str:
     if isinstance(result, TimeSeriesResult):
         return (f"done: {result.n_objects} objects" if result.points == 1 else
                 f"done: {result.n_objects} objects over {result.points} time points")
-    if not isinstance(result, (_pipeline.SegmentResult, _large.LargeResult)):  # re-clustered labels
+    if not isinstance(result, (_results.SegmentResult, _large.LargeResult)):  # re-clustered labels
         return "re-clustered" + ("" if objects is None else f": {objects} objects")
     where = (f": results in {result.path}" if isinstance(result, _large.LargeResult)
              else f": {objects} objects")

@@ -20,7 +20,8 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
 from .._errors import ShiftSegError
-from . import _layers, _pipeline
+from ..tiling import tile_for
+from . import _inspect_jobs, _layers, _pipeline
 from ._common import device_choice, inference_settings, layer_choices, watch_layers, wrap
 from ._model_choice import ModelChooser
 from ._worker import Task
@@ -86,7 +87,7 @@ class InspectWidget(Container):
         return layer, geometry, _layers.placement(layer.scale, layer.translate)
 
     def _tile(self, geometry) -> int:
-        return geometry.snap_tile(self.tile.value) if self.mode.value == "exact" else self.tile.value
+        return tile_for(geometry, self.tile.value, self.mode.value)
 
     def show_geometry(self, kind: str) -> None:
         """Add the f^l grid or the phase map (lazy; computed per displayed slice)."""
@@ -109,7 +110,7 @@ class InspectWidget(Container):
             return
         layer, g, where = checked
         self._target = ("seams", layer.name, where)
-        self._task.start(_pipeline.seams, layer.data, self.model.path, self._tile(g), self.mode.value,
+        self._task.start(_inspect_jobs.seams, layer.data, self.model.path, self._tile(g), self.mode.value,
                          self.device.value, _pipeline.ModelCache(), input_layers=(layer,))
 
     def stitch_check(self) -> None:
@@ -119,7 +120,7 @@ class InspectWidget(Container):
             return
         layer, g, _ = checked
         self._target = ("check", self.mode.value, self._tile(g))
-        self._task.start(_pipeline.stitch_check, layer.data, self.model.path, self._tile(g),
+        self._task.start(_inspect_jobs.stitch_check, layer.data, self.model.path, self._tile(g),
                          self.mode.value, self.device.value, _pipeline.ModelCache(),
                          input_layers=(layer,))
 

@@ -18,7 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ShiftSegError
-from ..settings import BATCH_SIZE_3D, CONTINUE_DEFAULTS, DEFAULT_INIT, TRAINING_DEFAULTS, training_defaults
+from ..train_options import (
+    BATCH_SIZE_3D,
+    CONTINUE_DEFAULTS,
+    DEFAULT_INIT,
+    TRAINING_DEFAULTS,
+    LossSettings,
+    TrainOptions,
+    training_defaults,
+)
+from ..train_setup import EVAL_SEED_BASE, VALIDATION_SEED_BASE, check_output
 from . import _args
 from .synth import add_object_options
 
@@ -27,14 +36,6 @@ OBJECT_OPTIONS = {"spacing", "radius", "radius_jitter", "density", "n_objects", 
 #: Network options, ignored (and not recorded) when continuing from --init.
 NETWORK_OPTIONS = {"levels", "factor", "factors", "voxel_size", "upsampling", "padding", "base_channels", "embed_dim",
                    "no_foreground_head", "embedding", "position_scale"}
-
-
-#: Default optimiser steps: about 4 minutes on an idle 2-core CPU for nuclei ~18 px across.
-
-#: Seeds of held-out evaluation images start here; training draws seeds below 2**31 - 1.
-EVAL_SEED_BASE = 2**31
-#: Seeds of the synthetic validation images (never drawn for training nor for evaluation).
-VALIDATION_SEED_BASE = 2**31 + 10_000
 
 
 def _factors_spec(text: str) -> str:
@@ -177,14 +178,16 @@ def add_parser(sub):
                           f"tune the segmentation settings (default {TRAINING_DEFAULTS['validation']}; 0 = off)")
     opt.add_argument("--no-tune", action="store_true",
                      help="keep the segmentation settings instead of tuning them on the held-out part")
-    opt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    opt.add_argument("--seed", type=int, default=TrainOptions.seed, help=f"random seed (default {TrainOptions.seed})")
     opt.add_argument("--no-augment", action="store_true",
                      help="no augmentation (flips, transpositions, contrast, gamma, blur, noise)")
-    opt.add_argument("--augment-noise", type=float, default=0.0,
-                     help="add Gaussian noise of std up to this to normalised crops (default 0)")
-    opt.add_argument("--delta-v", type=float, default=0.5, help="pull margin (default 0.5)")
-    opt.add_argument("--delta-d", type=_args.positive_float, default=3.0,
-                     help="push margin: means are pushed 2*delta_d apart (default 3)")
+    opt.add_argument("--augment-noise", type=float, default=TrainOptions.noise_std,
+                     help="add Gaussian noise of std up to this to normalised crops "
+                          f"(default {TrainOptions.noise_std:g})")
+    opt.add_argument("--delta-v", type=float, default=LossSettings.delta_v,
+                     help=f"pull margin (default {LossSettings.delta_v:g})")
+    opt.add_argument("--delta-d", type=_args.positive_float, default=LossSettings.delta_d,
+                     help=f"push margin: means are pushed 2*delta_d apart (default {LossSettings.delta_d:g})")
     opt.add_argument("--background-as-instance", action="store_true",
                      help="treat background as one more instance in the loss (the paper's setting)")
     opt.add_argument("--checkpoint-every", type=_args.positive_int, default=None, metavar="N",
@@ -258,26 +261,9 @@ def _check(args):
         raise ShiftSegError(f"--eval-images must be >= 0, got {args.eval_images}")
     if args.seed < 0:
         raise ShiftSegError(f"--seed must be >= 0, got {args.seed}")
-    if not str(args.output).endswith(".safetensors"):
-        raise ShiftSegError(f"the model file must end in .safetensors, got {args.output}")
     if not 0 <= args.validation < 1:
         raise ShiftSegError(f"--validation must be a fraction in [0, 1), got {args.validation}")
-    _check_writable(args.output)
-
-
-def _check_writable(output) -> None:
-    """Refuse an output we could not write *before* training, not after (minutes lost)."""
-    import os
-    from pathlib import Path
-
-    path = Path(output)
-    if path.is_dir():
-        raise ShiftSegError(f"-o {output} is a directory; give a file name ending in .safetensors")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ShiftSegError(f"cannot write the model file {output}: {parent} is not a writable folder")
+    check_output(args.output)
 
 
 def _network_options_given(args) -> list[str]:
@@ -317,19 +303,16 @@ def _init_choice(args) -> str | None:
 def _config(args, ndim: int):
     from ..modelio import bundled_model_path, load_model
     from ..train import NETWORK_DEFAULTS, network_config
+    from ..train_setup import check_start
 
     init = _init_choice(args)
+    channels = len(args.channels) if getattr(args, "channels", None) else 1
     if init is not None:
         model = load_model(bundled_model_path(ndim) if init == "bundled" else init)
-        if model.geometry.ndim != ndim:
-            raise ShiftSegError(f"--init model is {model.geometry.ndim}D but the data are {ndim}D")
-        given = len(args.channels) if getattr(args, "channels", None) else 1
-        if model.config.in_channels != given:
-            raise ShiftSegError(f"--init model takes {model.config.in_channels} channel(s) but the "
-                                f"training images give {given} (--channels)")
+        check_start(model, ndim, channels, "the --init model", " (--channels)")
         return model
     options = {k: getattr(args, k, None) for k in NETWORK_DEFAULTS}
-    options["in_channels"] = len(args.channels) if getattr(args, "channels", None) else None
+    options["in_channels"] = channels if getattr(args, "channels", None) else None
     _anisotropic_options(args, ndim, options)
     return network_config(ndim, **options)
 
@@ -337,12 +320,12 @@ def _config(args, ndim: int):
 def run(args) -> int:
     import signal
     import threading
+    from pathlib import Path
 
     from ..data import load_training_pair, read_array
-    from ..modelio import save_model
     from ..threads import choose_threads
-    from ..train import FINAL_LOSS_STEPS, default_training_window, suggest_training_window, train
-    from ..train_options import LossSettings, TrainOptions
+    from ..train import FINAL_LOSS_STEPS, training_window
+    from ..train_setup import TrainingJob, run_training, save_trained, synthetic_validation
     from .synth import DEFAULT_SHAPES, generate, resolve_shape
 
     _check(args)
@@ -360,19 +343,18 @@ def run(args) -> int:
     window = args.window
     if window is not None and len(window) == 1:
         window = window * ndim
+    objects = None  # labels to size the window by (none for a generator of disks or spheres)
     if window is None and args.synthetic == "nuclei":
-        sample = generate("nuclei", args, DEFAULT_SHAPES[ndim], VALIDATION_SEED_BASE)[1]
-        window = suggest_training_window(geometry, [sample])
-    elif window is None:
-        window = default_training_window(geometry) if args.synthetic else suggest_training_window(
-            geometry, [lab for _, lab in pairs])
-    window = geometry.check_training_window(window, allow_small=args.allow_small_window)
+        objects = [generate("nuclei", args, DEFAULT_SHAPES[ndim], VALIDATION_SEED_BASE)[1]]
+    elif window is None and not args.synthetic:
+        objects = [lab for _, lab in pairs]
+    window = training_window(geometry, window, objects, args.allow_small_window)
     validation_pairs = None
     if args.synthetic and args.validation > 0:
         # Fresh images from seeds training never draws: validation for a generator.
         val_shape = args.eval_shape or DEFAULT_SHAPES[ndim]
-        validation_pairs = [generate(args.synthetic, args, val_shape, VALIDATION_SEED_BASE + i, random_offset=True)
-                            for i in range(2)]
+        validation_pairs = synthetic_validation(
+            lambda seed: generate(args.synthetic, args, val_shape, seed, random_offset=True))
 
     source: Callable[[int], Any] | list
     if args.synthetic:
@@ -382,14 +364,23 @@ def run(args) -> int:
 
         def synthetic_source(seed):
             return generate(args.synthetic, args, shape, seed, random_offset=True)
-        source, labels = synthetic_source, None
+        source = synthetic_source
     else:
-        source, labels = pairs, None
+        source = pairs
     annotated: str | list | None = None
     if args.sparse:
         annotated = "painted"
     elif args.mask:
         annotated = [read_array(m) for m in args.mask]
+    options = TrainOptions.recommended(
+        ndim, _continues(args), steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule,
+        batch_size=args.batch_size, seed=args.seed, output_window=window,
+        allow_small_window=args.allow_small_window, augment=not args.no_augment,
+        noise_std=args.augment_noise, validation=args.validation, tune=not args.no_tune,
+        checkpoint_every=args.checkpoint_every, checkpoint_path=args.output,
+        threads=choose_threads(args.threads), command=command_line(args),
+        delta_v=args.delta_v, delta_d=args.delta_d, background_as_instance=args.background_as_instance)
+    job = TrainingJob(source, None, config, options, Path(args.output), validation_pairs, annotated)
 
     bar = _args.progress_bar(total=args.steps, desc="training", unit="step", disable=args.quiet)
     recent = []
@@ -407,17 +398,7 @@ def run(args) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
-        options = TrainOptions(
-            steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size,
-            seed=args.seed, output_window=window, allow_small_window=args.allow_small_window,
-            augment=not args.no_augment, noise_std=args.augment_noise, validation=args.validation,
-            tune=not args.no_tune, checkpoint_every=args.checkpoint_every, checkpoint_path=args.output,
-            threads=choose_threads(args.threads), command=command_line(args),
-            loss=LossSettings(delta_v=args.delta_v, delta_d=args.delta_d,
-                              background_as_instance=args.background_as_instance))
-        model, history = train(source, labels, config, options, validation_pairs=validation_pairs,
-                               annotated=annotated, progress=progress, cancel=cancel,
-                               device=args.device)
+        model, history = run_training(job, progress=progress, cancel=cancel, device=args.device)
     finally:
         bar.close()
         if previous is not None:
@@ -441,8 +422,7 @@ def run(args) -> int:
             "bandwidth": model.meta["bandwidth"], "min_size": model.meta.get("min_size"),
             "seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_images - 1}",
         }
-    model.net.cpu()
-    save_model(model, args.output)
+    save_trained(job, model, history)
     status = "stopped early" if history["cancelled"] else "done"
     summary = (f"{status}: {history['steps_done']} steps in {history['seconds']:.0f} s, final loss "
                f"{model.meta['final_loss']:.4f}" if history["steps_done"] else f"{status}: no steps")
