@@ -114,6 +114,15 @@ def test_full_garbage_collections_wait_for_idle_moments(viewer, qtbot, wait_for,
     viewer.add_image(np.zeros((32, 32), np.float32), name="gone")
     viewer.layers.remove("gone")
     wait_for(lambda: collector.collections > done, what="a full collection")
+    # A burst of removals (closing a viewer removes every layer) gets one collection, not one
+    # per layer (8 full collections made every GUI test's teardown cost ~6 s).
+    for i in range(5):
+        viewer.add_image(np.zeros((8, 8), np.float32), name=f"burst{i}")
+    done = collector.collections
+    viewer.layers.clear()
+    wait_for(lambda: collector.collections > done, what="a full collection")
+    qtbot.wait(50)  # let any further queued collection run (a wait for nothing to happen)
+    assert collector.collections == done + 1
 
     # Idle and due (10 middle-generation collections since the last full one): collected.
     collector.idle_s = 0.1

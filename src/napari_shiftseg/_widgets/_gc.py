@@ -41,6 +41,7 @@ class IdleCollector:
         self.idle_s, self.max_interval_s = idle_s, max_interval_s
         self.collections = 0  # full collections this collector ran (the tests read it)
         self._widgets: list = []  # weak references to widgets whose jobs count as activity
+        self._pending = False  # a collection after a layer removal is queued
         now = time.monotonic()
         self._active_at = self._collected_at = now
         self._middle = self._middle_collections()
@@ -70,9 +71,16 @@ class IdleCollector:
 
     def _removed(self, _event=None) -> None:
         # A removed layer's data is often held by reference cycles: give it back now, once the
-        # removal has finished (not inside napari's event).
+        # removal has finished (not inside napari's event). One collection for a burst: closing
+        # a viewer removes every layer, and one full collection per layer cost ~1 s each.
         self._touch()
-        QTimer.singleShot(0, self.collect)
+        if not self._pending:
+            self._pending = True
+            QTimer.singleShot(0, self._collect_pending)
+
+    def _collect_pending(self) -> None:
+        self._pending = False
+        self.collect()
 
     def due(self) -> bool:
         """Whether Python would have run a full collection by now."""
