@@ -36,11 +36,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--only", type=int, nargs="*", default=None, help="indices of the stacks to run")
+    p.add_argument("--dev", action="store_true",
+                   help="run the dev stacks (synth_stacks.DEV_STACKS, for choosing models) instead")
+    p.add_argument("--model", default=None, help="model to run (default: what segment picks)")
     args = p.parse_args(argv)
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_volumes_"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, (diameter, aniso, crowded, seed) in enumerate(synth_stacks.BENCHMARK_STACKS):
+    stacks = synth_stacks.DEV_STACKS if args.dev else synth_stacks.BENCHMARK_STACKS
+    for index, (diameter, aniso, crowded, seed) in enumerate(stacks):
         if args.only is not None and index not in args.only:
             continue
         stack = synth_stacks.microscope_stack(diameter, aniso, seed, crowded=crowded)
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
         estimate = sizing.estimate_size(stack.image, stack.voxel_size)
         t_est = time.perf_counter() - start
         start = time.perf_counter()
-        group = segment_to_zarr(path, work / f"stack{index}.zarr", None, diameter="auto", overwrite=True)
+        group = segment_to_zarr(path, work / f"stack{index}.zarr", args.model, diameter="auto", overwrite=True)
         seconds = time.perf_counter() - start
         info = dict(group.attrs[ATTRS])
         labels = np.asarray(zarr.open_group(str(work / f"stack{index}.zarr"), mode="r")["labels/instances/0"])

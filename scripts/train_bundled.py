@@ -59,15 +59,17 @@ def _to_scale(pair, diameter: float):
 REALISTIC_SEEDS = 10_000
 
 
-def _realistic(seed: int, diameter: float):
+def _realistic(seed: int, diameter: float, small: bool = False):
     """A realistic stack (random size, z step, crowding), on cubic voxels with ``diameter`` px
-    nuclei: what rescale.plan_resampling hands the 3D model."""
+    nuclei: what rescale.plan_resampling hands the 3D model. ``small``: crowded 7-12 px nuclei
+    at a 1-2x z step, where the z PSF is as wide as a nucleus (the hardest held-out case)."""
     from napari_shiftseg import rescale, synth_stacks
 
     rng = np.random.default_rng(seed)
-    d = float(np.exp(rng.uniform(np.log(8), np.log(60))))
-    aniso = float(rng.uniform(1.0, 5.0))
-    stack = synth_stacks.microscope_stack(d, aniso, seed, extent=(4.0, 7.0, 7.0), crowded=bool(rng.random() < 0.5),
+    d = float(np.exp(rng.uniform(np.log(7 if small else 8), np.log(12 if small else 60))))
+    aniso = float(rng.uniform(1.0, 2.0 if small else 5.0))
+    crowded = small or bool(rng.random() < 0.5)
+    stack = synth_stacks.microscope_stack(d, aniso, seed, extent=(4.0, 7.0, 7.0), crowded=crowded,
                                           haze=float(rng.uniform(0.0, 0.5)), axial_blur=float(rng.uniform(2, 4)),
                                           photons=float(np.exp(rng.uniform(np.log(40), np.log(300)))))
     jitter = float(np.exp(rng.uniform(-0.15, 0.15)))
@@ -106,6 +108,8 @@ def main(argv=None) -> int:
                    help="3D: share of pool volumes that are realistic microscope stacks "
                         "(synth_stacks.microscope_stack: nuclei 8-60 px, z step 1-5x, axial blur, "
                         "haze), resampled to cubic voxels and --object-diameter as inference does")
+    p.add_argument("--realistic-small-fraction", type=float, default=0.0,
+                   help="3D: share of the realistic stacks drawn small (7-12 px) and crowded")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -145,9 +149,13 @@ def main(argv=None) -> int:
         n_real = round(args.realistic_fraction * args.pool)
         if n_real:
             # The last n_real pool volumes become realistic stacks, seen as inference sees them.
-            pool[len(pool) - n_real:] = [_realistic(REALISTIC_SEEDS + i, args.object_diameter or 14.0)
+            n_small = round(args.realistic_small_fraction * n_real)
+            pool[len(pool) - n_real:] = [_realistic(REALISTIC_SEEDS + i, args.object_diameter or 14.0,
+                                                    small=i < n_small)
                                          for i in range(n_real)]
             val += [_realistic(REALISTIC_SEEDS - 1 - i, args.object_diameter or 14.0) for i in range(2)]
+            if args.realistic_small_fraction:
+                val.append(_realistic(REALISTIC_SEEDS - 3, args.object_diameter or 14.0, small=True))
         source_or_pairs = pool
     else:
         source_or_pairs = None
