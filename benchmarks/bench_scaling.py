@@ -426,6 +426,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for segment (default: segment's own choice)")
     parser.add_argument("--device", default=None, help="passed to segment --device (default: its auto)")
+    parser.add_argument("--tile", default=None,
+                        help="passed to segment --tile (default: its own, which grows with the image "
+                             "until the memory budget caps it; a fixed tile shows memory per tile)")
     parser.add_argument("--format", choices=("zarr", "tif"), default="zarr", help="input file format")
     parser.add_argument("--chunk", type=int, default=64, help="zarr chunk per axis of the input (default 64)")
     parser.add_argument("--min-phase", type=float, default=0.5,
@@ -454,6 +457,8 @@ def main() -> int:
             env["OMP_NUM_THREADS"] = str(args.threads)
     if args.device:
         extra += ["--device", args.device]
+    if args.tile:
+        extra += ["--tile", str(args.tile)]
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_scaling_", dir=args.workdir) as tmp:
