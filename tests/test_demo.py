@@ -44,7 +44,11 @@ def test_demo_end_to_end(tmp_path, tiny_3d, capsys):
     assert exact["max_abs_diff"] <= 1e-4 < naive["max_abs_diff"]
     for key in ("ap50", "false_splits", "false_merges", "n_pred", "seconds"):
         assert key in exact and key in naive
-    assert (out / "REPORT.md").read_text().startswith("# shiftseg demo report")
+    text = (out / "REPORT.md").read_text()
+    assert text.startswith("# shiftseg demo report")
+    # Exact tiling's errors are explained as the model's own, and tiling's share is the difference.
+    assert f"Exact tiling's {exact['false_splits']} false splits" in text
+    assert f"{naive['false_splits'] - exact['false_splits']:+d} false splits" in text
     for name in ("demo_slices.png", "demo_seams.png"):
         assert (out / name).stat().st_size > 5000
     for mode in ("exact", "naive"):
