@@ -37,6 +37,7 @@ def _run(widget, wait_idle, mode="exact", tile=16):
     assert widget.busy and widget.run_button.text == "Cancel"
     wait_idle(widget)
     assert widget.run_button.text == "Run" and widget.status.value.startswith("done"), widget.status.value
+    assert widget.progress.value == widget.progress.max  # a finished run shows a full bar
     # How many embedding clusters the objects came from (one cluster, many objects = inseparable).
     if "results in" not in widget.status.value:  # in-memory runs count their objects
         assert re.search(r"\d+ objects \(\d+ embedding cluster", widget.status.value), widget.status.value

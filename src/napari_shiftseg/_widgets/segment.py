@@ -300,6 +300,8 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         self.run_button.enabled = True
         self._on_busy(False)
         self.status.value = item
+        if not item.startswith("stopped"):  # the last stage's reports may stop short of its total
+            self.progress.value = self.progress.max
 
     # ---- following the image ------------------------------------------------------------
     def _image_changed(self, *_) -> None:
