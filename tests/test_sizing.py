@@ -129,3 +129,30 @@ def test_guard_names_over_splitting_and_a_full_foreground():
 def test_expected_size_of_cut_nuclei_in_a_slab():
     slab = sanity.expected_voxels(60, 3, (1.0, 0.2, 0.2), planes=5)
     assert slab == pytest.approx(np.pi / 4 * 60**2 * 5)
+
+
+def test_a_large_lazy_image_is_read_once_and_only_a_central_crop(monkeypatch):
+    """The estimate reads at most READ_VOXELS voxels, once, whatever the volume (issue 27):
+    coarse levels used to read the whole image again each."""
+    import dask.array as da
+
+    image = _disks((24, 160, 160), 12, (1, 1, 1))
+
+    class Counted:  # a lazy image that counts its reads
+        def __init__(self, data):
+            self.data, self.reads, self.voxels = da.from_array(data, chunks=32), 0, 0
+            self.shape, self.ndim = data.shape, data.ndim
+
+        def __getitem__(self, key):
+            part = self.data[key]
+            self.reads += 1
+            self.voxels += part.size
+            return part
+
+    monkeypatch.setattr(sizing, "READ_VOXELS", image.size // 3)
+    lazy = Counted(image)
+    found = sizing.estimate_size(lazy)
+    assert lazy.reads == 1 and lazy.voxels <= image.size // 3
+    assert abs(np.log(found.diameter / 12)) < np.log(1.25)
+    whole = sizing.estimate_size(image)  # below the bound: every voxel, as before
+    assert abs(np.log(whole.diameter / 12)) < np.log(1.25)
