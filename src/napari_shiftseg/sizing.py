@@ -161,7 +161,9 @@ def _inscribed_radii(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     # time on a 17 Mvoxel stack of 4000 nuclei, issue 27).
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(coords) if len(radii) else None
+    if not len(radii):
+        return np.zeros(0)
+    tree = cKDTree(coords)
     for i in range(len(radii)):
         if not alive[i]:
             continue
