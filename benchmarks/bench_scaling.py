@@ -59,9 +59,9 @@ end ≤ 9x V, no phase > x2.3 per doubling, clustering + labels ≤ 35 % of end 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import signal
@@ -70,8 +70,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from _load import busy  # noqa: E402 (benchmarks/ is on sys.path)
 
 #: Columns of the phase tables, in run order.
 PHASES = ("estimate", "setup", "tiles", "clustering", "labels")
@@ -171,12 +172,8 @@ def child(spec: dict) -> None:
     argv = ["segment", spec["image"], "-o", spec["output"], "--quiet", *spec["extra"]]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    with open(os.devnull, "w") as null:
-        stdout, sys.stdout = sys.stdout, null
-        try:
-            rc = main(argv)
-        finally:
-            sys.stdout = stdout
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        rc = main(argv)
     end = time.perf_counter()
     result = {"rc": rc, "peak_mib": _status_mib("VmHWM"), "rss_after_imports_mib": rss_imported,
               "imports": imported - began, "load_before": load_before, "load_after": os.getloadavg()[0],
@@ -221,32 +218,6 @@ def _status_mib(field: str) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # parent
 # ---------------------------------------------------------------------------------------------
-def _spin() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills us
-    while True:
-        pass
-
-
-@contextmanager
-def busy(n: int):
-    """``n`` pure-Python spinning processes while the block runs; killed when it ends, however."""
-    context = multiprocessing.get_context("spawn")
-    procs = []
-    try:
-        for _ in range(n):
-            proc = context.Process(target=_spin, daemon=True)
-            proc.start()
-            procs.append(proc)
-        if procs:
-            time.sleep(2)  # let the scheduler spread them
-        yield
-    finally:
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.join()
-
-
 def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds: busy processes and children are killed
 

@@ -31,6 +31,7 @@ the machine is shared and noisy; the table gives min / median / max over the rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -38,8 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from _load import busy  # noqa: E402 (benchmarks/ is on sys.path)
 
 #: Variables the benchmark controls: removed from every child's environment unless a
 #: configuration sets them.
@@ -100,12 +102,8 @@ def child(spec: dict) -> None:
     if isinstance(threads, int):
         argv += ["--threads", str(threads)]
     start = time.perf_counter()
-    with open(os.devnull, "w") as null:
-        stdout, sys.stdout = sys.stdout, null
-        try:
-            rc = main(argv)
-        finally:
-            sys.stdout = stdout
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        rc = main(argv)
     wall = time.perf_counter() - start
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     print(json.dumps({"rc": rc, "s_per_step": sum(steps) / len(steps), "first_step": stamps[0] - start,
@@ -117,21 +115,6 @@ def child(spec: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # parent
 # ---------------------------------------------------------------------------------------------
-@contextmanager
-def busy(n: int):
-    """``n`` processes spinning on the CPU while the block runs (none for n = 0)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        if procs:
-            time.sleep(2)  # let the scheduler spread them
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
-
-
 def run_child(spec: dict, timeout: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
     if spec["env"] != "package":

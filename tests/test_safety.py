@@ -20,6 +20,7 @@ import zarr
 from helpers import run_bounded, save_standardized, tiny_net  # noqa: E402
 from safetensors.torch import save_file
 
+from napari_shiftseg import _replace
 from napari_shiftseg import segment as segment_module
 from napari_shiftseg._errors import ShiftSegError, failure_message
 from napari_shiftseg._lock import OutputLock, lock_path
@@ -133,7 +134,7 @@ def test_an_interrupted_overwrite_is_recovered_by_the_next_run(tmp_path, image, 
     segment_to_zarr(image, out, model_path, **KW)
 
     def swap(new, path):  # the process dies part way through segment._swap_in's renames
-        os.replace(path, segment_module._retired_path(path))
+        os.replace(path, _replace.retired_path(path))
         if crash_at == "before deleting the old copy":
             os.replace(new, path)
         raise KeyboardInterrupt

@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._errors import ShiftSegError
-
 if TYPE_CHECKING:
     from ._reader_checks import ArrayInfo
 
@@ -125,25 +123,17 @@ def read_series(path):
     """Layers of a finished time-series output (:mod:`.series`): the input it stores and the
     instances, both with the time axis first (napari's time slider), placed with the input's
     voxel size. Checked like :func:`read_segmentation` before anything is read."""
-    import zarr
 
     from . import _reader_checks as checks
     from ._widgets._layers import layer_name
     from .ngff import IMAGE, LABELS
-    from .segment import ATTRS
     from .series import SERIES_FORMAT
 
     root = Path(path)
     name = root.name
-    checks.check_store(root, name)
-    try:
-        group = zarr.open_group(str(root), mode="r")
-        info = group.attrs.get(ATTRS)
-    except Exception as err:  # noqa: BLE001 - zarr's own parse of broken metadata
-        raise checks.damaged(name, f"zarr cannot read it ({checks.first_line(err)})") from None
-    if not isinstance(info, dict) or info.get("format") != SERIES_FORMAT:
-        raise ShiftSegError(f"{name} is not a shiftseg time-series output; open it with a zarr or "
-                            "OME-Zarr reader instead")
+    group, info = checks.open_output(root, name, SERIES_FORMAT,
+                                     f"{name} is not a shiftseg time-series output; open it with a "
+                                     "zarr or OME-Zarr reader instead")
     labels = checks.check_array(group, LABELS, "instances", name)
     checks.check_labels_dtype(labels.array.dtype, name)
     if labels.array.ndim not in (3, 4):
@@ -202,23 +192,19 @@ class _Output:
 
 def _open_output(root: Path) -> _Output:
     """Check the folder, then its metadata (see :mod:`._reader_checks`), reading no chunk."""
-    import zarr
 
     from . import _reader_checks as checks
     from .ngff import IMAGE, LABELS
-    from .segment import ATTRS, FORMAT
+    from .segment import FORMAT
 
     name = root.name
-    checks.check_store(root, name)  # before zarr reads a file: no links, FIFOs or huge files
+    group, info = checks.open_output(root, name, FORMAT,
+                                     f"{name} is not a shiftseg segment output (it has no {FORMAT} "
+                                     "record); open it with a zarr or OME-Zarr reader instead")
     try:
-        group = zarr.open_group(str(root), mode="r")
-        info = group.attrs.get(ATTRS)
         foreground = "foreground" in group
     except Exception as err:  # noqa: BLE001 - zarr's own parse of broken metadata
         raise checks.damaged(name, f"zarr cannot read it ({checks.first_line(err)})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ShiftSegError(f"{name} is not a shiftseg segment output (it has no {FORMAT} record); "
-                            "open it with a zarr or OME-Zarr reader instead")
     labels = checks.check_array(group, LABELS, "instances", name)
     checks.check_labels_dtype(labels.array.dtype, name)
     if labels.array.ndim not in (2, 3):

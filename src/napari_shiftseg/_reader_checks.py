@@ -74,6 +74,25 @@ def damaged(name: str, problem: str) -> ShiftSegError:
                          f"shiftseg wrote it: {REMAKE}")
 
 
+def open_output(root: Path, name: str, fmt: str, refusal: str):
+    """``(group, record)`` of the output at ``root`` after :func:`check_store`, read-only;
+    ``refusal`` is the one-line message when its record is not of format ``fmt``. The one
+    preamble of every output the reader opens (a single image, a time series)."""
+    import zarr
+
+    from ._replace import RECORD
+
+    check_store(root, name)  # before zarr reads a file: no links, FIFOs or huge files
+    try:
+        group = zarr.open_group(str(root), mode="r")
+        info = group.attrs.get(RECORD)
+    except Exception as err:  # noqa: BLE001 - zarr's own parse of broken metadata
+        raise damaged(name, f"zarr cannot read it ({first_line(err)})") from None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise ShiftSegError(refusal)
+    return group, info
+
+
 # --------------------------------------------------------------------------- files
 
 

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, rescale
+from . import __version__, _replace, rescale
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .devices import resolve_tile
@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
 
 #: Group attribute holding the run's arguments and results.
-ATTRS = "shiftseg"
+ATTRS = _replace.RECORD  # "shiftseg"
 #: /2: an OME-Zarr image (ngff.py): the labels moved to ``labels/instances/0``. Outputs of /2
 #: written before issue 26 have the embeddings as their NGFF image and no ``image/0``; since then
 #: the input is the NGFF image (``input_stored`` in the record once it is copied). What shiftseg
@@ -188,10 +188,6 @@ _HASHED = ("image", "model")
 # --------------------------------------------------------------------------- the output group
 
 
-def _is_zarr_dir(path: Path) -> bool:
-    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file() or (path / ".zarray").is_file()
-
-
 def _input_path(image) -> Path | None:
     """The file or directory an image is read from, where it can be known."""
     if isinstance(image, (str, Path)):
@@ -206,96 +202,17 @@ def _refuse_input_in_output(image, out_path: Path) -> None:
     if source is None:
         return
     # --overwrite writes beside the output and renames: those siblings are replaced too.
-    for place in (out_path, _staging_path(out_path), _retired_path(out_path)):
+    for place in (out_path, _replace.staging_path(out_path), _replace.retired_path(out_path)):
         if source == place or place in source.parents:
             raise ShiftSegError(
                 f"the input {source} lies inside {place}, which this run would replace (or "
                 "--overwrite would): that would destroy the input; choose another output path")
 
 
-def _staging_path(path: Path) -> Path:
-    """Sibling directory where an --overwrite run is written before it replaces ``path``."""
-    return path.parent / f".{path.name}.new"
-
-
-def _retired_path(path: Path) -> Path:
-    """Sibling the replaced output is renamed to while an --overwrite run swaps itself in."""
-    return path.parent / f".{path.name}.old"
-
-
-def _is_ours(path: Path) -> bool:
-    """A real directory (never a symlink) holding a shiftseg output: only such siblings may be
-    deleted or renamed by --overwrite; a user's own folder of that name is never touched."""
-    if path.is_symlink() or not path.is_dir() or not _is_zarr_dir(path):
-        return False
-    try:
-        import zarr
-
-        stored = zarr.open_group(path, mode="r").attrs.get(ATTRS) or {}
-    except Exception:  # noqa: BLE001 - unreadable: not provably ours
-        return False
-    return isinstance(stored, dict) and stored.get("format") == FORMAT
-
-
-def _refuse_foreign(path: Path, out_path: Path) -> None:
-    if os.path.lexists(path) and not _is_ours(path):
-        raise ShiftSegError(
-            f"{path} exists and was not made by shiftseg (it is the name --overwrite uses for "
-            f"its temporary copy of {out_path.name}): move or rename it, then run again")
-
-
-def _is_complete(path: Path) -> bool:
-    import zarr
-
-    try:
-        return zarr.open_group(path, mode="r").attrs.get("complete") is True
-    except Exception:  # noqa: BLE001 - unreadable counts as unfinished
-        return False
-
-
-def recover_interrupted_overwrite(out_path: Path) -> str | None:
-    """Finish or undo an --overwrite that stopped between its two renames (see :func:`_swap_in`).
-
-    Called with the output's lock held, before anything else. Returns what was done, in words,
-    or None when there was nothing to recover. Only siblings that are shiftseg outputs are
-    touched; anything else of those names is refused with a message, never deleted.
-    """
-    new, old = _staging_path(out_path), _retired_path(out_path)
-    if not os.path.lexists(old):
-        return None
-    _refuse_foreign(old, out_path)
-    if os.path.lexists(out_path):
-        # The swap finished but the old copy was not deleted yet: it is the replaced output.
-        shutil.rmtree(old)
-        return f"removed {old.name}, the replaced output an interrupted --overwrite left behind"
-    if os.path.lexists(new) and _is_ours(new) and _is_complete(new):
-        os.replace(new, out_path)  # the new run was complete: finish the swap
-        shutil.rmtree(old)
-        return (f"an earlier --overwrite of {out_path.name} stopped between its renames: its "
-                "finished result is now in place and the replaced output was removed")
-    os.replace(old, out_path)  # nothing finished to put in its place: give the old one back
-    return (f"an earlier --overwrite of {out_path.name} stopped half way: the previous output "
-            "was put back")
-
-
 def _swap_in(new: Path, path: Path) -> None:
-    """Replace ``path`` by the finished ``new`` tree: rename, rename, then delete the old one.
-
-    The old output is only deleted once the new one is in place; if the second rename fails,
-    the old output is put back. A crash between the renames is repaired by the next run
-    (:func:`recover_interrupted_overwrite`).
-    """
-    old = _retired_path(path)
-    _refuse_foreign(old, path)
-    if os.path.lexists(old):
-        shutil.rmtree(old)
-    os.replace(path, old)
-    try:
-        os.replace(new, path)
-    except OSError:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Replace ``path`` by the finished ``new`` tree; a crash between the renames is repaired by
+    the next run (:mod:`._replace`)."""
+    _replace.swap_in(new, path, (FORMAT,))
 
 
 def _open_output(path: Path, overwrite: bool):
@@ -308,7 +225,7 @@ def _open_output(path: Path, overwrite: bool):
 
     if not path.exists():
         return None
-    if not path.is_dir() or not _is_zarr_dir(path):
+    if not path.is_dir() or not _replace.is_zarr_dir(path):
         if path.is_dir() and not any(path.iterdir()):
             return None
         raise ShiftSegError(f"{path} exists and is not a zarr output; choose a new output path")
@@ -801,7 +718,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     compute = _runner(client, cancel)
     # One run per output at a time; everything below (attribute updates included) holds it.
     with OutputLock(out_path):
-        recovered = recover_interrupted_overwrite(out_path)
+        recovered = _replace.recover_interrupted(out_path, (FORMAT,))
         if recovered:
             log.warning("shiftseg: %s", recovered)
         # Not cancellable (it creates nothing): an output exists as soon as a run has started.
@@ -817,8 +734,8 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         existed = out_path.exists()  # an empty folder made by the user stays on failure
         if group is None:
             if out_path.exists() and any(out_path.iterdir()):  # --overwrite: keep it until replaced
-                target = _staging_path(out_path)
-                _refuse_foreign(target, out_path)
+                target = _replace.staging_path(out_path)
+                _replace.refuse_foreign(target, out_path, (FORMAT,))
                 if os.path.lexists(target):
                     shutil.rmtree(target)  # an earlier, unfinished --overwrite run of ours
             attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,

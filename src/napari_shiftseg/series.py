@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _replace
 from ._errors import ShiftSegError
 from ._lock import OutputLock
 from .io import TimeSeries
@@ -104,58 +104,14 @@ def frames_path(out_path) -> Path:
     return out_path.parent / f".{out_path.name}.frames"
 
 
-def _staging_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.new"
-
-
-def _retired_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.old"
-
-
 # --------------------------------------------------------------------------- whose folder is it
 
 
-def _is_zarr_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
-
-
-def _root_attrs(path: Path) -> dict:
-    """The attributes of the zarr group at ``path``; {} when it is none or unreadable."""
-    import zarr
-
-    try:
-        return dict(zarr.open_group(path, mode="r").attrs)
-    except Exception:  # noqa: BLE001 - unreadable: not provably ours
-        return {}
-
-
-def _record(path: Path) -> dict:
-    """The shiftseg record of a zarr folder; {} if none."""
-    from .segment import ATTRS
-
-    record = _root_attrs(path).get(ATTRS)
-    return record if isinstance(record, dict) else {}
-
-
-def _is_ours(path: Path) -> bool:
-    """A real directory holding a shiftseg output (a series or a single image): only such a
-    sibling of the output may be deleted or renamed."""
+def _ours() -> tuple[str, ...]:
+    """Outputs a series run may replace or clear away: a series, or a single-image output."""
     from .segment import FORMAT
 
-    if path.is_symlink() or not path.is_dir() or not _is_zarr_dir(path):
-        return False
-    return _record(path).get("format") in (SERIES_FORMAT, FORMAT)
-
-
-def _is_complete(path: Path) -> bool:
-    return _root_attrs(path).get("complete") is True
-
-
-def _refuse_foreign(path: Path, out_path: Path) -> None:
-    if os.path.lexists(path) and not _is_ours(path):
-        raise ShiftSegError(
-            f"{path} exists and was not made by shiftseg (it is the name a series run uses for its "
-            f"temporary copy of {out_path.name}): move or rename it, then run again")
+    return (SERIES_FORMAT, FORMAT)
 
 
 def _read_marker(frames: Path) -> dict | None:
@@ -170,53 +126,6 @@ def _read_marker(frames: Path) -> dict | None:
     return marker if isinstance(marker, dict) and marker.get("format") == SERIES_FORMAT else None
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
-
-
-def _recover_interrupted_swap(out_path: Path) -> str | None:
-    """Finish or undo a swap (see :func:`_install`) that stopped between its two renames."""
-    new, old = _staging_path(out_path), _retired_path(out_path)
-    if not os.path.lexists(old):
-        return None
-    _refuse_foreign(old, out_path)
-    if os.path.lexists(out_path):
-        _remove(old)
-        return f"removed {old.name}, the replaced output an interrupted run left behind"
-    if os.path.lexists(new) and _is_ours(new) and _is_complete(new):
-        os.replace(new, out_path)
-        _remove(old)
-        return f"an earlier run on {out_path.name} stopped between its renames: its result is now in place"
-    os.replace(old, out_path)
-    return f"an earlier run on {out_path.name} stopped half way: the previous output was put back"
-
-
-def _install(new: Path, out_path: Path) -> None:
-    """Put the finished ``new`` in place of ``out_path``: rename, rename, delete the old one
-    (put back if the second rename fails)."""
-    if not os.path.lexists(out_path):
-        os.replace(new, out_path)
-        return
-    if out_path.is_dir() and not any(out_path.iterdir()):  # an empty folder the user made
-        out_path.rmdir()
-        os.replace(new, out_path)
-        return
-    old = _retired_path(out_path)
-    _refuse_foreign(old, out_path)
-    if os.path.lexists(old):
-        _remove(old)
-    os.replace(out_path, old)
-    try:
-        os.replace(new, out_path)
-    except OSError:
-        os.replace(old, out_path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _existing_output(out_path: Path, overwrite: bool) -> dict | None:
     """The root attributes of a series output already at ``out_path`` (None: nothing there, an
     empty folder, or ``overwrite``); refuses anything that is not ours to resume or replace."""
@@ -226,14 +135,14 @@ def _existing_output(out_path: Path, overwrite: bool) -> dict | None:
         return None
     if out_path.is_dir() and not any(out_path.iterdir()):
         return None
-    if not out_path.is_dir() or not _is_zarr_dir(out_path):
+    if not out_path.is_dir() or not _replace.is_zarr_dir(out_path):
         raise ShiftSegError(f"{out_path} exists and is not a zarr output; choose a new output path")
     if overwrite:
-        return None  # replaced once the new series is complete (_install)
-    attrs = _root_attrs(out_path)
+        return None  # replaced once the new series is complete (_replace.swap_in)
+    attrs = _replace.attrs(out_path)
     record = attrs.get(ATTRS)
     if not isinstance(record, dict) or record.get("format") != SERIES_FORMAT:
-        what = ("a single-image shiftseg segmentation" if _is_ours(out_path)
+        what = ("a single-image shiftseg segmentation" if _replace.is_ours(out_path, _ours())
                 else "a zarr group but not a shiftseg time-series segmentation")
         raise ShiftSegError(f"{out_path} is {what}; choose a new output path (or --overwrite to "
                             "replace it)")
@@ -293,7 +202,8 @@ def _open_series(path_or_array, channel) -> tuple[TimeSeries, Any, Path | None]:
 def _refuse_input_in_output(source: Path | None, out_path: Path) -> None:
     if source is None:
         return
-    for place in (out_path, frames_path(out_path), _staging_path(out_path), _retired_path(out_path)):
+    for place in (out_path, frames_path(out_path), _replace.staging_path(out_path),
+                  _replace.retired_path(out_path)):
         if source == place or place in source.parents:
             raise ShiftSegError(f"the input {source} lies inside {place}, which this run writes or "
                                 "replaces: choose another output path")
@@ -364,7 +274,7 @@ def segment_series(path_or_array, out_path, model=None, options=None, *,
               "shape": [int(s) for s in series.shape]}
 
     with OutputLock(out_path):
-        recovered = _recover_interrupted_swap(out_path)
+        recovered = _replace.recover_interrupted(out_path, _ours())
         if recovered:
             log.warning("shiftseg: %s", recovered)
         existing = _existing_output(out_path, options.overwrite)
@@ -383,10 +293,10 @@ def segment_series(path_or_array, out_path, model=None, options=None, *,
             return zarr.open_group(out_path, mode="r")  # nothing changed since it was assembled
         if stage is not None:
             stage("assembling")
-        new = _staging_path(out_path)
-        _refuse_foreign(new, out_path)
+        new = _replace.staging_path(out_path)
+        _replace.refuse_foreign(new, out_path, _ours())
         if os.path.lexists(new):
-            _remove(new)  # an earlier, unfinished assembly of ours
+            _replace.remove(new)  # an earlier, unfinished assembly of ours
         first_info = dict(groups[0].attrs[ATTRS])
         record = {"format": SERIES_FORMAT, "version": __version__, "time_points": n,
                   "frames": frames.name, "objects": counts,
@@ -402,7 +312,7 @@ def segment_series(path_or_array, out_path, model=None, options=None, *,
         _assemble(new, series.data, groups, counts, record,
                   channel=isinstance(frame_channel, (list, tuple)), picks=picks, client=client,
                   cancel=cancel)
-        _install(new, out_path)
+        _replace.swap_in(new, out_path, _ours())
     return zarr.open_group(out_path, mode="r")
 
 

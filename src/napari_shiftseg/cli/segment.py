@@ -14,6 +14,7 @@ first and ids numbered on across time (:mod:`napari_shiftseg.series`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from . import _args
 
@@ -118,11 +119,28 @@ def _options(args):
         tile_resources=args.tile_resources)
 
 
+@contextlib.contextmanager
+def _client(args):
+    """The dask client the flags ask for (None: in process), closed afterwards together with a
+    local cluster it started (``--workers``)."""
+    from ..segment import connect
+
+    client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
+    try:
+        yield client
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.workers else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
 def run(args) -> int:
     import sys
 
     from ..io import time_points
-    from ..segment import ATTRS, connect, segment_to_zarr
+    from ..segment import ATTRS, segment_to_zarr
 
     if time_points(args.image) > 1:
         return run_series(args)
@@ -130,7 +148,6 @@ def run(args) -> int:
         from ..measure import check_table_path
 
         check_table_path(args.table, args.overwrite, protect=(args.image, args.model))
-    client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     bar = None
 
     def progress(done, total):
@@ -147,18 +164,14 @@ def run(args) -> int:
         elif not args.quiet and name != "tiles":
             print(f"{name}...", file=sys.stderr)
 
-    try:
-        options = _options(args)
-        group = segment_to_zarr(args.image, args.output, args.model, options, progress=progress,
-                                stage=stage, client=client)
-    finally:
-        if bar is not None:
-            bar.close()
-        if client is not None:
-            cluster = client.cluster if args.workers else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    with _client(args) as client:
+        try:
+            options = _options(args)
+            group = segment_to_zarr(args.image, args.output, args.model, options, progress=progress,
+                                    stage=stage, client=client)
+        finally:
+            if bar is not None:
+                bar.close()
     info = dict(group.attrs[ATTRS])
     if info.get("size_note"):
         print(info["size_note"])
@@ -186,14 +199,13 @@ def run_series(args) -> int:
     import sys
 
     from .._errors import ShiftSegError
-    from ..segment import ATTRS, connect
+    from ..segment import ATTRS
     from ..series import frames_path, segment_series
 
     if args.table:
         raise ShiftSegError(f"{args.image} is a time series: --table measures one image; leave it "
                             "out (each time point's output in the work folder can be measured)")
     options = _options(args)  # checked before a cluster starts
-    client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     bar, doing = None, "tiles"
 
     def progress(done, total):  # the tiles of the time point being segmented
@@ -221,17 +233,13 @@ def run_series(args) -> int:
         if point.warning:
             print(f"time point {point.index + 1}/{point.of}: {point.warning}", file=sys.stderr)
 
-    try:
-        group = segment_series(args.image, args.output, args.model, options, progress=progress,
-                               stage=stage, client=client, time_point=time_point)
-    finally:
-        if bar is not None:
-            bar.close()
-        if client is not None:
-            cluster = client.cluster if args.workers else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    with _client(args) as client:
+        try:
+            group = segment_series(args.image, args.output, args.model, options, progress=progress,
+                                   stage=stage, client=client, time_point=time_point)
+        finally:
+            if bar is not None:
+                bar.close()
     info = dict(group.attrs[ATTRS])
     n = info.get("time_points", group["labels/instances/0"].shape[0])
     print(f"{args.output}: {info.get('n_objects', 0)} objects over {n} time points in 'labels' "
