@@ -173,7 +173,10 @@ class PlanCache:
         self._entry: tuple | None = None  # (image ref, key, plan)
 
     def get(self, image, model, params: SegmentParams, lead: int):
-        key = (tuple(image.shape), str(model.path), params.diameter, params.voxel_size, lead)
+        # The model by what the plan reads of it: a model trained again under the same name may
+        # record another object diameter.
+        key = (tuple(image.shape), str(model.path), rescale.model_diameter(model), model.geometry,
+               params.diameter, params.voxel_size, lead)
         with self._lock:
             if self._entry is not None:
                 ref, stored, plan = self._entry
