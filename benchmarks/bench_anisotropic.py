@@ -1,14 +1,14 @@
 """Benchmark: an anisotropic network on an anisotropic stack against an isotropic network on
 the same stack resampled to cubic voxels (issue 10).
 
-Data: realistic synthetic nuclei volumes (:func:`napari_shiftseg.synth.nuclei`) imaged with a
+Data: realistic synthetic nuclei volumes (:func:`napari_shiftseg.synthetic.synth.nuclei`) imaged with a
 z step 3x the pixel: every three planes of an isotropic volume are averaged into one (a thick
 optical section) and the labels are those of the middle plane. Training and validation use
 seeds outside ``synth.TEST_SEEDS``; the test stacks use ``synth.TEST_SEEDS[:3]``.
 
 - **anisotropic**: pooling factors chosen from the voxel size (3, 1, 1) by
-  :func:`~napari_shiftseg.train.suggest_factors` (no z pooling at the first level) and a
-  position scale per axis in physical units (:func:`~napari_shiftseg.train.physical_position_scale`),
+  :func:`~napari_shiftseg.training.train.suggest_factors` (no z pooling at the first level) and a
+  position scale per axis in physical units (:func:`~napari_shiftseg.training.train.physical_position_scale`),
   trained and run on the stacks as they are;
 - **isotropic**: the same network with equal factors, trained and run on the stacks resampled
   to cubic voxels (linear in z, labels nearest), its labels read back onto the stack's grid.
@@ -28,9 +28,15 @@ import time
 
 import numpy as np
 
-from napari_shiftseg import metrics, rescale, synth
-from napari_shiftseg.evaluate import segment_array
-from napari_shiftseg.train import network_config, physical_position_scale, suggest_factors, train
+from napari_shiftseg.imaging import metrics, rescale
+from napari_shiftseg.inference.evaluate import segment_array
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.training.train import (
+    network_config,
+    physical_position_scale,
+    suggest_factors,
+    train,
+)
 
 Z_STEP = 3
 SHAPE = (16, 96, 96)  # the stack; the isotropic volume it is made from is 48 x 96 x 96

@@ -56,7 +56,7 @@ def fetch() -> None:
 def score(labels: np.ndarray, image: np.ndarray, truth: np.ndarray) -> dict:
     from skimage.filters import threshold_otsu
 
-    from napari_shiftseg import metrics
+    from napari_shiftseg.imaging import metrics
 
     bright = image > threshold_otsu(image)
     ids = np.unique(labels[labels > 0])
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     import tifffile
     import zarr
 
-    from napari_shiftseg.segment import ATTRS, segment_to_zarr
+    from napari_shiftseg.inference.segment import ATTRS, segment_to_zarr
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_cho_"))
     print("| frame | labelled | objects | AP@0.5 | false splits | false merges | decided |")

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def main(argv=None) -> int:
     import bbbc007
 
-    from napari_shiftseg.classical import otsu_watershed
     from napari_shiftseg.cli import main as shiftseg
-    from napari_shiftseg.evaluate import format_scores, model_method, score_methods
-    from napari_shiftseg.modelio import load_model
+    from napari_shiftseg.imaging.classical import otsu_watershed
+    from napari_shiftseg.inference.evaluate import format_scores, model_method, score_methods
+    from napari_shiftseg.network.modelio import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image", default="17P1_POS0011_D_1UL", help="BBBC007 train image to crop")

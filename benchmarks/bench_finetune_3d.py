@@ -35,11 +35,11 @@ SHAPE = (64, 128, 128)
 
 
 def main(argv=None) -> int:
-    from napari_shiftseg import synth
-    from napari_shiftseg.classical import otsu_watershed
     from napari_shiftseg.cli import main as shiftseg
-    from napari_shiftseg.evaluate import format_scores, model_method, score_methods
-    from napari_shiftseg.modelio import load_bundled, load_model
+    from napari_shiftseg.imaging.classical import otsu_watershed
+    from napari_shiftseg.inference.evaluate import format_scores, model_method, score_methods
+    from napari_shiftseg.network.modelio import load_bundled, load_model
+    from napari_shiftseg.synthetic import synth
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.predict import predict_embeddings, predict_plan, predict_whole
-from napari_shiftseg.unet import UNet, UNetConfig, memory_format
+from napari_shiftseg.inference.predict import predict_embeddings, predict_plan, predict_whole
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.unet import UNet, UNetConfig, memory_format
 
 
 def network_flops(net: UNet, input_shape) -> int:

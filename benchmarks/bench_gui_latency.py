@@ -43,15 +43,15 @@ def _display():
 
 
 def _model(tmp: Path) -> tuple[Path, str]:
-    from napari_shiftseg.modelio import bundled_model_path, save_model
+    from napari_shiftseg.network.modelio import bundled_model_path, save_model
 
     path = bundled_model_path(3)
     if path.is_file():
         return path, f"bundled {path.name}"
     import torch
 
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.unet import UNet, UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     config = UNetConfig(geometry=UNetGeometry(ndim=3, levels=2), base_channels=8)

@@ -1,4 +1,4 @@
-"""Benchmark: napari_shiftseg.meanshift against scikit-learn's MeanShift(bin_seeding=True).
+"""Benchmark: napari_shiftseg.inference.meanshift against scikit-learn's MeanShift(bin_seeding=True).
 
 The data imitate trained embeddings: tight Gaussian blobs (std 0.3, one per instance) in
 3-D whose centres are at least 4 apart. Both methods get the same bandwidth and label every
@@ -7,7 +7,7 @@ against the true blob labels.
 
 With 800 blobs the columns "one round" show the reference's seeding alone (1000 random seeds):
 it leaves about exp(-1000/800) = 29 % of the clusters without a mode, which the re-seeding of
-:func:`~napari_shiftseg.meanshift.mean_shift` finds.
+:func:`~napari_shiftseg.inference.meanshift.mean_shift` finds.
 
 Run: ``python benchmarks/bench_meanshift.py [--n 200000 1000000] [--clusters 30 800] [--threads 2]``
 """
@@ -22,7 +22,7 @@ import torch
 from sklearn.cluster import MeanShift
 from sklearn.metrics import adjusted_rand_score
 
-from napari_shiftseg.meanshift import assign_to_modes, mean_shift
+from napari_shiftseg.inference.meanshift import assign_to_modes, mean_shift
 
 
 def make_blobs(n_points, n_clusters, dim=3, std=0.3, min_separation=4.0, seed=0):

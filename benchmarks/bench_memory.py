@@ -1,6 +1,6 @@
 """Benchmark: peak memory of ``shiftseg segment`` does not grow with the volume.
 
-Writes synthetic images (:func:`napari_shiftseg.synth.lazy_random_objects`, chunk by chunk) of
+Writes synthetic images (:func:`napari_shiftseg.synthetic.synth.lazy_random_objects`, chunk by chunk) of
 1x, 2x, 4x and 8x the base voxel count to zarr, then runs ``shiftseg segment`` on each in a
 fresh process and reads that process's peak resident memory (``ru_maxrss`` from ``wait4``).
 Every stage of the job streams tile by tile (prediction -> zarr, mean-shift on a bounded
@@ -34,9 +34,9 @@ def make_model(path: Path, ndim: int) -> Path:
     """
     import torch
 
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.modelio import save_model
-    from napari_shiftseg.unet import UNet, UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.modelio import save_model
+    from napari_shiftseg.network.unet import UNet, UNetConfig
 
     net = UNet(UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2))
     with torch.no_grad():
@@ -71,7 +71,7 @@ def write_image(path: Path, shape, chunk: int) -> None:
     import dask.array as da
     import zarr
 
-    from napari_shiftseg.synth import lazy_random_objects
+    from napari_shiftseg.synthetic.synth import lazy_random_objects
 
     image, _ = lazy_random_objects(shape, chunks=chunk, radius=5, density=0.15, noise_std=0.05)
     out = zarr.create_array(path, shape=shape, chunks=(chunk,) * len(shape), dtype="float32",

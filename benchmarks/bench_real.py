@@ -6,11 +6,11 @@ merges, object counts, seconds; per image and overall):
 * ``bbbc007`` - the BBBC007 *test* split (3 images; fetch once with
   ``python scripts/bbbc007.py``). Its labels come from a threshold + watershed pipeline, so this
   measures agreement, not superiority.
-* ``synth2d`` - 8 realistic synthetic nuclei images 256 x 256 (:func:`napari_shiftseg.synth.nuclei`)
+* ``synth2d`` - 8 realistic synthetic nuclei images 256 x 256 (:func:`napari_shiftseg.synthetic.synth.nuclei`)
   with seeds ``TEST_SEEDS[0:8]`` (900000+i).
 * ``synth3d`` - 3 synthetic volumes 64 x 128 x 128 with seeds ``TEST_SEEDS[0:3]``.
 
-The synthetic seeds come from :data:`napari_shiftseg.synth.TEST_SEEDS` (900000-999999): they are
+The synthetic seeds come from :data:`napari_shiftseg.synthetic.synth.TEST_SEEDS` (900000-999999): they are
 held out. Training, validation and tuning must use other seeds.
 
 Two **development** sets, for choosing checkpoints and settings (never the test sets above):
@@ -35,10 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-from napari_shiftseg import synth
-from napari_shiftseg.classical import otsu_watershed
-from napari_shiftseg.evaluate import format_scores, model_method, score_methods
-from napari_shiftseg.modelio import load_bundled, load_model
+from napari_shiftseg.imaging.classical import otsu_watershed
+from napari_shiftseg.inference.evaluate import format_scores, model_method, score_methods
+from napari_shiftseg.network.modelio import load_bundled, load_model
+from napari_shiftseg.synthetic import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("bbbc007", "synth2d", "synth3d", "dev2d", "dev3d")

@@ -4,7 +4,7 @@ Does the end-to-end time of ``shiftseg segment IMAGE -o OUT.zarr`` grow linearly
 and which phase grows faster? Issue 27 measured the tiles growing ×1.7 from V to 2V and the
 clustering + labelling ×3-4. This measures it again, in one invocation, for every size.
 
-Inputs: synthetic 3D nuclei (:func:`napari_shiftseg.synth.nuclei`: touching, elongated,
+Inputs: synthetic 3D nuclei (:func:`napari_shiftseg.synthetic.synth.nuclei`: touching, elongated,
 textured, blurred nuclei with shot and read noise) at V, 2V, 4V, 8V voxels (``--scales``; the
 shape doubles one axis at a time, x first). The nuclei are the same size at every scale (radius
 7-8.5 px, a median diameter of ~14 px: the bundled 3D model's scale, so the size estimate finds
@@ -19,7 +19,7 @@ Each run is one fresh subprocess that calls ``shiftseg segment IMAGE -o OUT.zarr
 CLI's defaults: bundled 3D model, ``--diameter auto``, tile 128, device auto) through
 ``napari_shiftseg.cli.main``, in process, with hooks that only take timestamps:
 
-- ``estimate``: :func:`napari_shiftseg.sizing.estimate_size` (wrapped; every call segment makes);
+- ``estimate``: :func:`napari_shiftseg.imaging.sizing.estimate_size` (wrapped; every call segment makes);
 - ``setup``: the rest until the ``tiles`` stage: reading metadata, the model, the image
   fingerprint (it reads every voxel), creating the output;
 - ``tiles``: the network over all tiles (reading the input, writing embeddings), stage
@@ -105,9 +105,9 @@ def child(spec: dict) -> None:
     began = time.perf_counter()
     # The package first: its thread defaults (OMP_WAIT_POLICY) go into the environment before
     # torch loads its OpenMP runtime.
-    import napari_shiftseg.instances as ninstances
-    import napari_shiftseg.segment as nsegment
-    import napari_shiftseg.sizing as nsizing
+    import napari_shiftseg.imaging.sizing as nsizing
+    import napari_shiftseg.inference.instances as ninstances
+    import napari_shiftseg.inference.segment as nsegment
     from napari_shiftseg.cli import main
 
     wait_policy = os.environ.get("OMP_WAIT_POLICY")
@@ -236,7 +236,7 @@ def make_input(folder: Path, shape, fmt: str, chunk: int) -> tuple[Path, int, fl
     """Write the synthetic volume of ``shape``; returns (path, nuclei, seconds to generate)."""
     import numpy as np
 
-    from napari_shiftseg.synth import nuclei
+    from napari_shiftseg.synthetic.synth import nuclei
 
     start = time.perf_counter()
     image, labels = nuclei(shape, seed=SEED, radius=RADIUS)

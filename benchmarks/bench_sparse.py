@@ -42,9 +42,9 @@ def sparse_pair(labels: np.ndarray, fraction: float = 1 / 3):
 def main(argv=None) -> int:
     import bbbc007
 
-    from napari_shiftseg.evaluate import format_scores, model_method, score_methods
-    from napari_shiftseg.settings import TRAINING_DEFAULTS
-    from napari_shiftseg.train import network_config, train
+    from napari_shiftseg.inference.evaluate import format_scores, model_method, score_methods
+    from napari_shiftseg.training.train import network_config, train
+    from napari_shiftseg.training.train_options import TRAINING_DEFAULTS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             model, _ = train([(i, s) for (i, _), (s, _) in zip(pairs, sparse)], None, **options)
         seconds = time.perf_counter() - start
         if args.save:
-            from napari_shiftseg.modelio import save_model
+            from napari_shiftseg.network.modelio import save_model
 
             save_model(model, Path(args.save) / f"{run}_seed{args.seed}.safetensors")
         print(f"{run}: {seconds:.0f} s, validation {model.meta.get('validation')}", flush=True)

@@ -2,7 +2,7 @@
 
 Issue 25/27: under load, ``shiftseg train`` with defaults ran at 4.3 s/step. This measures
 whether thread oversubscription (torch's intra-op threads and OpenMP busy-waiting on cores
-shared with other busy processes) explains it, and what ``napari_shiftseg.threads`` changes.
+shared with other busy processes) explains it, and what ``napari_shiftseg.util.threads`` changes.
 
 Each configuration runs ``shiftseg train`` in a fresh subprocess (so the environment applies
 when torch and its OpenMP runtime load) on a synthetic 256 x 256 nuclei image, with the
@@ -12,7 +12,7 @@ outside the steps and does not change their speed). s/step is the mean over the 
 the first (the first builds the oneDNN kernels), taken from the progress callback.
 
 Configurations (default run):
-- ``before``: as before napari_shiftseg.threads: torch's default threads (all CPUs) and no
+- ``before``: as before napari_shiftseg.util.threads: torch's default threads (all CPUs) and no
   ``OMP_WAIT_POLICY`` (torch is imported before the package, whose default then does not
   reach the OpenMP runtime).
 - ``after``: the package as it is: ``OMP_WAIT_POLICY=PASSIVE`` and ``choose_threads()``.
@@ -76,8 +76,8 @@ def child(spec: dict) -> None:
     policy = os.environ.get("OMP_WAIT_POLICY")
     import torch  # before the package unless "package": its default then comes too late
 
-    import napari_shiftseg.threads as nthreads
-    import napari_shiftseg.train as ntrain
+    import napari_shiftseg.training.train as ntrain
+    import napari_shiftseg.util.threads as nthreads
     from napari_shiftseg.cli import main
 
     load = nthreads.current_load() or 0.0  # what choose_threads sees (a moment later)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from bench_gflops import network_flops  # noqa: E402 (benchmarks/ is on sys.path)
 
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.predict import predict_embeddings, predict_plan, predict_whole
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference.predict import predict_embeddings, predict_plan, predict_whole
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.unet import UNet, UNetConfig
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """Benchmark: real-looking volumes segmented with no settings (issue 24).
 
-Six held-out stacks from :data:`napari_shiftseg.synth_stacks.BENCHMARK_STACKS` (seeds in
+Six held-out stacks from :data:`napari_shiftseg.synthetic.synth_stacks.BENCHMARK_STACKS` (seeds in
 ``synth.TEST_SEEDS``: never trained or tuned on): nuclei 8-80 px across, z steps 1-5x the
 pixel, axial blur 3x, out-of-focus haze, dim and crowded nuclei. Each is written as an ImageJ
 TIFF carrying its voxel size (as a user's file would) and segmented exactly as
@@ -22,8 +22,9 @@ import numpy as np
 import tifffile
 import zarr
 
-from napari_shiftseg import metrics, sizing, synth_stacks
-from napari_shiftseg.segment import ATTRS, segment_to_zarr
+from napari_shiftseg.imaging import metrics, sizing
+from napari_shiftseg.inference.segment import ATTRS, segment_to_zarr
+from napari_shiftseg.synthetic import synth_stacks
 
 
 def write_stack(stack, path: Path) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_shiftseg import synth
-from napari_shiftseg.segment import segment_to_zarr
+from napari_shiftseg.inference.segment import segment_to_zarr
+from napari_shiftseg.synthetic import synth
 
 META = {"zarr.json", ".zattrs", ".zarray", ".zgroup"}
 

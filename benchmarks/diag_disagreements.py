@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_shiftseg import synth
-from napari_shiftseg.classical import otsu_watershed
-from napari_shiftseg.evaluate import segment_array
-from napari_shiftseg.metrics import evaluate
-from napari_shiftseg.modelio import load_bundled, load_model
-from napari_shiftseg.postprocess import block_contacts
+from napari_shiftseg.imaging.classical import otsu_watershed
+from napari_shiftseg.imaging.metrics import evaluate
+from napari_shiftseg.inference.evaluate import segment_array
+from napari_shiftseg.inference.postprocess import block_contacts
+from napari_shiftseg.network.modelio import load_bundled, load_model
+from napari_shiftseg.synthetic import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECK = 15  # px: reference objects below this are specks

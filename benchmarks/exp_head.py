@@ -12,9 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bbbc007  # noqa: E402
 
-from napari_shiftseg.geometry import UNetGeometry  # noqa: E402
-from napari_shiftseg.train import train  # noqa: E402
-from napari_shiftseg.unet import UNetConfig  # noqa: E402
+from napari_shiftseg.network.geometry import UNetGeometry  # noqa: E402
+from napari_shiftseg.network.unet import UNetConfig  # noqa: E402
+from napari_shiftseg.training.train import train  # noqa: E402
 
 
 def main():
@@ -46,7 +46,7 @@ def main():
     keys = ("bandwidth", "fg_threshold", "min_size", "merge_distance", "absorb_small", "fill_holes")
     print("settings", {k: model.meta[k] for k in keys})
     if a.o:
-        from napari_shiftseg.modelio import save_model
+        from napari_shiftseg.network.modelio import save_model
         save_model(model, a.o)
 
 

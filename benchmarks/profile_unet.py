@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.unet import UNet, UNetConfig
 
 
 def conv_gflop(net, x) -> float:

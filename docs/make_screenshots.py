@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         display.start()
     try:
         from napari_shiftseg._widgets._layers import layer_name
-        from napari_shiftseg.modelio import bundled_model_path
+        from napari_shiftseg.network.modelio import bundled_model_path
 
         with tempfile.TemporaryDirectory() as tmp:
             # ---- Train -------------------------------------------------------------------

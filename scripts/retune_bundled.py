@@ -20,10 +20,10 @@ SEEDS = range(2_000_000_100, 2_000_000_108)
 
 
 def main(argv=None) -> int:
-    from napari_shiftseg import synth
-    from napari_shiftseg.modelio import load_model, save_model
-    from napari_shiftseg.settings import SegmentationSettings
-    from napari_shiftseg.tuning import tune_settings, validation_embeddings
+    from napari_shiftseg.network.modelio import load_model, save_model
+    from napari_shiftseg.network.settings import SegmentationSettings
+    from napari_shiftseg.synthetic import synth
+    from napari_shiftseg.training.tuning import tune_settings, validation_embeddings
 
     path = Path((argv or sys.argv[1:])[0])
     model = load_model(path)

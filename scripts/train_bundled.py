@@ -1,7 +1,7 @@
 """Train the bundled default nuclei models (a dev script; the recipe is in docs/MODELS.md).
 
 2D: BBBC007 *train* images (9, fetched by ``python scripts/bbbc007.py``) mixed half and half
-with realistic synthetic nuclei (:func:`napari_shiftseg.synth.nuclei`, seeds outside
+with realistic synthetic nuclei (:func:`napari_shiftseg.synthetic.synth.nuclei`, seeds outside
 ``synth.TEST_SEEDS``); validation on the BBBC007 *val* images plus two synthetic images with
 seeds from ``VALIDATION_SEEDS``. The BBBC007 *test* images and the synthetic test seeds are
 never seen here.
@@ -32,8 +32,8 @@ SHAPES = {2: (256, 256), 3: (48, 112, 112)}
 
 
 def _config(ndim: int, args):
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.unet import UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.unet import UNetConfig
 
     geometry = UNetGeometry(ndim=ndim, levels=args.levels)
     return UNetConfig(geometry=geometry, base_channels=args.base_channels, embed_dim=args.embed_dim or ndim,
@@ -43,8 +43,8 @@ def _config(ndim: int, args):
 def _to_scale(pair, diameter: float):
     """(image, labels) resampled so that the median object diameter is ``diameter`` (within
     rescale.LIMITS, as at inference)."""
-    from napari_shiftseg import rescale
-    from napari_shiftseg.metrics import median_diameter
+    from napari_shiftseg.imaging import rescale
+    from napari_shiftseg.imaging.metrics import median_diameter
 
     image, labels = pair
     measured = median_diameter([labels])
@@ -63,7 +63,8 @@ def _realistic(seed: int, diameter: float, small: bool = False):
     """A realistic stack (random size, z step, crowding), on cubic voxels with ``diameter`` px
     nuclei: what rescale.plan_resampling hands the 3D model. ``small``: crowded 7-12 px nuclei
     at a 1-2x z step, where the z PSF is as wide as a nucleus (the hardest held-out case)."""
-    from napari_shiftseg import rescale, synth_stacks
+    from napari_shiftseg.imaging import rescale
+    from napari_shiftseg.synthetic import synth_stacks
 
     rng = np.random.default_rng(seed)
     d = float(np.exp(rng.uniform(np.log(7 if small else 8), np.log(12 if small else 60))))
@@ -81,9 +82,9 @@ def _realistic(seed: int, diameter: float, small: bool = False):
 
 def main(argv=None) -> int:
 
-    from napari_shiftseg import synth
-    from napari_shiftseg.modelio import load_model, save_model
-    from napari_shiftseg.train import train
+    from napari_shiftseg.network.modelio import load_model, save_model
+    from napari_shiftseg.synthetic import synth
+    from napari_shiftseg.training.train import train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ndim", choices=("2d", "3d"))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import save_model
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
 
@@ -36,7 +36,7 @@ def save_tiny(path, **kwargs):
 def save_standardized(path, image, ndim=2, seed=0):
     """Random 2-level U-Net whose head is rescaled so outputs have mean 0, std 1 on ``image``
     (random weights alone give nearly constant outputs and no foreground)."""
-    from napari_shiftseg.predict import predict_whole
+    from napari_shiftseg.inference.predict import predict_whole
 
     torch.manual_seed(seed)
     config = UNetConfig(geometry=UNetGeometry(ndim=ndim, levels=2), base_channels=4, embed_dim=2)

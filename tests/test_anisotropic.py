@@ -8,12 +8,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import AxisGeometry, UNetGeometry
-from napari_shiftseg.modelio import Model, load_model, save_model
-from napari_shiftseg.predict import predict_embeddings, predict_whole
-from napari_shiftseg.tiling import tile_plan
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference.predict import predict_embeddings, predict_whole
+from napari_shiftseg.network.geometry import AxisGeometry, UNetGeometry
+from napari_shiftseg.network.modelio import Model, load_model, save_model
+from napari_shiftseg.network.tiling import tile_plan
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 
@@ -170,7 +170,7 @@ def test_anisotropic_model_file_round_trip(tmp_path):
 
 # ---- command line: train an anisotropic network, check it, segment with it ------------------
 def test_suggest_factors_follows_the_voxel_size():
-    from napari_shiftseg.train import suggest_factors
+    from napari_shiftseg.training.train import suggest_factors
 
     assert suggest_factors((3.0, 1.0, 1.0), 3) == ((1, 2, 2), (2, 2, 2), (2, 2, 2))
     assert suggest_factors((5.0, 1.0, 1.0), 3) == ((1, 2, 2), (1, 2, 2), (2, 2, 2))
@@ -180,7 +180,7 @@ def test_suggest_factors_follows_the_voxel_size():
 
 
 def test_per_axis_position_scale_is_exact_and_checked():
-    from napari_shiftseg.train import physical_position_scale
+    from napari_shiftseg.training.train import physical_position_scale
 
     assert physical_position_scale((3.0, 1.0, 1.0), 0.25) == (0.75, 0.25, 0.25)
     assert physical_position_scale((2.0, 2.0), 0.25) == 0.25
@@ -199,8 +199,8 @@ def test_cli_anisotropic_train_check_segment(tmp_path, capsys):
     import tifffile
     import zarr
 
-    from napari_shiftseg import synth
     from napari_shiftseg.cli import main
+    from napari_shiftseg.synthetic import synth
 
     image, labels = synth.nuclei((24, 48, 48), seed=3)
     stack, stack_labels = image[::3], labels[::3]  # z step 3x the pixel

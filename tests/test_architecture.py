@@ -106,11 +106,57 @@ def test_the_detector_finds_a_cycle_through_a_function_level_import(tmp_path):
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 40 and graph["napari_shiftseg.modelio"] >= {"napari_shiftseg.bmz", "napari_shiftseg.model"}
+    assert len(graph) > 40
+    assert graph["napari_shiftseg.network.modelio"] >= {"napari_shiftseg.network.bmz", "napari_shiftseg.network.model"}
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("module", ["napari_shiftseg.model", "napari_shiftseg.bmz"])
+@pytest.mark.parametrize("module", ["napari_shiftseg.network.model", "napari_shiftseg.network.bmz"])
 def test_model_files_import_downwards(module):
     """The model and the package format never reach back to the safetensors file module."""
-    assert "napari_shiftseg.modelio" not in import_graph()[module]
+    assert "napari_shiftseg.network.modelio" not in import_graph()[module]
+
+
+#: The layers, bottom up (docs/ARCHITECTURE.md). A module imports only from its own subpackage
+#: and from lower layers; the napari layer, the CLI and the paper reproductions sit on top.
+LAYERS = {"util": 0, "files": 1, "imaging": 2, "synthetic": 3, "network": 4, "inference": 5, "training": 6}
+TOP = 7
+
+
+def layer(module: str) -> tuple[int, str]:
+    parts = module.split(".")
+    package = parts[1] if len(parts) > 1 and parts[1] in LAYERS else ""  # cli, _widgets, ...: top
+    return LAYERS.get(package, TOP), package
+
+
+def upward_imports(graph) -> list[str]:
+    found = []
+    for module, targets in graph.items():
+        rank, package = layer(module)
+        for target in targets:
+            target_rank, target_package = layer(target)
+            if target_rank > rank or (target_rank == rank < TOP and target_package != package):
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path):
+    package = tmp_path / "napari_shiftseg"
+    for sub in ("", "util", "network"):
+        (package / sub).mkdir(exist_ok=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "network" / "unet.py").write_text("from ..util import v\n")
+    (package / "util" / "v.py").write_text("def f():\n    from ..network import unet\n")
+    assert upward_imports(import_graph(package)) == ["napari_shiftseg.util.v -> napari_shiftseg.network.unet"]
+
+
+def test_imports_flow_down_the_layers():
+    graph = import_graph()
+    assert {layer(m)[1] for m in graph} >= set(LAYERS)  # every layer exists
+    assert upward_imports(graph) == []
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_each_layer_says_what_it_is(package):
+    init = ROOT / package / "__init__.py"
+    assert len(ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or "") > 150

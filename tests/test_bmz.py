@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.modelio import Model, load_model, save_model
-from napari_shiftseg.predict import predict_whole
-from napari_shiftseg.train import network_config
-from napari_shiftseg.unet import UNet
+from napari_shiftseg.inference.predict import predict_whole
+from napari_shiftseg.network.modelio import Model, load_model, save_model
+from napari_shiftseg.network.unet import UNet
+from napari_shiftseg.training.train import network_config
+from napari_shiftseg.util._errors import ShiftSegError
 
 pytest.importorskip("bioimageio.spec")
 torch.set_num_threads(1)
@@ -109,8 +109,8 @@ def test_hostile_or_foreign_packages_are_refused(package, tmp_path):
 
 
 def main_export(target):
-    from napari_shiftseg.bmz import export_package
-    from napari_shiftseg.modelio import load_bundled
+    from napari_shiftseg.network.bmz import export_package
+    from napari_shiftseg.network.modelio import load_bundled
 
     export_package(load_bundled(2), target)
 

@@ -9,9 +9,10 @@ single small image.
 import numpy as np
 import pytest
 
-from napari_shiftseg import metrics, synth
-from napari_shiftseg.evaluate import segment_array
-from napari_shiftseg.modelio import bundled_model_path, load_bundled
+from napari_shiftseg.imaging import metrics
+from napari_shiftseg.inference.evaluate import segment_array
+from napari_shiftseg.network.modelio import bundled_model_path, load_bundled
+from napari_shiftseg.synthetic import synth
 
 #: Measured when the models were made: 2D 1.00 (70 disks), 3D 0.84 (49 spheres; seeds 322-324
 #: gave 0.98, 0.91, 1.00 - 321 is the worst of the four and is the one tested).
@@ -30,7 +31,7 @@ def test_files_are_small():
 
 
 def test_unknown_kind_is_refused():
-    from napari_shiftseg._errors import ShiftSegError
+    from napari_shiftseg.util._errors import ShiftSegError
 
     with pytest.raises(ShiftSegError, match="no bundled 'cells' model"):
         bundled_model_path(2, "cells")
@@ -87,7 +88,7 @@ NUCLEI_BAR = {2: 0.85, 3: 0.85}
 
 @pytest.mark.parametrize("ndim", [2, 3], ids=["2d", "3d"])
 def test_default_nuclei_model_beats_the_classical_baseline(ndim):
-    from napari_shiftseg.classical import otsu_watershed
+    from napari_shiftseg.imaging.classical import otsu_watershed
 
     model = load_bundled(ndim)
     assert model.config.embedding == "spatial" and model.config.foreground_head

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg import synth
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.evaluate import segment_array
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import Model, load_model, save_model
-from napari_shiftseg.normalize import percentile_normalization
-from napari_shiftseg.predict import predict_embeddings, predict_whole
-from napari_shiftseg.train import network_config, train
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.imaging.normalize import percentile_normalization
+from napari_shiftseg.inference.evaluate import segment_array
+from napari_shiftseg.inference.predict import predict_embeddings, predict_whole
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import Model, load_model, save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.training.train import network_config, train
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 
@@ -125,7 +125,7 @@ def test_cli_train_and_segment_with_channels(tmp_path, capsys):
     from ome_zarr_models.v05.image import Image
 
     from napari_shiftseg._reader import read_segmentation
-    from napari_shiftseg.ngff import IMAGE
+    from napari_shiftseg.files.ngff import IMAGE
 
     np.testing.assert_array_equal(group[IMAGE][...], image)
     assert [a.name for a in Image.from_zarr(group).ome_attributes.multiscales[0].axes] == ["c", "y", "x"]

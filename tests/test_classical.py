@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_shiftseg import metrics
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.classical import otsu_watershed
-from napari_shiftseg.evaluate import format_scores, score_methods
+from napari_shiftseg.imaging import metrics
+from napari_shiftseg.imaging.classical import otsu_watershed
+from napari_shiftseg.inference.evaluate import format_scores, score_methods
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def disks(shape, centres, radius):

@@ -4,9 +4,9 @@ import sys
 import torch
 
 from napari_shiftseg.cli import main
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import save_model
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
 
 
 def test_info_prints_geometry(tmp_path, capsys):

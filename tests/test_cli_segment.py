@@ -120,7 +120,7 @@ def test_check_reports_the_stitching_difference(files, capsys):
 def test_segment_diameter(files, tmp_path, capsys):
     """--diameter resamples the image for a model that records its object size; bad values are
     refused by the parser with a one-line message."""
-    from napari_shiftseg.modelio import load_model, save_model
+    from napari_shiftseg.network.modelio import load_model, save_model
 
     model = load_model(files["model"])
     model.meta["object_diameter"] = 8.0
@@ -242,7 +242,7 @@ def test_a_wrong_scheduler_file_is_one_line(files, tmp_path, capsys, content, wo
 
 
 def test_workers_are_bounded_by_the_cpus(files, tmp_path, capsys):
-    from napari_shiftseg.threads import usable_cpus
+    from napari_shiftseg.util.threads import usable_cpus
 
     cpus = usable_cpus()
     assert main(segment_args(files, tmp_path / "out.zarr", "--workers", str(cpus + 1))) == 2
@@ -283,8 +283,8 @@ def test_a_large_hostile_scheduler_file_is_refused_within_bounds(tmp_path):
     junk, nested = tmp_path / "junk.json", tmp_path / "nested.json"
     junk.write_bytes(b"\xff" * 10_000_000)
     nested.write_text("[" * 500_000 + "]" * 500_000)
-    code = ("import sys\nfrom napari_shiftseg._errors import ShiftSegError\n"
-            "from napari_shiftseg.segment import connect\n"
+    code = ("import sys\nfrom napari_shiftseg.util._errors import ShiftSegError\n"
+            "from napari_shiftseg.inference.segment import connect\n"
             "for path in sys.argv[1:]:\n"
             "    try:\n        connect(scheduler_file=path)\n"
             "    except ShiftSegError as err:\n        print('refused', err)\n"

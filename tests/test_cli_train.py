@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_shiftseg import synth
 from napari_shiftseg.cli import main
-from napari_shiftseg.modelio import load_model
+from napari_shiftseg.network.modelio import load_model
+from napari_shiftseg.synthetic import synth
 
 # Tiny network settings: l = 2 (f^l = 4), 4 base channels, 12-pixel windows.
 NET = ["--levels", "2", "--base-channels", "4"]
@@ -178,7 +178,7 @@ def test_network_options_with_init_are_refused(tif_pair, tmp_path, capsys):
 def test_default_continues_the_bundled_model_and_init_none_is_a_new_spatial_network(tif_pair, tmp_path):
     """Fine-tuning the bundled model beat a new network on each of three BBBC007 crops, in a
     third of the time: annotated images start from it, with the continued model's steps and rate."""
-    from napari_shiftseg.modelio import load_bundled
+    from napari_shiftseg.network.modelio import load_bundled
 
     data = ["--image", str(tif_pair[0]), "--labels", str(tif_pair[1]), "--steps", "1",
             "--batch-size", "1", "--window", "36", "--quiet"]
@@ -198,7 +198,7 @@ def test_default_continues_the_bundled_model_and_init_none_is_a_new_spatial_netw
 def test_3d_default_fine_tunes_the_bundled_3d_model_and_none_asks_for_a_new_network(tmp_path):
     """A new 3D network took 5 s per step here (l = 3, 3000 steps: 4 hours): 3D volumes start
     from the bundled 3D model with the 3D batch, recorded in the model; a new one pools twice."""
-    from napari_shiftseg.modelio import load_bundled
+    from napari_shiftseg.network.modelio import load_bundled
 
     image, labels = synth.nuclei((24, 48, 48), seed=5, radius=(5, 6))
     tifffile.imwrite(tmp_path / "vol.tif", image)

@@ -1,4 +1,4 @@
-"""Reading and validating training image + label files (napari_shiftseg.data)."""
+"""Reading and validating training image + label files (napari_shiftseg.files.data)."""
 
 import numpy as np
 import pytest
@@ -8,14 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.data import (
+from napari_shiftseg.files.data import (
     load_training_pair,
     read_array,
     validate_image,
     validate_labels,
     validate_pair,
 )
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def _pair(shape=(20, 24)):

@@ -10,10 +10,10 @@ import torch
 import zarr
 from helpers import save_tiny  # noqa: E402
 
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.network.geometry import UNetGeometry
 from napari_shiftseg.reproduce.demo import demo_tiles, run_demo
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 

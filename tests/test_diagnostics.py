@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.diagnostics import (
+from napari_shiftseg.inference.diagnostics import (
     _reference_crop,
     grid_lines,
     phase_map,
@@ -14,10 +13,11 @@ from napari_shiftseg.diagnostics import (
     stitch_check,
     tile_boundaries,
 )
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.predict import predict_embeddings, predict_whole
-from napari_shiftseg.tiling import tile_plan
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference.predict import predict_embeddings, predict_whole
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.tiling import tile_plan
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 
@@ -140,7 +140,7 @@ def test_seam_map_on_a_slice_stack():
 def test_seam_error_is_zero_for_exact_and_large_for_naive(image):
     from helpers import tiny_net
 
-    from napari_shiftseg.diagnostics import reference_tile, seam_error
+    from napari_shiftseg.inference.diagnostics import reference_tile, seam_error
 
     model = tiny_net(levels=3, base=3)  # He init: an untrained default-init net is nearly flat
     g = model.geometry
@@ -165,8 +165,8 @@ def test_seam_error_is_zero_for_exact_and_large_for_naive(image):
 def test_run_diagnostics_are_the_run_s_maps():
     from helpers import tiny_net
 
-    from napari_shiftseg.diagnostics import RUN_DIAGNOSTICS, run_diagnostics
-    from napari_shiftseg.predict import predict_embeddings, predict_plan
+    from napari_shiftseg.inference.diagnostics import RUN_DIAGNOSTICS, run_diagnostics
+    from napari_shiftseg.inference.predict import predict_embeddings, predict_plan
 
     net = tiny_net(2, levels=2)
     image = np.random.default_rng(0).random((40, 44)).astype(np.float32)

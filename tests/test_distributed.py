@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import save_model
-from napari_shiftseg.predict import predict_whole
-from napari_shiftseg.segment import connect, segment_to_zarr
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference.predict import predict_whole
+from napari_shiftseg.inference.segment import connect, segment_to_zarr
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError
 
 distributed = pytest.importorskip("distributed")
 
@@ -108,8 +108,8 @@ def test_local_cluster_listens_on_loopback_only():
 def test_tiles_run_with_the_thread_count_of_the_graph_builder():
     """A worker with another torch thread count computes bit-identical embeddings (3D, where
     oneDNN's algorithm choice by thread count changes the rounding)."""
-    from napari_shiftseg.modelio import load_bundled
-    from napari_shiftseg.predict import predict_embeddings
+    from napari_shiftseg.inference.predict import predict_embeddings
+    from napari_shiftseg.network.modelio import load_bundled
 
     model = load_bundled(3, kind="disks")
     image = np.random.default_rng(0).random((36, 36, 36)).astype(np.float32)

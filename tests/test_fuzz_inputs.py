@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from napari_shiftseg._errors import ShiftSegError, failure_message
-from napari_shiftseg.io import read_image
-from napari_shiftseg.modelio import FORMAT, load_model
-from napari_shiftseg.unet import UNetConfig
+from napari_shiftseg.files.io import read_image
+from napari_shiftseg.network.modelio import FORMAT, load_model
+from napari_shiftseg.network.unet import UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError, failure_message
 
 ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 8), st.integers(-(10**12), 10**12),
                 st.floats(allow_nan=True), st.text(max_size=5), st.lists(st.integers(0, 3), max_size=3),

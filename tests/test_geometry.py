@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.util._errors import ShiftSegError
 
 geometries = st.builds(
     UNetGeometry,

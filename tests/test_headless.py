@@ -49,7 +49,7 @@ def test_segment_and_check_without_the_napari_extra(tmp_path):
 def test_figures_say_what_is_missing():
     """The figures are the one thing that needs matplotlib: a sentence, not a traceback."""
     code = BLOCKER.split("from napari_shiftseg.cli")[0] + (
-        "from napari_shiftseg._errors import ShiftSegError\n"
+        "from napari_shiftseg.util._errors import ShiftSegError\n"
         "from napari_shiftseg.reproduce import figures\n"
         "try:\n    figures.new_figure()\nexcept ShiftSegError as err:\n    print(err)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -28,10 +28,9 @@ import yaml
 from helpers import MEMORY_BOUND, NORMALIZATION, run_bounded, tiny_net
 from safetensors.torch import save_file
 
-from napari_shiftseg import bmz
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.modelio import (
+from napari_shiftseg.network import bmz
+from napari_shiftseg.network.modelio import (
     FORMAT,
     MAX_OBJECT_DIAMETER,
     Model,
@@ -41,6 +40,7 @@ from napari_shiftseg.modelio import (
     read_metadata,
     save_model,
 )
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 MiB = 1 << 20
@@ -64,7 +64,7 @@ def rdf_for(net, **shiftseg) -> dict:
     return {"type": "model", "format_version": "0.5.3", "name": "handmade",
             "weights": {"pytorch_state_dict": {
                 "source": "weights.pt",
-                "architecture": {"callable": "build_network", "import_from": "napari_shiftseg.bmz",
+                "architecture": {"callable": "build_network", "import_from": "napari_shiftseg.network.bmz",
                                  "kwargs": {"config": json.loads(json.dumps(net.config.to_dict()))}}}},
             "config": {"shiftseg": {"settings": settings(), "object_diameter": 20.0,
                                     "normalization": dict(NORMALIZATION), **shiftseg}}}
@@ -434,7 +434,7 @@ MALFORMED_RDF = {
     "config.shiftseg text": (_set(_SHIFTSEG, "yes"), "'config.shiftseg' must be a mapping, got text"),
     "settings a list": (_set(f"{_SHIFTSEG}.settings", [1.25, 7]), "'config.shiftseg.settings' must be a mapping"),
     "normalization nested": (_set(f"{_SHIFTSEG}.normalization", {"low": [1, [2]]}), "normalization"),
-    "architecture text": (_set(_ARCH, "napari_shiftseg.bmz"), "architecture' must be a mapping"),
+    "architecture text": (_set(_ARCH, "napari_shiftseg.network.bmz"), "architecture' must be a mapping"),
     "kwargs.config a number": (_set(f"{_ARCH}.kwargs.config", 3), "kwargs.config' must be a mapping"),
     "geometry a list": (_set(f"{_ARCH}.kwargs.config.geometry", [2, 2]), "'geometry' must be a mapping"),
     "levels 3.5": (_set(f"{_ARCH}.kwargs.config.geometry.levels", 3.5), "whole number"),
@@ -475,8 +475,8 @@ def test_info_and_segment_refuse_a_malformed_package_with_one_line(net, tmp_path
 
 _BOUNDED = """
 import sys
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.modelio import load_model, read_metadata
+from napari_shiftseg.util._errors import ShiftSegError
+from napari_shiftseg.network.modelio import load_model, read_metadata
 for arg in sys.argv[1:]:
     want, path = arg.split("=", 1)
     for read in (read_metadata, load_model):

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.instances import (
+from napari_shiftseg.inference.instances import (
     Clustering,
     cluster_embeddings,
     label_clusters,
@@ -19,6 +18,7 @@ from napari_shiftseg.instances import (
     segment_instances,
     write_instances,
 )
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def assert_same_labeling(expected, actual):

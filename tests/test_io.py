@@ -6,9 +6,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_shiftseg import io
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.io import read_image, write_zarr
+from napari_shiftseg.files import io
+from napari_shiftseg.files.io import read_image, write_zarr
+from napari_shiftseg.util._errors import ShiftSegError
 
 IMAGE = np.arange(24 * 30, dtype=np.uint16).reshape(24, 30)
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.loss import discriminative_loss, foreground_loss
+from napari_shiftseg.training.loss import discriminative_loss, foreground_loss
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def reference_loss(embeddings, instances, delta_v, delta_d, background_as_instance):

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.meanshift import assign_to_modes, mean_shift
+from napari_shiftseg.inference.meanshift import assign_to_modes, mean_shift
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def blobs(rng, n_clusters, dim, n_per_cluster, std=0.3):
@@ -211,7 +211,7 @@ def test_the_tree_assigns_exactly_as_brute_force(seed, dims, max_distance, on_gr
     """Many modes go through a k-d tree (issue 27); the labels must equal brute force's, ties
     to the lower index and the max_distance cut included. Grid-valued data makes exact ties
     (points halfway between modes, duplicated modes, points at max_distance) common."""
-    from napari_shiftseg.meanshift import _TREE_MIN_MODES, _assign_brute_force
+    from napari_shiftseg.inference.meanshift import _TREE_MIN_MODES, _assign_brute_force
 
     rng = np.random.default_rng(seed)
     k = _TREE_MIN_MODES + int(rng.integers(0, 50))

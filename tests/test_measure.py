@@ -1,4 +1,4 @@
-"""Per-instance measurements (napari_shiftseg.measure): against scikit-image, chunk-independent."""
+"""Per-instance measurements (napari_shiftseg.imaging.measure): against scikit-image, chunk-independent."""
 
 import dask.array as da
 import numpy as np
@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.measure import regionprops_table
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.measure import measure, write_table
+from napari_shiftseg.imaging.measure import measure, write_table
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def _scene(shape, seed):

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_shiftseg import metrics, synth
-from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.imaging import metrics
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.util._errors import ShiftSegError
 
 small_labels = arrays(np.int64, (5, 6), elements=st.integers(0, 4))
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import load_model, read_metadata, save_model
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import load_model, read_metadata, save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 @pytest.fixture
@@ -90,8 +90,8 @@ def test_header_length_starting_with_pickle_byte_loads(tmp_path, net):
 
 
 def test_read_metadata_is_typed_and_its_settings_are_the_model_s(tmp_path):
-    from napari_shiftseg.modelio import ModelInfo, load_bundled
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.network.modelio import ModelInfo, load_bundled
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     path = save_model(load_bundled(3), tmp_path / "m.safetensors")
     info = read_metadata(path)

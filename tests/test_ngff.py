@@ -8,11 +8,11 @@ import pytest
 import tifffile
 import zarr
 
-from napari_shiftseg import synth
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.ngff import IMAGE, LABELS
-from napari_shiftseg.segment import segment_to_zarr
+from napari_shiftseg.files.ngff import IMAGE, LABELS
+from napari_shiftseg.inference.segment import segment_to_zarr
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_image_source_is_read_chunk_by_chunk_in_native_byte_order(tmp_path):
     """The copy of the input (segment_to_zarr and series) goes through ngff.image_source: one
     task per chunk of the target, a big-endian file (tifffile memory-maps them as they are) in
     zarr's native order."""
-    from napari_shiftseg.ngff import image_source
+    from napari_shiftseg.files.ngff import image_source
 
     data = np.arange(40 * 56, dtype=">u2").reshape(40, 56)
     mapped = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=">u2", shape=data.shape)

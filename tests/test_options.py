@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from helpers import save_standardized, tiny_net
 
-from napari_shiftseg import synth
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.clustering import ClusterOptions
-from napari_shiftseg.meanshift import MeanShiftOptions, mean_shift
-from napari_shiftseg.predict import Reading, predict_embeddings
-from napari_shiftseg.segment import ATTRS, recluster, segment_to_zarr
-from napari_shiftseg.segment_options import SegmentOptions, settings_and_clustering
-from napari_shiftseg.settings import SegmentationSettings
-from napari_shiftseg.synth import Distortion, NucleiScene
-from napari_shiftseg.synth_large import LatticeScene, jittered_lattice
-from napari_shiftseg.train import train
-from napari_shiftseg.train_options import LossSettings, TrainOptions
+from napari_shiftseg.inference.clustering import ClusterOptions
+from napari_shiftseg.inference.meanshift import MeanShiftOptions, mean_shift
+from napari_shiftseg.inference.predict import Reading, predict_embeddings
+from napari_shiftseg.inference.segment import ATTRS, recluster, segment_to_zarr
+from napari_shiftseg.inference.segment_options import SegmentOptions, settings_and_clustering
+from napari_shiftseg.network.settings import SegmentationSettings
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.synthetic.synth import Distortion, NucleiScene
+from napari_shiftseg.synthetic.synth_large import LatticeScene, jittered_lattice
+from napari_shiftseg.training.train import train
+from napari_shiftseg.training.train_options import LossSettings, TrainOptions
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -85,7 +85,7 @@ def test_settings_and_clustering_split_keywords_between_their_owners():
 def test_segment_options_take_the_model_settings_unless_given():
     net = tiny_net()
     model_settings = {"bandwidth": 1.25, "min_size": 7, "fg_threshold": 0.6}
-    from napari_shiftseg.modelio import Model
+    from napari_shiftseg.network.modelio import Model
 
     model = Model(net, model_settings)
     assert SegmentOptions().settings_for(model).bandwidth == 1.25
@@ -132,7 +132,7 @@ def test_typed_settings_pass_through_unchanged(tmp_path):
     """Switched-off post-processing stays off in a run (issue 26: the Segment widget's Run on an
     over-budget image used to get the model's merge_distance, absorb_small and fill_holes back
     because "off" travelled as a missing keyword), and Run and Re-cluster agree."""
-    from napari_shiftseg.modelio import load_model, save_model
+    from napari_shiftseg.network.modelio import load_model, save_model
 
     rng = np.random.default_rng(0)
     image = rng.normal(0, 0.05, (48, 48)).astype(np.float32)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from helpers import save_tiny
 
-from napari_shiftseg import predict, segment, tiling
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main as cli_main
-from napari_shiftseg.modelio import load_model
+from napari_shiftseg.inference import predict, segment
+from napari_shiftseg.network import tiling
+from napari_shiftseg.network.modelio import load_model
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 @pytest.fixture
@@ -72,8 +73,8 @@ def test_cli_says_when_the_tile_was_changed(tmp_path, capsys):
 
 def test_widget_pipeline_plans_the_run_once(model, count_plans, tmp_path):
     from napari_shiftseg._widgets import _pipeline
-    from napari_shiftseg.modelio import save_model
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.network.modelio import save_model
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     path = save_model(model, tmp_path / "m.safetensors")
     image = np.random.default_rng(3).random((40, 44), dtype=np.float32)
@@ -106,10 +107,10 @@ def test_tile_auto_in_segment_to_zarr_and_the_cli(tmp_path, model, capsys):
 def test_widget_measures_the_object_size_without_a_network_pass(model, tmp_path, monkeypatch, side):
     """'auto' object size: measured from the image (sizing.estimate_size), once; the network
     runs once, at the chosen scale, whatever the image's size."""
-    from napari_shiftseg import sizing
     from napari_shiftseg._widgets import _pipeline
-    from napari_shiftseg.modelio import save_model
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.imaging import sizing
+    from napari_shiftseg.network.modelio import save_model
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     model.meta["object_diameter"] = 12.0
     path = save_model(model, tmp_path / "sized.safetensors")

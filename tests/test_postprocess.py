@@ -12,8 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.instances import Clustering, label_clusters, label_instances, write_instances
+from napari_shiftseg.inference.instances import (
+    Clustering,
+    label_clusters,
+    label_instances,
+    write_instances,
+)
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def embeddings_of(clusters, codes, jitter=None, logit=None):

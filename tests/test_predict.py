@@ -9,13 +9,13 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg import devices
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import Model
-from napari_shiftseg.normalize import Normalization
-from napari_shiftseg.predict import predict_embeddings, predict_plan, predict_whole
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.imaging.normalize import Normalization
+from napari_shiftseg.inference.predict import predict_embeddings, predict_plan, predict_whole
+from napari_shiftseg.network import devices
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import Model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 
@@ -280,8 +280,8 @@ def test_auto_tile_grows_with_budget():
 
 
 def test_auto_tile_of_an_anisotropic_net_is_per_axis():
-    from napari_shiftseg.train import network_config
-    from napari_shiftseg.unet import UNet
+    from napari_shiftseg.network.unet import UNet
+    from napari_shiftseg.training.train import network_config
 
     net = UNet(network_config(3, levels=2, base_channels=2, factors=((1, 2, 2), (2, 2, 2))))
     tile = devices.auto_tile(net.config.geometry, net, "cpu", memory_budget_bytes=200e6)
@@ -325,7 +325,7 @@ def test_plan_helper_and_dask_config_untouched():
 @pytest.mark.parametrize("per_slice", [False, True])
 def test_blend_matches_a_direct_gaussian_average(per_slice):
     """Reference: run every blend tile on the globally padded image and average by hand."""
-    from napari_shiftseg.tiling import gaussian_weight, reflect_pad
+    from napari_shiftseg.network.tiling import gaussian_weight, reflect_pad
 
     net = make_net(2, 2, base=2, seed=3)
     rng = np.random.default_rng(8)
@@ -354,7 +354,7 @@ def test_tiled_path_uses_the_recorded_normalization():
     """A model trained with other percentiles is normalised with those, tiled or whole."""
     from helpers import tiny_net
 
-    from napari_shiftseg.normalize import percentile_normalization
+    from napari_shiftseg.imaging.normalize import percentile_normalization
 
     net = tiny_net(base=3, seed=2)
     image = np.random.default_rng(0).gamma(2.0, size=(40, 44)).astype(np.float32)

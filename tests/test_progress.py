@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.predict import predict_embeddings
-from napari_shiftseg.progress import Cancelled, compute
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference.predict import predict_embeddings
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util.progress import Cancelled, compute
 
 torch.set_num_threads(1)
 

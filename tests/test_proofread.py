@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from helpers import MEMORY_BOUND, run_bounded
 
-from napari_shiftseg import proofread
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.proofread import merge_objects, split_object
+from napari_shiftseg.inference import proofread
+from napari_shiftseg.inference.proofread import merge_objects, split_object
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def _merged_pair():
@@ -60,7 +60,7 @@ def _reference_split(labels, embeddings, object_id, bandwidth, min_size=1, seed=
     mode, one dilation of the whole image per small piece."""
     from scipy import ndimage as ndi
 
-    from napari_shiftseg.meanshift import assign_to_modes, mean_shift
+    from napari_shiftseg.inference.meanshift import assign_to_modes, mean_shift
 
     mask = labels == object_id
     points = embeddings[:, mask].T
@@ -255,8 +255,8 @@ def test_split_refuses_to_shatter_an_object(monkeypatch):
 # noisy embeddings (the most work a split accepts), and an ordinary split of that object.
 BOUNDED_SPLIT = """
 import numpy as np
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.proofread import split_object
+from napari_shiftseg.util._errors import ShiftSegError
+from napari_shiftseg.inference.proofread import split_object
 labels = np.ones((512, 512), np.uint8)
 emb = np.random.default_rng(0).normal(0, 0.2, (3, 512, 512)).astype(np.float32)
 emb[0, :, 256:] += 4.0

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_shiftseg import _reader_checks
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg._reader import get_segmentation_reader, read_segmentation
-from napari_shiftseg.segment import ATTRS, segment_to_zarr
+from napari_shiftseg.files import _reader_checks
+from napari_shiftseg.inference.segment import ATTRS, segment_to_zarr
+from napari_shiftseg.util._errors import ShiftSegError
 
 MAX_DISK = 10 * 2**20  # a hostile input of at most 10 MB (issue 25)
 EMB_CHUNK = {"0.5": "embeddings/c/0/0/0", "0.4": "embeddings/0/0/0"}
@@ -434,7 +434,7 @@ CHILD = """
 import sys, warnings
 from pathlib import Path
 import numpy as np
-from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.util._errors import ShiftSegError
 from napari_shiftseg._reader import read_segmentation
 
 warnings.simplefilter("ignore")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.region import Region
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.util._errors import ShiftSegError
+from napari_shiftseg.util.region import Region
 
 SHAPE = (12, 13)
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from helpers import save_tiny, tiny_net  # noqa: E402
 
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import Model
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import Model
+from napari_shiftseg.network.unet import UNet, UNetConfig
 from napari_shiftseg.reproduce import capacity, window_study
 from napari_shiftseg.reproduce.sweep import parse_tiles, run_sweep
-from napari_shiftseg.synth import random_objects
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.synthetic.synth import random_objects
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 
@@ -151,7 +151,7 @@ def max_cell_net(levels: int) -> UNet:
 
 @pytest.mark.parametrize("levels", [2, 3])
 def test_cell_start_is_where_the_network_output_changes(levels):
-    from napari_shiftseg.predict import predict_whole
+    from napari_shiftseg.inference.predict import predict_whole
 
     net = max_cell_net(levels)
     g = net.config.geometry
@@ -190,7 +190,7 @@ WINDOW_MODELS = "tests/data/window_study/window_{}.safetensors"
 def window_results():
     from pathlib import Path
 
-    from napari_shiftseg.modelio import load_model
+    from napari_shiftseg.network.modelio import load_model
 
     root = Path(__file__).parent / "data" / "window_study"
     image, gt = window_study.test_data((128, 128), seed=1000)

@@ -1,4 +1,4 @@
-"""Object-size resampling (napari_shiftseg.rescale) and its use by segment_array."""
+"""Object-size resampling (napari_shiftseg.imaging.rescale) and its use by segment_array."""
 
 import dask.array as da
 import numpy as np
@@ -7,10 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from napari_shiftseg import metrics, rescale, synth
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.evaluate import segment_array
-from napari_shiftseg.modelio import Model, load_bundled
+from napari_shiftseg.imaging import metrics, rescale
+from napari_shiftseg.inference.evaluate import segment_array
+from napari_shiftseg.network.modelio import Model, load_bundled
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 @settings(max_examples=25, deadline=None)

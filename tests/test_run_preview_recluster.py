@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from helpers import save_standardized
 
-from napari_shiftseg.modelio import load_model, save_model
-from napari_shiftseg.settings import SegmentationSettings
+from napari_shiftseg.network.modelio import load_model, save_model
+from napari_shiftseg.network.settings import SegmentationSettings
 
 
 def _canonical(labels) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_a_preview_resamples_by_the_factor_of_run(tmp_path):
     """Preview measures the object size on the whole image, as Run does: measured on the
     previewed slab it could resample by another factor (x1.84 against x1.46 on a crop of the
     spheres sample) and give other objects than Run there."""
-    from napari_shiftseg import rescale
+    from napari_shiftseg.imaging import rescale
 
     _, _pipeline = _jobs()
     rng = np.random.default_rng(1)

@@ -20,15 +20,15 @@ import zarr
 from helpers import run_bounded, save_standardized, tiny_net  # noqa: E402
 from safetensors.torch import save_file
 
-from napari_shiftseg import _replace
-from napari_shiftseg import segment as segment_module
-from napari_shiftseg._errors import ShiftSegError, failure_message
-from napari_shiftseg._lock import OutputLock, lock_path
 from napari_shiftseg.cli import main
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import FORMAT, load_model, read_metadata, save_model
-from napari_shiftseg.segment import segment_to_zarr
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.files import _replace
+from napari_shiftseg.files._lock import OutputLock, lock_path
+from napari_shiftseg.inference import segment as segment_module
+from napari_shiftseg.inference.segment import segment_to_zarr
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import FORMAT, load_model, read_metadata, save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError, failure_message
 
 KW = dict(tile=16, device="cpu", bandwidth=1.0, min_size=3, n_seeds=100)
 
@@ -272,8 +272,8 @@ def test_unreadable_files_are_explained_without_reading_them_whole(tmp_path, mod
 
 _PEAK = """
 import resource, sys
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.modelio import load_model
+from napari_shiftseg.util._errors import ShiftSegError
+from napari_shiftseg.network.modelio import load_model
 base = peak_mib()
 for path in sys.argv[1:]:
     try:
@@ -328,7 +328,7 @@ def test_fingerprint_sees_every_voxel_and_ignores_chunking(image, monkeypatch):
 
 _SLOW = """
 import sys, time
-import napari_shiftseg.segment as s
+import napari_shiftseg.inference.segment as s
 label = s._label
 def slow(*args, **kwargs):
     time.sleep(float(sys.argv[1]))

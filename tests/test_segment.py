@@ -11,15 +11,15 @@ import torch
 import zarr
 from helpers import save_standardized  # noqa: E402
 
-from napari_shiftseg import segment as segment_module
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.instances import Clustering, label_instances
-from napari_shiftseg.modelio import load_model, save_model
-from napari_shiftseg.predict import predict_whole
-from napari_shiftseg.progress import Cancelled
-from napari_shiftseg.segment import ATTRS, recluster, segment_to_zarr
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference import segment as segment_module
+from napari_shiftseg.inference.instances import Clustering, label_instances
+from napari_shiftseg.inference.predict import predict_whole
+from napari_shiftseg.inference.segment import ATTRS, recluster, segment_to_zarr
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import load_model, save_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.util._errors import ShiftSegError
+from napari_shiftseg.util.progress import Cancelled
 
 SHAPE = (40, 56)
 TILE = 16  # f^l = 4 for the 2-level test net: a 3 x 4 tile grid
@@ -189,9 +189,9 @@ def test_failure_before_the_first_tile_leaves_nothing(tmp_path, image, model_pat
     def no_device(*args, **kwargs):
         raise ShiftSegError("device cuda is not available")
 
-    import napari_shiftseg.predict
+    import napari_shiftseg.inference.predict
 
-    monkeypatch.setattr(napari_shiftseg.predict, "predict_embeddings", no_device)
+    monkeypatch.setattr(napari_shiftseg.inference.predict, "predict_embeddings", no_device)
     for out in (tmp_path / "new.zarr", tmp_path / "made_by_user.zarr"):
         if out.name.startswith("made"):
             out.mkdir()
@@ -227,7 +227,7 @@ def test_the_input_is_stored_once_as_the_ngff_image(tmp_path, image, model_path,
     """issue 26: the output's NGFF image is the input. It is copied once every tile is done; a
     run interrupted during the copy copies it again (and no tile), a finished output or one
     labelled again is not copied again."""
-    from napari_shiftseg.ngff import IMAGE
+    from napari_shiftseg.files.ngff import IMAGE
 
     copies = []
     original = segment_module.image_source
@@ -265,8 +265,8 @@ def test_an_output_of_the_older_layout_still_opens_and_relabels(tmp_path):
     from helpers import older_output
 
     from napari_shiftseg._reader import get_segmentation_reader, read_segmentation
-    from napari_shiftseg.ngff import IMAGE, LABELS
-    from napari_shiftseg.segment import stored_plan
+    from napari_shiftseg.files.ngff import IMAGE, LABELS
+    from napari_shiftseg.inference.segment import stored_plan
 
     out = older_output(tmp_path)
     group = zarr.open_group(out, mode="r")
@@ -329,7 +329,7 @@ def threshold_model(path, ndim=2):
 def test_synthetic_objects_are_recovered(tmp_path):
     from sklearn.metrics import adjusted_rand_score
 
-    from napari_shiftseg.synth import random_objects
+    from napari_shiftseg.synthetic.synth import random_objects
 
     image, truth = random_objects((72, 88), radius=4, density=0.2, noise_std=0.05, seed=2)
     group = segment_to_zarr(image, tmp_path / "out.zarr", threshold_model(tmp_path / "t.safetensors"),
@@ -369,7 +369,7 @@ def test_image_path_and_3d(tmp_path):
 
 def test_recorded_settings_reach_the_zarr_job(tmp_path, image, model_path):
     """Tuned settings stored in the model (post-processing included) are what the job applies."""
-    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.network.modelio import save_model
 
     model = load_model(model_path)
     model.meta.update(fg_threshold=0.4, merge_distance=1.5, absorb_small=True, fill_holes=True, min_size=4)
@@ -394,7 +394,7 @@ def test_a_resampled_run_keeps_labels_on_the_image_grid(tmp_path, image, model_p
     """A model that records the object size it learnt (6 px here), told this image's objects
     are 3 px: the tiles run on the image upsampled 2x (exactly, as on any image), the labels
     are read back onto the image's grid, and a resume with another size is refused."""
-    from napari_shiftseg import rescale
+    from napari_shiftseg.imaging import rescale
 
     model = load_model(model_path)
     model.meta["object_diameter"] = 6.0
@@ -445,7 +445,7 @@ def test_a_2d_model_on_a_stack_runs_slice_by_slice_and_links_across_z(tmp_path, 
 
 
 def test_bundled_models_by_name():
-    from napari_shiftseg.segment import _load_model
+    from napari_shiftseg.inference.segment import _load_model
 
     assert _load_model("bundled:2", 3).geometry.ndim == 2
     assert _load_model("bundled:3:disks", 2).path.name.startswith("disks_3d")
@@ -456,7 +456,7 @@ def test_bundled_models_by_name():
 def test_isotropic_resampling_of_an_anisotropic_stack(tmp_path):
     """z step 3x the pixel size: the network sees 3x the planes (cubic voxels); the labels come
     back on the stack's own grid; without a voxel size the request is refused."""
-    from napari_shiftseg import rescale
+    from napari_shiftseg.imaging import rescale
 
     rng = np.random.default_rng(3)
     stack = rng.random((6, 24, 28)).astype(np.float32)

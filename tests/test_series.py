@@ -10,13 +10,13 @@ import tifffile
 import zarr
 from helpers import save_standardized
 
-from napari_shiftseg import io
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
-from napari_shiftseg.ngff import IMAGE, LABELS
-from napari_shiftseg.progress import Cancelled
-from napari_shiftseg.segment import segment_to_zarr
-from napari_shiftseg.series import frames_path, segment_series
+from napari_shiftseg.files import io
+from napari_shiftseg.files.ngff import IMAGE, LABELS
+from napari_shiftseg.inference.segment import segment_to_zarr
+from napari_shiftseg.inference.series import frames_path, segment_series
+from napari_shiftseg.util._errors import ShiftSegError
+from napari_shiftseg.util.progress import Cancelled
 
 T = 3
 RUN = {"tile": 16, "device": "cpu", "bandwidth": 1.0, "min_size": 3, "diameter": None}

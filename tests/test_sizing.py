@@ -4,9 +4,11 @@
 import numpy as np
 import pytest
 
-from napari_shiftseg import rescale, sanity, sizing, synth_stacks
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.modelio import load_bundled
+from napari_shiftseg.imaging import rescale, sizing
+from napari_shiftseg.inference import sanity
+from napari_shiftseg.network.modelio import load_bundled
+from napari_shiftseg.synthetic import synth_stacks
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def _disks(shape, diameter, spacing, seed=0):
@@ -69,7 +71,7 @@ def test_a_stack_thinner_than_its_nuclei_is_called_thin():
 
 
 def test_benchmark_stacks_are_held_out():
-    from napari_shiftseg import synth
+    from napari_shiftseg.synthetic import synth
 
     assert all(seed in synth.TEST_SEEDS for *_, seed in synth_stacks.BENCHMARK_STACKS)
     # Dev stacks choose models and settings: never held-out seeds, never the benchmark's.

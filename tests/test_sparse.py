@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg import train as train_module
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.loss import foreground_loss
-from napari_shiftseg.settings import SegmentationSettings
-from napari_shiftseg.sparse import UNANNOTATED, annotated_region, mark_unannotated, painted_margin
-from napari_shiftseg.tuning import score
+from napari_shiftseg.network.settings import SegmentationSettings
+from napari_shiftseg.training import train as train_module
+from napari_shiftseg.training.loss import foreground_loss
+from napari_shiftseg.training.sparse import (
+    UNANNOTATED,
+    annotated_region,
+    mark_unannotated,
+    painted_margin,
+)
+from napari_shiftseg.training.tuning import score
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def _labels():
@@ -60,7 +65,7 @@ def test_foreground_loss_ignores_unannotated_pixels():
 
 
 def test_scores_ignore_predictions_outside_the_annotated_region(monkeypatch):
-    import napari_shiftseg.evaluate as evaluate
+    import napari_shiftseg.inference.evaluate as evaluate
 
     gt = _labels()
     marked = mark_unannotated(gt, "painted")
@@ -74,8 +79,8 @@ def test_scores_ignore_predictions_outside_the_annotated_region(monkeypatch):
 
 def test_training_sees_only_annotated_pixels(monkeypatch):
     """Windows hold annotated pixels; the foreground loss gets the annotated mask."""
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.unet import UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.unet import UNetConfig
 
     rng = np.random.default_rng(0)
     labels = np.zeros((96, 96), np.int32)

@@ -6,12 +6,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.loss import discriminative_loss
-from napari_shiftseg.predict import predict_embeddings, predict_whole
-from napari_shiftseg.spatial import add_positions_torch, position_grid
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.inference.predict import predict_embeddings, predict_whole
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.spatial import add_positions_torch, position_grid
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.training.loss import discriminative_loss
+from napari_shiftseg.util._errors import ShiftSegError
 
 torch.set_num_threads(1)
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-from napari_shiftseg import synth
-from napari_shiftseg._errors import ShiftSegError
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def ball_size(radius, ndim):

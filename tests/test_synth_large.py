@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.synth_large import jittered_lattice
+from napari_shiftseg.synthetic.synth_large import jittered_lattice
+from napari_shiftseg.util._errors import ShiftSegError
 
 SHAPE = (40, 70, 90)
 

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from napari_shiftseg import synth
-from napari_shiftseg._errors import ShiftSegError
 from napari_shiftseg.cli import main
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def touching_pairs(labels):

@@ -1,4 +1,4 @@
-"""Thread counts that degrade gracefully (napari_shiftseg.threads); no timings asserted."""
+"""Thread counts that degrade gracefully (napari_shiftseg.util.threads); no timings asserted."""
 
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-import napari_shiftseg.train as ntrain
-from napari_shiftseg import threads
+import napari_shiftseg.training.train as ntrain
 from napari_shiftseg.cli import main
+from napari_shiftseg.util import threads
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_the_openmp_runtime_sees_the_wait_policy(user):
     """libgomp prints the settings it read when it loaded (OMP_DISPLAY_ENV): importing a module
     that loads torch shows the package's default, or the user's own value."""
     env = {"OMP_DISPLAY_ENV": "VERBOSE", **({"OMP_WAIT_POLICY": user} if user else {})}
-    out, err = _fresh("import sys, napari_shiftseg.train; print('torch' in sys.modules)", **env)
+    out, err = _fresh("import sys, napari_shiftseg.training.train; print('torch' in sys.modules)", **env)
     assert out == "True"
     if "OPENMP DISPLAY ENVIRONMENT" not in err:
         pytest.skip("this torch's OpenMP runtime does not display its environment")
@@ -174,7 +174,8 @@ def test_local_tiles_never_take_more_threads_than_the_cpus(monkeypatch):
     import dask.system
     import torch
 
-    from napari_shiftseg import segment, threads
+    from napari_shiftseg.inference import segment
+    from napari_shiftseg.util import threads
 
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
     before = torch.get_num_threads()

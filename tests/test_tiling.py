@@ -6,14 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.tiling import (
-    gaussian_weight,
-    reflect_index,
-    reflect_pad,
-    tile_plan,
-)
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.tiling import gaussian_weight, reflect_index, reflect_pad, tile_plan
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 @st.composite
@@ -202,7 +197,7 @@ def test_grid_note_says_where_tiles_start_on_the_grid():
 
 def test_tile_for_is_the_one_answer_to_the_tile_a_run_uses():
     """Widgets, sweep and CLI ask tiling.tile_for; the plan then caps it at the image."""
-    from napari_shiftseg.tiling import tile_for
+    from napari_shiftseg.network.tiling import tile_for
 
     g = UNetGeometry(ndim=2, levels=2)
     assert tile_for(g, 30, "exact") == g.snap_tile(30) == 32

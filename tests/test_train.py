@@ -1,4 +1,4 @@
-"""Training loop (napari_shiftseg.train): windows, crops, determinism, cancel, checkpoints."""
+"""Training loop (napari_shiftseg.training.train): windows, crops, determinism, cancel, checkpoints."""
 
 import dataclasses
 import threading
@@ -9,14 +9,21 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from napari_shiftseg import synth
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.augment import NO_AUGMENTATION, Augmentation
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.modelio import Model, load_model
-from napari_shiftseg.normalize import percentile_normalization
-from napari_shiftseg.train import _batch, _Crop, _Prepared, _unmove, default_training_window, train
-from napari_shiftseg.unet import UNet, UNetConfig
+from napari_shiftseg.imaging.normalize import percentile_normalization
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.modelio import Model, load_model
+from napari_shiftseg.network.unet import UNet, UNetConfig
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.training.augment import NO_AUGMENTATION, Augmentation
+from napari_shiftseg.training.train import (
+    _batch,
+    _Crop,
+    _Prepared,
+    _unmove,
+    default_training_window,
+    train,
+)
+from napari_shiftseg.util._errors import ShiftSegError
 
 # A tiny 2D network (l = 2, f^l = 4, context 40): a step takes milliseconds.
 TINY = UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=4)
@@ -108,7 +115,7 @@ def test_meta(pair):
 
 
 def test_spatial_model_records_the_object_diameter_it_learnt(pair):
-    from napari_shiftseg.metrics import median_diameter
+    from napari_shiftseg.imaging.metrics import median_diameter
 
     spatial = dataclasses.replace(TINY, embedding="spatial", embed_dim=3, position_scale=0.25)
     model, _ = train(*pair, spatial, steps=2, output_window=WINDOW)
@@ -254,7 +261,7 @@ def test_unmove_turns_offset_vectors(ndim):
     equivariant map: flipping an axis negates that component, transposing swaps two. Without the
     turn, a spatial head is asked for opposite offsets on flipped crops and learns zero.
     """
-    from napari_shiftseg.augment import move, unmove
+    from napari_shiftseg.training.augment import move, unmove
 
     rng = np.random.default_rng(ndim)
     x = rng.random((6,) * ndim)

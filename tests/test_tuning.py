@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_shiftseg import synth
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.settings import SegmentationSettings
-from napari_shiftseg.train import suggest_training_window, train
-from napari_shiftseg.tuning import score, split_validation, tune_settings, validation_embeddings
-from napari_shiftseg.unet import UNetConfig
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.settings import SegmentationSettings
+from napari_shiftseg.network.unet import UNetConfig
+from napari_shiftseg.synthetic import synth
+from napari_shiftseg.training.train import suggest_training_window, train
+from napari_shiftseg.training.tuning import (
+    score,
+    split_validation,
+    tune_settings,
+    validation_embeddings,
+)
 
 torch.set_num_threads(1)
 
@@ -84,7 +89,7 @@ def test_training_keeps_the_best_checkpoint_and_stores_tuned_settings():
 def test_checkpoint_score_breaks_ties_in_the_middle():
     """Two well-separated objects with tight embeddings: every bandwidth scores the same, and
     the middle of the plateau is kept (either end failed on unseen images)."""
-    from napari_shiftseg.tuning import quick_score
+    from napari_shiftseg.training.tuning import quick_score
 
     gt = np.zeros((20, 20), np.int32)
     gt[2:8, 2:8], gt[12:18, 12:18] = 1, 2
@@ -107,7 +112,7 @@ def test_checkpoint_score_breaks_ties_in_the_middle():
 
 def test_continued_training_keeps_the_start_when_training_makes_it_worse():
     """The starting weights are checkpoint 0: a rate that wrecks the network returns the start."""
-    from napari_shiftseg.modelio import load_bundled
+    from napari_shiftseg.network.modelio import load_bundled
 
     start = load_bundled(2)
     pairs = [synth.nuclei((96, 96), seed=s, radius=(8, 10)) for s in (11, 12)]

@@ -4,9 +4,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from napari_shiftseg._errors import ShiftSegError
-from napari_shiftseg.geometry import UNetGeometry
-from napari_shiftseg.unet import UNet, UNetConfig, memory_format
+from napari_shiftseg.network.geometry import UNetGeometry
+from napari_shiftseg.network.unet import UNet, UNetConfig, memory_format
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def make_net(ndim, levels, upsampling="learnt", base=4, seed=0, padding="valid"):

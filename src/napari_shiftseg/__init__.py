@@ -6,7 +6,7 @@ cluster workers can import the headless core.
 
 # Before anything imports torch: OpenMP threads that sleep instead of spinning while they wait
 # (docs/THREADS.md). The OpenMP runtime reads this once, when torch loads; a user's value wins.
-from .threads import set_env_defaults as _set_env_defaults
+from .util.threads import set_env_defaults as _set_env_defaults
 
 _set_env_defaults()
 

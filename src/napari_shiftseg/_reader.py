@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._reader_checks import ArrayInfo
+    from .files._reader_checks import ArrayInfo
 
 PLUGIN = "napari-shiftseg"
 
@@ -68,9 +68,9 @@ def get_segmentation_reader(path):
     napari asks every reader about every ``.zarr`` folder dropped on it."""
     if not isinstance(path, (str, Path)) or Path(path).suffix.lower() != ".zarr" or not Path(path).is_dir():
         return None
-    from ._reader_checks import root_attrs
-    from .segment import ATTRS, FORMAT
-    from .series import SERIES_FORMAT
+    from .files._reader_checks import root_attrs
+    from .inference.segment import ATTRS, FORMAT
+    from .inference.series import SERIES_FORMAT
 
     record = (root_attrs(path) or {}).get(ATTRS)
     if isinstance(record, dict) and record.get("format") == SERIES_FORMAT:
@@ -91,8 +91,8 @@ def read_segmentation(path):
     reads more than a few chunks. An input file that is gone, no longer a plain file, or of
     another size is left out with a warning; the results are shown without it.
     """
-    from ._reader_checks import check_placement, colour_sample
     from ._widgets._layers import PCA_SAMPLES, apply_rgb, fit_rgb, layer_name, resampled_placement, sigmoid
+    from .files._reader_checks import check_placement, colour_sample
 
     out = _open_output(Path(path))
     name = out.root.stem
@@ -124,10 +124,10 @@ def read_series(path):
     instances, both with the time axis first (napari's time slider), placed with the input's
     voxel size. Checked like :func:`read_segmentation` before anything is read."""
 
-    from . import _reader_checks as checks
     from ._widgets._layers import layer_name
-    from .ngff import IMAGE, LABELS
-    from .series import SERIES_FORMAT
+    from .files import _reader_checks as checks
+    from .files.ngff import IMAGE, LABELS
+    from .inference.series import SERIES_FORMAT
 
     root = Path(path)
     name = root.name
@@ -151,7 +151,7 @@ def _lazy(array: ArrayInfo, root: Path):
     """A dask array over ``array`` whose every chunk read is checked first."""
     import dask.array as da
 
-    from ._reader_checks import GuardedArray
+    from .files._reader_checks import GuardedArray
 
     guarded = GuardedArray(array, root, root.name)
     return da.from_array(guarded, chunks=guarded.chunks, asarray=False, fancy=False, name=False,
@@ -181,7 +181,7 @@ class _Output:
         return tuple(self.labels.array.shape)
 
     def guarded(self, array: ArrayInfo):
-        from ._reader_checks import GuardedArray
+        from .files._reader_checks import GuardedArray
 
         return GuardedArray(array, self.root, self.root.name)
 
@@ -193,9 +193,9 @@ class _Output:
 def _open_output(root: Path) -> _Output:
     """Check the folder, then its metadata (see :mod:`._reader_checks`), reading no chunk."""
 
-    from . import _reader_checks as checks
-    from .ngff import IMAGE, LABELS
-    from .segment import FORMAT
+    from .files import _reader_checks as checks
+    from .files.ngff import IMAGE, LABELS
+    from .inference.segment import FORMAT
 
     name = root.name
     group, info = checks.open_output(root, name, FORMAT,
@@ -224,8 +224,8 @@ def _input_layers(out: _Output) -> list:
     """The input image: the output's copy; for an output written before it stored one, the
     file it names, when that can still be shown under the labels (else none, with a warning:
     the results are worth seeing without it)."""
-    from ._errors import failure_message
     from ._widgets._layers import layer_name
+    from .util._errors import failure_message
 
     if out.image is not None:
         source = out.info.get("input")
@@ -233,8 +233,8 @@ def _input_layers(out: _Output) -> list:
         name = Path(path).name if isinstance(path, str) and path else layer_name(out.root.stem, "image")
         return [(out.lazy(out.image), {"name": name, "scale": out.scale,
                                        **({"channel_axis": 0} if out.image_channels else {})}, "image")]
-    from ._reader_checks import input_matches, usable_input
-    from .io import read_spatial
+    from .files._reader_checks import input_matches, usable_input
+    from .files.io import read_spatial
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

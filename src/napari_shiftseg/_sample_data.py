@@ -14,14 +14,14 @@ Each sample is an image layer plus its ground-truth instance labels as a second 
   the one-cluster point.
 - ``spheres3d``: randomly placed spheres in a small volume.
 - ``large3d``: a 512 x 1024 x 1024 float32 volume (2 GiB if materialised) as a lazy dask
-  array (:func:`napari_shiftseg.synth_large.jittered_lattice`): every plane shows spheres, and
+  array (:func:`napari_shiftseg.synthetic.synth_large.jittered_lattice`): every plane shows spheres, and
   showing one costs only its own voxels (tens of milliseconds), so the z slider never stalls.
 """
 
 from __future__ import annotations
 
-from . import synth
-from .synth_large import jittered_lattice
+from .synthetic import synth
+from .synthetic.synth_large import jittered_lattice
 
 #: Shape of the 2D lattices: the paper's 220 x 220 training image for l = 3.
 LATTICE_SHAPE = (220, 220)

@@ -5,7 +5,7 @@ import numpy as np
 from napari.layers import Labels
 
 from napari_shiftseg._widgets._layers import layer_name
-from napari_shiftseg.modelio import bundled_model_path
+from napari_shiftseg.network.modelio import bundled_model_path
 
 PLUGIN = "napari-shiftseg"
 

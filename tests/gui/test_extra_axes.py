@@ -4,8 +4,8 @@ import numpy as np
 
 from napari_shiftseg._widgets import _axes
 from napari_shiftseg._widgets._layers import layer_name
-from napari_shiftseg.modelio import load_model
-from napari_shiftseg.predict import predict_whole
+from napari_shiftseg.inference.predict import predict_whole
+from napari_shiftseg.network.modelio import load_model
 
 PLUGIN = "napari-shiftseg"
 
@@ -44,7 +44,7 @@ def test_two_channel_layer_with_a_channel_chosen(viewer, tiny_model_2d, lattice_
 
 
 def test_time_series_current_point_and_all(viewer, tiny_model_3d, wait_idle):
-    from napari_shiftseg.synth import random_objects
+    from napari_shiftseg.synthetic.synth import random_objects
 
     volumes = [random_objects((16, 24, 24), radius=4, seed=s)[0] for s in (1, 2, 3)]
     movie = np.stack(volumes).astype(np.float32)        # T x Z x Y x X
@@ -82,7 +82,7 @@ def test_rgb_layer_and_a_2d_model(viewer, tiny_model_2d, lattice_crop, wait_idle
 
 
 def test_isotropic_resampling_of_an_anisotropic_layer(viewer, tiny_model_3d, wait_idle):
-    from napari_shiftseg.synth import random_objects
+    from napari_shiftseg.synthetic.synth import random_objects
 
     volume = random_objects((24, 24, 24), radius=4, seed=4)[0][::3].astype(np.float32)  # 8 planes
     viewer.add_image(volume, name="aniso", scale=(3.0, 1.0, 1.0))
@@ -104,7 +104,7 @@ def test_isotropic_resampling_of_a_layer_kept_on_disk(viewer, tiny_model_3d, wai
     """Results over the memory budget go through zarr: the isotropic choice reaches that run too."""
     from napari_shiftseg._widgets import _common
     from napari_shiftseg._widgets import segment as segment_module
-    from napari_shiftseg.synth import random_objects
+    from napari_shiftseg.synthetic.synth import random_objects
 
     monkeypatch.setattr(segment_module, "inference_settings",
                         lambda: _common.InferenceSettings(memory_budget_gb=1e-6))
@@ -124,9 +124,9 @@ def test_multi_channel_model_takes_the_channels_listed(viewer, lattice_crop, tmp
     preview equals the full run there; the table has one intensity column per channel."""
     import torch
 
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.modelio import Model, save_model
-    from napari_shiftseg.unet import UNet, UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.modelio import Model, save_model
+    from napari_shiftseg.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=4, in_channels=2))

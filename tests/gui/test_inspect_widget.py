@@ -59,7 +59,7 @@ def test_inspect_picks_the_model_of_the_image_dimensionality(viewer):
 def test_phase_map_after_a_segment_run_is_shown(viewer, tiny_model_2d, lattice_crop, wait_idle):
     """issue 26: a Segment run leaves a hidden phase layer of the same name; Inspect ▸ Phase map
     shows it (visible and selected) holding the image's phase map, placed on the image."""
-    from napari_shiftseg import diagnostics
+    from napari_shiftseg.inference import diagnostics
 
     viewer.add_image(lattice_crop[0], name="crop", scale=(2.0, 2.0))
     _, segment = viewer.window.add_plugin_dock_widget("napari-shiftseg", "Segment")

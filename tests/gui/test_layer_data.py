@@ -5,7 +5,7 @@ import numpy as np
 
 from napari_shiftseg._widgets import _layers, _pipeline
 from napari_shiftseg._widgets._layers import layer_name
-from napari_shiftseg.geometry import UNetGeometry
+from napari_shiftseg.network.geometry import UNetGeometry
 
 
 def test_embeddings_to_rgb_pca_lazy_and_eager():

@@ -77,7 +77,7 @@ def segmented(tiny_model_2d, lattice_crop, tmp_path):
     (its path, the input image)."""
     import tifffile
 
-    from napari_shiftseg.segment import segment_to_zarr
+    from napari_shiftseg.inference.segment import segment_to_zarr
 
     image = (lattice_crop[0] * 200).astype(np.uint8)
     tifffile.imwrite(tmp_path / "cells.tif", image, imagej=True, resolution=(4.0, 4.0),

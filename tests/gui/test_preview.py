@@ -3,9 +3,9 @@
 import numpy as np
 
 from napari_shiftseg._widgets._layers import layer_name
-from napari_shiftseg.modelio import load_model
-from napari_shiftseg.predict import predict_whole
-from napari_shiftseg.synth import random_objects
+from napari_shiftseg.inference.predict import predict_whole
+from napari_shiftseg.network.modelio import load_model
+from napari_shiftseg.synthetic.synth import random_objects
 
 
 def test_preview_2d_matches_full_run_and_screenshot(make_napari_viewer, qtbot, tiny_model_2d,
@@ -59,9 +59,9 @@ def _spatial_model(path, normalization):
     """Random spatial-embedding 2D model (l = 2) recording a non-default normalisation."""
     import torch
 
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.modelio import save_model
-    from napari_shiftseg.unet import UNet, UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.modelio import save_model
+    from napari_shiftseg.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     config = UNetConfig(geometry=UNetGeometry(ndim=2, levels=2), base_channels=2, embed_dim=2,
@@ -80,7 +80,7 @@ def test_preview_uses_the_models_normalisation_and_global_positions(tmp_path, la
     import threading
 
     from napari_shiftseg._widgets import _pipeline
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     noise = np.random.default_rng(0).normal(0, 0.3, (256, 256))
     image = (np.tile(lattice_crop[0], (4, 4)) + noise).astype(np.float32)  # percentiles differ
@@ -101,16 +101,16 @@ def test_resampled_run_and_preview(tmp_path, lattice_crop):
     on the image's grid and the embedding layers are placed over the image's pixels."""
     import threading
 
-    from napari_shiftseg import rescale
     from napari_shiftseg._widgets import _layers, _pipeline
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.imaging import rescale
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     image = np.tile(lattice_crop[0], (2, 2)).astype(np.float32)             # 128 x 128
     path = _spatial_model(tmp_path / "spatial.safetensors", {"method": "percentile", "low": 1.0,
                                                              "high": 99.8})
     model = load_model(path)
     model.meta["object_diameter"] = 20.0
-    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.network.modelio import save_model
     save_model(model, path)
     params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu",
                                      diameter=10.0)
@@ -148,7 +148,7 @@ def test_spatial_preview_of_a_stack_slice(tmp_path, lattice_crop):
     import threading
 
     from napari_shiftseg._widgets import _pipeline
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     plane = np.tile(lattice_crop[0], (4, 4)).astype(np.float32)
     stack = np.stack([plane, plane[::-1], plane[:, ::-1]])

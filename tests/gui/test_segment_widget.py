@@ -10,8 +10,8 @@ from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
 from napari_shiftseg._widgets._layers import layer_name
-from napari_shiftseg.modelio import load_model, save_model
-from napari_shiftseg.predict import predict_whole
+from napari_shiftseg.inference.predict import predict_whole
+from napari_shiftseg.network.modelio import load_model, save_model
 
 PLUGIN = "napari-shiftseg"
 KINDS = ("embeddings", "foreground", "instances", "tile_boundaries", "seams", "grid", "phase")
@@ -158,7 +158,7 @@ RECORDED = {"bandwidth": 1.7, "min_size": 33, "fg_threshold": 0.4, "merge_distan
 
 
 def _save_with_settings(source, path, **settings):
-    from napari_shiftseg.modelio import save_model
+    from napari_shiftseg.network.modelio import save_model
 
     model = load_model(source)
     return save_model(model.net, path, meta={**model.meta, **settings})
@@ -170,8 +170,8 @@ def _controls(widget):
 
 def test_settings_follow_the_model(segment, tiny_model_2d, tmp_path):
     """The controls show what SegmentationSettings.of reads from the chosen model file."""
-    from napari_shiftseg.modelio import load_bundled
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.network.modelio import load_bundled
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     tuned = _save_with_settings(tiny_model_2d, tmp_path / "tuned.safetensors", **RECORDED)
     assert segment.set_model_file(tuned)
@@ -193,7 +193,7 @@ def test_run_uses_the_settings_shown(segment, tiny_model_2d, tmp_path, wait_idle
     """Run and Re-cluster pass the controls (model settings as edited) into segmentation."""
     import inspect
 
-    from napari_shiftseg import instances
+    from napari_shiftseg.inference import instances
 
     seen = []
 
@@ -398,9 +398,9 @@ def test_anisotropic_model(viewer, tmp_path, wait_idle):
     tile per axis, and the run equals whole-image inference (exact)."""
     import torch
 
-    from napari_shiftseg.geometry import UNetGeometry
-    from napari_shiftseg.modelio import Model
-    from napari_shiftseg.unet import UNet, UNetConfig
+    from napari_shiftseg.network.geometry import UNetGeometry
+    from napari_shiftseg.network.modelio import Model
+    from napari_shiftseg.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     geometry = UNetGeometry(ndim=3, levels=2, factors=((1, 2, 2), (2, 2, 2)))

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from napari_shiftseg._widgets.train import BUNDLED, FROM_SEGMENT, LAYERS, NEW
-from napari_shiftseg.modelio import read_metadata
+from napari_shiftseg.network.modelio import read_metadata
 
 
 def _small(widget, tmp_path, source="synthetic: lattice spacing 15"):
@@ -123,7 +123,7 @@ def test_validation_score_and_tuned_settings_reach_segment(viewer, wait_idle, tm
 
     import numpy as np
 
-    from napari_shiftseg.settings import SegmentationSettings
+    from napari_shiftseg.network.settings import SegmentationSettings
 
     image, labels = lattice_crop                      # 128 x 64 below: room for a held-out band
     image = np.concatenate([image, image])
@@ -194,7 +194,7 @@ def test_fine_tune_the_segment_model_on_corrected_labels(viewer, wait_idle, tmp_
     new file (same network, more steps, provenance recorded)."""
     import numpy as np
 
-    from napari_shiftseg.modelio import load_model
+    from napari_shiftseg.network.modelio import load_model
 
     image, _ = lattice_crop
     viewer.add_image(image, name="img")

@@ -3,8 +3,8 @@
 import errno
 import threading
 
-from napari_shiftseg._errors import failure_message
 from napari_shiftseg._widgets._worker import _guarded
+from napari_shiftseg.util._errors import failure_message
 
 
 def test_worker_reports_environment_failures_in_one_line():

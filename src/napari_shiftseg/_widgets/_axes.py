@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._errors import ShiftSegError
+from ..util._errors import ShiftSegError
 
 Z = "z: slice by slice, objects linked"
 TIME = "time: the current point"

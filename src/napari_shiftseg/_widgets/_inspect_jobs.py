@@ -3,7 +3,8 @@ stitching leaves seams. Plain functions with the :mod:`._worker` signature, no Q
 
 from __future__ import annotations
 
-from .. import diagnostics, predict, progress
+from ..inference import diagnostics, predict
+from ..util import progress
 from ._pipeline import ModelCache
 
 

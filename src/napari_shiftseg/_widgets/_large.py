@@ -1,5 +1,5 @@
 """Images whose results do not fit the memory budget: segmented into a zarr group on disk
-(:func:`napari_shiftseg.segment.segment_to_zarr`, resumable) and shown lazily from there.
+(:func:`napari_shiftseg.inference.segment.segment_to_zarr`, resumable) and shown lazily from there.
 
 No Qt here. The group lives in a per-session temporary folder, named after the image and the
 settings that determine the embeddings, so running the same image again with the same model,
@@ -19,10 +19,11 @@ from pathlib import Path
 import dask.array as da
 import zarr
 
-from .. import diagnostics, rescale
-from ..ngff import LABELS
-from ..segment import ATTRS, segment_to_zarr, stored_plan
-from ..segment import recluster as recluster_zarr
+from ..files.ngff import LABELS
+from ..imaging import rescale
+from ..inference import diagnostics
+from ..inference.segment import ATTRS, segment_to_zarr, stored_plan
+from ..inference.segment import recluster as recluster_zarr
 from ._common import file_stamp
 from ._pipeline import ModelCache
 from ._results import Resampled

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import rescale
+from ..imaging import rescale
 
 #: kind -> (layer type, display settings). Diagnostic layers start hidden.
 KINDS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -15,9 +15,9 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 from napari.utils.notifications import show_error
 
-from .._errors import ShiftSegError
-from ..modelio import bundled_model_path, read_metadata
-from ..settings import SegmentationSettings
+from ..network.modelio import bundled_model_path, read_metadata
+from ..network.settings import SegmentationSettings
+from ..util._errors import ShiftSegError
 from ._common import file_stamp
 
 #: Bundled models shown first: the nuclei defaults, then the paper's disk models. Keys are

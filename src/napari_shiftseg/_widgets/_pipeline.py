@@ -18,16 +18,19 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from ..imaging import rescale
+from ..imaging.normalize import recorded_normalization
+
 # Imported here, not inside the jobs: the widget module imports this one when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import diagnostics, instances, predict, progress, rescale
-from .._errors import ShiftSegError
-from ..devices import resolve_device
-from ..modelio import load_model
-from ..normalize import recorded_normalization
-from ..region import Region
-from ..settings import SegmentationSettings
-from ..spatial import position_grid
+from ..inference import diagnostics, instances, predict
+from ..network.devices import resolve_device
+from ..network.modelio import load_model
+from ..network.settings import SegmentationSettings
+from ..network.spatial import position_grid
+from ..util import progress
+from ..util._errors import ShiftSegError
+from ..util.region import Region
 from ._common import file_stamp
 from ._results import Resampled, SegmentResult, labels_on_image_grid
 
@@ -198,7 +201,7 @@ _PLANS = PlanCache()
 
 def _warning(labels, diameter, ndim: int, voxel_size, lead: int) -> str:
     """The nonsense guard's line for in-memory labels (sanity.py), "" when they look right."""
-    from .. import sanity
+    from ..inference import sanity
 
     expected = sanity.expected_voxels(diameter, ndim, voxel_size,
                                       int(labels.shape[lead]) if ndim == 3 else None)

@@ -1,11 +1,11 @@
 """The Segment widget's proofreading row: split one object, merge several, undo.
 
 *Split* re-clusters one object's embeddings (cached from the last run) with half the bandwidth
-(:func:`napari_shiftseg.proofread.split_object`); *Merge* joins the ids typed. Both work on the
+(:func:`napari_shiftseg.inference.proofread.split_object`); *Merge* joins the ids typed. Both work on the
 instances layer as it is now, so hand edits made with napari's label tools are kept; the
 measurement table follows each edit.
 
-*Undo* takes back the last split or merge (:class:`napari_shiftseg.proofread.EditHistory`: the
+*Undo* takes back the last split or merge (:class:`napari_shiftseg.inference.proofread.EditHistory`: the
 box each edit changed, as it was before). Edits are written with napari's
 ``Labels.data_setitem``, so napari's own undo of the layer (Ctrl+Z) takes them back as well,
 in order with the user's hand edits. A new run or re-cluster (new labels in the layer) starts
@@ -18,8 +18,8 @@ import numpy as np
 from magicgui.widgets import Container, LineEdit, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
-from .._errors import ShiftSegError
-from ..proofread import EditHistory, merge_objects
+from ..inference.proofread import EditHistory, merge_objects
+from ..util._errors import ShiftSegError
 from . import _layers, _results
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import dask.array as da
 import numpy as np
 
-from .. import rescale
-from .._errors import ShiftSegError
-from ..measure import AXES, measure
-from ..region import Region
+from ..imaging import rescale
+from ..imaging.measure import AXES, measure
+from ..util._errors import ShiftSegError
+from ..util.region import Region
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def labels_on_image_grid(result: SegmentResult, labels, image_region=None) -> np
 
 
 def object_features(result: SegmentResult, image, spacing) -> dict:
-    """The measurement table of an in-memory result (see :func:`napari_shiftseg.measure.measure`),
+    """The measurement table of an in-memory result (see :func:`napari_shiftseg.imaging.measure.measure`),
     for the instances layer's ``features``: sizes in the layer's world units (its scale)."""
     region = Region(result.origin or (0,) * result.labels.ndim, result.labels.shape).to_slices()
     channels = np.ndim(image) - result.labels.ndim  # 1: a multi-channel model's channels first
@@ -105,7 +105,7 @@ def embeddings_on_image_grid(result: SegmentResult) -> np.ndarray:
 
 def split(result: SegmentResult, labels, object_id: int, bandwidth: float, min_size: int):
     """Split one object of the (possibly hand-edited) ``labels`` of ``result``."""
-    from ..proofread import split_object
+    from ..inference.proofread import split_object
 
     if isinstance(result.embeddings, da.Array) or hasattr(result, "path"):
         raise ShiftSegError("split works on results kept in memory; this one is on disk")

@@ -12,10 +12,10 @@ from __future__ import annotations
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, SpinBox
 from napari.utils.notifications import show_error
 
-from .. import rescale
-from .._errors import ShiftSegError
-from ..settings import SegmentationSettings
-from ..tiling import tile_for
+from ..imaging import rescale
+from ..network.settings import SegmentationSettings
+from ..network.tiling import tile_for
+from ..util._errors import ShiftSegError
 from . import _axes, _inspect_jobs, _pipeline
 from ._common import device_choice
 

@@ -152,7 +152,7 @@ def start_warm_up(model_path, params, cache) -> tuple[threading.Thread, threadin
 def select_input(layer, kind: str, index: int, channels: str, config, region, budget_gb: float):
     """What a run segments of the image ``layer`` (its extra axis ``kind`` at ``index``, the
     model's ``channels`` as typed): (data, region on it). Raises ShiftSegError saying why not."""
-    from .._errors import ShiftSegError
+    from ..util._errors import ShiftSegError
 
     if getattr(layer, "multiscale", False):
         raise ShiftSegError(f"layer {layer.name!r} is multiscale; add its full-resolution level as a layer")

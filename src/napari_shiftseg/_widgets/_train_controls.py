@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, SpinBox
 
-from .._errors import ShiftSegError
-from ..geometry import UNetGeometry
-from ..spatial import EMBEDDINGS
-from ..train import NETWORK_DEFAULTS, network_config, network_defaults
-from ..unet import UNetConfig
+from ..network.geometry import UNetGeometry
+from ..network.spatial import EMBEDDINGS
+from ..network.unet import UNetConfig
+from ..training.train import NETWORK_DEFAULTS, network_config, network_defaults
+from ..util._errors import ShiftSegError
 from ._common import wrap
 from ._train_jobs import describe_geometry
 

@@ -1,5 +1,5 @@
 """The Train widget's Qt-free part: its synthetic sources, the job a Train press starts (built
-and checked by the rules ``shiftseg train`` uses, :mod:`napari_shiftseg.train_setup`), the
+and checked by the rules ``shiftseg train`` uses, :mod:`napari_shiftseg.training.train_setup`), the
 worker-thread job itself, and the widget's text lines and loss plot. No Qt, no napari.
 """
 
@@ -10,13 +10,21 @@ from typing import Any
 
 import numpy as np
 
+from ..network.geometry import UNetGeometry
+from ..network.settings import SegmentationSettings
+
 # Imported here, not inside the job: the widget imports this module when it opens, so the
 # (slow, GIL-holding) first imports never happen in a worker while the user waits on the GUI.
-from .. import synth, train
-from ..geometry import UNetGeometry
-from ..settings import SegmentationSettings
-from ..train_options import TrainOptions
-from ..train_setup import TrainingJob, check_output, check_start, synthetic_validation, train_and_save
+from ..synthetic import synth
+from ..training import train
+from ..training.train_options import TrainOptions
+from ..training.train_setup import (
+    TrainingJob,
+    check_output,
+    check_start,
+    synthetic_validation,
+    train_and_save,
+)
 
 #: The widget's synthetic training data: its label -> the :class:`SyntheticSource` kind.
 SYNTHETIC = {
@@ -85,7 +93,7 @@ def training_job(init, options: TrainOptions, path, data: LayerData | str) -> Tr
 
 
 def train_model(report, cancel, job: TrainingJob):
-    """Train ``job`` and save it (:func:`~napari_shiftseg.train_setup.train_and_save`).
+    """Train ``job`` and save it (:func:`~napari_shiftseg.training.train_setup.train_and_save`).
 
     Returns ``(path, history, meta)``, or None on cancel (nothing is saved); ``meta`` holds the
     held-out scores (``meta["validation"]``) and the tuned segmentation settings.

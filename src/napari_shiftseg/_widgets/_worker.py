@@ -6,7 +6,7 @@ The job function runs in a worker thread as ``function(report, cancel, *args, **
   is throttled and relayed to the GUI thread through a Qt signal (queued connection), so the
   widgets never touch Qt objects from the worker.
 - ``cancel`` is a :class:`threading.Event`; the core functions poll it and raise
-  ``napari_shiftseg.progress.Cancelled`` (or return early).
+  ``napari_shiftseg.util.progress.Cancelled`` (or return early).
 
 Every exception is caught *inside* the worker and turned into one of three outcomes, emitted on
 the GUI thread once the worker has finished: :attr:`Task.done` (the result),
@@ -30,7 +30,7 @@ import time
 from napari.qt.threading import FunctionWorker, create_worker
 from qtpy.QtCore import QEvent, QObject, Signal, Slot
 
-from .._errors import ShiftSegError, failure_message
+from ..util._errors import ShiftSegError, failure_message
 
 log = logging.getLogger(__name__)
 

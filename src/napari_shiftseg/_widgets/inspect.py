@@ -19,8 +19,8 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
-from .._errors import ShiftSegError
-from ..tiling import tile_for
+from ..network.tiling import tile_for
+from ..util._errors import ShiftSegError
 from . import _inspect_jobs, _layers, _pipeline
 from ._common import device_choice, inference_settings, layer_choices, watch_layers, wrap
 from ._model_choice import ModelChooser
@@ -91,7 +91,7 @@ class InspectWidget(Container):
 
     def show_geometry(self, kind: str) -> None:
         """Add the f^l grid or the phase map (lazy; computed per displayed slice)."""
-        from .. import diagnostics
+        from ..inference import diagnostics
 
         checked = self._checked()
         if checked is None:

@@ -25,8 +25,8 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from .._errors import ShiftSegError
-from ..settings import SegmentationSettings
+from ..network.settings import SegmentationSettings
+from ..util._errors import ShiftSegError
 from . import _axes, _gc, _large, _layers, _pipeline
 from . import _segment_jobs as jobs
 from ._common import ScrollsWhenDocked, inference_settings, layer_choices, set_running, watch_layers, wrap

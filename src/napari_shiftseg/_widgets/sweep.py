@@ -16,7 +16,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pro
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
-from .._errors import ShiftSegError
+from ..util._errors import ShiftSegError
 from ._common import device_choice, inference_settings, layer_choices, watch_layers
 from ._model_choice import ModelChooser
 from ._worker import Task
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def sweep_job(report, cancel, image, labels, model_path, tiles, mode, device):
     """Worker-thread job: load the model and run the sweep (no Qt here)."""
-    from ..modelio import load_model
+    from ..network.modelio import load_model
     from ..reproduce.sweep import run_sweep
 
     model = load_model(model_path)

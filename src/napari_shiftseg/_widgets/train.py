@@ -34,9 +34,9 @@ from matplotlib.figure import Figure
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
-from .._errors import ShiftSegError
-from ..train_options import TRAINING_DEFAULTS, TrainOptions, training_defaults
-from ..unet import UNetConfig
+from ..network.unet import UNetConfig
+from ..training.train_options import TRAINING_DEFAULTS, TrainOptions, training_defaults
+from ..util._errors import ShiftSegError
 from . import _train_jobs
 from ._common import PLUGIN, ScrollsWhenDocked, layer_choices, set_running, watch_layers, wrap
 from ._train_controls import NetworkControls
@@ -157,7 +157,7 @@ class TrainWidget(ScrollsWhenDocked, Container):
 
     def segment_model(self):
         """The model chosen in the Segment widget (opened if needed), loaded; ShiftSegError if none."""
-        from ..modelio import load_model
+        from ..network.modelio import load_model
 
         _, segment = self._viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
         if segment.model.path is None:
@@ -166,7 +166,7 @@ class TrainWidget(ScrollsWhenDocked, Container):
 
     def bundled_model(self):
         """The bundled nuclei model of the chosen dimensionality, loaded."""
-        from ..modelio import load_bundled
+        from ..network.modelio import load_bundled
 
         return load_bundled(self.ndim.value)
 

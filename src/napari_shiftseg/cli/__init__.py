@@ -5,7 +5,7 @@ Each subcommand lives in its own module of this package with ``add_parser(subpar
 ``run`` so that ``shiftseg --help`` is instant. User errors (:class:`ShiftSegError`) are printed
 as one line, without a traceback, and give exit status 2. :func:`main` is the one error boundary:
 failures of the environment (permission denied, no space left, not enough memory, an input file
-that cannot be decoded; see :func:`~napari_shiftseg._errors.failure_message`) are printed as one
+that cannot be decoded; see :func:`~napari_shiftseg.util._errors.failure_message`) are printed as one
 line too and give exit status 3. Anything else is a bug and keeps its traceback.
 """
 
@@ -17,7 +17,7 @@ import pkgutil
 import sys
 
 from .. import __version__
-from .._errors import EXIT_SYSTEM_ERROR, EXIT_USER_ERROR, ShiftSegError, failure_message
+from ..util._errors import EXIT_SYSTEM_ERROR, EXIT_USER_ERROR, ShiftSegError, failure_message
 
 
 def _commands():

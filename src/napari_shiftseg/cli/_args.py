@@ -99,7 +99,7 @@ def picked_channels(args):
     """``--channel K`` or ``--channels K,K`` (a list), refusing both at once."""
     if getattr(args, "channels", None) is not None:
         if args.channel is not None:
-            from .._errors import ShiftSegError
+            from ..util._errors import ShiftSegError
 
             raise ShiftSegError("give --channel (one) or --channels (several), not both")
         return list(args.channels)

@@ -38,7 +38,7 @@ def add_parser(sub):
 
 
 def _ints(text, name):
-    from .._errors import ShiftSegError
+    from ..util._errors import ShiftSegError
 
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
@@ -73,7 +73,7 @@ def run(args) -> int:
 
     import torch
 
-    from ..modelio import load_model
+    from ..network.modelio import load_model
     from ..reproduce import capacity, figures
 
     steps, lr, base = SETTINGS[args.mode]

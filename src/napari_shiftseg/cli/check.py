@@ -46,11 +46,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .._errors import ShiftSegError
-    from ..diagnostics import stitch_check
-    from ..io import read_spatial
-    from ..predict import predict_plan
-    from ..segment import _load_model
+    from ..files.io import read_spatial
+    from ..inference.diagnostics import stitch_check
+    from ..inference.predict import predict_plan
+    from ..inference.segment import _load_model
+    from ..util._errors import ShiftSegError
 
     image = read_spatial(args.image, args.channel)
     if image.ndim not in (2, 3):

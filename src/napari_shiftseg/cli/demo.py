@@ -35,8 +35,8 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from .._errors import ShiftSegError
     from ..reproduce.demo import DEFAULT_SHAPE, DEFAULT_TILE, run_demo
+    from ..util._errors import ShiftSegError
 
     shape = args.shape or DEFAULT_SHAPE
     tile = args.tile or DEFAULT_TILE

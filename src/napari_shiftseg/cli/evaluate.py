@@ -1,6 +1,6 @@
 """``shiftseg evaluate IMAGE [IMAGE ...] --labels L [L ...]``: score segmentations against labels.
 
-Each image is segmented whole with the model (:func:`napari_shiftseg.evaluate.segment_array`,
+Each image is segmented whole with the model (:func:`napari_shiftseg.inference.evaluate.segment_array`,
 settings from the model file) and, with ``--baseline``, with Otsu + watershed in the same run.
 Prints per image and overall: AP@0.5, AP averaged over IoU 0.5:0.05:0.9 (mAP), recall@0.5, false
 splits, false merges, object counts and seconds; ``--json`` also writes all numbers.
@@ -44,10 +44,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from .._errors import ShiftSegError
-    from ..classical import otsu_watershed
-    from ..evaluate import format_scores, model_method, score_methods
-    from ..io import read_image, read_spatial
+    from ..files.io import read_image, read_spatial
+    from ..imaging.classical import otsu_watershed
+    from ..inference.evaluate import format_scores, model_method, score_methods
+    from ..util._errors import ShiftSegError
 
     if len(args.labels) != len(args.images):
         raise ShiftSegError(f"got {len(args.images)} image(s) but {len(args.labels)} label "
@@ -68,7 +68,7 @@ def run(args) -> int:
 
     methods = {}
     if not args.no_model:
-        from ..modelio import load_bundled, load_model
+        from ..network.modelio import load_bundled, load_model
 
         ndims = {image.ndim for _, image, _ in pairs}
         if args.model is not None:

@@ -1,4 +1,4 @@
-"""``shiftseg export-bmz MODEL -o DIR``: write a model as a bioimage.io package (napari_shiftseg.bmz)."""
+"""``shiftseg export-bmz MODEL -o DIR``: write a model as a bioimage.io package (napari_shiftseg.network.bmz)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def run(args) -> int:
     import shutil
     from pathlib import Path
 
-    from .._errors import ShiftSegError
-    from ..bmz import export_package
-    from ..modelio import load_named
+    from ..network.bmz import export_package
+    from ..network.modelio import load_named
+    from ..util._errors import ShiftSegError
 
     zip_path = Path(str(Path(args.output)) + ".zip")
     if args.zip and (zip_path.exists() or zip_path.is_symlink()):  # checked before anything is written

@@ -11,7 +11,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..modelio import bundled_model_path, read_metadata
+    from ..network.modelio import bundled_model_path, read_metadata
 
     path = args.model or bundled_model_path(args.ndim)
     info = read_metadata(path)

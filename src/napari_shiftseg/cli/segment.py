@@ -1,14 +1,14 @@
 """``shiftseg segment IMAGE -o OUT.zarr``: resumable tiled segmentation into an OME-Zarr group.
 
 Writes ``embeddings``, ``foreground`` and ``labels/instances/0`` with OME-Zarr (NGFF 0.5, or
-0.4 with ``--ngff 0.4``) metadata (see :mod:`napari_shiftseg.segment`, :mod:`napari_shiftseg.ngff`).
+0.4 with ``--ngff 0.4``) metadata (see :mod:`napari_shiftseg.inference.segment`, :mod:`napari_shiftseg.files.ngff`).
 Interrupted runs (Ctrl-C, a crash, a killed worker) keep every finished tile; running the same
 command again resumes. ``--scheduler tcp://HOST:PORT`` runs on an existing dask.distributed
 cluster (its workers must see the output path), ``--workers N`` starts a local one.
 
 A file whose metadata names a time axis (an ImageJ hyperstack TYX/TZYX, an OME-Zarr ``time``
 axis) is segmented time point by time point into one output whose labels have the time axis
-first and ids numbered on across time (:mod:`napari_shiftseg.series`).
+first and ids numbered on across time (:mod:`napari_shiftseg.inference.series`).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def add_parser(sub):
 
 
 def _options(args):
-    from ..segment_options import ClusterOptions, SegmentOptions
+    from ..inference.segment_options import ClusterOptions, SegmentOptions
 
     return SegmentOptions(
         tile=args.tile, device=args.device, mode=args.mode, bandwidth=args.bandwidth,
@@ -123,7 +123,7 @@ def _options(args):
 def _client(args):
     """The dask client the flags ask for (None: in process), closed afterwards together with a
     local cluster it started (``--workers``)."""
-    from ..segment import connect
+    from ..inference.segment import connect
 
     client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     try:
@@ -139,13 +139,13 @@ def _client(args):
 def run(args) -> int:
     import sys
 
-    from ..io import time_points
-    from ..segment import ATTRS, segment_to_zarr
+    from ..files.io import time_points
+    from ..inference.segment import ATTRS, segment_to_zarr
 
     if time_points(args.image) > 1:
         return run_series(args)
     if args.table:  # before anything runs: never replace the input, a model or a file unasked
-        from ..measure import check_table_path
+        from ..imaging.measure import check_table_path
 
         check_table_path(args.table, args.overwrite, protect=(args.image, args.model))
     bar = None
@@ -198,9 +198,9 @@ def run_series(args) -> int:
     """A time series: every time point on its own, one line each, then the total."""
     import sys
 
-    from .._errors import ShiftSegError
-    from ..segment import ATTRS
-    from ..series import frames_path, segment_series
+    from ..inference.segment import ATTRS
+    from ..inference.series import frames_path, segment_series
+    from ..util._errors import ShiftSegError
 
     if args.table:
         raise ShiftSegError(f"{args.image} is a time series: --table measures one image; leave it "
@@ -255,10 +255,10 @@ def write_object_table(group, image_path, channel, out) -> None:
     """Measure the labels of a finished output against its image, blockwise, into a CSV."""
     import dask.array as da
 
-    from ..io import read_spatial
-    from ..measure import measure, write_table
-    from ..ngff import LABELS
-    from ..segment import ATTRS
+    from ..files.io import read_spatial
+    from ..files.ngff import LABELS
+    from ..imaging.measure import measure, write_table
+    from ..inference.segment import ATTRS
 
     info = dict(group.attrs[ATTRS])
     labels = da.from_zarr(group[LABELS])

@@ -45,11 +45,11 @@ def run(args) -> int:
 
     import numpy as np
 
-    from .._errors import ShiftSegError
-    from ..io import read_image, read_spatial
-    from ..modelio import bundled_model_path, load_model
+    from ..files.io import read_image, read_spatial
+    from ..network.modelio import bundled_model_path, load_model
     from ..reproduce import figures
     from ..reproduce.sweep import format_summary, format_table, parse_tiles, run_sweep, summarize, write_csv
+    from ..util._errors import ShiftSegError
 
     tiles = parse_tiles(args.tiles)
     image = read_spatial(args.image)

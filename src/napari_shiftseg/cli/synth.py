@@ -40,7 +40,7 @@ def add_parser(sub):
 
 def resolve_shape(ndim: int | None, shape: tuple[int, ...] | None) -> tuple[int, ...]:
     """The image shape from ``--ndim``/``--shape``, refusing a contradiction."""
-    from .._errors import ShiftSegError
+    from ..util._errors import ShiftSegError
 
     if shape is None:
         return DEFAULT_SHAPES[ndim or 2]
@@ -63,7 +63,7 @@ def check_fits(shape, n_objects: int | None, radius: float, radius_jitter: float
     smallest allowed objects, before any is placed (placing them would only fail slowly)."""
     import math
 
-    from .._errors import ShiftSegError
+    from ..util._errors import ShiftSegError
 
     if n_objects is None:
         return
@@ -92,7 +92,7 @@ def generate(kind: str, args, shape, seed: int, random_offset: bool = False):
     """
     import numpy as np
 
-    from .. import synth
+    from ..synthetic import synth
 
     if kind == "nuclei":
         radius = getattr(args, "radius_range", None)
@@ -159,7 +159,7 @@ def run(args) -> int:
     import numpy as np
     import tifffile
 
-    from .._errors import ShiftSegError
+    from ..util._errors import ShiftSegError
 
     if args.seed < 0:
         raise ShiftSegError(f"--seed must be >= 0, got {args.seed}")

@@ -17,8 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import ShiftSegError
-from ..train_options import (
+from ..training.train_options import (
     BATCH_SIZE_3D,
     CONTINUE_DEFAULTS,
     DEFAULT_INIT,
@@ -27,7 +26,8 @@ from ..train_options import (
     TrainOptions,
     training_defaults,
 )
-from ..train_setup import EVAL_SEED_BASE, VALIDATION_SEED_BASE, check_output
+from ..training.train_setup import EVAL_SEED_BASE, VALIDATION_SEED_BASE, check_output
+from ..util._errors import ShiftSegError
 from . import _args
 from .synth import add_object_options
 
@@ -56,7 +56,12 @@ def _factor_rows(text: str) -> tuple[tuple[int, ...], ...]:
 
 def _anisotropic_options(args, ndim: int, options: dict) -> None:
     """--factors (and, for 'auto', a per-axis position scale) into the network ``options``."""
-    from ..train import NETWORK_DEFAULTS, network_defaults, physical_position_scale, suggest_factors
+    from ..training.train import (
+        NETWORK_DEFAULTS,
+        network_defaults,
+        physical_position_scale,
+        suggest_factors,
+    )
 
     spec = getattr(args, "factors", None)
     if spec is None:
@@ -78,7 +83,7 @@ def _anisotropic_options(args, ndim: int, options: dict) -> None:
 
 
 def _voxel_size(args, ndim: int) -> tuple:
-    from ..io import image_info
+    from ..files.io import image_info
 
     voxel = args.voxel_size
     if voxel is None and getattr(args, "image", None):
@@ -267,7 +272,7 @@ def _check(args):
 
 
 def _network_options_given(args) -> list[str]:
-    from ..train import NETWORK_DEFAULTS
+    from ..training.train import NETWORK_DEFAULTS
 
     return sorted(k for k in NETWORK_DEFAULTS if getattr(args, k, None) is not None)
 
@@ -301,9 +306,9 @@ def _init_choice(args) -> str | None:
 
 
 def _config(args, ndim: int):
-    from ..modelio import bundled_model_path, load_model
-    from ..train import NETWORK_DEFAULTS, network_config
-    from ..train_setup import check_start
+    from ..network.modelio import bundled_model_path, load_model
+    from ..training.train import NETWORK_DEFAULTS, network_config
+    from ..training.train_setup import check_start
 
     init = _init_choice(args)
     channels = len(args.channels) if getattr(args, "channels", None) else 1
@@ -322,10 +327,10 @@ def run(args) -> int:
     import threading
     from pathlib import Path
 
-    from ..data import load_training_pair, read_array
-    from ..threads import choose_threads
-    from ..train import FINAL_LOSS_STEPS, training_window
-    from ..train_setup import TrainingJob, run_training, save_trained, synthetic_validation
+    from ..files.data import load_training_pair, read_array
+    from ..training.train import FINAL_LOSS_STEPS, training_window
+    from ..training.train_setup import TrainingJob, run_training, save_trained, synthetic_validation
+    from ..util.threads import choose_threads
     from .synth import DEFAULT_SHAPES, generate, resolve_shape
 
     _check(args)
@@ -408,7 +413,7 @@ def run(args) -> int:
     if args.min_size:
         model.meta["min_size"] = args.min_size
     if args.eval_images:
-        from ..evaluate import default_bandwidth, evaluate_model
+        from ..inference.evaluate import default_bandwidth, evaluate_model
 
         eval_shape = args.eval_shape or DEFAULT_SHAPES[ndim]
         held_out = [generate(args.synthetic, args, eval_shape, EVAL_SEED_BASE + i, random_offset=True)

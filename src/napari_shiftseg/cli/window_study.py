@@ -39,10 +39,10 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from .._errors import ShiftSegError
-    from ..modelio import bundled_model_path, load_model
+    from ..network.modelio import bundled_model_path, load_model
     from ..reproduce import figures
     from ..reproduce.window_study import StudySettings, format_table, run_window_study
+    from ..util._errors import ShiftSegError
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ The count clusters the central-pixel embeddings by mean-shift with the segmentat
 the bound for a given window is the number of distinct phases among the disks (``phases``).
 
 Training here is a short dedicated loop on the fixed full-size image instead of
-:func:`napari_shiftseg.train.train`: ``train`` reflect-pads every image at its border and takes
+:func:`napari_shiftseg.training.train.train`: ``train`` reflect-pads every image at its border and takes
 random crops (right for real data, and what inference does), but a reflected lattice is not
 periodic, so border disks would no longer be same-looking, which is the premise of the
 experiment. The loss functions are the package's own.
@@ -32,13 +32,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .._errors import ShiftSegError
-from ..geometry import UNetGeometry
-from ..loss import discriminative_loss, foreground_loss
-from ..meanshift import assign_to_modes, mean_shift
-from ..modelio import Model
-from ..synth import lattice
-from ..unet import UNet, UNetConfig
+from ..inference.meanshift import assign_to_modes, mean_shift
+from ..network.geometry import UNetGeometry
+from ..network.modelio import Model
+from ..network.unet import UNet, UNetConfig
+from ..synthetic.synth import lattice
+from ..training.loss import discriminative_loss, foreground_loss
+from ..util._errors import ShiftSegError
 
 __all__ = ["CapacityCase", "CapacityResult", "QUICK_CASES", "FULL_CASES", "lattice_setup",
            "train_lattice", "measure_capacity", "run_capacity", "format_table", "count_clusters"]
@@ -47,7 +47,7 @@ __all__ = ["CapacityCase", "CapacityResult", "QUICK_CASES", "FULL_CASES", "latti
 OUTPUT_WINDOW = 128
 RADIUS = 5
 #: Reference discriminative-loss margins (THEORY.md); the bandwidth is 2/3 delta_d as in
-#: :func:`napari_shiftseg.evaluate.default_bandwidth`.
+#: :func:`napari_shiftseg.inference.evaluate.default_bandwidth`.
 DELTA_V, DELTA_D = 0.5, 3.0
 BANDWIDTH = 2.0
 

@@ -2,7 +2,7 @@
 
 1. Generate a synthetic 3D volume of random spheres with ground truth (``sample.zarr``).
 2. Segment it lazily with the bundled 3D model, tile by tile into zarr
-   (:func:`~napari_shiftseg.segment.segment_to_zarr`), twice:
+   (:func:`~napari_shiftseg.inference.segment.segment_to_zarr`), twice:
 
    - **exact**: n·f^l tiles on the global f^l grid, identical to whole-volume inference;
    - **naive**: tiles that are *not* multiples of f^l (the common mistake), which puts tile
@@ -10,8 +10,8 @@
 
 3. Score both against the ground truth (AP@0.5, false splits/merges), measure the stitched vs
    whole-volume difference on a region crossing tile borders
-   (:func:`~napari_shiftseg.diagnostics.stitch_check`), and draw slices with instances, tile
-   borders, the f^l grid and seam jumps (:func:`~napari_shiftseg.diagnostics.seam_error`).
+   (:func:`~napari_shiftseg.inference.diagnostics.stitch_check`), and draw slices with instances, tile
+   borders, the f^l grid and seam jumps (:func:`~napari_shiftseg.inference.diagnostics.seam_error`).
 4. Write ``REPORT.md`` and ``report.json``.
 
 Everything is sized from the model's geometry, so any bundled model works; the default volume
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ShiftSegError
-from ..ngff import LABELS
+from ..files.ngff import LABELS
+from ..util._errors import ShiftSegError
 
 __all__ = ["run_demo", "demo_tiles", "DEFAULT_SHAPE", "DEFAULT_TILE"]
 
@@ -79,7 +79,7 @@ def _region(shape, naive_tile, size=(16, 32, 32)):
 
 
 def _scores(gt, pred) -> dict:
-    from ..metrics import evaluate
+    from ..imaging.metrics import evaluate
 
     s = evaluate(gt, pred)
     return {"ap50": float(s["ap@0.5"]), "false_splits": int(s["false_splits"]),
@@ -87,7 +87,7 @@ def _scores(gt, pred) -> dict:
 
 
 def _model(model):
-    from ..modelio import Model, load_bundled, load_model
+    from ..network.modelio import Model, load_bundled, load_model
 
     if model is None:
         try:
@@ -120,11 +120,11 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
     figures : bool
         Write the PNG figures.
     """
-    from ..diagnostics import stitch_check
-    from ..io import write_zarr
-    from ..predict import predict_plan
-    from ..segment import segment_to_zarr
-    from ..synth import random_objects
+    from ..files.io import write_zarr
+    from ..inference.diagnostics import stitch_check
+    from ..inference.predict import predict_plan
+    from ..inference.segment import segment_to_zarr
+    from ..synthetic.synth import random_objects
 
     def say(message):
         if progress is not None:
@@ -146,7 +146,7 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
     if len(shape) != 3 or min(shape) < 1:
         raise ShiftSegError(f"the demo volume must be 3D (z, y, x), got {shape}")
     exact_tile, naive_tile = demo_tiles(g, tile)
-    from ..settings import SegmentationSettings
+    from ..network.settings import SegmentationSettings
 
     # the clustering settings the model recorded (the one fallback rule: SegmentationSettings.of)
     recorded = SegmentationSettings.of(model)
@@ -228,8 +228,8 @@ def _slice_between_borders(n: int, borders) -> int:
 def _figures(out: Path, image, gt, results, model) -> dict:
     import dask.array as da
 
-    from ..diagnostics import reference_tile, seam_error
-    from ..predict import predict_embeddings
+    from ..inference.diagnostics import reference_tile, seam_error
+    from ..inference.predict import predict_embeddings
     from . import figures
     from .window_study import cell_start
 

@@ -20,7 +20,7 @@ def new_figure(*args, **kwargs):
     try:
         from matplotlib.figure import Figure
     except ImportError:  # a core-only (headless) install
-        from .._errors import ShiftSegError
+        from ..util._errors import ShiftSegError
 
         raise ShiftSegError("figures need matplotlib, which a core-only install leaves out: "
                             "pip install matplotlib (or napari-shiftseg[napari])") from None

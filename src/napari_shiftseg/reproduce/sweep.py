@@ -1,11 +1,11 @@
 """Tile-size sweep: the poster's BBBC006 plot (false splits and AP@0.5 against output tile size).
 
 For every output tile size the image is predicted tile by tile
-(:func:`~napari_shiftseg.predict.predict_embeddings`), the *stitched* embeddings of the whole
-image are clustered (:func:`~napari_shiftseg.instances.segment_instances`, never per tile), and the
-instances are scored against the ground truth (:func:`~napari_shiftseg.metrics.evaluate`). The
+(:func:`~napari_shiftseg.inference.predict.predict_embeddings`), the *stitched* embeddings of the whole
+image are clustered (:func:`~napari_shiftseg.inference.instances.segment_instances`, never per tile), and the
+instances are scored against the ground truth (:func:`~napari_shiftseg.imaging.metrics.evaluate`). The
 stitched embeddings are also compared with whole-image inference
-(:func:`~napari_shiftseg.predict.predict_whole`).
+(:func:`~napari_shiftseg.inference.predict.predict_whole`).
 
 - ``naive`` mode uses the tile as given: tiles that are not n·f^l put tile origins off the global
   f^l grid, neighbouring tiles disagree at their borders, objects cut by a border are split.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import ShiftSegError
+from ..util._errors import ShiftSegError
 
 __all__ = ["run_sweep", "parse_tiles", "write_csv", "summarize", "COLUMNS", "MODES"]
 
@@ -61,7 +61,7 @@ def parse_tiles(text: str) -> list[int]:
 
 
 def _check_inputs(image, labels, model, tiles, mode):
-    from ..data import validate_labels
+    from ..files.data import validate_labels
 
     if mode not in MODES:
         raise ShiftSegError(f"sweep mode must be one of {MODES}, got {mode!r}")
@@ -81,8 +81,8 @@ def _check_inputs(image, labels, model, tiles, mode):
 
 
 def _score(embeddings, gt, model, settings, clustering) -> dict:
-    from ..instances import segment_instances
-    from ..metrics import evaluate
+    from ..imaging.metrics import evaluate
+    from ..inference.instances import segment_instances
 
     lazy, _ = segment_instances(embeddings, settings, clustering, foreground=model.config.foreground_head)
     pred = np.asarray(lazy.compute(scheduler="sync"))
@@ -104,7 +104,7 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
     labels : array-like
         Ground-truth instance labels of the same shape (0 = background).
     model : Model
-        Trained model (:func:`~napari_shiftseg.modelio.load_model`).
+        Trained model (:func:`~napari_shiftseg.network.modelio.load_model`).
     tiles : sequence of int
         Output tile sizes (the same on every axis).
     mode : {"naive", "exact"}
@@ -113,17 +113,17 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         Torch device.
     settings : SegmentationSettings, optional
         How embeddings become instances, identical for every tile size; default the model's
-        recorded (tuned) settings (:meth:`~napari_shiftseg.settings.SegmentationSettings.of`).
+        recorded (tuned) settings (:meth:`~napari_shiftseg.network.settings.SegmentationSettings.of`).
     progress : callable(done, total, message), optional
         Called before each tile size and once at the end.
     cancel : threading.Event, optional
-        Checked between (and, through :func:`~napari_shiftseg.progress.compute`, inside) tile
-        sizes; raises :class:`~napari_shiftseg.progress.Cancelled`.
+        Checked between (and, through :func:`~napari_shiftseg.util.progress.compute`, inside) tile
+        sizes; raises :class:`~napari_shiftseg.util.progress.Cancelled`.
     keep_labels : bool
         Keep every tile size's instance labels (``result["labels"][tile]``).
     **overrides
         Fields of ``settings`` (``bandwidth=1.5``, ``min_size=20``) or of the clustering
-        (:class:`~napari_shiftseg.segment_options.ClusterOptions`, e.g. ``seed=2``) to change;
+        (:class:`~napari_shiftseg.inference.segment_options.ClusterOptions`, e.g. ``seed=2``) to change;
         None keeps the model's value.
 
     Returns
@@ -132,10 +132,10 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         ``rows`` (one dict per tile size, keys :data:`COLUMNS`), ``whole`` (scores of whole-image
         inference), ``grid`` (f^l), ``mode``, ``shape`` and optionally ``labels``.
     """
-    from ..predict import predict_embeddings, predict_plan, predict_whole
-    from ..progress import Cancelled, compute
-    from ..segment_options import settings_and_clustering
-    from ..settings import SegmentationSettings
+    from ..inference.predict import predict_embeddings, predict_plan, predict_whole
+    from ..inference.segment_options import settings_and_clustering
+    from ..network.settings import SegmentationSettings
+    from ..util.progress import Cancelled, compute
 
     labels, tiles = _check_inputs(image, labels, model, tiles, mode)
     g = model.geometry

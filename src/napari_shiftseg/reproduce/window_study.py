@@ -2,7 +2,7 @@
 
 The same U-Net is trained with the discriminative loss on random disks with training output
 windows smaller than, equal to and larger than f^l (``allow_small_window`` of
-:func:`~napari_shiftseg.train.train`), plus a same-padded ("zero padding") twin trained with a
+:func:`~napari_shiftseg.training.train.train`), plus a same-padded ("zero padding") twin trained with a
 large window. Each model segments a held-out image by exact tile-and-stitch, and we measure:
 
 - **grid jump**: the mean embedding jump between neighbouring pixels of the same object across
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ShiftSegError
-from .._options import with_overrides
-from ..geometry import UNetGeometry
-from ..train_options import TrainOptions
+from ..network.geometry import UNetGeometry
+from ..training.train_options import TrainOptions
+from ..util._errors import ShiftSegError
+from ..util._options import with_overrides
 
 __all__ = ["WindowCase", "default_cases", "cell_start", "phase_jumps", "tile_jump", "run_window_study",
            "evaluate_case", "format_table", "SETTINGS"]
@@ -135,13 +135,13 @@ def seam_image(emb: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def training_data(shape=(256, 256), n: int = 4, seed: int = 0):
     """``n`` random-disk images (different seeds) for training."""
-    from ..synth import random_objects
+    from ..synthetic.synth import random_objects
 
     return [random_objects(shape, seed=seed + i, **DATA) for i in range(n)]
 
 
 def test_data(shape=(256, 256), seed: int = 1000):
-    from ..synth import random_objects
+    from ..synthetic.synth import random_objects
 
     return random_objects(shape, seed=seed, **DATA)
 
@@ -149,11 +149,11 @@ def test_data(shape=(256, 256), seed: int = 1000):
 def train_case(case: WindowCase, geometry: UNetGeometry, data, options, base: int,
                cancel: threading.Event | None = None,
                progress: Callable[[int, dict], None] | None = None):
-    """Train one case's network with :func:`~napari_shiftseg.train.train`: ``options`` (a
-    :class:`~napari_shiftseg.train_options.TrainOptions`) with the case's window, ``base``
+    """Train one case's network with :func:`~napari_shiftseg.training.train.train`: ``options`` (a
+    :class:`~napari_shiftseg.training.train_options.TrainOptions`) with the case's window, ``base``
     channels at the first level."""
-    from ..train import train
-    from ..unet import UNetConfig
+    from ..network.unet import UNetConfig
+    from ..training.train import train
 
     g = UNetGeometry(ndim=geometry.ndim, levels=geometry.levels, factor=geometry.factor,
                      convs_per_level=geometry.convs_per_level, kernel_size=geometry.kernel_size,
@@ -165,10 +165,10 @@ def train_case(case: WindowCase, geometry: UNetGeometry, data, options, base: in
 
 def evaluate_case(model, image, gt, tile: int, seed: int = 0, keep_arrays: bool = True) -> dict:
     """Seam and segmentation numbers of one trained model on a held-out image."""
-    from ..evaluate import default_bandwidth
-    from ..instances import segment_instances
-    from ..metrics import evaluate
-    from ..predict import predict_embeddings, predict_plan, predict_whole
+    from ..imaging.metrics import evaluate
+    from ..inference.evaluate import default_bandwidth
+    from ..inference.instances import segment_instances
+    from ..inference.predict import predict_embeddings, predict_plan, predict_whole
 
     g = model.geometry
     E = model.config.embed_dim
@@ -268,7 +268,7 @@ def run_window_study(study: StudySettings | None = None, cases=None, save_dir=No
         numbers = evaluate_case(model, image, gt, tile, seed)
         saved = {}
         if save_dir is not None:
-            from ..modelio import save_model
+            from ..network.modelio import save_model
 
             saved["model_file"] = str(save_model(
                 model, Path(save_dir) / f"window_{case.window}_{case.padding}.safetensors"))
