@@ -60,12 +60,14 @@ def test_overrides_change_one_field_and_reach_nested_options():
 
 def test_training_defaults_have_one_torch_free_owner():
     """``shiftseg train`` and the Train widget read their defaults from train_options, which
-    loads no torch (the CLI builds its parser from it); settings still finds them by name."""
+    loads no torch (the CLI builds its parser from it); the segmentation settings no longer
+    carry them."""
     import subprocess
     import sys
 
-    code = ("import sys; from napari_shiftseg import settings, train_options, train_setup; "
-            "assert settings.TRAINING_DEFAULTS is train_options.TRAINING_DEFAULTS; "
+    code = ("import sys; from napari_shiftseg.training import train_options, train_setup; "
+            "from napari_shiftseg.network import settings; "
+            "assert train_options.TRAINING_DEFAULTS and not hasattr(settings, 'TRAINING_DEFAULTS'); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
