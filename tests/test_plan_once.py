@@ -1,7 +1,6 @@
 """One tile plan per run: made once, passed down to predict and the diagnostics, and its
 message (a snapped tile) reaches the user."""
 
-import threading
 
 import numpy as np
 import pytest
@@ -71,16 +70,13 @@ def test_cli_says_when_the_tile_was_changed(tmp_path, capsys):
     assert "note: tile" in capsys.readouterr().out
 
 
-def test_widget_pipeline_plans_the_run_once(model, count_plans, tmp_path):
-    from napari_shiftseg._widgets import _pipeline
-    from napari_shiftseg.network.modelio import save_model
+def test_a_session_plans_the_run_once(model, count_plans, tmp_path):
+    from napari_shiftseg.inference.session import Session
     from napari_shiftseg.network.settings import SegmentationSettings
 
-    path = save_model(model, tmp_path / "m.safetensors")
     image = np.random.default_rng(3).random((40, 44), dtype=np.float32)
-    params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=10,
-                                     device="cpu")
-    result = _pipeline.segment(lambda *a: None, threading.Event(), image, path, params, _pipeline.ModelCache())
+    result = Session(image, model, settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=10,
+                     device="cpu").run()
     # The run's own plan once; the other one is the seams reference (an exact tiling with
     # other borders, made from the run's plan).
     runs = [c for c in count_plans if c[1] == 10]
@@ -104,18 +100,18 @@ def test_tile_auto_in_segment_to_zarr_and_the_cli(tmp_path, model, capsys):
 
 
 @pytest.mark.parametrize("side", [300, 200])
-def test_widget_measures_the_object_size_without_a_network_pass(model, tmp_path, monkeypatch, side):
+def test_a_session_measures_the_object_size_without_a_network_pass(model, tmp_path, monkeypatch, side):
     """'auto' object size: measured from the image (sizing.estimate_size), once; the network
     runs once, at the chosen scale, whatever the image's size."""
-    from napari_shiftseg._widgets import _pipeline
     from napari_shiftseg.imaging import sizing
-    from napari_shiftseg.network.modelio import save_model
+    from napari_shiftseg.inference.session import Session
+    from napari_shiftseg.network.modelio import load_model, save_model
     from napari_shiftseg.network.settings import SegmentationSettings
 
     model.meta["object_diameter"] = 12.0
     path = save_model(model, tmp_path / "sized.safetensors")
     calls = {"size": 0, "runs": 0}
-    size, run = sizing.estimate_size, _pipeline._resampled_run
+    size, run = sizing.estimate_size, Session._resampled
 
     def counting_size(*a, **k):
         calls["size"] += 1
@@ -126,9 +122,8 @@ def test_widget_measures_the_object_size_without_a_network_pass(model, tmp_path,
         return run(*a, **k)
 
     monkeypatch.setattr(sizing, "estimate_size", counting_size)
-    monkeypatch.setattr(_pipeline, "_resampled_run", counting_run)
+    monkeypatch.setattr(Session, "_resampled", counting_run)
     image = np.random.default_rng(5).random((side, side), dtype=np.float32)
-    params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=64,
-                                     device="cpu", diameter="auto")
-    _pipeline.segment(lambda *a: None, threading.Event(), image, path, params, _pipeline.ModelCache())
+    Session(image, load_model(path), settings=SegmentationSettings(bandwidth=1.0, min_size=1), tile=64,
+            device="cpu", diameter="auto").run()
     assert calls == {"size": 1, "runs": 1}

@@ -1,10 +1,11 @@
-"""Run, Preview and Re-cluster give the same labels for the same settings (issue 26).
+"""One session: Run, Preview and Re-cluster give the same labels for the same settings, in
+memory and on disk; evaluate segments as a run does; split / merge / undo (issue 26).
 
-The Segment widget has two jobs: in memory (``_pipeline``) and, for an image over the memory
-budget, on disk (``_large`` -> ``segment_to_zarr``). Each can be run again from its stored
-embeddings (Re-cluster). Before the settings travelled typed, switching post-processing off in
-the widget was ignored by the on-disk Run (the model's merge_distance, absorb_small and
-fill_holes came back) but respected by Re-cluster. These jobs have no Qt in them.
+A :class:`Session` runs in memory or, for an image over the memory budget, to zarr
+(``segment_to_zarr``). Each can be run again from its stored embeddings (Re-cluster). Before
+the settings travelled typed, switching post-processing off in the widget was ignored by the
+on-disk Run (the model's merge_distance, absorb_small and fill_holes came back) but respected
+by Re-cluster. No Qt here.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import numpy as np
 import pytest
 from helpers import save_standardized
 
+from napari_shiftseg.inference.segment_options import SegmentOptions
+from napari_shiftseg.inference.session import WHOLE, Session
 from napari_shiftseg.network.modelio import load_model, save_model
 from napari_shiftseg.network.settings import SegmentationSettings
+from napari_shiftseg.util._errors import ShiftSegError
 
 
 def _canonical(labels) -> np.ndarray:
@@ -45,32 +49,31 @@ def case(tmp_path_factory):
     return image, path, tmp
 
 
-def _jobs():
-    from napari_shiftseg._widgets import _large, _pipeline
-
-    return _large, _pipeline
-
-
 @pytest.mark.parametrize("settings", [
     SegmentationSettings(bandwidth=1.0, min_size=2),  # post-processing off
     SegmentationSettings(bandwidth=1.0, min_size=2, merge_distance=1.0, fill_holes=True),
 ], ids=["post-off", "post-on"])
 def test_run_preview_and_recluster_agree_in_memory_and_on_disk(case, settings, tmp_path):
-    _large, _pipeline = _jobs()
     image, path, _ = case
-    report, cancel = (lambda *_: None), threading.Event()
-    params = _pipeline.SegmentParams(settings=settings, tile=16, device="cpu")
-    run = _pipeline.segment(report, cancel, image, path, params, _pipeline.ModelCache())
+    model = load_model(path)
+    options = SegmentOptions(settings=settings, tile=16, device="cpu")
+    run = Session(image, model, options).run()
     whole = tuple(slice(0, n) for n in image.shape)
-    preview = _pipeline.segment(report, cancel, image, path, params, _pipeline.ModelCache(), region=whole)
-    again, _ = _pipeline.recluster(report, cancel, run, params)
-    on_disk = _large.segment(report, cancel, image, path, params, tmp_path / "big.zarr")
-    disk_again, _ = _large.recluster(report, cancel, on_disk, params)
+    preview = Session(image, model, options).preview(whole)
+    session = Session(image, model, options)
+    session.run()
+    again, _ = session.recluster()
+    disk = Session(image, model, options)
+    disk.run_to_zarr(tmp_path / "big.zarr")
+    on_disk = disk.open_result(tmp_path / "big.zarr").labels.compute()
+    disk_again, _ = disk.recluster()
+    evaluated = Session(image, model, options.with_overrides(tile=WHOLE)).run(maps=False)
 
     reference = _canonical(run.labels)
     assert reference.max() >= 2  # objects to agree on
-    for name, labels in (("preview", preview.labels), ("re-cluster", again),
-                         ("on-disk run", on_disk.labels.compute()), ("on-disk re-cluster", disk_again.compute())):
+    assert evaluated.diagnostics == {} and evaluated.clusters is None  # no maps asked for
+    for name, labels in (("preview", preview.labels), ("re-cluster", again), ("whole image", evaluated.labels),
+                         ("on-disk run", on_disk), ("on-disk re-cluster", disk_again.compute())):
         np.testing.assert_array_equal(_canonical(labels), reference, err_msg=name)
     import zarr
 
@@ -86,7 +89,6 @@ def test_a_preview_resamples_by_the_factor_of_run(tmp_path):
     spheres sample) and give other objects than Run there."""
     from napari_shiftseg.imaging import rescale
 
-    _, _pipeline = _jobs()
     rng = np.random.default_rng(1)
     image = rng.normal(0, 0.05, (24, 48, 48)).astype(np.float32)
     for z, y, x in ((4, 6, 6), (4, 26, 30), (14, 8, 28), (14, 30, 8), (18, 30, 32)):
@@ -94,14 +96,64 @@ def test_a_preview_resamples_by_the_factor_of_run(tmp_path):
         image[(zz - z - 3) ** 2 + (yy - y - 5) ** 2 + (xx - x - 5) ** 2 <= 16] += 1.0
     path = save_standardized(tmp_path / "m3.safetensors", image, ndim=3)
     save_model(load_model(path), path, {"object_diameter": 14.0, "min_size": 2})
-    report, cancel = (lambda *_: None), threading.Event()
-    params = _pipeline.SegmentParams(settings=SegmentationSettings(bandwidth=1.0, min_size=2), tile=16,
-                                     device="cpu", diameter="auto")
+    options = SegmentOptions(settings=SegmentationSettings(bandwidth=1.0, min_size=2), tile=16,
+                             device="cpu", diameter="auto")
     model = load_model(path)
     whole = rescale.plan_resampling(image, model, "auto").factor
     slab = (slice(4, 8), slice(0, 48), slice(0, 48))
     assert rescale.plan_resampling(image[slab], model, "auto").factor != whole  # the slab alone differs
-    run = _pipeline.segment(report, cancel, image, path, params, _pipeline.ModelCache())
-    preview = _pipeline.segment(report, cancel, image, path, params, _pipeline.ModelCache(), region=slab)
+    session = Session(image, model, options)
+    run, preview = session.run(), session.preview(slab)
     factors = [r.resampled.factor if r.resampled else 1.0 for r in (run, preview)]
     assert factors[0] == pytest.approx(factors[1]) and factors[0] == pytest.approx(whole, rel=0.02)
+
+
+def test_evaluate_segments_as_a_session_run(case):
+    """``shiftseg evaluate`` (segment_array) is a session run with one tile covering the image:
+    the same labels as a tiled run of the same settings (the tiles are exact)."""
+    from napari_shiftseg.inference.evaluate import segment_array
+
+    image, path, _ = case
+    model = load_model(path)
+    settings = SegmentationSettings(bandwidth=1.0, min_size=2)
+    tiled = Session(image, model, SegmentOptions(settings=settings, tile=16, device="cpu")).run()
+    np.testing.assert_array_equal(_canonical(segment_array(image, model, settings, diameter=None)),
+                                  _canonical(tiled.labels))
+
+
+def test_split_merge_and_undo_go_through_the_session(case):
+    image, path, _ = case
+    session = Session(image, load_model(path), tile=16, device="cpu",
+                      settings=SegmentationSettings(bandwidth=1.0, min_size=2))
+    with pytest.raises(ShiftSegError, match="run or preview first"):
+        session.merge([1, 2])
+    first = session.run().labels.copy()
+    ids = [i for i in np.unique(first) if i]
+    merged, kept = session.merge(ids[:2])
+    assert kept == min(ids[:2]) and len(np.unique(merged)) == len(np.unique(first)) - 1
+    assert session.result.labels is merged and len(session.history) == 1
+    indices, values = session.undo()
+    np.testing.assert_array_equal(session.result.labels, first)  # the edit taken back
+    assert len(indices) == first.ndim and values.dtype == first.dtype
+    with pytest.raises(ShiftSegError, match="nothing to undo"):
+        session.undo()
+    hand_edited = first.copy()
+    hand_edited[0, 0] = 0
+    session.merge(ids[:2], labels=hand_edited)  # the user's edits are kept
+    session.recluster()                         # new labels: a new history
+    assert len(session.history) == 0
+    table = session.measurements()
+    assert list(table["index"]) == [i for i in np.unique(session.result.labels) if i]
+
+
+def test_a_cancelled_run_keeps_the_session_as_it_was(case):
+    from napari_shiftseg.util.progress import Cancelled
+
+    image, path, _ = case
+    session = Session(image, load_model(path), tile=16, device="cpu")
+    done = session.run()
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        session.run(cancel=cancel)
+    assert session.result is done

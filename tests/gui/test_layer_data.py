@@ -3,8 +3,9 @@
 import dask.array as da
 import numpy as np
 
-from napari_shiftseg._widgets import _layers, _pipeline
+from napari_shiftseg._widgets import _layers
 from napari_shiftseg._widgets._layers import layer_name
+from napari_shiftseg.inference import results, session
 from napari_shiftseg.network.geometry import UNetGeometry
 
 
@@ -34,14 +35,14 @@ def test_layer_names_and_placement():
 
 def test_preview_region_on_the_grid():
     g = UNetGeometry(ndim=3, levels=2)                           # f^l = 4
-    region = _pipeline.preview_region((30, 100, 100), g, {1: (13, 50), 2: (0, 100)}, (9.6, 0, 0))
+    region = session.preview_region((30, 100, 100), g, {1: (13, 50), 2: (0, 100)}, (9.6, 0, 0))
     assert region == (slice(8, 12), slice(12, 52), slice(0, 100))
     grown = g.context_region(region, (30, 100, 100))
     assert all(r.start % 4 == 0 for r in grown) and grown[0] == slice(0, 30)
 
 
 def test_preview_keeps_objects_its_edge_cuts():
-    from napari_shiftseg._widgets._pipeline import keep_cut_objects
+    from napari_shiftseg.inference.session import keep_cut_objects
 
     labels = np.zeros((4, 20, 20), np.int32)
     labels[:, 8:12, 8:12] = 1          # 64 voxels, touches the slab's top and bottom faces
@@ -57,9 +58,9 @@ def test_network_grid_maps_of_a_resampled_volume_on_the_image_grid():
     """issue 26: a volume resampled 2x in z (16 network planes for 8) shows its network-grid
     maps on the image's planes: the nearest plane for embeddings, the maximum over the planes a
     voxel holds for one-plane lines (the f^l grid), so no line falls between sampled planes."""
-    resampled = _pipeline.Resampled(origin=(0, 0, 0), working_shape=(16, 6, 6), image_shape=(8, 6, 6),
+    resampled = results.Resampled(origin=(0, 0, 0), working_shape=(16, 6, 6), image_shape=(8, 6, 6),
                                     factor=1.0)
-    result = _pipeline.SegmentResult(np.zeros((2, 16, 6, 6), np.float32), np.zeros((8, 6, 6), np.int32),
+    result = results.SegmentResult(np.zeros((2, 16, 6, 6), np.float32), np.zeros((8, 6, 6), np.int32),
                                      resampled=resampled)
     where = _layers.placement((2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     assert _layers.shown_on_image_grid(result)
@@ -74,8 +75,8 @@ def test_network_grid_maps_of_a_resampled_volume_on_the_image_grid():
     lazy, _, _ = _layers.network_layer(da.from_array(grid, chunks=4), "grid", "vol", result, where)
     assert isinstance(lazy, da.Array) and lazy.shape == (8, 6, 6)
     # A 2D image (no slider): shown on the network's grid, placed over the image.
-    flat = _pipeline.SegmentResult(np.zeros((2, 12, 12), np.float32), np.zeros((6, 6), np.int32),
-                                   resampled=_pipeline.Resampled((0, 0), (12, 12), (6, 6), 2.0))
+    flat = results.SegmentResult(np.zeros((2, 12, 12), np.float32), np.zeros((6, 6), np.int32),
+                                   resampled=results.Resampled((0, 0), (12, 12), (6, 6), 2.0))
     data, kwargs, _ = _layers.network_layer(np.zeros((12, 12), bool), "grid", "img", flat,
                                             _layers.placement((1.0, 1.0), (0.0, 0.0)))
     assert data.shape == (12, 12) and kwargs["scale"] == (0.5, 0.5)
@@ -84,11 +85,11 @@ def test_network_grid_maps_of_a_resampled_volume_on_the_image_grid():
 def test_labels_on_the_image_grid_are_numbered_again():
     """issue 26: objects lost between the sampled planes leave no gaps in the ids, so the
     status line's "n objects" (the largest id) is what the layer holds."""
-    resampled = _pipeline.Resampled((0, 0, 0), (4, 2, 2), (2, 2, 2), 1.0)
-    result = _pipeline.SegmentResult(np.zeros((2, 4, 2, 2), np.float32), np.zeros((2, 2, 2), np.int32),
+    resampled = results.Resampled((0, 0, 0), (4, 2, 2), (2, 2, 2), 1.0)
+    result = results.SegmentResult(np.zeros((2, 4, 2, 2), np.float32), np.zeros((2, 2, 2), np.int32),
                                      resampled=resampled)
     working = np.zeros((4, 2, 2), np.int32)
     working[0], working[1], working[3, 0] = 1, 2, 3     # planes 1 and 3 are sampled: 1 is lost
-    labels = _pipeline.labels_on_image_grid(result, working)
+    labels = results.labels_on_image_grid(result, working)
     np.testing.assert_array_equal(labels[:, 0, 0], [1, 2])  # 2 and 3, numbered again
     assert labels.max() == np.unique(labels[labels > 0]).size == 2 and labels.dtype == np.int32

@@ -77,9 +77,8 @@ def _spatial_model(path, normalization):
 def test_preview_uses_the_models_normalisation_and_global_positions(tmp_path, lattice_crop):
     """The preview job predicts a crop: it must still normalise as the model was trained
     (recorded percentiles of the whole image) and give spatial embeddings image positions."""
-    import threading
 
-    from napari_shiftseg._widgets import _pipeline
+    from napari_shiftseg.inference.session import Session
     from napari_shiftseg.network.settings import SegmentationSettings
 
     noise = np.random.default_rng(0).normal(0, 0.3, (256, 256))
@@ -88,10 +87,8 @@ def test_preview_uses_the_models_normalisation_and_global_positions(tmp_path, la
                           {"method": "percentile", "low": 20.0, "high": 80.0})
     model = load_model(path)
     full = predict_whole(image, model, device="cpu")        # the recorded normalisation
-    params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu")
     region = (slice(160, 192), slice(120, 160))   # whole f^l = 4 cells, context and all off the origin
-    result = _pipeline.segment(lambda *_: None, threading.Event(), image, path, params,
-                               _pipeline.ModelCache(), region)
+    result = Session(image, model, settings=SegmentationSettings.of(model), tile=16, device="cpu").preview(region)
     np.testing.assert_allclose(result.embeddings, full[(slice(None),) + region], rtol=1e-5, atol=1e-4)
 
 
@@ -101,8 +98,9 @@ def test_resampled_run_and_preview(tmp_path, lattice_crop):
     on the image's grid and the embedding layers are placed over the image's pixels."""
     import threading
 
-    from napari_shiftseg._widgets import _layers, _pipeline
+    from napari_shiftseg._widgets import _layers
     from napari_shiftseg.imaging import rescale
+    from napari_shiftseg.inference.session import Session
     from napari_shiftseg.network.settings import SegmentationSettings
 
     image = np.tile(lattice_crop[0], (2, 2)).astype(np.float32)             # 128 x 128
@@ -112,22 +110,21 @@ def test_resampled_run_and_preview(tmp_path, lattice_crop):
     model.meta["object_diameter"] = 20.0
     from napari_shiftseg.network.modelio import save_model
     save_model(model, path)
-    params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu",
-                                     diameter=10.0)
-    run = lambda region=None: _pipeline.segment(lambda *_: None, threading.Event(), image, path,  # noqa: E731
-                                                params, _pipeline.ModelCache(), region)
-    full = run()
+    session = Session(image, load_model(path), settings=SegmentationSettings.of(model), tile=16, device="cpu",
+                      diameter=10.0)
+    full = session.run()
     assert full.resampled.factor == 2.0 and full.resampled.working_shape == (256, 256)
     assert full.embeddings.shape[1:] == (256, 256) and full.labels.shape == image.shape
     working = rescale.resize_image(image, shape=(256, 256))
     np.testing.assert_allclose(full.embeddings, predict_whole(working, model, device="cpu"),
                                rtol=1e-5, atol=1e-4)
     # Labels on the image's grid are the working labels read at each pixel's nearest centre.
-    labels = _pipeline._label(lambda *_: None, threading.Event(), full.embeddings, params, True)[0]
+    labels = session._label(lambda *_: None, threading.Event(), full.embeddings, session.settings, True, None,
+                            False)[0]
     np.testing.assert_array_equal(full.labels, labels[1::2, 1::2])
 
     region = (slice(40, 72), slice(16, 48))
-    preview = run(region)
+    preview = session.preview(region)
     assert preview.labels.shape == (32, 32) and preview.origin == (40, 16)
     part = tuple(slice(o, o + n) for o, n in zip(preview.resampled.origin, preview.embeddings.shape[1:]))
     np.testing.assert_allclose(preview.embeddings, full.embeddings[(slice(None),) + part],
@@ -145,9 +142,8 @@ def test_resampled_run_and_preview(tmp_path, lattice_crop):
 def test_spatial_preview_of_a_stack_slice(tmp_path, lattice_crop):
     """A spatial 2D model on a stack: the preview of one slice's region equals the full
     slice-by-slice run there (in-plane positions of the whole image)."""
-    import threading
 
-    from napari_shiftseg._widgets import _pipeline
+    from napari_shiftseg.inference.session import Session
     from napari_shiftseg.network.settings import SegmentationSettings
 
     plane = np.tile(lattice_crop[0], (4, 4)).astype(np.float32)
@@ -156,10 +152,8 @@ def test_spatial_preview_of_a_stack_slice(tmp_path, lattice_crop):
                                                              "high": 99.8})
     model = load_model(path)
     full = predict_whole(stack, model, device="cpu", per_slice=True)
-    params = _pipeline.SegmentParams(settings=SegmentationSettings.of(model), tile=16, device="cpu")
     region = (slice(2, 3), slice(160, 192), slice(120, 160))
-    result = _pipeline.segment(lambda *_: None, threading.Event(), stack, path, params,
-                               _pipeline.ModelCache(), region)
+    result = Session(stack, model, settings=SegmentationSettings.of(model), tile=16, device="cpu").preview(region)
     np.testing.assert_allclose(result.embeddings, full[(slice(None),) + region], rtol=1e-5, atol=1e-4)
     assert result.labels.shape == (1, 32, 40)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,47 @@ def wrap(*labels) -> None:
     """Let long info lines wrap instead of widening the dock (and shrinking the canvas)."""
     for label in labels:
         label.native.setWordWrap(True)
+
+
+class ModelCache:
+    """Keeps the last loaded model, keyed by path, file time and device (worker-thread use)."""
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._model = None
+        self._lock = threading.Lock()
+
+    def get(self, path, device: str = "auto"):
+        from ..network.devices import resolve_device
+        from ..network.modelio import load_model
+
+        path = Path(path)
+        dev = resolve_device(device)
+        key = (str(path), *file_stamp(path), str(dev))
+        with self._lock:  # the widget's warm-up may use the cache from another thread
+            if key != self._key:
+                self._model, self._key = load_model(path, device=dev), key
+            return self._model
+
+    def loaded_path(self) -> Path | None:
+        """The file of the model held (None: none yet)."""
+        return None if self._key is None else Path(self._key[0])
+
+
+def check_image(layer, model_ndim: int):
+    """Refuse multiscale/RGB layers and dimensionality mismatches with a one-line message."""
+    from ..util._errors import ShiftSegError
+
+    name, data = layer.name, layer.data
+    if getattr(layer, "multiscale", False):
+        raise ShiftSegError(f"layer {name!r} is multiscale; add its full-resolution level as a layer")
+    if getattr(layer, "rgb", False):
+        raise ShiftSegError(f"layer {name!r} is an RGB image; shiftseg models take one channel")
+    if data.ndim != model_ndim:
+        raise ShiftSegError(
+            f"layer {name!r} is {data.ndim}D but the model is {model_ndim}D; pick a {data.ndim}D model"
+        )
+    return data
 
 
 def file_stamp(path: Path) -> tuple:

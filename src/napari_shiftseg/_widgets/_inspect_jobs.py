@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..inference import diagnostics, predict
 from ..util import progress
-from ._pipeline import ModelCache
+from ._common import ModelCache
 
 
 def describe_tile(geometry, requested: int, mode: str) -> str:

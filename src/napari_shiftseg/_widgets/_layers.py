@@ -5,7 +5,7 @@ layer is named ``<kind> [<image>]`` (the kind first: the layer list cuts long na
 the right) and placed with the source image's scale and
 translate (shifted by the crop origin for a preview of part of the image).
 
-A result computed on a resampled image (``_results.Resampled``) has its embeddings and
+A result computed on a resampled image (``inference.results.Resampled``) has its embeddings and
 diagnostics on the grid the network ran on. In 2D they are shown there, placed over the image's
 pixels. An image with a slider axis (3D, stacks) gets them back on its own pixels instead:
 napari steps a slider by the finest scale of the layers on it, so one layer on a finer grid
@@ -128,7 +128,7 @@ def _contrast(data, kind: str) -> tuple[float, float]:
 
 
 def resampled_placement(where: dict, origin, resampled) -> dict:
-    """Placement of a result on a resampled image's grid (see ``_results.Resampled``), given
+    """Placement of a result on a resampled image's grid (see ``inference.results.Resampled``), given
     the image's own ``where`` for a crop starting at ``origin`` (None: the whole image).
 
     Pixel j of the resampled image has its centre at image coordinate (j + 0.5)·r − 0.5 with
@@ -145,7 +145,7 @@ def resampled_placement(where: dict, origin, resampled) -> dict:
 
 def segmentation_layers(result, image_name: str, where: dict, embed_dim: int,
                         capacity: int | None = None) -> list[tuple]:
-    """All layers of a segmentation run (see :class:`~._results.SegmentResult`).
+    """All layers of a segmentation run (see :class:`~napari_shiftseg.inference.results.SegmentResult`).
 
     Instances are on the image's grid; embeddings and diagnostics on the grid the network ran
     on (see :func:`network_layer`), which differs when the image was resampled.

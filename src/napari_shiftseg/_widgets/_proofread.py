@@ -1,12 +1,11 @@
 """The Segment widget's proofreading row: split one object, merge several, undo.
 
-*Split* re-clusters one object's embeddings (cached from the last run) with half the bandwidth
-(:func:`napari_shiftseg.inference.proofread.split_object`); *Merge* joins the ids typed. Both work on the
-instances layer as it is now, so hand edits made with napari's label tools are kept; the
-measurement table follows each edit.
-
-*Undo* takes back the last split or merge (:class:`napari_shiftseg.inference.proofread.EditHistory`: the
-box each edit changed, as it was before). Edits are written with napari's
+Each button is one call into the last run's
+:class:`~napari_shiftseg.inference.session.Session`: *Split* re-clusters one object's embeddings
+with half the bandwidth; *Merge* joins the ids typed. Both work on the instances layer as it is
+now, so hand edits made with napari's label tools are kept; the measurement table follows each
+edit. *Undo* takes back the last split or merge (the session's edit history: the box each edit
+changed, as it was before). Edits are written with napari's
 ``Labels.data_setitem``, so napari's own undo of the layer (Ctrl+Z) takes them back as well,
 in order with the user's hand edits. A new run or re-cluster (new labels in the layer) starts
 a new history.
@@ -18,9 +17,8 @@ import numpy as np
 from magicgui.widgets import Container, LineEdit, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
-from ..inference.proofread import EditHistory, merge_objects
 from ..util._errors import ShiftSegError
-from . import _layers, _results
+from . import _layers
 
 
 class ProofreadPanel(Container):
@@ -29,7 +27,6 @@ class ProofreadPanel(Container):
 
     def __init__(self, owner):
         self._owner = owner
-        self.history = EditHistory()
         self._edited = None  # the layer data the history's edits were made on
         self.split_id = SpinBox(label="object", value=0, min=0, max=2**31 - 1)
         self.split_id.native.setSpecialValueText("selected label")
@@ -51,13 +48,14 @@ class ProofreadPanel(Container):
 
     def _can_undo(self) -> bool:
         try:
-            return len(self.history) > 0 and self._instances_layer().data is self._edited
+            layer = self._instances_layer()  # says why not when there is no session
+            return bool(self._owner._session.history) and layer.data is self._edited
         except ShiftSegError:
             return False
 
     def _instances_layer(self):
         owner = self._owner
-        if owner._result is None or owner._target is None:
+        if owner._session is None or owner._result is None or owner._target is None:
             raise ShiftSegError("run Segment first")
         name = _layers.layer_name(owner._target[0], "instances")
         if name not in owner._viewer.layers:
@@ -72,8 +70,8 @@ class ProofreadPanel(Container):
         try:
             layer = self._instances_layer()
             object_id = self.split_id.value or int(layer.selected_label)
-            labels, ids = _results.split(owner._result, np.asarray(layer.data), object_id,
-                                          bandwidth, owner.min_size.value)
+            self._restart_if_new(layer)
+            labels, ids = owner._session.split(object_id, np.asarray(layer.data), bandwidth)
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
@@ -94,7 +92,8 @@ class ProofreadPanel(Container):
             except ValueError:
                 raise ShiftSegError(f"merge ids must be whole numbers like 4, 9; got "
                                     f"{self.merge_ids.value!r}") from None
-            labels, kept = merge_objects(np.asarray(layer.data), ids)
+            self._restart_if_new(layer)
+            labels, kept = self._owner._session.merge(ids, np.asarray(layer.data))
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
@@ -107,24 +106,26 @@ class ProofreadPanel(Container):
             layer = self._instances_layer()
             if not self._can_undo():
                 raise ShiftSegError("nothing to undo since the last run")
-            patch = self.history.pop()
+            session = self._owner._session
+            indices, values = session.undo(layer.data)
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return
-        indices, values = patch.changes(layer.data)
-        layer.data_setitem(indices, values.astype(np.asarray(layer.data).dtype, copy=False))
+        layer.data_setitem(indices, values)
         self._edited = layer.data
         self._after_edit(layer)
-        self._owner.status.value = "undone" + (f" ({len(self.history)} more edit(s) to undo)"
-                                               if self.history else "")
+        left = len(session.history)
+        self._owner.status.value = "undone" + (f" ({left} more edit(s) to undo)" if left else "")
+
+    def _restart_if_new(self, layer) -> None:
+        """New labels in the layer since the last edit (a run, a re-cluster, a new layer): the
+        session's history of edits no longer applies to them."""
+        if layer.data is not self._edited:
+            self._owner._session.history.clear()
 
     def _apply(self, layer, labels) -> None:
-        """Write proofread ``labels`` into the layer, recording the edit for undo."""
-        current = layer.data
-        if current is not self._edited:  # new labels since the last edit (run, re-cluster)
-            self.history.clear()
-        before = np.asarray(current)
-        self.history.record(before, labels)
+        """Write proofread ``labels`` (the session recorded the edit for undo) into the layer."""
+        before = np.asarray(layer.data)
         if labels.dtype == before.dtype:
             changed = np.nonzero(labels != before)
             layer.data_setitem(changed, labels[changed])  # in napari's undo history too
@@ -136,7 +137,6 @@ class ProofreadPanel(Container):
     def _after_edit(self, layer) -> None:
         """The cached result and the measurement table follow the layer; Undo's state too."""
         owner = self._owner
-        owner._result.labels = np.asarray(layer.data)
-        layer.features = _results.object_features(owner._result, owner._source,
-                                                   owner._target[1]["scale"])
+        owner._session.result.labels = np.asarray(layer.data)
+        layer.features = owner._session.measurements(owner._target[1]["scale"])
         self.undo_button.enabled = self._can_undo()

@@ -4,7 +4,8 @@ Tile (snapped live to n·f^l, with the input window it needs), device, stitching
 layer's extra axis, object diameter, isotropic resampling and the segmentation settings. The
 settings are those the chosen model file records (:meth:`SegmentationSettings.of`, tuned at the
 end of training), put into the controls whenever a model is chosen; what the user edits there
-is passed on as one :class:`SegmentationSettings`, inside one :class:`_pipeline.SegmentParams`.
+is passed on as one :class:`SegmentationSettings`, inside one
+:class:`~napari_shiftseg.inference.segment_options.SegmentOptions`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from napari.utils.notifications import show_error
 
 from ..imaging import rescale
+from ..inference.segment_options import SegmentOptions
+from ..inference.session import MODES
 from ..network.settings import SegmentationSettings
 from ..network.tiling import tile_for
 from ..util._errors import ShiftSegError
-from . import _axes, _inspect_jobs, _pipeline
+from . import _axes, _inspect_jobs
 from ._common import device_choice
 
 
@@ -36,7 +39,7 @@ class SegmentControls(Container):
         self.tile_info = Label(label="tile")
         self.tile_info.native.setWordWrap(True)
         self.device = device_choice(settings)
-        self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
+        self.mode = ComboBox(label="stitching", choices=list(MODES), value="exact")
         # A layer with one axis more than the model: z (slice by slice), time or channels.
         self.extra_axis = ComboBox(label="extra axis", choices=self.extra_choices)
         self.extra_index = SpinBox(label="channel", value=0, min=0, max=2**31 - 1)
@@ -81,12 +84,11 @@ class SegmentControls(Container):
             min_size=self.min_size.value, merge_distance=self.merge_distance.value,
             absorb_small=self.absorb_small.value, fill_holes=self.fill_holes.value)
 
-    def params(self) -> _pipeline.SegmentParams:
+    def params(self) -> SegmentOptions:
         """Everything a run takes from the controls."""
-        return _pipeline.SegmentParams(settings=self.settings(), tile=self.tile_request(),
-                                       device=self.device.value, mode=self.mode.value,
-                                       diameter=self.diameter.value or "auto",
-                                       voxel_size=self.voxel_size())
+        return SegmentOptions(settings=self.settings(), tile=self.tile_request(), device=self.device.value,
+                              mode=self.mode.value, diameter=self.diameter.value or "auto",
+                              voxel_size=self.voxel_size())
 
     def voxel_size(self) -> tuple | None:
         """The layer's scale on the model's axes, when isotropic resampling is asked for."""

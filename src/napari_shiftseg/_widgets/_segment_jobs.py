@@ -1,10 +1,11 @@
 """The Segment widget's worker-thread jobs and status lines: no Qt, no napari.
 
-Each job has the :mod:`._worker` signature ``job(report, cancel, ...)`` and returns
-``(result, layer tuples, objects)``: the layer data is built in the worker too (colours,
-measurements), and ``objects`` is the number of object ids the instances hold (None for results
-on disk, which are not read again to count them). The widget only adds the layers and shows
-:func:`done_message`.
+Each job has the :mod:`._worker` signature ``job(report, cancel, ...)``, drives one
+:class:`~napari_shiftseg.inference.session.Session` (the one way to segment) and returns
+``(outcome, layer tuples, objects)``: the session of a run, or the labels of a re-cluster; the
+layer data is built in the worker too (colours, measurements), and ``objects`` is the number of
+object ids the instances hold (None for results on disk, which are not read again to count
+them). The widget only adds the layers and shows :func:`done_message`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _axes, _large, _layers, _pipeline, _results
+from ..inference.results import LargeResult, SegmentResult
+from ..inference.session import Session, check_budget, preview_region, warm_up
+from . import _axes, _layers
 
 log = logging.getLogger(__name__)
 
@@ -61,51 +64,48 @@ def count_objects(labels) -> int | None:
     return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
 
 
-def segment_job(report, cancel, image, model_path, params, cache, dest: Destination):
+def segment_job(report, cancel, image, model_path, options, cache, dest: Destination):
     """Segment (in memory, or via zarr when ``dest.out_path``), then build the layer data."""
     region, target, out_path, time_point = dest.region, dest.target, dest.out_path, dest.time_point
     name, where, embed_dim, capacity = target
-    result: _results.SegmentResult | _large.LargeResult
+    session = Session(image, cache.get(model_path, options.device), options)
+    result: SegmentResult | LargeResult
     if out_path is None:
-        result = _pipeline.segment(report, cancel, image, model_path, params, cache, region)
+        result = session.run(report, cancel) if region is None else session.preview(region, report, cancel)
         layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
-        with_features(layers, _results.object_features(result, image, where["scale"]))
+        with_features(layers, session.measurements(where["scale"]))
     else:  # results on disk are not measured here: `shiftseg segment --table`
-        result = _large.segment(report, cancel, image, model_path, params, out_path)
+        session.run_to_zarr(out_path, report, cancel, stage=lambda name: report(0, 1, name))
+        result = session.open_result(out_path)
         layers = _layers.segmentation_layers(result, name, where, embed_dim, capacity)
     objects = count_objects(result.labels)
     if time_point is not None:
         layers = _axes.with_time_axis(layers, _axes.TIME, *time_point)
         return TimeSeriesResult(int(np.max(result.labels, initial=0)), 1), layers, objects
-    return result, layers, objects
+    return session, layers, objects
 
 
-def time_job(report, cancel, image, model_path, params, cache, target, layer_axes):
+def time_job(report, cancel, image, model_path, options, cache, target, layer_axes):
     """Each time point on its own; layers stacked along the time axis, object ids numbered on
-    from one point to the next."""
+    from one point to the next (:meth:`Session.run_time_series`)."""
     name, where, embed_dim, capacity = target
-    per_point, offset = [], 0
-    for t in range(image.shape[0]):
-        def point_report(done, total, what, t=t):
-            report(done, total, f"time point {t + 1}/{image.shape[0]}: {what}")
-        result = _pipeline.segment(point_report, cancel, image[t], model_path, params, cache)
-        result.labels = np.where(result.labels > 0, result.labels + offset, 0).astype(np.int32)
-        offset = max(offset, int(result.labels.max()))
+    session = Session(image, cache.get(model_path, options.device), options)
+    per_point, last = [], 0
+    for result in session.run_time_series(report, cancel):
+        last = max(last, int(result.labels.max(initial=0)))
         per_point.append(_layers.segmentation_layers(result, name, where, embed_dim, capacity))
-    return TimeSeriesResult(offset, image.shape[0]), _axes.stack_time(per_point, layer_axes), None
+    return TimeSeriesResult(last, image.shape[0]), _axes.stack_time(per_point, layer_axes), None
 
 
-def recluster_job(report, cancel, result, params, target, image):
-    """Mean-shift and labelling again on the cached result: (labels, layers, objects)."""
-    large = isinstance(result, _large.LargeResult)
-    labels, clusters = (_large if large else _pipeline).recluster(report, cancel, result, params)
+def recluster_job(report, cancel, session: Session, settings, target):
+    """Mean-shift and labelling again on the session's result: (labels, layers, objects)."""
+    labels, clusters = session.recluster(settings, report, cancel)
     name, where = target[:2]
     layers = [_layers.result_layer(labels, "instances", name, where)]
     if clusters is not None:
-        layers.append(_layers.network_layer(clusters, "clusters", name, result, where))
-    if not large:
-        measured = dataclasses.replace(result, labels=labels)
-        with_features(layers, _results.object_features(measured, image, where["scale"]))
+        layers.append(_layers.network_layer(clusters, "clusters", name, session.result, where))
+    if isinstance(session.result, SegmentResult):
+        with_features(layers, session.measurements(where["scale"]))
     return labels, layers, count_objects(labels)
 
 
@@ -121,17 +121,19 @@ def done_message(result, objects: int | None) -> str:
     if isinstance(result, TimeSeriesResult):
         return (f"done: {result.n_objects} objects" if result.points == 1 else
                 f"done: {result.n_objects} objects over {result.points} time points")
-    if not isinstance(result, (_results.SegmentResult, _large.LargeResult)):  # re-clustered labels
+    if isinstance(result, Session):
+        result = result.result
+    if not isinstance(result, (SegmentResult, LargeResult)):  # re-clustered labels
         return "re-clustered" + ("" if objects is None else f": {objects} objects")
-    where = (f": results in {result.path}" if isinstance(result, _large.LargeResult)
+    where = (f": results in {result.path}" if isinstance(result, LargeResult)
              else f": {objects} objects")
     note = getattr(result, "note", "")
     return ("done" + ("" if result.origin is None else " (preview)") + where
             + (f" ({note})" if note else ""))
 
 
-def start_warm_up(model_path, params, cache) -> tuple[threading.Thread, threading.Event]:
-    """Run :func:`_pipeline.warm_up` in a daemon thread: (the thread, an event set when done).
+def start_warm_up(model_path, options, cache) -> tuple[threading.Thread, threading.Event]:
+    """Run :func:`~napari_shiftseg.inference.session.warm_up` in a daemon thread: (the thread, an event set when done).
 
     A plain thread, not a Task: it has no result to show and must not outlive the widget's Qt
     objects through signals (the widget may close before it ends)."""
@@ -139,7 +141,7 @@ def start_warm_up(model_path, params, cache) -> tuple[threading.Thread, threadin
 
     def job():
         try:
-            _pipeline.warm_up(None, threading.Event(), model_path, params, cache)
+            warm_up(cache.get(model_path, options.device), options)
             done.set()
         except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first run
             log.debug("shiftseg warm-up failed", exc_info=True)
@@ -163,15 +165,15 @@ def select_input(layer, kind: str, index: int, channels: str, config, region, bu
     if region is not None and kind in (_axes.TIME, _axes.CHANNEL, _axes.CHANNELS) and not rgb:
         region = region[1:]      # the preview of the selected time point or channel
     if region is not None:
-        _pipeline.check_budget([s.stop - s.start for s in region], config.out_channels, budget_gb)
+        check_budget([s.stop - s.start for s in region], config.out_channels, budget_gb)
     if kind == _axes.TIME_ALL:
-        _pipeline.check_budget(data.shape, config.out_channels, budget_gb)
+        check_budget(data.shape, config.out_channels, budget_gb)
     return data, region
 
 
 def visible_region(viewer, layer, geometry) -> tuple[slice, ...]:
     """The part of ``layer`` a preview computes: what the canvas shows of the displayed axes,
-    the current slice of the others (see :func:`_pipeline.preview_region`)."""
+    the current slice of the others (see :func:`~napari_shiftseg.inference.session.preview_region`)."""
     # Layer axis a is world axis a + offset; napari keeps the visible data box of the
     # displayed axes in layer.corner_pixels (updated whenever the canvas draws).
     offset = viewer.dims.ndim - layer.ndim
@@ -180,4 +182,4 @@ def visible_region(viewer, layer, geometry) -> tuple[slice, ...]:
     visible = {a: (int(corners[0, a]), int(corners[1, a]) + 1) for a in range(layer.ndim)
                if a + offset in displayed}
     point = layer.world_to_data(viewer.dims.point)
-    return _pipeline.preview_region(layer.data.shape, geometry, visible, point)
+    return preview_region(layer.data.shape, geometry, visible, point)

@@ -19,10 +19,11 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
+from ..inference.session import MODES
 from ..network.tiling import tile_for
 from ..util._errors import ShiftSegError
-from . import _inspect_jobs, _layers, _pipeline
-from ._common import device_choice, inference_settings, layer_choices, watch_layers, wrap
+from . import _inspect_jobs, _layers
+from ._common import ModelCache, check_image, device_choice, inference_settings, layer_choices, watch_layers, wrap
 from ._model_choice import ModelChooser
 from ._worker import Task
 
@@ -39,7 +40,7 @@ class InspectWidget(Container):
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
         self.model = ModelChooser()
         self.tile = SpinBox(label="output tile", value=settings.tile_size, min=1, max=4096)
-        self.mode = ComboBox(label="stitching", choices=list(_pipeline.MODES), value="exact")
+        self.mode = ComboBox(label="stitching", choices=list(MODES), value="exact")
         self.device = device_choice(settings)
         self.grid_button = PushButton(text="f^l grid")
         self.phase_button = PushButton(text="Phase map")
@@ -80,7 +81,7 @@ class InspectWidget(Container):
             if layer is None:
                 raise ShiftSegError("add or select an image layer first")
             geometry = self.model.metadata().config.geometry
-            _pipeline.check_image(layer, geometry.ndim)
+            check_image(layer, geometry.ndim)
         except ShiftSegError as err:
             show_error(f"shiftseg: {err}")
             return None
@@ -111,7 +112,7 @@ class InspectWidget(Container):
         layer, g, where = checked
         self._target = ("seams", layer.name, where)
         self._task.start(_inspect_jobs.seams, layer.data, self.model.path, self._tile(g), self.mode.value,
-                         self.device.value, _pipeline.ModelCache(), input_layers=(layer,))
+                         self.device.value, ModelCache(), input_layers=(layer,))
 
     def stitch_check(self) -> None:
         """Print max |stitched − whole| for the chosen tile and mode (worker thread)."""
@@ -121,7 +122,7 @@ class InspectWidget(Container):
         layer, g, _ = checked
         self._target = ("check", self.mode.value, self._tile(g))
         self._task.start(_inspect_jobs.stitch_check, layer.data, self.model.path, self._tile(g),
-                         self.mode.value, self.device.value, _pipeline.ModelCache(),
+                         self.mode.value, self.device.value, ModelCache(),
                          input_layers=(layer,))
 
     def _show(self, layer_tuples: list[tuple]) -> None:

@@ -25,11 +25,14 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
+from ..inference.results import SegmentResult
+from ..inference.segment_options import SegmentOptions
+from ..inference.session import Session, fits_budget
 from ..network.settings import SegmentationSettings
 from ..util._errors import ShiftSegError
-from . import _axes, _gc, _large, _layers, _pipeline
+from . import _axes, _gc, _large, _layers
 from . import _segment_jobs as jobs
-from ._common import ScrollsWhenDocked, inference_settings, layer_choices, set_running, watch_layers, wrap
+from ._common import ModelCache, ScrollsWhenDocked, inference_settings, layer_choices, set_running, watch_layers, wrap
 from ._model_choice import ModelChooser
 from ._proofread import ProofreadPanel
 from ._segment_controls import SegmentControls
@@ -73,9 +76,10 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         super().__init__(widgets=[self.image, self.model, self.controls, buttons, self.proofread,
                                   self.progress, self.status], scrollable=True)
         wrap(self.status)
-        self._cache = _pipeline.ModelCache()
-        self._result: _pipeline.SegmentResult | None = None
-        self._source = self._next_source = None  # the array the cached result was computed from
+        self._cache = ModelCache()
+        # The last run's session (image, model, options, result, edit history): re-cluster and
+        # proofreading go to it.
+        self._session: Session | None = None
         self._target: tuple | None = None  # (layer name, placement, E, capacity) of the cached result
         self._next_target: tuple | None = None
         self._pending: list = []  # layer tuples still to add, then the final status line
@@ -103,7 +107,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
 
     def _warm_up(self) -> None:
         try:
-            params = _pipeline.SegmentParams(settings=self.settings(), device=self.device.value)
+            params = SegmentOptions(settings=self.settings(), device=self.device.value)
             path = self.model.path
         except ShiftSegError:
             return  # an unreadable model: the first Run says why
@@ -157,7 +161,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
 
     def recluster(self) -> None:
         """Mean-shift again (new bandwidth / min size) on the cached embeddings."""
-        if self._result is None or self.busy:
+        if self._session is None or self._session.result is None or self.busy:
             return
         try:
             params = self._params()
@@ -167,7 +171,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         # Re-clustering needs only the cached result; its image, while still there, is watched
         # as a run's would be.
         self._next_layer = self._result_layer if self._in_viewer(self._result_layer) else None
-        self._task.start(_recluster_job, self._result, params, self._target, self._source,
+        self._task.start(_recluster_job, self._session, params.settings, self._target,
                          input_layers=(self._next_layer,) if self._next_layer else ())
 
     # ---- proofreading (see _proofread.ProofreadPanel) ---------------------------------
@@ -188,7 +192,12 @@ class SegmentWidget(ScrollsWhenDocked, Container):
     def _in_viewer(self, layer) -> bool:
         return any(shown is layer for shown in self._viewer.layers)
 
-    def _params(self) -> _pipeline.SegmentParams:
+    @property
+    def _result(self):
+        """The last run's result (None before any)."""
+        return None if self._session is None else self._session.result
+
+    def _params(self) -> SegmentOptions:
         return self.controls.params()
 
     def _start(self, region) -> None:
@@ -220,13 +229,12 @@ class SegmentWidget(ScrollsWhenDocked, Container):
                              input_layers=(layer,))
             return
         out_path = None  # results that do not fit the budget go to zarr and are shown lazily
-        if region is None and not _pipeline.fits_budget(data.shape, config.out_channels, budget):
+        if region is None and not fits_budget(data.shape, config.out_channels, budget):
             out_path = _large.output_path(f"{layer.name}-{kind}-{index}", self.model.path,
                                           params.tile, params.mode, params.diameter,
                                           params.voxel_size)
         time_point = (index, jobs.LayerAxes(tuple(layer.scale), tuple(layer.translate))) \
             if kind == _axes.TIME else None
-        self._next_source = data  # what was segmented: measured again after re-cluster / edits
         self._task.start(_segment_job, data, self.model.path, params, self._cache,
                          jobs.Destination(region, self._next_target, out_path, time_point),
                          input_layers=(layer,))
@@ -248,7 +256,7 @@ class SegmentWidget(ScrollsWhenDocked, Container):
         if busy and not self._pending:
             self.progress.value, self.status.value = 0, "starting…"
         self.recluster_button.enabled = not busy and self._result is not None
-        self.proofread.set_enabled(not busy and isinstance(self._result, _pipeline.SegmentResult))
+        self.proofread.set_enabled(not busy and isinstance(self._result, SegmentResult))
 
     def _on_progress(self, done: int, total: int, what) -> None:
         self.progress.max = max(total, 1)
@@ -266,15 +274,13 @@ class SegmentWidget(ScrollsWhenDocked, Container):
 
     def _on_done(self, outcome) -> None:
         result, layers, objects = outcome
-        if isinstance(result, (_pipeline.SegmentResult, _large.LargeResult)):
-            self._result, self._target = result, self._next_target
-            self._source, self._result_layer = self._next_source, self._next_layer
+        if isinstance(result, Session):
+            self._session, self._target, self._result_layer = result, self._next_target, self._next_layer
         elif isinstance(result, jobs.TimeSeriesResult):
             # One time point's (or every point's) layers carry the time axis; re-cluster and
             # proofreading work on single images, so they are off until the next plain run.
-            self._result = None
-        else:  # re-clustered labels
-            self._result.labels = result
+            self._session = None
+        # (re-clustered labels: the session holds them already)
         done = jobs.done_message(result, objects)
         # One layer per event-loop turn: adding a layer costs napari 0.1-0.3 s (layer controls,
         # vispy node), and the viewer stays responsive in between. Buttons stay off meanwhile.

@@ -140,7 +140,8 @@ def run(args) -> int:
     import sys
 
     from ..files.io import time_points
-    from ..inference.segment import ATTRS, segment_to_zarr
+    from ..inference.segment import ATTRS
+    from ..inference.session import Session
 
     if time_points(args.image) > 1:
         return run_series(args)
@@ -167,8 +168,8 @@ def run(args) -> int:
     with _client(args) as client:
         try:
             options = _options(args)
-            group = segment_to_zarr(args.image, args.output, args.model, options, progress=progress,
-                                    stage=stage, client=client)
+            group = Session(args.image, args.model, options).run_to_zarr(
+                args.output, lambda done, total, _: progress(done, total), stage=stage, client=client)
         finally:
             if bar is not None:
                 bar.close()
@@ -199,7 +200,8 @@ def run_series(args) -> int:
     import sys
 
     from ..inference.segment import ATTRS
-    from ..inference.series import frames_path, segment_series
+    from ..inference.series import frames_path
+    from ..inference.session import Session
     from ..util._errors import ShiftSegError
 
     if args.table:
@@ -235,8 +237,9 @@ def run_series(args) -> int:
 
     with _client(args) as client:
         try:
-            group = segment_series(args.image, args.output, args.model, options, progress=progress,
-                                   stage=stage, client=client, time_point=time_point)
+            group = Session(args.image, args.model, options).run_to_zarr(
+                args.output, lambda done, total, _: progress(done, total), stage=stage, client=client,
+                time_point=time_point)
         finally:
             if bar is not None:
                 bar.close()

@@ -1,15 +1,13 @@
-"""Whole-image segmentation of small held-out images, for measuring a model's accuracy.
+"""Segmentation of small held-out images and scoring against labels, for measuring a model.
 
-:func:`segment_array` runs the network once on the whole (reflect-padded, globally normalised)
-image, clusters the foreground embeddings by mean-shift, gives each voxel its nearest mode and
-splits every cluster into connected components (far-apart objects may share an embedding: a
-U-Net can tell at most f^(d·l) same-looking objects apart, THEORY.md result 2).
-
-It is a convenience wrapper around the engine (:func:`napari_shiftseg.inference.predict.predict_whole`
-and :func:`napari_shiftseg.inference.instances.segment_instances`) that takes the model's recorded
-normalisation, bandwidth and minimum object size and returns a numpy array. It holds the whole
-image in memory: large volumes go through the lazy tiled engine (``predict_embeddings`` +
-``segment_instances``/``write_instances``, or ``shiftseg segment``) instead.
+:func:`segment_array` is a :class:`~napari_shiftseg.inference.session.Session` run (the one way
+to segment: the same resampling plan, normalisation, clustering and labelling as the widgets and
+``shiftseg segment``) with one tile covering the image: the network runs once on the whole
+(reflect-padded, globally normalised) image, the foreground embeddings are clustered by
+mean-shift, each voxel gets its nearest mode and every cluster is split into connected
+components (far-apart objects may share an embedding: a U-Net can tell at most f^(d·l)
+same-looking objects apart, THEORY.md result 2). It holds the whole image in memory: large
+volumes go through ``shiftseg segment`` (:meth:`Session.run_to_zarr`) instead.
 """
 
 from __future__ import annotations
@@ -116,43 +114,21 @@ def segment_array(
     numpy.ndarray
         int32 labels, 0 = background, objects 1..N.
     """
-    from ..imaging import rescale
+    from .segment_options import ClusterOptions, SegmentOptions
+    from .session import WHOLE, Session
 
     settings = (settings or SegmentationSettings.of(model)).replace(**overrides)
-    at = segment_at_scales(image, model, settings, n_seeds, seed, device)
-    if model.config.in_channels > 1:  # trained on the user's own images: as imaged
-        return at(1.0)
-    # The rule of every run: the object size measured from the image, not from a first pass.
-    return at(rescale.plan_resampling(validate_image(image), model, diameter).factor)
-
-
-def segment_at_scales(image, model: Model, settings: SegmentationSettings | None = None,
-                      n_seeds: int = 1000, seed: int = 0, device: str | torch.device = "cpu"):
-    """``at(factor) -> labels``: ``image`` segmented after resampling by ``factor``, labels on
-    the image's own grid; each factor computed once (the object-size passes of 'auto' are
-    reused when asked again)."""
-    from ..imaging import rescale
-
-    settings = settings or SegmentationSettings.of(model)
-    multi = model.config.in_channels > 1
-    image = channel_first(image, model) if multi else validate_image(image)
-    done: dict[float, np.ndarray] = {}
-
-    def at(factor: float) -> np.ndarray:
-        if factor not in done:
-            img = image
-            if factor != 1.0:  # each channel alike; the channel axis is not an image axis
-                img = (np.stack([rescale.resize_image(c, factor) for c in image]) if multi
-                       else rescale.resize_image(image, factor))
-            labels = segment_embeddings(embed_array(img, model, device), settings,
-                                        model.config.foreground_head, n_seeds, seed)
-            if factor != 1.0:
-                labels = np.ascontiguousarray(rescale.resize_labels(labels, image.shape[multi:]),
-                                              dtype=np.int32)
-            done[factor] = labels
-        return done[factor]
-
-    return at
+    if model.config.in_channels > 1:
+        image = channel_first(image, model)
+    else:
+        image = validate_image(image)
+        if image.ndim != model.geometry.ndim:
+            raise ShiftSegError(f"the model is {model.geometry.ndim}D but the image is {image.ndim}D "
+                                f"(shape {image.shape})")
+    # The session's run, with one tile covering the image (whole-image inference) and no maps.
+    options = SegmentOptions(tile=WHOLE, device=str(device), settings=settings, diameter=diameter,
+                             clustering=ClusterOptions(n_seeds=n_seeds, seed=seed))
+    return Session(image, model, options).run(maps=False).labels
 
 
 def evaluate_model(model: Model, pairs, thresholds=(0.5,), **segment_kwargs) -> dict:

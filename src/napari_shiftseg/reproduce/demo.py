@@ -2,7 +2,7 @@
 
 1. Generate a synthetic 3D volume of random spheres with ground truth (``sample.zarr``).
 2. Segment it lazily with the bundled 3D model, tile by tile into zarr
-   (:func:`~napari_shiftseg.inference.segment.segment_to_zarr`), twice:
+   (:meth:`Session.run_to_zarr <napari_shiftseg.inference.session.Session.run_to_zarr>`), twice:
 
    - **exact**: n·f^l tiles on the global f^l grid, identical to whole-volume inference;
    - **naive**: tiles that are *not* multiples of f^l (the common mistake), which puts tile
@@ -123,7 +123,7 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
     from ..files.io import write_zarr
     from ..inference.diagnostics import stitch_check
     from ..inference.predict import predict_plan
-    from ..inference.segment import segment_to_zarr
+    from ..inference.session import Session
     from ..synthetic.synth import random_objects
 
     def say(message):
@@ -173,16 +173,16 @@ def run_demo(out_dir, model=None, shape=DEFAULT_SHAPE, tile=DEFAULT_TILE, seed: 
 
         shown: set[int] = set()
 
-        def tick(done, total, mode=mode, shown=shown):
+        def tick(done, total, _what="tiles", mode=mode, shown=shown):
             # a few lines per mode, each once (the callback repeats counts across stages)
             if progress is not None and total and done not in shown and (
                     done == total or done % max(1, total // 4) == 0):
                 shown.add(done)
                 progress(f"    {mode}: {done}/{total} tiles")
 
-        group = segment_to_zarr(image, path, model=model, tile=t, mode=mode, device=device,
-                                seed=seed, overwrite=True, progress=tick, cancel=cancel,
-                                **cluster_args)
+        session = Session(image, model, tile=t, mode=mode, device=device, seed=seed, overwrite=True,
+                          **cluster_args)
+        group = session.run_to_zarr(path, tick, cancel=cancel)
         seconds = time.perf_counter() - start
         pred = np.asarray(group[LABELS][...])
         results[mode] = {"group": group, "plan": plan, "labels": pred}

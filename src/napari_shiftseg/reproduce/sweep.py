@@ -1,11 +1,11 @@
 """Tile-size sweep: the poster's BBBC006 plot (false splits and AP@0.5 against output tile size).
 
-For every output tile size the image is predicted tile by tile
-(:func:`~napari_shiftseg.inference.predict.predict_embeddings`), the *stitched* embeddings of the whole
-image are clustered (:func:`~napari_shiftseg.inference.instances.segment_instances`, never per tile), and the
-instances are scored against the ground truth (:func:`~napari_shiftseg.imaging.metrics.evaluate`). The
-stitched embeddings are also compared with whole-image inference
-(:func:`~napari_shiftseg.inference.predict.predict_whole`).
+For every output tile size the image is segmented by one session run
+(:meth:`Session.run <napari_shiftseg.inference.session.Session.run>`, as the Segment widget's
+Run): predicted tile by tile, the *stitched* embeddings of the whole image clustered (never per
+tile), and the instances scored against the ground truth
+(:func:`~napari_shiftseg.imaging.metrics.evaluate`). The stitched embeddings are also compared
+with whole-image inference (a session run with one tile covering the image).
 
 - ``naive`` mode uses the tile as given: tiles that are not n·f^l put tile origins off the global
   f^l grid, neighbouring tiles disagree at their borders, objects cut by a border are split.
@@ -80,12 +80,9 @@ def _check_inputs(image, labels, model, tiles, mode):
     return labels, tiles
 
 
-def _score(embeddings, gt, model, settings, clustering) -> dict:
+def _score(pred, gt) -> dict:
     from ..imaging.metrics import evaluate
-    from ..inference.instances import segment_instances
 
-    lazy, _ = segment_instances(embeddings, settings, clustering, foreground=model.config.foreground_head)
-    pred = np.asarray(lazy.compute(scheduler="sync"))
     scores = evaluate(gt, pred, thresholds=(0.5,))
     return {"false_splits": int(scores["false_splits"]), "false_merges": int(scores["false_merges"]),
             "ap50": float(scores["ap@0.5"]), "n_gt": int(scores["n_gt"]),
@@ -132,10 +129,11 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         ``rows`` (one dict per tile size, keys :data:`COLUMNS`), ``whole`` (scores of whole-image
         inference), ``grid`` (f^l), ``mode``, ``shape`` and optionally ``labels``.
     """
-    from ..inference.predict import predict_embeddings, predict_plan, predict_whole
-    from ..inference.segment_options import settings_and_clustering
+    from ..inference.predict import predict_plan
+    from ..inference.segment_options import SegmentOptions, settings_and_clustering
+    from ..inference.session import WHOLE, Session
     from ..network.settings import SegmentationSettings
-    from ..util.progress import Cancelled, compute
+    from ..util.progress import Cancelled
 
     labels, tiles = _check_inputs(image, labels, model, tiles, mode)
     g = model.geometry
@@ -144,6 +142,12 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         settings or SegmentationSettings.of(model), None,
         {k: v for k, v in overrides.items() if v is not None}, "run_sweep")
     total = len(tiles) + 1
+    # Each tile size is one session run (as the Segment widget's Run), at the image's own scale.
+    options = SegmentOptions(device=device, mode=mode, settings=settings, clustering=clustering)
+
+    def segmented(tile, tile_mode):
+        return Session(image, model, options.with_overrides(tile=tile, mode=tile_mode)).run(cancel=cancel,
+                                                                                            maps=False)
 
     def tell(done, message):
         if progress is not None:
@@ -155,9 +159,10 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
 
     tell(0, "whole-image reference")
     start = time.perf_counter()
-    whole = predict_whole(image, model, device=device)
+    reference = segmented(WHOLE, "exact")
+    whole = reference.embeddings
     scale = float(np.abs(whole).max()) or 1.0
-    whole_scores = _score(whole, labels, model, settings, clustering)
+    whole_scores = _score(reference.labels, labels)
     whole_labels = whole_scores.pop("labels")
     kept: dict[str | int, np.ndarray] = {"whole": whole_labels} if keep_labels else {}
     whole_scores["seconds"] = round(time.perf_counter() - start, 2)
@@ -166,11 +171,9 @@ def run_sweep(image, labels, model, tiles: Sequence[int], mode: str = "naive", d
         check_cancel()
         tell(i, f"{mode} tiles of {tile}")
         start = time.perf_counter()
-        lazy = predict_embeddings(image, model, tile=tile, device=device, mode=mode)
-        (emb,) = compute(lazy, cancel=cancel)
-        emb = np.asarray(emb)
-        diff = float(np.abs(emb - whole).max())
-        scores = _score(emb, labels, model, settings, clustering)
+        run = segmented(tile, mode)
+        diff = float(np.abs(run.embeddings - whole).max())
+        scores = _score(run.labels, labels)
         pred = scores.pop("labels")
         if keep_labels:
             kept[tile] = pred

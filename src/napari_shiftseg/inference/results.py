@@ -1,13 +1,15 @@
-"""What an in-memory segmentation run produced, and the same on the image's own pixels.
+"""What a segmentation run produced (:class:`SegmentResult` in memory, :class:`LargeResult` on
+disk), and the same on the image's own pixels.
 
 A run on a resampled image (rescale.py) keeps its embeddings, clusters and diagnostics on that
 image's grid and its labels on the image's; :func:`on_image_grid` and friends bring a map back.
-The measurement table and the Split tool read results from here. No Qt, no napari.
+The measurement table and proofreading read results from here (:mod:`.session`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -30,7 +32,7 @@ class Resampled:
 
 @dataclass
 class SegmentResult:
-    """Everything a run produced, kept by the widget for re-clustering."""
+    """Everything an in-memory run produced, kept by its session for re-clustering and edits."""
 
     embeddings: np.ndarray          # (E [+1 foreground logit], *spatial), float32
     labels: np.ndarray              # int32 instances
@@ -48,6 +50,47 @@ class SegmentResult:
     # a cut are only partly inside; at the image's own edges they are whole as far as anyone
     # can tell, so a window as large as the image labels exactly as a Run does.
     cuts: tuple | None = None
+
+
+@dataclass
+class LargeResult:
+    """A finished zarr segmentation (:meth:`Session.run_to_zarr <.session.Session.run_to_zarr>`);
+    ``embeddings``/``labels`` are lazy views of it."""
+
+    path: Path
+    embeddings: da.Array
+    labels: da.Array
+    diagnostics: dict
+    foreground: bool
+    origin: tuple | None = None
+    resampled: Resampled | None = None  # set when the network ran on a resampled image
+    note: str = ""            # what the user should know (e.g. the tile was snapped to n·f^l)
+
+
+def open_large_result(path: Path, plan, model, image, device) -> LargeResult:
+    """Lazy views of a finished zarr output of ``image`` (the diagnostics computed on demand)."""
+    import zarr
+
+    from ..files.ngff import LABELS
+    from . import diagnostics
+    from .segment import ATTRS
+
+    group = zarr.open_group(str(path), mode="r")
+    embeddings = da.from_zarr(group["embeddings"])
+    shape = embeddings.shape[1:]
+    resampled = None
+    if tuple(shape) != tuple(image.shape):  # the network ran on the image resampled
+        resampled = Resampled((0,) * len(shape), tuple(shape), tuple(image.shape),
+                              shape[-1] / image.shape[-1])
+        source = image if isinstance(image, da.Array) else da.from_array(image)
+        image = rescale.resize_image(source, shape=shape)
+    # Lazy: napari computes the reference only for the tiles of the slice on screen.
+    per_slice = model.geometry.ndim < len(shape)
+    diag = diagnostics.run_diagnostics(embeddings, image, model, plan, device=device, per_slice=per_slice)
+    record = group.attrs[ATTRS]
+    note = record.get("tile_note", "") if isinstance(record, dict) else ""
+    return LargeResult(path, embeddings, da.from_zarr(group[LABELS]), diag, "foreground" in group,
+                       resampled=resampled, note=str(note))
 
 
 def on_image_grid(result: SegmentResult, labels, image_region=None, dtype=np.int32) -> np.ndarray:
@@ -105,7 +148,7 @@ def embeddings_on_image_grid(result: SegmentResult) -> np.ndarray:
 
 def split(result: SegmentResult, labels, object_id: int, bandwidth: float, min_size: int):
     """Split one object of the (possibly hand-edited) ``labels`` of ``result``."""
-    from ..inference.proofread import split_object
+    from .proofread import split_object
 
     if isinstance(result.embeddings, da.Array) or hasattr(result, "path"):
         raise ShiftSegError("split works on results kept in memory; this one is on disk")
