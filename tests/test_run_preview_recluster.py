@@ -157,3 +157,22 @@ def test_a_cancelled_run_keeps_the_session_as_it_was(case):
     with pytest.raises(Cancelled):
         session.run(cancel=cancel)
     assert session.result is done
+
+
+def test_a_resampled_run_in_memory_equals_the_run_to_zarr(case, tmp_path):
+    """On an image resampled to the model's object size, the in-memory run (widget) and the
+    zarr run (CLI) normalise the same image, the one the network sees (as training does):
+    the widget used to take the statistics of the image before resampling, so its embeddings
+    differed from the CLI's on the same image and settings."""
+    image, path, _ = case
+    model = load_model(path)
+    model.meta["object_diameter"] = 14.0
+    options = SegmentOptions(settings=SegmentationSettings(bandwidth=1.0, min_size=2), tile=16, device="cpu",
+                             diameter=9.0)
+    memory = Session(image, model, options).run()
+    disk = Session(image, model, options)
+    disk.run_to_zarr(tmp_path / "r.zarr")
+    stored = disk.open_result(tmp_path / "r.zarr")
+    assert memory.resampled is not None and stored.resampled is not None
+    np.testing.assert_allclose(memory.embeddings, stored.embeddings.compute(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(_canonical(memory.labels), _canonical(stored.labels.compute()))
