@@ -284,7 +284,7 @@ def test_a_large_hostile_scheduler_file_is_refused_within_bounds(tmp_path):
     junk.write_bytes(b"\xff" * 10_000_000)
     nested.write_text("[" * 500_000 + "]" * 500_000)
     code = ("import sys\nfrom napari_shiftseg.util._errors import ShiftSegError\n"
-            "from napari_shiftseg.inference.segment import connect\n"
+            "from napari_shiftseg.inference.cluster import connect\n"
             "for path in sys.argv[1:]:\n"
             "    try:\n        connect(scheduler_file=path)\n"
             "    except ShiftSegError as err:\n        print('refused', err)\n"

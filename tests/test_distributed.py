@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_shiftseg.inference.cluster import connect
 from napari_shiftseg.inference.predict import predict_whole
-from napari_shiftseg.inference.segment import connect, segment_to_zarr
+from napari_shiftseg.inference.segment import segment_to_zarr
 from napari_shiftseg.network.geometry import UNetGeometry
 from napari_shiftseg.network.modelio import save_model
 from napari_shiftseg.network.unet import UNet, UNetConfig

@@ -123,7 +123,7 @@ def _options(args):
 def _client(args):
     """The dask client the flags ask for (None: in process), closed afterwards together with a
     local cluster it started (``--workers``)."""
-    from ..inference.segment import connect
+    from ..inference.cluster import connect
 
     client = connect(args.scheduler, args.workers, scheduler_file=args.scheduler_file)
     try:

@@ -44,7 +44,6 @@ workers write into ``out_path`` themselves, so it must be on a file system they 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -54,8 +53,6 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +70,12 @@ from ..network.devices import resolve_tile
 from ..network.settings import SegmentationSettings
 from ..network.tiling import TilePlan, tile_plan
 from ..util._errors import ShiftSegError
+from .cluster import check_resources, runner, tile_threads
 from .segment_options import ClusterOptions, SegmentOptions, settings_and_clustering
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATTRS", "connect", "recluster", "segment_to_zarr"]
+__all__ = ["ATTRS", "recluster", "segment_to_zarr"]
 
 #: Group attribute holding the run's arguments and results.
 ATTRS = _replace.RECORD  # "shiftseg"
@@ -391,143 +389,7 @@ def _write_tile(block, embeddings, foreground, done, region, index):
     return 1
 
 
-@contextlib.contextmanager
-def _tile_threads(client):
-    """torch threads per tile such that the tiles running at once (dask's local threads, or
-    a local cluster's workers) times torch's threads never exceed the CPUs (docs/THREADS.md):
-    two tiles of two threads each on two cores made every step wait. The tile graph records
-    the count (predict.py), so each tile runs with it wherever it runs. A remote cluster's
-    machines are not known here: their count stays the caller's."""
-    import torch
-
-    from ..util.threads import threads_per_worker
-
-    if client is None:
-        from dask.system import CPU_COUNT
-
-        parallel: int | None = max(1, CPU_COUNT)
-    else:
-        from distributed import LocalCluster
-
-        local = isinstance(getattr(client, "cluster", None), LocalCluster)
-        parallel = len(client.scheduler_info().get("workers", {})) if local else None
-    before = torch.get_num_threads()
-    if parallel:
-        torch.set_num_threads(min(before, threads_per_worker(parallel)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _runner(client, cancel):
-    """``compute(*collections, progress=None)`` on the chosen scheduler, honouring cancel.
-
-    Locally each call gets its own thread pool and waits for it to drain even when a task fails
-    or ``cancel`` is set: dask's threaded scheduler raises at once while the tasks already
-    running go on writing, and a caller that resumes (or inspects the output) right after an
-    interruption must not race with them.
-    """
-    from ..util import progress as _progress
-
-    def compute(*collections, progress=None):
-        if client is not None:
-            return _progress.compute(*collections, progress=progress, cancel=cancel, scheduler=client)
-        import dask.threaded
-        from dask.system import CPU_COUNT
-
-        pool = ThreadPoolExecutor(max(1, CPU_COUNT))
-        try:
-            return _progress.compute(*collections, progress=progress, cancel=cancel,
-                                     scheduler=partial(dask.threaded.get, pool=pool))
-        finally:
-            pool.shutdown(wait=True)
-
-    return compute
-
-
 # --------------------------------------------------------------------------- public API
-
-
-def connect(scheduler: str | None = None, workers: int | None = None, timeout: float = 5.0,
-            scheduler_file: str | None = None):
-    """A ``distributed.Client`` for ``scheduler`` (an address), ``scheduler_file`` (the JSON file
-    ``dask scheduler --scheduler-file`` writes, as on SLURM/PBS clusters) or a new local cluster
-    of ``workers``.
-
-    Raises
-    ------
-    ShiftSegError
-        When the scheduler cannot be reached within ``timeout`` seconds.
-    """
-    from distributed import Client, LocalCluster
-
-    if sum(bool(v) for v in (scheduler, workers, scheduler_file)) > 1:
-        raise ShiftSegError("give one of a scheduler address, a scheduler file or a number of "
-                            "workers, not several")
-    if scheduler_file:
-        path = Path(scheduler_file).expanduser()
-        address = _scheduler_address(path)
-        try:
-            return Client(address, timeout=f"{timeout}s")
-        except (OSError, TimeoutError, ValueError, KeyError) as err:
-            raise ShiftSegError(f"cannot reach the dask scheduler named in {path} "
-                                f"({_first_line(err)})") from None
-    if scheduler:
-        try:
-            return Client(scheduler, timeout=f"{timeout}s")
-        except (OSError, TimeoutError, ValueError) as err:
-            raise ShiftSegError(f"cannot reach the dask scheduler at {scheduler} ({_first_line(err)})") from None
-    if workers:
-        _check_workers(int(workers))
-        # Loopback only, and no dashboards: a local cluster must not listen on other interfaces.
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None,
-                               worker_dashboard_address=None)
-        return Client(cluster)
-    return None
-
-
-#: A scheduler file is a few hundred bytes of JSON; anything far larger is not one.
-SCHEDULER_FILE_LIMIT = 1 << 20
-
-
-def _scheduler_address(path: Path) -> str:
-    """The scheduler address recorded in a ``dask scheduler --scheduler-file`` JSON file, read
-    here (bounded, plain files only) so that a wrong file is one line, not a traceback."""
-    if not path.is_file():
-        raise ShiftSegError(f"scheduler file {path} does not exist or is not a plain file (start "
-                            f"the scheduler with `dask scheduler --scheduler-file {path}` first)")
-    if path.stat().st_size > SCHEDULER_FILE_LIMIT:
-        raise ShiftSegError(f"{path} is {path.stat().st_size} bytes: not a dask scheduler file "
-                            "(those are a few hundred bytes of JSON)")
-    try:
-        info = json.loads(path.read_bytes()[:SCHEDULER_FILE_LIMIT])
-    except (ValueError, UnicodeDecodeError, RecursionError):  # junk, or nesting too deep
-        info = None
-    address = info.get("address") if isinstance(info, dict) else None
-    if not isinstance(address, str) or "://" not in address:
-        raise ShiftSegError(f"{path} is not a dask scheduler file (JSON with an \"address\" such "
-                            "as \"tcp://10.0.0.5:8786\"); give the file `dask scheduler "
-                            "--scheduler-file` wrote")
-    return address
-
-
-def _check_workers(workers: int) -> None:
-    """A local cluster shares this machine's CPUs: more worker processes than the CPUs this
-    process may use only compete for them (and each loads torch and a model)."""
-    from ..util.threads import usable_cpus
-
-    cpus = usable_cpus()
-    if workers > cpus:
-        raise ShiftSegError(f"--workers {workers} is more than the {cpus} CPUs this process may "
-                            f"use: give at most {cpus} (a cluster of many machines is reached "
-                            "with --scheduler or --scheduler-file)")
-
-
-def _first_line(err) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
 
 
 def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None = None, *,
@@ -716,15 +578,15 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         raise ShiftSegError(f"connectivity must be 1 to {spatial_ndim} for a {spatial_ndim}D image, "
                             f"got {o.clustering.connectivity}")
 
-    _check_resources(o.tile_resources, client)
-    compute = _runner(client, cancel)
+    check_resources(o.tile_resources, client)
+    compute = runner(client, cancel)
     # One run per output at a time; everything below (attribute updates included) holds it.
     with OutputLock(out_path):
         recovered = _replace.recover_interrupted(out_path, (FORMAT,))
         if recovered:
             log.warning("shiftseg: %s", recovered)
         # Not cancellable (it creates nothing): an output exists as soon as a run has started.
-        fingerprint = _image_fingerprint(image, _runner(client, None))
+        fingerprint = _image_fingerprint(image, runner(client, None))
         embed_args = _embedding_args(image, model, plan, mode, fingerprint)
         embed_args["resampled_to"] = list(net_image.shape) if resampled else None
         if per_slice:
@@ -768,7 +630,7 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
         try:
             run = _Run(net_image, model, plan, layout, device, bool(per_slice), bool(lead),
                        o.tile_resources, settings, o.clustering, image)
-            with _tile_threads(client):
+            with tile_threads(client):
                 return _run_tiles(run, group, target, out_path, compute, client, progress, stage)
         except BaseException:
             # A run that fails (or is cancelled) before its first tile has nothing worth
@@ -893,23 +755,6 @@ def _run_tiles(run: _Run, group, target, out_path, compute, client, progress, st
     return group
 
 
-def _check_resources(resources, client) -> None:
-    """Refuse tile resources no worker declares (the tiles would wait forever)."""
-    if not resources:
-        return
-    if not isinstance(resources, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in resources.items()):
-        raise ShiftSegError(f"tile resources must be names with positive amounts, e.g. GPU=1, got {resources!r}")
-    if client is None:
-        raise ShiftSegError("tile resources place tiles on a cluster's workers: give a scheduler")
-    workers = client.scheduler_info().get("workers", {}).values()
-    able = [w for w in workers if all((w.get("resources") or {}).get(k, 0) >= v for k, v in resources.items())]
-    if not able:
-        wanted = ",".join(f"{k}={v:g}" for k, v in resources.items())
-        raise ShiftSegError(f"no worker of the cluster declares the tile resources {wanted}; start "
-                            f"GPU workers with `dask worker ... --resources {wanted}`")
-
-
 def _batch_size(client) -> int:
     """Tiles per scheduler call: enough to keep every worker thread busy."""
     threads = sum(client.nthreads().values()) if client is not None else 1
@@ -1011,5 +856,5 @@ def recluster(out_path, settings=None, clustering: ClusterOptions | None = None,
         if "complete" in group.attrs:
             del group.attrs["complete"]
         _set_attrs(group, cluster_args=cluster_args)
-        _label(group, settings, clustering, "foreground" in group, _runner(client, cancel), stage)
+        _label(group, settings, clustering, "foreground" in group, runner(client, cancel), stage)
     return zarr.open_group(out_path, mode="r+")
