@@ -5,11 +5,50 @@ story): mean-shift on a subsample of the whole image's foreground, then the near
 The subsample is drawn chunk by chunk (each chunk contributes foreground voxels in proportion to
 its size), so a dask or zarr volume is streamed once and never held in memory; a tile alone is
 never clustered (it does not see all clusters).
+
+**Blockwise modes (spatial embeddings, large images; issue 27).** One subsample of
+``max_points`` thins out as the image grows (3 points per nucleus at 67 Mvoxel), and mean-shift
+then misses objects. With a *spatial* head (``position_scale`` given: the first d embedding
+channels are ``scale · position + offset``) the embedding space is laid out like the image, so
+the modes are found region by region instead, at a fixed sample density:
+
+1. the sample is every foreground voxel whose key (the chunking-independent hash of
+   :func:`sample_foreground`) is below ``density``: ``density`` points per foreground voxel;
+2. *embedding* space is cut into cubes of side ``block`` (embedding units, on a grid through 0)
+   along the d positional channels; the cubes at the image's edge reach to infinity. A cube's
+   mean-shift gets every sample point whose positional embedding lies in the cube grown by the
+   halo ``H = reach + merge radius + bandwidth / 2`` (reach: the kernel's, one bandwidth for the
+   flat kernel, three for the Gaussian), i.e. ``H / scale_a`` voxels along axis a;
+3. a cube keeps only the modes whose positional part lies in the cube itself;
+4. modes of different cubes closer than the merge radius (the bandwidth, as in
+   :func:`~napari_shiftseg.inference.meanshift.mean_shift`) are merged greedily, the one with
+   more support (points within one bandwidth) kept.
+
+Why the halo suffices: a flat-kernel window around a mode m holds the points within one
+bandwidth of m, so for a mode in the cube every point of its window is in the grown cube: the
+mode is a fixed point of the whole image's mean-shift, and its support (points within one
+bandwidth, what the merge compares) is the whole image's. A window cut by the halo's outer edge
+can only end at a spurious mode within one reach of that edge, and such a mode cannot suppress a
+mode of the cube (further than the merge radius); the half bandwidth covers the binning of
+mean-shift. Nothing depends on the object size or on how far the network's offsets reach (the
+cubes cut embedding space, not the image: an object is whole wherever its mode is), and the cubes
+are fixed in embedding space, so the modes do not depend on the chunking of the input, nor on the
+scheduler. What differs from the global path is the seeding: each cube draws its own ``n_seeds``
+and re-seeds against its own typical support, so the two agree up to mean-shift's seeding noise
+(benchmarks/bench_meanshift.py ``--volumes``).
+
+Cost: with a halo under half the cube (the default: 5 of 32 units) each sample point is in at
+most 2^d cubes, and each cube's mean-shift is on ``density ×`` its foreground points: linear in
+the foreground. The sample (``density`` of the foreground's vectors) is gathered in this process,
+and the cubes run one after the other here. Images whose foreground the global subsample still
+covers at ``density`` (``min_foreground``, default ``max_points / density``) keep the global
+path, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any
@@ -23,15 +62,22 @@ from ..util._options import with_overrides
 from ..util.validate import number, whole
 from .meanshift import assign_to_modes, mean_shift
 
-__all__ = ["ClusterOptions", "Clustering", "DEFAULT_BANDWIDTH", "DEFAULT_MAX_POINTS", "assign_clusters",
-           "cluster_embeddings", "sample_foreground"]
+__all__ = ["BlockwiseOptions", "ClusterOptions", "Clustering", "DEFAULT_BANDWIDTH", "DEFAULT_BLOCK",
+           "DEFAULT_DENSITY", "DEFAULT_MAX_POINTS", "assign_clusters", "cluster_embeddings", "sample_foreground"]
 
 # Half the push margin 2·delta_d = 6 of the reference loss (train.LOSS_DEFAULTS): clusters
 # trained apart by >= 6 are separated, and pulled-in clusters (delta_v = 0.5) fit well inside.
 DEFAULT_BANDWIDTH = 2.0
 # Points mean-shift works on: seeds x points distances per step, 1000 x 50k is ~0.1 s on a CPU.
 DEFAULT_MAX_POINTS = 50_000
-
+# Blockwise modes: sample points per foreground voxel. The global subsample's density at the
+# issue's V (4.2 Mvoxel of nuclei, 1.6 M of them foreground: 50k / 1.6M), ~50 points per
+# 14-voxel nucleus, which the dev numbers were measured with.
+DEFAULT_DENSITY = 0.03
+# Blockwise modes: side of a cube of embedding space, in embedding units (128 voxels at the
+# bundled models' position scale 0.25): ~50k sample points of dense nuclei per cube and halo,
+# about as many as the global path's, and the halo (5 units at bandwidth 2) adds ~2.3x in 3D.
+DEFAULT_BLOCK = 32.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +102,36 @@ class ClusterOptions:
         (a :class:`~napari_shiftseg.network.settings.SegmentationSettings`) plus these."""
         return {**settings.to_meta(), "n_seeds": self.n_seeds, "max_points": self.max_points,
                 "seed": self.seed, "connectivity": self.connectivity}
+
+
+@dataclass(frozen=True)
+class BlockwiseOptions:
+    """When and how modes are found cube by cube (spatial embeddings only; module docstring).
+
+    density : float
+        Sample points per foreground voxel, in (0, 1].
+    block : float
+        Side of a cube of embedding space, in embedding units (> 0).
+    min_foreground : int, optional
+        Blockwise from more foreground voxels than this on; None: ``max_points / density``
+        (the global subsample would be thinner than ``density``); 0: always.
+    """
+
+    density: float = DEFAULT_DENSITY
+    block: float = DEFAULT_BLOCK
+    min_foreground: int | None = None
+
+    def __post_init__(self):
+        number(self.density, "density", 0.0)
+        if self.density > 1.0:
+            raise ShiftSegError(f"density must be at most 1 (points per foreground voxel), got {self.density!r}")
+        number(self.block, "block", 0.0)
+        if self.min_foreground is not None:
+            whole(self.min_foreground, "min_foreground", 0)
+
+    def threshold(self, max_points: int) -> float:
+        """Foreground voxels above which modes are found blockwise."""
+        return max_points / self.density if self.min_foreground is None else float(self.min_foreground)
 
 
 # --------------------------------------------------------------------------- validation
@@ -90,6 +166,25 @@ def _embeddings(embeddings, foreground: bool) -> da.Array:
     return emb.rechunk({0: -1})
 
 
+def _position_scales(position_scale, n_spatial: int, dim: int) -> tuple[float, ...] | None:
+    """``position_scale`` as one positive float per positional channel (None: no spatial head).
+
+    A number applies to every spatial axis of the embeddings; a tuple names the last
+    ``len(tuple)`` axes (a 2D model run plane by plane on a stack: two scales, z not positional).
+    """
+    if position_scale is None:
+        return None
+    values = tuple(position_scale) if isinstance(position_scale, (tuple, list)) else (position_scale,) * n_spatial
+    if not 1 <= len(values) <= n_spatial:
+        raise ShiftSegError(f"position_scale needs one value per spatial axis (at most {n_spatial}), "
+                            f"got {position_scale!r}")
+    scales = tuple(number(v, "position_scale", 0.0) for v in values)
+    if dim < len(scales):
+        raise ShiftSegError(f"spatial embeddings need at least {len(scales)} embedding channels (one per "
+                            f"axis), got {dim}")
+    return scales
+
+
 def _logit(p: float) -> float:
     # sigmoid(l) > p  <=>  l > logit(p): compare logits, no sigmoid of the whole volume needed.
     return math.log(p / (1.0 - p))
@@ -116,6 +211,9 @@ class Clustering:
         Index of the mode taken as background (only without a foreground channel).
     n_points : int
         Number of voxels the modes were computed from.
+    blocks : int
+        Number of cubes of embedding space whose mean-shift found the modes (0: one mean-shift
+        of the whole image's subsample; see the module docstring).
     """
 
     modes: np.ndarray = field(repr=False)
@@ -124,6 +222,7 @@ class Clustering:
     foreground: bool = True
     background: int | None = None
     n_points: int = 0
+    blocks: int = 0
 
     @property
     def n_clusters(self) -> int:
@@ -132,9 +231,12 @@ class Clustering:
 
     def to_dict(self) -> dict:
         """JSON-able form (stored in the output zarr's attributes)."""
-        return {"modes": self.modes.tolist(), "bandwidth": self.bandwidth,
-                "fg_threshold": self.fg_threshold, "foreground": self.foreground,
-                "background": self.background, "n_points": self.n_points}
+        out = {"modes": self.modes.tolist(), "bandwidth": self.bandwidth,
+               "fg_threshold": self.fg_threshold, "foreground": self.foreground,
+               "background": self.background, "n_points": self.n_points}
+        if self.blocks:  # only then: what the global path stores is unchanged
+            out["blocks"] = self.blocks
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Clustering:
@@ -176,6 +278,55 @@ def _sample_block(block, below: float, threshold: float, foreground: bool, seed:
     return candidates.size, index[keep], keys[keep], vectors
 
 
+_Sample = tuple[int, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _reader(emb: da.Array, threshold: float, foreground: bool, seed: int, compute) -> Callable[[float], _Sample]:
+    """``read(below)``: (foreground voxels, flat index, key, vector of those with key < below)."""
+    shape = tuple(emb.shape[1:])
+    dim = emb.shape[0] - int(foreground)
+    blocks = emb.to_delayed()
+    origins = [np.cumsum((0,) + c[:-1]) for c in emb.chunks[1:]]
+
+    def read(below: float) -> _Sample:
+        tasks = [dask.delayed(_sample_block, pure=True)(
+            blocks[index], below, threshold, foreground, seed,
+            tuple(int(o[i]) for o, i in zip(origins, index[1:])), shape)
+            for index in np.ndindex(blocks.shape)]
+        parts = (compute or dask.compute)(*tasks)
+        n_foreground = sum(p[0] for p in parts)
+        if not parts:
+            return 0, np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim), np.float32)
+        return (n_foreground, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
+                np.concatenate([p[3] for p in parts]))
+
+    return read
+
+
+def _first_below(max_points: int, total: int) -> float:
+    return min(1.0, _FIRST_READ_MARGIN * max_points / max(total, 1))
+
+
+def _bottom_k(read: Callable[[float], _Sample], below: float, first: _Sample, max_points: int) -> np.ndarray:
+    """The ``max_points`` smallest keys in raster order, from a first read with ``below``
+    (reading again, with a larger bound, when it kept too few)."""
+    n_foreground, index, keys, vectors = first
+    if keys.size < min(max_points, n_foreground) and below < 1.0:
+        # A sparse foreground: read again with a bound that keeps enough of it (twice the
+        # expected need; all of it when that is most).
+        below = min(1.0, 2.0 * max_points / n_foreground)
+        while True:
+            n_foreground, index, keys, vectors = read(below)
+            if keys.size >= min(max_points, n_foreground) or below >= 1.0:
+                break
+            below = min(1.0, 2.0 * below)
+    if keys.size > max_points:  # the max_points smallest keys (every voxel below is here)
+        chosen = np.argpartition(keys, max_points - 1)[:max_points]
+        index, vectors = index[chosen], vectors[chosen]
+    order = np.argsort(index, kind="stable")  # raster order: independent of the chunking
+    return np.ascontiguousarray(vectors[order])
+
+
 def sample_foreground(embeddings, max_points: int = DEFAULT_MAX_POINTS, fg_threshold: float = 0.5,
                       foreground: bool = True, seed: int = 0, compute=None) -> np.ndarray:
     """A uniform random sample of the foreground embedding vectors of the whole image.
@@ -195,47 +346,17 @@ def sample_foreground(embeddings, max_points: int = DEFAULT_MAX_POINTS, fg_thres
     """
     emb = _embeddings(embeddings, foreground)
     max_points = whole(max_points, "max_points", 1)
-    shape = tuple(emb.shape[1:])
-    total = math.prod(shape)
     threshold = _logit(number(fg_threshold, "fg_threshold", 0.0, 1.0))
-    dim = emb.shape[0] - int(foreground)
-    blocks = emb.to_delayed()
-    origins = [np.cumsum((0,) + c[:-1]) for c in emb.chunks[1:]]
-
-    def read(below: float):
-        tasks = [dask.delayed(_sample_block, pure=True)(
-            blocks[index], below, threshold, foreground, seed,
-            tuple(int(o[i]) for o, i in zip(origins, index[1:])), shape)
-            for index in np.ndindex(blocks.shape)]
-        parts = (compute or dask.compute)(*tasks)
-        n_foreground = sum(p[0] for p in parts)
-        if not parts:
-            return 0, np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim), np.float32)
-        return (n_foreground, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
-                np.concatenate([p[3] for p in parts]))
-
-    below = min(1.0, _FIRST_READ_MARGIN * max_points / max(total, 1))
-    n_foreground, index, keys, vectors = read(below)
-    if keys.size < min(max_points, n_foreground) and below < 1.0:
-        # A sparse foreground: read again with a bound that keeps enough of it (twice the
-        # expected need; all of it when that is most).
-        below = min(1.0, 2.0 * max_points / n_foreground)
-        while True:
-            n_foreground, index, keys, vectors = read(below)
-            if keys.size >= min(max_points, n_foreground) or below >= 1.0:
-                break
-            below = min(1.0, 2.0 * below)
-    if keys.size > max_points:  # the max_points smallest keys (every voxel below is here)
-        chosen = np.argpartition(keys, max_points - 1)[:max_points]
-        index, vectors = index[chosen], vectors[chosen]
-    order = np.argsort(index, kind="stable")  # raster order: independent of the chunking
-    return np.ascontiguousarray(vectors[order])
+    read = _reader(emb, threshold, foreground, seed, compute)
+    below = _first_below(max_points, math.prod(emb.shape[1:]))
+    return _bottom_k(read, below, read(below), max_points)
 
 
 def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_threshold: float = 0.5,
                        foreground: bool = True, options: ClusterOptions | None = None,
                        kernel: str = "flat", device: str = "cpu", compute=None,
-                       **overrides) -> Clustering:
+                       position_scale: float | tuple[float, ...] | None = None,
+                       blockwise: BlockwiseOptions | None = None, **overrides) -> Clustering:
     """Mean-shift modes of the embeddings of the whole image.
 
     Parameters
@@ -256,7 +377,8 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
         :func:`~napari_shiftseg.inference.meanshift.mean_shift` seeds again where no mode covers), ``max_points``
         (size of the foreground subsample the modes are computed from) and ``seed`` (of the
         subsample and of the seeds: equal seeds give equal modes); its fields may be given by
-        name (``n_seeds=200``). Its ``connectivity`` is for labelling, not used here.
+        name (``n_seeds=200``). Its ``connectivity`` is for labelling, not used here. Found
+        blockwise, ``n_seeds`` is per cube and ``max_points`` only sets when (``blockwise``).
     kernel : {'flat', 'gaussian'}
         Mean-shift kernel.
     device : str
@@ -264,6 +386,15 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
     compute : callable, optional
         ``compute(*delayed) -> results`` that reads the subsample (default :func:`dask.compute`;
         e.g. one bound to a dask.distributed client).
+    position_scale : float or tuple of float, optional
+        The model's ``position_scale`` when its embedding head is *spatial* (the first channels
+        are ``scale · position + offset``); one number for every spatial axis, or one per axis
+        for the last ``len(tuple)`` axes (a 2D model run plane by plane: two). Then an image with
+        much foreground finds its modes blockwise (module docstring). None: free embeddings,
+        always the global path.
+    blockwise : BlockwiseOptions, optional
+        Sample density, cube size and from how much foreground on (used with ``position_scale``
+        and a foreground channel only).
 
     Returns
     -------
@@ -275,7 +406,22 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
     fg_threshold = number(fg_threshold, "fg_threshold", 0.0, 1.0)
     o = with_overrides(options or ClusterOptions(), "cluster_embeddings", overrides)
     n_seeds, max_points, seed = o.n_seeds, o.max_points, o.seed
-    points = sample_foreground(embeddings, max_points, fg_threshold, foreground, seed, compute)
+    emb = _embeddings(embeddings, foreground)
+    scales = _position_scales(position_scale, emb.ndim - 1, emb.shape[0] - int(foreground))
+    if blockwise is not None and not isinstance(blockwise, BlockwiseOptions):
+        raise TypeError(f"blockwise must be BlockwiseOptions, got {type(blockwise).__name__}")
+    blocks = blockwise or BlockwiseOptions()
+    read = _reader(emb, _logit(fg_threshold), foreground, seed, compute)
+    below = _first_below(max_points, math.prod(emb.shape[1:]))
+    if scales is not None and foreground:
+        # One read serves both paths: the global one takes the smallest keys of a superset of
+        # what it would read alone (the same points), the blockwise one those below density.
+        below = max(below, blocks.density)
+    first = read(below)
+    if scales is not None and foreground and first[0] > blocks.threshold(max_points):
+        return _blockwise(first, blocks.density, scales, tuple(emb.shape[1:]), bandwidth, fg_threshold,
+                          blocks.block, dict(n_seeds=n_seeds, seed=seed, kernel=kernel, device=device))
+    points = _bottom_k(read, below, first, max_points)
     if points.shape[0] == 0:
         modes = np.zeros((0, points.shape[1]), np.float32)
         return Clustering(modes, bandwidth, fg_threshold, foreground, None, 0)
@@ -285,6 +431,104 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
         counts = np.bincount(assign_to_modes(points, modes), minlength=modes.shape[0] + 1)[1:]
         background = int(np.argmax(counts))
     return Clustering(modes, bandwidth, fg_threshold, foreground, background, int(points.shape[0]))
+
+
+# --------------------------------------------------------------------------- blockwise modes
+
+#: Reach of the mean-shift kernel in bandwidths: the flat kernel's window; the Gaussian's weight
+#: beyond three standard deviations is e^-4.5 = 1 % of the centre's.
+_KERNEL_REACH = {"flat": 1.0, "gaussian": 3.0}
+
+
+def _halo(bandwidth: float, kernel: str = "flat", merge_radius: float | None = None) -> float:
+    """The halo of a cube of embedding space, in embedding units (module docstring): the
+    kernel's reach plus the merge radius plus half a bandwidth (the binning of mean-shift)."""
+    merge = bandwidth if merge_radius is None else merge_radius
+    # An unknown kernel gets the widest reach here; mean_shift then names the allowed ones.
+    return _KERNEL_REACH.get(kernel, max(_KERNEL_REACH.values())) * bandwidth + merge + 0.5 * bandwidth
+
+
+def _cubes(position: np.ndarray, side: float, grow: float, grid: tuple[int, ...]):
+    """(point, cube) pairs: every cube (flat index in ``grid``) whose box grown by ``grow`` holds
+    the point's ``position`` (N, d); the outermost cubes reach to infinity. Sorted by cube,
+    then point."""
+    last = np.asarray(grid) - 1
+    lo = np.clip(np.floor((position - grow) / side), 0, last).astype(np.int64)
+    hi = np.clip(np.floor((position + grow) / side), 0, last).astype(np.int64)
+    span = hi - lo + 1
+    points, cubes = [], []
+    for step in np.ndindex(*span.max(axis=0)):
+        ok = np.all(span > np.asarray(step), axis=1)
+        points.append(np.flatnonzero(ok))
+        cubes.append(np.ravel_multi_index(tuple((lo[ok] + step).T), grid))
+    point, cube = np.concatenate(points), np.concatenate(cubes)
+    order = np.lexsort((point, cube))
+    return point[order], cube[order]
+
+
+def _owner(position: np.ndarray, side: float, grid: tuple[int, ...]) -> np.ndarray:
+    """The cube (flat index) whose own box holds each ``position``."""
+    cell = np.clip(np.floor(position / side), 0, np.asarray(grid) - 1).astype(np.int64)
+    return np.ravel_multi_index(tuple(cell.T), grid)
+
+
+def _merge_across(modes: np.ndarray, support: np.ndarray, radius: float) -> np.ndarray:
+    """Indices of the modes kept by greedy suppression (strongest first, ties in input order):
+    a mode within ``radius`` (strictly) of a kept stronger one is dropped, as in mean_shift."""
+    from scipy.spatial import cKDTree
+
+    order = np.argsort(-support, kind="stable")
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    tree = cKDTree(modes.astype(np.float64))
+    neighbours = tree.query_ball_point(modes.astype(np.float64), np.nextafter(radius, 0.0))
+    kept = np.zeros(order.size, bool)
+    for i in order:
+        kept[i] = not any(kept[j] and rank[j] < rank[i] for j in neighbours[i])
+    return order[kept[order]]
+
+
+def _blockwise(first: _Sample, density: float, scales: tuple[float, ...], shape: tuple[int, ...],
+               bandwidth: float, fg_threshold: float, side: float, run: dict) -> Clustering:
+    """Modes cube by cube from the sample points with keys below ``density`` (module docstring)."""
+    from scipy.spatial import cKDTree
+
+    _, index, keys, vectors = first
+    keep = keys < density
+    index, vectors = index[keep], vectors[keep]
+    order = np.argsort(index, kind="stable")  # raster order: independent of the chunking
+    vectors = np.ascontiguousarray(vectors[order])
+    d, dim = len(scales), vectors.shape[1]
+    # Cubes along the positional channels, enough to cover the image's positions.
+    extent = [s * n for s, n in zip(scales, shape[len(shape) - d:])]
+    grid = tuple(max(1, math.ceil(e / side)) for e in extent)
+    if vectors.shape[0] == 0:  # a foreground too small for one point at this density
+        return Clustering(np.zeros((0, dim), np.float32), bandwidth, fg_threshold, True, None, 0, math.prod(grid))
+    position = vectors[:, :d].astype(np.float64)
+    point, cube = _cubes(position, side, _halo(bandwidth, run["kernel"]), grid)
+    bounds = np.searchsorted(cube, np.arange(math.prod(grid) + 1))
+    found, support = [], []
+    for c in range(math.prod(grid)):
+        members = point[bounds[c]:bounds[c + 1]]
+        if members.size == 0:
+            continue
+        points = vectors[members]
+        # A seed per cube from the run's seed and the cube: the cubes are fixed in embedding
+        # space, so this too is independent of the chunking.
+        modes = mean_shift(points, bandwidth, n_seeds=run["n_seeds"], seed=run["seed"] * 1_000_003 + c,
+                           kernel=run["kernel"], device=run["device"])
+        modes = modes[_owner(modes[:, :d].astype(np.float64), side, grid) == c]
+        if modes.shape[0]:
+            found.append(modes)
+            support.append(cKDTree(points.astype(np.float64)).query_ball_point(
+                modes.astype(np.float64), bandwidth, return_length=True))
+    if not found:
+        return Clustering(np.zeros((0, dim), np.float32), bandwidth, fg_threshold, True, None,
+                          int(vectors.shape[0]), math.prod(grid))
+    modes, counts = np.concatenate(found), np.concatenate(support).astype(np.float64)
+    kept = _merge_across(modes, counts, bandwidth)
+    return Clustering(np.ascontiguousarray(modes[kept], np.float32), bandwidth, fg_threshold, True, None,
+                      int(vectors.shape[0]), math.prod(grid))
 
 
 # --------------------------------------------------------------------------- step 2: assignment

@@ -604,6 +604,8 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
                     shutil.rmtree(target)  # an earlier, unfinished --overwrite run of ours
             attrs = {"format": FORMAT, "version": __version__, "embedding_args": embed_args,
                      "cluster_args": cluster_args, "model_name": model.name, "chunks": list(chunk),
+                     # a spatial head's position scale: mean-shift of a large volume is blockwise
+                     **({"positions": list(model.config.positions)} if model.config.positions else {}),
                      "image_slabs": {k: fingerprint[k] for k in ("planes", "slabs")},
                      **({"voxel_size": list(voxel_size)} if voxel_size and len(voxel_size) == spatial_ndim
                         else {}),
@@ -780,8 +782,11 @@ def _label(group, settings: SegmentationSettings, clustering: ClusterOptions, fo
     embeddings = da.from_zarr(group["embeddings"])
     if stage:
         stage("clustering")
+    # Outputs written before blockwise mean-shift record no positions: the global path, as then.
+    positions = dict(group.attrs[ATTRS]).get("positions")
     found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, foreground,
-                               clustering, compute=compute)
+                               clustering, compute=compute,
+                               position_scale=tuple(positions) if positions else None)
     if stage:
         stage("labels")
     resampled = "labels_resampled" in group

@@ -363,7 +363,8 @@ class Session:
         seeding = self.options.clustering
         clustering = instances.cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold,
                                                   foreground, seeding,
-                                                  device=str(resolve_device(self.options.device)))
+                                                  device=str(resolve_device(self.options.device)),
+                                                  position_scale=self.model.config.positions)
         if cancel.is_set():
             raise progress.Cancelled()
         # Blocks of a few hundred thousand voxels: labelling reports progress and uses both cores.

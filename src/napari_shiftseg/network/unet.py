@@ -92,6 +92,16 @@ class UNetConfig:
                 raise ShiftSegError(f"position_scale must be a number in (0, 10] (or one per axis), "
                                     f"got {self.position_scale!r}")
 
+    @property
+    def positions(self) -> tuple[float, ...] | None:
+        """Embedding units per voxel of the positions a spatial head's embeddings carry, one per
+        spatial axis of the network (clustering cuts embedding space into blocks by them);
+        None for free embeddings, which carry no position."""
+        if self.embedding != "spatial":
+            return None
+        scale = self.position_scale
+        return tuple(float(v) for v in scale) if isinstance(scale, tuple) else (float(scale),) * self.geometry.ndim
+
     def parameters_count(self) -> int:
         """Number of weights, from the fields alone (equal to the built network's)."""
         g = self.geometry
