@@ -194,17 +194,25 @@ def test_big_lazy_3d_volume_reads_only_needed_chunks():
     def block(block_info=None):
         generated.append(block_info[None]["chunk-location"])
         shape = block_info[None]["chunk-shape"]
-        return np.random.default_rng(len(generated)).random(shape, dtype=np.float32)
+        # seeded by the chunk's place, not by the order of reads: the same volume every time
+        return np.random.default_rng(list(block_info[None]["chunk-location"])).random(shape, dtype=np.float32)
 
     volume = da.map_blocks(block, chunks=((64,) * 8, (128,) * 8, (128,) * 8), dtype=np.float32,
                            meta=np.empty((0, 0, 0), np.float32))
     net = make_net(3, 1, base=1)
-    emb = predict_embeddings(volume, net, tile=(16, 128, 128), device="cpu", normalization=(0.0, 1.0))
+    emb = predict_embeddings(volume, net, tile=(16, 128, 128), device="cpu", normalization=(0.0, 1.0),
+                             batch_size=1)
     assert not generated
     out = emb[:, 300, 500:530, 640:700].compute()
     assert out.shape == (4, 30, 60)
     # the source chunks around two tiles' windows, never the whole volume (512 chunks)
     assert 0 < len(generated) <= 24
+    # by default (3D, CPU) a tile runs with its neighbours along the last axis (at most
+    # AUTO_BATCH_MAX per network call): the two tiles' batches, still never the whole volume
+    generated.clear()
+    emb = predict_embeddings(volume, net, tile=(16, 128, 128), device="cpu", normalization=(0.0, 1.0))
+    np.testing.assert_allclose(emb[:, 300, 500:530, 640:700].compute(), out, atol=1e-5)
+    assert 0 < len(generated) <= 48
 
 
 # ---- bad input ---------------------------------------------------------------------------------

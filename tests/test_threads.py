@@ -174,7 +174,7 @@ def test_local_tiles_never_take_more_threads_than_the_cpus(monkeypatch):
     import dask.system
     import torch
 
-    from napari_shiftseg.inference import segment
+    from napari_shiftseg.inference import cluster
     from napari_shiftseg.util import threads
 
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
@@ -182,10 +182,10 @@ def test_local_tiles_never_take_more_threads_than_the_cpus(monkeypatch):
     torch.set_num_threads(4)
     try:
         monkeypatch.setattr(dask.system, "CPU_COUNT", 4)
-        with segment._tile_threads(None):
+        with cluster.tile_threads(None):
             assert torch.get_num_threads() == 1
         monkeypatch.setattr(dask.system, "CPU_COUNT", 2)
-        with segment._tile_threads(None):
+        with cluster.tile_threads(None):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 4
     finally:

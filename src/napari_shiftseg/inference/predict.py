@@ -9,8 +9,10 @@ The graph is built in three steps, each lazy::
 
 The network is a single graph key (``dask.delayed(net, pure=True)``), so a distributed
 scheduler ships the weights once. Output chunks are the tiles' write regions, so computing
-one slice computes only the tiles it touches. Normalisation statistics are computed once per
-image (on a subsample) when the graph is built, never per tile (THEORY.md, result 3).
+one slice computes only the tiles it touches (by default on the CPU, 3D: and the neighbours
+along the last axis that share their network call, see :data:`AUTO_BATCH_MAX`). Normalisation
+statistics are computed once per image (on a subsample) when the graph is built, never per
+tile (THEORY.md, result 3).
 
 Why not ``dask.array.pad(mode="reflect")``? In dask 2026.8 it silently returns a wrongly sized
 array when a pad is wider than the axis (small images, large contexts), so padding uses
@@ -23,6 +25,7 @@ import bisect
 import functools
 import gc
 import itertools
+import operator
 import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -34,9 +37,10 @@ import dask.array as da
 import numpy as np
 import torch
 from dask.highlevelgraph import HighLevelGraph
+from dask.system import CPU_COUNT
 
 from ..imaging.normalize import Normalization, recorded_normalization
-from ..network.devices import resolve_device, resolve_tile
+from ..network.devices import memory_budget, resolve_device, resolve_tile
 from ..network.spatial import add_positions
 from ..network.tiling import TilePlan, gaussian_weight, reflect_pad, tile_plan
 from ..network.unet import memory_format
@@ -47,6 +51,21 @@ from ..util.progress import TILE_PREFIX
 #: Padded chunks are at least this long per axis (a multiple of the tile stride), so a window
 #: depends on a handful of chunks even for tiny tiles.
 MIN_READ_CHUNK = 64
+
+#: ``batch_size=None`` on the CPU, 3D: up to this many tiles (neighbours along the last axis)
+#: share one network call, while their estimated memory (``UNetConfig.forward_bytes``) stays
+#: under :data:`AUTO_BATCH_BYTES` and under this machine's share per concurrent task; the output
+#: keeps one chunk per tile. Why: for a batch of one, torch sends every convolution whose input
+#: has N·C·D·H <= 20480 to its slow im2col path (``slow_conv3d_forward`` plus layout copies)
+#: instead of oneDNN, and a batch of two takes oneDNN everywhere. The deep levels of a small
+#: tile fall under that threshold: one 64³ tile of the l = 3, 4-channel U-Net ran at half the
+#: per-FLOP speed of the whole image; 2 tiles per call took 0.46x the time per tile, 4 tiles
+#: 0.4x (``benchmarks/profile_unet.py --vs-whole``, ``bench_tiling.py --batch 1 auto``). Large
+#: tiles gain little (128³: 0.86-0.99x).
+AUTO_BATCH_MAX = 4
+#: The estimate is an upper bound: 4 tiles of 64³ of the bundled 3D model, estimated at
+#: 2.2 GiB, grew the peak RSS by 0.65 GiB (1 tile: 0.55 GiB estimated, 0.2 GiB measured).
+AUTO_BATCH_BYTES = 5 * 2**29  # 2.5 GiB per call (estimated)
 
 
 # ---- input validation ------------------------------------------------------------------------
@@ -222,27 +241,47 @@ def _run_net(net, batch: np.ndarray, run: _Run) -> np.ndarray:
     return y.float().cpu().numpy()
 
 
-def _run_group(net, pieces, group: _Group, run: _Run, stacked: bool) -> np.ndarray:
-    buf = np.empty(group.buffer_shape, dtype=np.float32)
+def _gather(pieces, group: _Group) -> np.ndarray:
+    """The batch (item, C, [Z,] *window) straight from the padded chunks: each piece goes to
+    every window it overlaps, so the windows of a batch are copied once, without a union
+    buffer in between (tiles of one batch overlap by their context)."""
+    channels = group.buffer_shape[0]
+    window = tuple(w.stop - w.start for w in group.windows[0])
+    batch = np.empty((len(group.windows), channels) + window, dtype=np.float32)
     for piece, combo in zip(pieces, itertools.product(*group.reads)):
-        buf[tuple(c[1] for c in combo)] = piece[tuple(c[0] for c in combo)]
-    per_channel = (-1,) + (1,) * (buf.ndim - 1)  # buf is channel-first
-    buf -= np.asarray(run.low, dtype=np.float32).reshape(per_channel)
-    buf *= (1.0 / np.asarray(run.scale, dtype=np.float32)).reshape(per_channel)
-    if not np.isfinite(buf).all():
+        (c_src, c_dst), spatial = combo[0], combo[1:]
+        for i, win in enumerate(group.windows):
+            src: list = [c_src]
+            dst: list = [i, c_dst]
+            for (s, d), w in zip(spatial, win):
+                lo, hi = max(d.start, w.start), min(d.stop, w.stop)
+                if lo >= hi:
+                    break
+                src.append(slice(s.start + lo - d.start, s.start + hi - d.start))
+                dst.append(slice(lo - w.start, hi - w.start))
+            else:
+                batch[tuple(dst)] = piece[tuple(src)]
+    return batch
+
+
+def _run_group(net, pieces, group: _Group, run: _Run, stacked: bool, split: bool = False):
+    """The group's output chunk, or with ``split`` a tuple with one array per tile."""
+    batch = _gather(pieces, group)
+    per_channel = (1, -1) + (1,) * (batch.ndim - 2)  # (batch, channel, ...)
+    batch -= np.asarray(run.low, dtype=np.float32).reshape(per_channel)
+    batch *= (1.0 / np.asarray(run.scale, dtype=np.float32)).reshape(per_channel)
+    if not np.isfinite(batch).all():
         raise ShiftSegError(
             f"the input window of {_describe(group.items, run.plan)} contains NaN or infinite values "
             "(after normalisation); replace them (e.g. with 0) first"
         )
-    items = []
-    for window in group.windows:
-        x = buf[(slice(None),) + window]
-        items.append(x[:, 0] if stacked else x)  # drop the length-1 slice axis
-    y = _run_net(net, np.stack(items), run)
+    y = _run_net(net, batch[:, :, 0] if stacked else batch, run)  # drop the length-1 slice axis
     if not np.isfinite(y).all():
         raise ShiftSegError(
             f"the network produced NaN or infinite values for {_describe(group.items, run.plan)}; "
             "the model is broken (or the image holds extreme values)")
+    if split:  # (not for slice stacks)
+        return tuple(np.ascontiguousarray(res[(slice(None),) + crop]) for res, crop in zip(y, group.crops))
     out = np.zeros(group.out_shape, dtype=np.float32)
     for res, crop, write in zip(y, group.crops, group.writes):
         part = res[(slice(None),) + crop]
@@ -313,8 +352,28 @@ def _describe(items, plan: TilePlan | None) -> str:
     return ", ".join(parts)
 
 
-def _groups(plan: TilePlan, stack: int | None, batch: int):
-    """Yield (chunk index, [(z or None, tile index)]) — the tiles one task runs together."""
+def _split_sizes(n: int, batch: int) -> list[int]:
+    """``n`` in as few parts of at most ``batch`` as possible, as equal as possible (5 by 4:
+    3 + 2, not 4 + 1: a lone tile would run at a batch of one)."""
+    parts = -(-n // batch)
+    q, r = divmod(n, parts)
+    return [q + 1] * r + [q] * (parts - r)
+
+
+def _groups(plan: TilePlan, stack: int | None, batch: int, split: bool = False):
+    """Yield (chunk index, [(z or None, tile index)]) — the tiles one task runs together.
+
+    ``split``: the task's tiles keep one output chunk each, so the groups need not be of equal
+    size (balanced, :func:`_split_sizes`); the chunk index is then only a unique name.
+    """
+    if split:  # (not for slice stacks)
+        *outer, last = plan.grid_shape
+        for index in itertools.product(*(range(n) for n in outer)):
+            k0 = 0
+            for size in _split_sizes(last, batch):
+                yield index + (k0,), [(None, index + (k,)) for k in range(k0, k0 + size)]
+                k0 += size
+        return
     if stack is not None:
         # 2D model on a stack: batch consecutive slices of the same tile.
         for zc, z0 in enumerate(range(0, stack, batch)):
@@ -335,13 +394,13 @@ def _chunks_of(n: int, step: int) -> tuple[int, ...]:
     return (step,) * q + ((r,) if r else ())
 
 
-def _build(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.Array:
+def _build(inp: _Input, net, plan: TilePlan, run: _Run, batch: int, split: bool = False) -> da.Array:
     # The tile layer creates many small, long-lived objects: cyclic GC passes over the growing
     # graph made building ~2x slower and find nothing to free.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        out = _build_graph(inp, net, plan, run, batch)
+        out = _build_graph(inp, net, plan, run, batch, split)
     finally:
         if enabled:
             gc.enable()
@@ -351,10 +410,14 @@ def _build(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.Array:
     return out
 
 
-def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.Array:
+def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int, split: bool = False) -> da.Array:
+    """The lazy output. ``split``: a task runs ``batch`` tiles in one network call but each
+    tile keeps its own output chunk (a small task per tile takes it from the task's tuple);
+    otherwise a task's tiles write one chunk (``batch_size``'s documented chunks)."""
     channels = inp.array.shape[0]
     stacked = int(inp.stacked)
     stack = inp.array.shape[1] if stacked else None
+    split = split and batch > 1 and plan.mode != "blend" and not stacked
     padded = reflect_pad(inp.array, ((0, 0),) * (1 + stacked) + plan.pad_width)
     # A slice stack is read in chunks of a few batches, not slice by slice: fewer tasks.
     read_z = (_chunks_of(stack, batch * max(1, -(-8 // batch))),) if stack is not None else ()
@@ -364,6 +427,9 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
     token = uuid.uuid4().hex
     net_key = dask.delayed(net, pure=True, name=f"shiftseg-net-{token}")
     tiles_name = TILE_PREFIX + token
+    # split: the network calls are their own keys; the tile keys (counted by progress) take
+    # their tile from them
+    calls_name = "shiftseg-calls-" + token if split else tiles_name
     out_channels = net.config.out_channels
     fronts = plan.geometry.crop_fronts
 
@@ -377,8 +443,9 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
             overlaps[axis, lo, hi] = _overlaps(bounds[axis], lo, hi)
         return overlaps[axis, lo, hi]
 
-    layer, tile_boxes = {}, {}
-    for chunk_index, items in _groups(plan, stack, batch):
+    layer: dict[Any, tuple] = {}
+    tile_boxes: dict = {}
+    for chunk_index, items in _groups(plan, stack, batch, split):
         zs = [z for z, _ in items]
         win, out, rel_windows, rel_writes, crops = [], [], [], [], None
         if stacked:
@@ -411,11 +478,18 @@ def _build_graph(inp: _Input, net, plan: TilePlan, run: _Run, batch: int) -> da.
             items=tuple((z, index) for z, index in items),
             weight=tile_weight,
         )
-        key = (tiles_name, 0) + chunk_index
+        key = (calls_name, 0) + chunk_index
+        if split:
+            layer[key] = (_run_group, net_key.key, keys, group, run, inp.stacked, True)
+            for i, (_, index) in enumerate(items):
+                layer[(tiles_name, 0) + index] = (operator.getitem, key, i)
+            continue
         layer[key] = (_run_group, net_key.key, keys, group, run, inp.stacked)
         tile_boxes[key] = (out, tile_weight)
 
     spatial_chunks = list(plan.chunks)
+    if split:
+        batch = 1  # chunks: one per tile
     if not stacked and plan.mode != "blend" and batch > 1:
         # a batch of tiles along the last axis writes one chunk
         last = spatial_chunks[-1]
@@ -510,8 +584,12 @@ def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, devi
     mode : {"exact", "naive", "blend"}
         Only ``exact`` is exact; the others exist for comparison.
     batch_size : int, optional
-        Tiles per network call (default 1): consecutive tiles along the last axis (or
-        consecutive slices with ``per_slice``) share one task, and then one output chunk.
+        Tiles per network call: consecutive tiles along the last axis (or consecutive slices
+        with ``per_slice``) share one task, and then one output chunk. ``None`` (default):
+        automatic, one chunk per tile; a 3D model on the CPU runs up to
+        :data:`AUTO_BATCH_MAX` neighbouring tiles per call while they fit
+        :data:`AUTO_BATCH_BYTES` (2-4x faster per small tile, see :data:`AUTO_BATCH_MAX`),
+        anything else one tile per call. ``1``: one tile per call.
     half : bool
         float16 autocast; GPU only.
     plan : TilePlan, optional
@@ -539,7 +617,8 @@ def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, devi
     channel_axis, per_slice, normalization = read.channel_axis, read.per_slice, read.normalization
     net = _net_of(model)
     inp = _validate(image, net, channel_axis, per_slice)
-    if batch_size is None:
+    auto = batch_size is None
+    if auto:
         batch_size = 1
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ShiftSegError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -557,7 +636,25 @@ def predict_embeddings(image, model, tile: int | Sequence[int] | str = 128, devi
     low, scale = norm.offset_scale
     run = _Run(tuple(low.tolist()), tuple(scale.tolist()), str(dev), bool(half), net.config.geometry.ndim,
                plan, torch.get_num_threads())
-    return _build(inp, _prepare_net(net, dev), plan, run, int(batch_size))
+    if auto:
+        batch_size = _auto_batch(net, plan, dev, inp.stacked)
+    return _build(inp, _prepare_net(net, dev), plan, run, int(batch_size), split=auto)
+
+
+def _auto_batch(net, plan: TilePlan, dev: torch.device, stacked: bool) -> int:
+    """Tiles per network call for ``batch_size=None`` (see :data:`AUTO_BATCH_MAX`)."""
+    g = net.config.geometry
+    if dev.type != "cpu" or stacked or g.ndim != 3 or plan.mode == "blend":
+        return 1  # measured on the CPU for 3D models only; elsewhere one tile per call
+    most = min(AUTO_BATCH_MAX, plan.grid_shape[-1])
+    if most < 2:
+        return 1
+    # a local run computes up to one task per core at once (runner's thread pool)
+    budget = min(AUTO_BATCH_BYTES, memory_budget(dev) // max(1, CPU_COUNT))
+    batch = 1
+    while batch < most and net.config.forward_bytes(plan.tile, batch + 1) <= budget:
+        batch += 1
+    return batch
 
 
 def predict_plan(image, model, tile: int | Sequence[int] | str = 128, mode: str = "exact",
