@@ -202,17 +202,22 @@ def volumes(args) -> None:
     for s in sorted(set(args.scales)):
         rows += run_volume(scaled_shape(args.base, s), args.embeddings, args.dense)
         print(f"  {rows[-1]['method']} done", flush=True)
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
-        print("| " + " | ".join(cells) + " |")
+    print_table(rows)
     print(f"\n{args.embeddings} embeddings of synth.nuclei (bench_scaling's volumes; '{args.embeddings} s' "
           f"includes making the volume), the bundled 3D model's settings, torch threads {args.threads}, "
           f"{os.cpu_count()} CPUs, load average {load:.2f} at start (and after each run: 'load'); 'nuclei "
           f"found': true nuclei matched one to one by a cluster at IoU > 0.5; ARI over the foreground voxels "
           f"(nearest mode of each); total {time.perf_counter() - began:.0f} s")
+
+
+def print_table(rows) -> None:
+    """The rows (dicts with the same keys) as a markdown table, floats to 3 decimals."""
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main(argv=None):
@@ -234,12 +239,7 @@ def main(argv=None):
         return
     torch.set_num_threads(args.threads)
     rows = [run(n, k, args.bandwidth, args.repeats) for k in args.clusters for n in args.n]
-    header = list(rows[0])
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
-        print("| " + " | ".join(cells) + " |")
+    print_table(rows)
     print(
         f"\nbandwidth {args.bandwidth}, best of {args.repeats} runs, torch threads "
         f"{args.threads}, torch {torch.__version__}, CPU; 'ours' = mean_shift + "
