@@ -1,4 +1,4 @@
-"""``shiftseg train`` seconds per step, idle and with busy processes, per thread setting.
+"""``shiftseg train`` seconds per step (or a mean-shift run), idle and with busy processes, per thread setting.
 
 Issue 25/27: under load, ``shiftseg train`` with defaults ran at 4.3 s/step. This measures
 whether thread oversubscription (torch's intra-op threads and OpenMP busy-waiting on cores
@@ -11,11 +11,20 @@ defaults of ``shiftseg train --image IMG --labels LBL`` (continue the bundled 2D
 outside the steps and does not change their speed). s/step is the mean over the steps after
 the first (the first builds the oneDNN kernels), taken from the progress callback.
 
+``--workload meanshift`` times instead what the mean-shift benchmark (``bench_meanshift.py``)
+times, in the same fresh-process configurations: :func:`~napari_shiftseg.inference.meanshift.mean_shift`
+plus :func:`~napari_shiftseg.inference.meanshift.assign_to_modes` on 200,000 3-D points in 300
+blobs (bandwidth 1); the "s/step" column is then seconds per run (the median of 3 runs after
+one warm-up). Its "after" sets torch's threads with ``choose_threads()`` as ``shiftseg
+segment`` does before clustering.
+
 Configurations (default run):
 - ``before``: as before napari_shiftseg.util.threads: torch's default threads (all CPUs) and no
   ``OMP_WAIT_POLICY`` (torch is imported before the package, whose default then does not
   reach the OpenMP runtime).
 - ``after``: the package as it is: ``OMP_WAIT_POLICY=PASSIVE`` and ``choose_threads()``.
+- ``1 thread``: the package with one thread asked for (``--threads 1``): issue 27 asks that the
+  defaults be no slower than this under load.
 
 ``--matrix`` adds torch threads 1 and 2 x OMP_WAIT_POLICY unset / PASSIVE (the investigation).
 
@@ -26,6 +35,7 @@ the machine is shared and noisy; the table gives min / median / max over the rep
 
     python benchmarks/bench_threads.py                 # before/after, 3 repeats: 4-9 min on 2 cores
     python benchmarks/bench_threads.py --matrix --repeats 3 --steps 15
+    python benchmarks/bench_threads.py --workload meanshift --only after,"1 thread"
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ CONTROLLED = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPI
 CONFIGS = {
     "before": ("default", {}),
     "after": ("choose", "package"),
+    "1 thread": (1, "package"),
 }
 MATRIX = {
     "t1 spin": (1, {}),
@@ -81,6 +92,9 @@ def child(spec: dict) -> None:
     from napari_shiftseg.cli import main
 
     load = nthreads.current_load() or 0.0  # what choose_threads sees (a moment later)
+    if spec.get("workload") == "meanshift":
+        meanshift_child(spec, torch, nthreads, policy, load)
+        return
     if threads == "default":
         nthreads.choose_threads = lambda requested=None, **_: requested or torch.get_num_threads()
     stamps: list[float] = []
@@ -112,6 +126,28 @@ def child(spec: dict) -> None:
                       "load": os.getloadavg()[0]}))
 
 
+def meanshift_child(spec: dict, torch, nthreads, policy, load) -> None:
+    """The mean-shift workload: seconds per mean_shift + assign_to_modes run."""
+    from bench_meanshift import make_blobs
+
+    from napari_shiftseg.inference.meanshift import assign_to_modes, mean_shift
+
+    threads = spec["threads"]
+    if threads == "choose":
+        torch.set_num_threads(nthreads.choose_threads())
+    elif isinstance(threads, int):
+        torch.set_num_threads(threads)
+    points, _ = make_blobs(200_000, 300, seed=1)
+    seconds = []
+    for _ in range(4):  # the first builds torch's kernels: left out
+        start = time.perf_counter()
+        assign_to_modes(points, mean_shift(points, 1.0))
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"rc": 0, "s_per_step": statistics.median(seconds[1:]), "first_step": seconds[0],
+                      "wall": sum(seconds), "threads": torch.get_num_threads(), "wait_policy": policy,
+                      "load_at_start": load, "load": os.getloadavg()[0]}))
+
+
 # ---------------------------------------------------------------------------------------------
 # parent
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +172,8 @@ def make_data(folder: Path) -> tuple[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="steps per run (default 10)")
+    parser.add_argument("--workload", choices=("train", "meanshift"), default="train",
+                        help="what each child times (default train)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     parser.add_argument("--busy", type=int, default=4, help="busy processes for the loaded runs (default 4)")
     parser.add_argument("--matrix", action="store_true", help="also threads 1/2 x OMP_WAIT_POLICY unset/PASSIVE")
@@ -174,15 +212,17 @@ def main() -> int:
                     for name in order:
                         threads, env = configs[name]
                         spec = {"threads": threads, "env": env, "steps": args.steps, "image": image,
+                                "workload": args.workload,
                                 "labels": labels, "output": str(Path(tmp) / f"{rep}.safetensors")}
                         result = run_child(spec, args.timeout)
                         results[(name, load)].append(result)
-                        print(f"  rep {rep} {load:>6} {name:<16} {result['s_per_step']:.3f} s/step "
+                        print(f"  rep {rep} {load:>6} {name:<16} {result['s_per_step']:.3f} s "
                               f"({result['threads']} thread(s), OMP_WAIT_POLICY={result['wait_policy']}, "
                               f"wall {result['wall']:.1f} s, load {result['load_at_start']:.1f}, "
                               f"load average after {result['load']:.1f})", flush=True)
     print(f"\n# total {time.perf_counter() - began:.0f} s\n")
-    print("| configuration | threads | load | s/step min | median | max |")
+    unit = "s/step" if args.workload == "train" else "s/run"
+    print(f"| configuration | threads | load | {unit} min | median | max |")
     print("|---|---|---|---|---|---|")
     for name in names:
         for load, _ in loads:

@@ -24,7 +24,7 @@ from napari_shiftseg.synthetic.synth import random_objects
 from napari_shiftseg.util._errors import ShiftSegError
 
 SCALE = 0.5      # embedding units per voxel
-BANDWIDTH = 1.0  # halo 2.5 units = 5 voxels
+BANDWIDTH = 1.0  # halo 1 unit = 2 voxels
 FORCE = BlockwiseOptions(density=0.5, block=8.0, min_foreground=0)  # cubes of 16 voxels
 
 
@@ -288,6 +288,5 @@ def test_merge_across_cubes_is_mean_shifts_merge(n, seed, radius):
 
 
 def test_halo_rule():
-    assert _halo(2.0) == 5.0  # flat: window 2 + merge radius 2 + half a bandwidth
-    assert _halo(2.0, "gaussian") == 9.0
-    assert _halo(1.0, merge_radius=0.5) == 2.0
+    assert _halo(2.0) == 2.0  # flat: the window
+    assert _halo(2.0, "gaussian") == 6.0  # three standard deviations

@@ -117,6 +117,44 @@ def test_explicit_seeds_and_merge_radius():
     assert len(lonely) == 1 and np.linalg.norm(lonely[0]) < 0.1
 
 
+def _left_of(limit):
+    return lambda x: x[:, 0] < limit
+
+
+def test_a_region_seeds_and_keeps_only_its_own_modes():
+    """``inside``: seeds come from the region, and only its modes come back (blockwise mean-shift)."""
+    rng = np.random.default_rng(5)
+    points = np.concatenate([rng.normal((0.0, 0.0), 0.1, (100, 2)), rng.normal((4.0, 0.0), 0.1, (300, 2)),
+                             rng.normal((8.0, 0.0), 0.1, (150, 2))]).astype(np.float32)
+    everywhere = mean_shift(points, 1.0, n_seeds=50)
+    assert len(everywhere) == 3
+    mine = mean_shift(points, 1.0, n_seeds=5, inside=_left_of(2.0))
+    assert len(mine) == 1 and abs(mine[0, 0]) < 0.1
+    # The blobs the region does not own are never seeded and need no mode: no re-seeding round
+    # looks for them, however few seeds there are.
+    two = mean_shift(points, 1.0, n_seeds=1, inside=_left_of(6.0))
+    np.testing.assert_allclose(np.sort(two[:, 0]), [0.0, 4.0], atol=0.1)
+    assert mean_shift(points, 1.0, inside=_left_of(-5.0)).shape == (0, 2)  # nothing to seed
+
+
+def test_a_mode_outside_the_region_cannot_suppress_one_inside():
+    """Modes outside are dropped before merging: a stronger mode just outside the region (one a
+    halo cut short would give) leaves the region's weaker mode alone; merging across regions is
+    the caller's (clustering._merge_across)."""
+    rng = np.random.default_rng(6)
+    points = np.concatenate([rng.normal((0.0, 0.0), 0.1, (100, 2)),
+                             rng.normal((2.0, 0.0), 0.1, (300, 2))]).astype(np.float32)
+    merged = mean_shift(points, 0.5, n_seeds=50, merge_radius=3.0)
+    assert len(merged) == 1 and abs(merged[0, 0] - 2.0) < 0.1
+    region = mean_shift(points, 0.5, n_seeds=50, merge_radius=3.0, inside=_left_of(1.0))
+    assert len(region) == 1 and abs(region[0, 0]) < 0.1
+
+
+def test_a_region_must_answer_once_per_vector():
+    with pytest.raises(ShiftSegError, match="one bool per vector"):
+        mean_shift(np.zeros((10, 2), np.float32), 1.0, inside=lambda x: np.ones(3, bool))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -225,3 +263,35 @@ def test_the_tree_assigns_exactly_as_brute_force(seed, dims, max_distance, on_gr
     brute = _assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
                                 None, "cpu")
     np.testing.assert_array_equal(tree, brute)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.sampled_from([None, 0.5, 2.0]), st.booleans(),
+       st.sampled_from([0.2, 1.5]))
+def test_a_block_measured_against_its_nearby_modes_only_gets_brute_forces_labels(seed, dims, max_distance,
+                                                                                 on_grid, reach):
+    """A block of a spatial embedding sees only the modes near its bounding box (issue 27):
+    the labels still equal brute force's over all modes, ties and the max_distance cut
+    included. A short reach (0.2x the sampled nearest-mode distance) leaves many points beyond
+    it, which must be measured against all modes."""
+    import napari_shiftseg.inference.meanshift as ms
+
+    rng = np.random.default_rng(seed)
+    k = 4 * ms._TREE_MIN_MODES
+    if on_grid:
+        modes = rng.integers(0, 40, (k, dims)).astype(np.float32)
+        points = rng.integers(0, 16, (2000, dims)).astype(np.float32) / 2
+    else:
+        modes = rng.uniform(0, 40, (k, dims)).astype(np.float32)
+        points = rng.uniform(0, 8, (2000, dims)).astype(np.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ms, "_LOCAL_REACH", reach)
+        calls = []
+        real = ms._assign_by_tree
+        patch.setattr(ms, "_assign_by_tree", lambda data, centres, *a, **k: calls.append(len(centres))
+                      or real(data, centres, *a, **k))
+        local = assign_to_modes(points, modes, max_distance=max_distance)
+    assert calls and calls[0] < k  # the block's own modes, not all of them
+    brute = ms._assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
+                                   None, "cpu")
+    np.testing.assert_array_equal(local, brute)

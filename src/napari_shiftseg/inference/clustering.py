@@ -17,9 +17,12 @@ the modes are found region by region instead, at a fixed sample density:
 2. *embedding* space is cut into cubes of side ``block`` (embedding units, on a grid through 0)
    along the d positional channels; the cubes at the image's edge reach to infinity. A cube's
    mean-shift gets every sample point whose positional embedding lies in the cube grown by the
-   halo ``H = reach + merge radius + bandwidth / 2`` (reach: the kernel's, one bandwidth for the
-   flat kernel, three for the Gaussian), i.e. ``H / scale_a`` voxels along axis a;
-3. a cube keeps only the modes whose positional part lies in the cube itself;
+   halo ``H``, the kernel's reach (one bandwidth for the flat kernel, three for the Gaussian),
+   i.e. ``H / scale_a`` voxels along axis a;
+3. the cube's mean-shift is told which points and modes are its own (``inside``): it seeds only
+   from the cube's own points (in proportion to them, ``_SEED_SHARE``), re-seeds only where the
+   cube's own points lack a mode, and drops the modes outside the cube *before* merging its
+   modes;
 4. modes of different cubes closer than the merge radius (the bandwidth, as in
    :func:`~napari_shiftseg.inference.meanshift.mean_shift`) are merged greedily, the one with
    more support (points within one bandwidth) kept.
@@ -27,20 +30,26 @@ the modes are found region by region instead, at a fixed sample density:
 Why the halo suffices: a flat-kernel window around a mode m holds the points within one
 bandwidth of m, so for a mode in the cube every point of its window is in the grown cube: the
 mode is a fixed point of the whole image's mean-shift, and its support (points within one
-bandwidth, what the merge compares) is the whole image's. A window cut by the halo's outer edge
-can only end at a spurious mode within one reach of that edge, and such a mode cannot suppress a
-mode of the cube (further than the merge radius); the half bandwidth covers the binning of
-mean-shift. Nothing depends on the object size or on how far the network's offsets reach (the
-cubes cut embedding space, not the image: an object is whole wherever its mode is), and the cubes
-are fixed in embedding space, so the modes do not depend on the chunking of the input, nor on the
-scheduler. What differs from the global path is the seeding: each cube draws its own ``n_seeds``
-and re-seeds against its own typical support, so the two agree up to mean-shift's seeding noise
+bandwidth, what the merge compares) is the whole image's, up to mean-shift's binning (a grid
+cell cut by the halo's edge lies at the window's edge, where binning already decides within a
+cell diagonal which side a point counts on; a margin of half a bandwidth for it changed no
+result measured: recall / precision of the nuclei within 0.001 at 4V and 8V, and cost 14 %
+more time at 8V). A window
+cut by the halo's outer edge can only end at a spurious mode outside the cube, which step 3
+drops before it could suppress a mode of the cube; modes of neighbouring cubes meet in step 4.
+Nothing depends on the object size or on how far the network's offsets reach (the cubes cut
+embedding space, not the image: an object is whole wherever its mode is), and the cubes are
+fixed in embedding space, so the modes do not depend on the chunking of the input, nor on the
+scheduler. What differs from the global path is the seeding: each cube draws its own seeds and
+re-seeds against its own typical support, so the two agree up to mean-shift's seeding noise
 (benchmarks/bench_meanshift.py ``--volumes``).
 
-Cost: with a halo under half the cube (the default: 5 of 32 units) each sample point is in at
-most 2^d cubes, and each cube's mean-shift is on ``density ×`` its foreground points: linear in
-the foreground. The sample (``density`` of the foreground's vectors) is gathered in this process,
-and the cubes run one after the other here. Images whose foreground the global subsample still
+Cost: a cube's mean-shift costs about (its seeds) x (its points and halo), and both grow with
+what the cube holds, so cubes are small (16 units: 64 voxels at the bundled models' scale; the
+halo, 1.5 units at bandwidth 1.5, adds ~70 % to a cube's points in 3D) and the total is linear
+in the foreground, also where the image is thinner than a cube along some axis. The sample
+(``density`` of the foreground's vectors) is gathered in this process, and the cubes run one
+after the other here. Images whose foreground the global subsample still
 covers at ``density`` (``min_foreground``, default ``max_points / density``) keep the global
 path, bit for bit.
 """
@@ -74,10 +83,14 @@ DEFAULT_MAX_POINTS = 50_000
 # issue's V (4.2 Mvoxel of nuclei, 1.6 M of them foreground: 50k / 1.6M), ~50 points per
 # 14-voxel nucleus, which the dev numbers were measured with.
 DEFAULT_DENSITY = 0.03
-# Blockwise modes: side of a cube of embedding space, in embedding units (128 voxels at the
-# bundled models' position scale 0.25): ~50k sample points of dense nuclei per cube and halo,
-# about as many as the global path's, and the halo (5 units at bandwidth 2) adds ~2.3x in 3D.
-DEFAULT_BLOCK = 32.0
+# Blockwise modes: side of a cube of embedding space, in embedding units (64 voxels at the
+# bundled models' position scale 0.25). A cube's mean-shift costs (its seeds) x (its points and
+# halo), so it grows with the square of what a cube holds; small cubes keep that bounded
+# wherever the image is thinner than a cube (a 64-plane stack is 16 units deep). Clustering
+# growth from 4V to 8V of bench_scaling's volumes (z doubles; benchmarks/RESULTS.md section 15):
+# 32 units x3.2, 24 x2.6, 20 x2.3, 16 x2.2 (x2.0 with the halo of one bandwidth); 12 was 1.6x
+# slower than 16 (a call per cube).
+DEFAULT_BLOCK = 16.0
 
 
 @dataclass(frozen=True)
@@ -422,7 +435,8 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
     first = read(below)
     if scales is not None and foreground and first[0] > blocks.threshold(max_points):
         return _blockwise(first, blocks.density, scales, tuple(emb.shape[1:]), bandwidth, fg_threshold,
-                          blocks.block, dict(n_seeds=n_seeds, seed=seed, kernel=kernel, device=device))
+                          blocks.block, dict(n_seeds=n_seeds, seed_share=_SEED_SHARE * n_seeds / max_points, seed=seed,
+                                                kernel=kernel, device=device))
     points = _bottom_k(read, below, first, max_points)
     if points.shape[0] == 0:
         modes = np.zeros((0, points.shape[1]), np.float32)
@@ -442,12 +456,21 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
 _KERNEL_REACH = {"flat": 1.0, "gaussian": 3.0}
 
 
-def _halo(bandwidth: float, kernel: str = "flat", merge_radius: float | None = None) -> float:
+#: Seeds per owned sample point of a cube, relative to the global path's n_seeds / max_points.
+#: Measured on the bundled 3D model's embeddings of bench_scaling's volumes at 4V and 8V (true
+#: nuclei matched one to one by a cluster at IoU > 0.5, recall / precision; block 16, a halo of
+#: 1.5 bandwidths): 1x gives
+#: 0.988 / 0.993 and 0.985 / 0.993, 2x 0.991 / 0.991 and 0.990 / 0.992, 4x 0.993 / 0.988 and
+#: 0.991 / 0.990; 1000 seeds per cube 0.993 / 0.970 and 0.990 / 0.974; before (32-unit cubes,
+#: 1000 seeds each, a halo of 2.5 bandwidths) 0.993 / 0.992 and 0.987 / 0.993.
+_SEED_SHARE = 2.0
+
+
+def _halo(bandwidth: float, kernel: str = "flat") -> float:
     """The halo of a cube of embedding space, in embedding units (module docstring): the
-    kernel's reach plus the merge radius plus half a bandwidth (the binning of mean-shift)."""
-    merge = bandwidth if merge_radius is None else merge_radius
+    kernel's reach."""
     # An unknown kernel gets the widest reach here; mean_shift then names the allowed ones.
-    return _KERNEL_REACH.get(kernel, max(_KERNEL_REACH.values())) * bandwidth + merge + 0.5 * bandwidth
+    return _KERNEL_REACH.get(kernel, max(_KERNEL_REACH.values())) * bandwidth
 
 
 def _cubes(position: np.ndarray, side: float, grow: float, grid: tuple[int, ...]):
@@ -472,6 +495,19 @@ def _owner(position: np.ndarray, side: float, grid: tuple[int, ...]) -> np.ndarr
     """The cube (flat index) whose own box holds each ``position``."""
     cell = np.clip(np.floor(position / side), 0, np.asarray(grid) - 1).astype(np.int64)
     return np.ravel_multi_index(tuple(cell.T), grid)
+
+
+@dataclass(frozen=True)
+class _Cube:
+    """Mean-shift's ``inside``: whether vectors lie in cube ``index`` (by their positional part)."""
+
+    index: int
+    d: int
+    side: float
+    grid: tuple[int, ...]
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        return _owner(vectors[:, :self.d].astype(np.float64), self.side, self.grid) == self.index
 
 
 def _merge_across(modes: np.ndarray, support: np.ndarray, radius: float) -> np.ndarray:
@@ -509,6 +545,10 @@ def _blockwise(first: _Sample, density: float, scales: tuple[float, ...], shape:
     position = vectors[:, :d].astype(np.float64)
     point, cube = _cubes(position, side, _halo(bandwidth, run["kernel"]), grid)
     bounds = np.searchsorted(cube, np.arange(math.prod(grid) + 1))
+    # Seeds in proportion to the points a cube owns (_SEED_SHARE): a fixed n_seeds per cube
+    # would seed a small cube so densely that tails and plateaus get modes of their own.
+    owned = np.bincount(_owner(position, side, grid), minlength=math.prod(grid))
+    seeds = np.maximum(1, np.ceil(run.pop("seed_share") * owned)).astype(int)
     found, support = [], []
     for c in range(math.prod(grid)):
         members = point[bounds[c]:bounds[c + 1]]
@@ -517,9 +557,9 @@ def _blockwise(first: _Sample, density: float, scales: tuple[float, ...], shape:
         points = vectors[members]
         # A seed per cube from the run's seed and the cube: the cubes are fixed in embedding
         # space, so this too is independent of the chunking.
-        modes = mean_shift(points, bandwidth, n_seeds=run["n_seeds"], seed=run["seed"] * 1_000_003 + c,
-                           kernel=run["kernel"], device=run["device"])
-        modes = modes[_owner(modes[:, :d].astype(np.float64), side, grid) == c]
+        modes = mean_shift(points, bandwidth, n_seeds=int(min(seeds[c], run["n_seeds"])),
+                           seed=run["seed"] * 1_000_003 + c,
+                           kernel=run["kernel"], device=run["device"], inside=_Cube(c, d, side, grid))
         if modes.shape[0]:
             found.append(modes)
             support.append(cKDTree(points.astype(np.float64)).query_ball_point(

@@ -11,6 +11,7 @@ so it can run block by block on a dask array once the modes of the whole image a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,11 @@ _ASSIGN_CHUNK_ELEMENTS = 2**22
 _TREE_MIN_MODES = 256
 # Points per k-d tree query (float64 copies of 65,536 points: a few MB).
 _TREE_CHUNK = 2**16
+# _assign_local: points sampled to size the neighbourhood, its reach in multiples of their
+# largest nearest-mode distance, and the share of the modes above which it measures them all.
+_LOCAL_SAMPLE = 512
+_LOCAL_REACH = 1.5
+_LOCAL_SHARE = 0.5
 # Relative gap (of squared distances) under which the tree's two nearest modes, or the nearest
 # and max_distance, count as a near-tie that float32 rounding in the brute-force arithmetic
 # (relative error ~1e-6 for a few dimensions) could decide differently: measured brute force.
@@ -242,6 +248,7 @@ def mean_shift(
     seed: int = 0,
     device: str | torch.device = "cpu",
     options: MeanShiftOptions | None = None,
+    inside: Callable[[np.ndarray], np.ndarray] | None = None,
     **overrides,
 ) -> np.ndarray:
     """Find the modes of a point cloud by seeded mean-shift.
@@ -272,6 +279,13 @@ def mean_shift(
         Where to compute ('cpu', 'cuda', ...).
     options : MeanShiftOptions, optional
         Kernel, iterations, tolerance, merge radius, smallest cluster, binning, chunking.
+    inside : callable, optional
+        The region this call is responsible for, when the points are one region of a larger
+        cloud plus a halo around it (blockwise mean-shift): ``inside(x)`` takes (K, E) float
+        vectors and says (bool, K) which lie in the region. Then seeds are drawn only from points
+        inside, only those need a mode to cover them, and modes outside are dropped *before*
+        merging, so a mode cut short by the halo's edge can neither be returned nor suppress a
+        mode of the region.
     **overrides
         Fields of ``options`` to change, by name (``kernel="gaussian"``, ``bin_size=None``).
 
@@ -315,7 +329,13 @@ def mean_shift(
         raise ShiftSegError("cannot run mean-shift on an empty set of points")
     if seeds is None:
         rng = np.random.default_rng(seed)
-        index = rng.choice(data.shape[0], size=min(n_seeds, data.shape[0]), replace=False)
+        if inside is None:
+            index = rng.choice(data.shape[0], size=min(n_seeds, data.shape[0]), replace=False)
+        else:
+            eligible = np.flatnonzero(_region_mask(inside, data))
+            if eligible.size == 0:
+                return np.zeros((0, data.shape[1]), np.float32)
+            index = eligible[rng.choice(eligible.size, size=min(n_seeds, eligible.size), replace=False)]
         current = data[torch.from_numpy(np.sort(index)).to(data.device)]
     else:
         current = _as_points(seeds, "seeds", torch.float32).to(device)
@@ -339,12 +359,23 @@ def mean_shift(
 
     climb = dict(centres=centres, weighted=weighted, bandwidth=bandwidth, kernel=kernel,
                  max_iter=max_iter, tol=tol, chunk_size=chunk_size)
+    keep = None if inside is None else (lambda x: _region_mask(inside, x + origin))
     current = _climb(current, **climb)
+    if keep is not None:
+        current = current[keep(current)]
     modes = _merge_modes(current, _support(current, climb), merge_radius, min_cluster_size)
     if seeds is None:
         modes = _cover(modes, rng, n_seeds, o.reseed_rounds, counts, merge_radius,
-                       min_cluster_size, climb)
+                       min_cluster_size, climb, keep)
     return (modes + origin).cpu().numpy().astype(np.float32)
+
+
+def _region_mask(inside: Callable[[np.ndarray], np.ndarray], x: torch.Tensor) -> torch.Tensor:
+    """``inside`` (module-level numpy callable) applied to a tensor of vectors."""
+    mask = np.asarray(inside(x.cpu().numpy()), dtype=bool)
+    if mask.shape != (x.shape[0],):
+        raise ShiftSegError(f"inside() must return one bool per vector, got shape {mask.shape}")
+    return torch.from_numpy(mask).to(x.device)
 
 
 def _climb(current, centres, weighted, bandwidth, kernel, max_iter, tol, chunk_size):
@@ -377,7 +408,7 @@ def _support(current, climb):
                         climb["chunk_size"])[1]
 
 
-def _cover(modes, rng, n_seeds, rounds, counts, merge_radius, min_cluster_size, climb):
+def _cover(modes, rng, n_seeds, rounds, counts, merge_radius, min_cluster_size, climb, keep=None):
     """Seed again from the points no mode covers, until every point is explained.
 
     Random seeds miss clusters: with K equally large clusters, 1000 seeds leave a share of
@@ -386,12 +417,16 @@ def _cover(modes, rng, n_seeds, rounds, counts, merge_radius, min_cluster_size, 
     farther than ``COVER_RADIUS`` bandwidths from all modes, and farther than one bandwidth from
     every seed tried so far (a point that shares most of a tried seed's window would climb where
     it did), is a candidate for the next round; a new mode counts with ``RESEED_SHARE`` of the
-    typical support (module constants, with the measurements behind them).
+    typical support (module constants, with the measurements behind them). With ``keep`` (a
+    region, see mean_shift's ``inside``) only the points in the region need explaining, and new
+    modes outside it are dropped.
     """
     if modes.shape[0] == 0:  # no cluster strong enough even for random seeds
         return modes
     centres, bandwidth, chunk = climb["centres"], climb["bandwidth"], climb["chunk_size"]
     explained = _near(centres, modes, COVER_RADIUS * bandwidth, chunk)
+    if keep is not None:
+        explained |= ~keep(centres)
     # Supports are kept with their modes and only the new modes' are computed, and each round
     # tests only the points still unexplained against the modes it added: the work per round
     # follows the new clusters, not all K of them (K grows with the volume: recomputing every
@@ -410,6 +445,8 @@ def _cover(modes, rng, n_seeds, rounds, counts, merge_radius, min_cluster_size, 
                                   replace=False, p=weight / weight.sum()))
         seeds = centres[torch.from_numpy(pick).to(centres.device)]
         new = _climb(seeds.clone(), **climb)
+        if keep is not None:
+            new = new[keep(new)]
         new_support = _support(new, climb)
         strong = new_support >= max(min_cluster_size, RESEED_SHARE * typical)
         new, new_support = new[strong], new_support[strong]
@@ -503,12 +540,49 @@ def assign_to_modes(
     if centres.shape[0] == 0:
         return np.zeros(data.shape[0], dtype=np.int64)
     if centres.shape[0] >= _TREE_MIN_MODES and centres.device.type == "cpu" and chunk_size is None:
-        return _assign_by_tree(data, centres, max_distance)
+        return _assign_local(data, centres, max_distance)
     return _assign_brute_force(data, centres, max_distance, chunk_size, device)
 
 
-def _assign_brute_force(data, centres, max_distance, chunk_size, device) -> np.ndarray:
+def _assign_local(data: torch.Tensor, centres: torch.Tensor, max_distance) -> np.ndarray:
+    """The labels of :func:`_assign_by_tree`, measuring only the modes near the points.
+
+    A block of a spatial embedding sees a few hundred of the image's modes: the rest lie far
+    away in the positional channels. Every mode outside the points' bounding box grown by
+    ``reach`` (in every channel) is further than ``reach`` from every point, so a point whose
+    nearest mode *inside* is closer than ``reach`` has that mode as its nearest of all. ``reach``
+    is 1.5x the largest nearest-mode distance of a sample of the points; the few points beyond
+    it are measured against all modes. Same labels, ties included; the cost per block no longer
+    grows with the image's mode count (issue 27).
+    """
+    if data.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    from scipy.spatial import cKDTree
+
+    sample = data[:: max(1, data.shape[0] // _LOCAL_SAMPLE)].double().numpy()
+    reach = _LOCAL_REACH * float(cKDTree(centres.double().numpy()).query(sample, k=1)[0].max())
+    low, high = data.min(dim=0).values - reach, data.max(dim=0).values + reach
+    near = torch.nonzero(((centres >= low) & (centres <= high)).all(dim=1)).flatten()
+    if near.numel() == 0 or near.numel() > _LOCAL_SHARE * centres.shape[0]:
+        return _assign_by_tree(data, centres, max_distance)
+    subset = centres[near]
+    if near.numel() >= 2:  # the tree asks for the two nearest
+        labels, nearest = _assign_by_tree(data, subset, max_distance, with_distance=True)
+    else:
+        labels, nearest = _assign_brute_force(data, subset, max_distance, None, "cpu", with_distance=True)
+    lookup = np.concatenate([[0], near.numpy() + 1])
+    labels = lookup[labels]
+    # A margin for float rounding: only points clearly inside reach trust the subset.
+    unsure = ~(nearest < reach * (1.0 - _TIE_TOLERANCE))
+    if unsure.any():
+        rows = np.flatnonzero(unsure)
+        labels[rows] = _assign_by_tree(data[torch.from_numpy(rows)], centres, max_distance)
+    return labels
+
+
+def _assign_brute_force(data, centres, max_distance, chunk_size, device, with_distance: bool = False):
     labels = np.zeros(data.shape[0], dtype=np.int64)
+    distances = np.zeros(data.shape[0], dtype=np.float64)
     if chunk_size is None:
         chunk_size = max(1, _ASSIGN_CHUNK_ELEMENTS // centres.shape[0])
     for part in _chunks(data.shape[0], chunk_size):
@@ -524,10 +598,11 @@ def _assign_brute_force(data, centres, max_distance, chunk_size, device) -> np.n
         if max_distance is not None:
             chunk_labels[nearest.sqrt() > max_distance] = 0
         labels[part] = chunk_labels.cpu().numpy()
-    return labels
+        distances[part] = nearest.sqrt().double().cpu().numpy()
+    return (labels, distances) if with_distance else labels
 
 
-def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance) -> np.ndarray:
+def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance, with_distance: bool = False):
     """The labels of :func:`_assign_brute_force`, from a k-d tree over the modes.
 
     The tree gives each point its two nearest modes in float64. Where the second is clearly
@@ -540,10 +615,12 @@ def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance) -> 
 
     tree = cKDTree(centres.double().numpy())
     labels = np.zeros(data.shape[0], dtype=np.int64)
+    distances = np.zeros(data.shape[0], dtype=np.float64)
     for part in _chunks(data.shape[0], _TREE_CHUNK):
         points = data[part].double().numpy()
         distance, index = tree.query(points, k=2)
         d1, d2 = distance[:, 0], distance[:, 1]
+        distances[part] = d1
         unsure = d2 * d2 - d1 * d1 <= _TIE_TOLERANCE * d2 * d2
         chunk_labels = index[:, 0] + 1
         if max_distance is not None:
@@ -554,4 +631,4 @@ def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance) -> 
             chunk_labels[unsure] = _assign_brute_force(data[part][rows], centres, max_distance,
                                                        None, "cpu")
         labels[part] = chunk_labels
-    return labels
+    return (labels, distances) if with_distance else labels
