@@ -290,3 +290,29 @@ def test_merge_across_cubes_is_mean_shifts_merge(n, seed, radius):
 def test_halo_rule():
     assert _halo(2.0) == 2.0  # flat: the window
     assert _halo(2.0, "gaussian") == 6.0  # three standard deviations
+
+
+def test_cubes_are_seeded_in_proportion_to_the_points_they_own(monkeypatch):
+    """A cube draws seeds per sample point it owns (twice the global path's n_seeds / max_points),
+    never more than n_seeds: a sparse cube gets fewer seeds than a dense one."""
+    import napari_shiftseg.inference.clustering as clustering
+
+    labels = objects((64, 64), 4)
+    labels[:, 40:] = 0  # the right part empty: cubes there own few or no foreground points
+    labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
+    emb = spatial_embeddings(labels, seed=4)
+    asked = []
+    real = clustering.mean_shift
+
+    def recording(points, bandwidth, n_seeds=1000, inside=None, **kwargs):
+        asked.append((n_seeds, int(inside(points).sum())))
+        return real(points, bandwidth, n_seeds=n_seeds, inside=inside, **kwargs)
+
+    monkeypatch.setattr(clustering, "mean_shift", recording)
+    cluster_embeddings(emb, BANDWIDTH, n_seeds=40, max_points=2000, position_scale=SCALE, blockwise=FORCE)
+    seeds = np.array([a[0] for a in asked])
+    owned = np.array([a[1] for a in asked])
+    assert seeds.max() <= 40 and seeds.min() >= 1
+    dense, sparse = owned.argmax(), owned[owned > 0].argmin()
+    assert seeds[dense] > seeds[owned > 0][sparse]
+    np.testing.assert_array_equal(seeds, np.minimum(40, np.maximum(1, np.ceil(2 * 40 / 2000 * owned))))

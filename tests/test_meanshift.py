@@ -263,35 +263,3 @@ def test_the_tree_assigns_exactly_as_brute_force(seed, dims, max_distance, on_gr
     brute = _assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
                                 None, "cpu")
     np.testing.assert_array_equal(tree, brute)
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.sampled_from([None, 0.5, 2.0]), st.booleans(),
-       st.sampled_from([0.2, 1.5]))
-def test_a_block_measured_against_its_nearby_modes_only_gets_brute_forces_labels(seed, dims, max_distance,
-                                                                                 on_grid, reach):
-    """A block of a spatial embedding sees only the modes near its bounding box (issue 27):
-    the labels still equal brute force's over all modes, ties and the max_distance cut
-    included. A short reach (0.2x the sampled nearest-mode distance) leaves many points beyond
-    it, which must be measured against all modes."""
-    import napari_shiftseg.inference.meanshift as ms
-
-    rng = np.random.default_rng(seed)
-    k = 4 * ms._TREE_MIN_MODES
-    if on_grid:
-        modes = rng.integers(0, 40, (k, dims)).astype(np.float32)
-        points = rng.integers(0, 16, (2000, dims)).astype(np.float32) / 2
-    else:
-        modes = rng.uniform(0, 40, (k, dims)).astype(np.float32)
-        points = rng.uniform(0, 8, (2000, dims)).astype(np.float32)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ms, "_LOCAL_REACH", reach)
-        calls = []
-        real = ms._assign_by_tree
-        patch.setattr(ms, "_assign_by_tree", lambda data, centres, *a, **k: calls.append(len(centres))
-                      or real(data, centres, *a, **k))
-        local = assign_to_modes(points, modes, max_distance=max_distance)
-    assert calls and calls[0] < k  # the block's own modes, not all of them
-    brute = ms._assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
-                                   None, "cpu")
-    np.testing.assert_array_equal(local, brute)

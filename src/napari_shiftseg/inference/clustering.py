@@ -34,8 +34,8 @@ bandwidth, what the merge compares) is the whole image's, up to mean-shift's bin
 cell cut by the halo's edge lies at the window's edge, where binning already decides within a
 cell diagonal which side a point counts on; a margin of half a bandwidth for it changed no
 result measured: recall / precision of the nuclei within 0.001 at 4V and 8V, and cost 14 %
-more time at 8V). A window
-cut by the halo's outer edge can only end at a spurious mode outside the cube, which step 3
+more time at 8V). A window cut by the halo's outer edge can only end at a spurious mode outside
+the cube, which step 3
 drops before it could suppress a mode of the cube; modes of neighbouring cubes meet in step 4.
 Nothing depends on the object size or on how far the network's offsets reach (the cubes cut
 embedding space, not the image: an object is whole wherever its mode is), and the cubes are
@@ -49,9 +49,8 @@ what the cube holds, so cubes are small (16 units: 64 voxels at the bundled mode
 halo, 1.5 units at bandwidth 1.5, adds ~70 % to a cube's points in 3D) and the total is linear
 in the foreground, also where the image is thinner than a cube along some axis. The sample
 (``density`` of the foreground's vectors) is gathered in this process, and the cubes run one
-after the other here. Images whose foreground the global subsample still
-covers at ``density`` (``min_foreground``, default ``max_points / density``) keep the global
-path, bit for bit.
+after the other here. Images whose foreground the global subsample still covers at ``density``
+(``min_foreground``, default ``max_points / density``) keep the global path, bit for bit.
 """
 
 from __future__ import annotations
@@ -393,7 +392,8 @@ def cluster_embeddings(embeddings, bandwidth: float = DEFAULT_BANDWIDTH, fg_thre
         (size of the foreground subsample the modes are computed from) and ``seed`` (of the
         subsample and of the seeds: equal seeds give equal modes); its fields may be given by
         name (``n_seeds=200``). Its ``connectivity`` is for labelling, not used here. Found
-        blockwise, ``n_seeds`` is per cube and ``max_points`` only sets when (``blockwise``).
+        blockwise, a cube draws ``2 · n_seeds / max_points`` seeds per sample point it owns (at
+        most ``n_seeds``), and ``max_points`` also sets when (``blockwise``).
     kernel : {'flat', 'gaussian'}
         Mean-shift kernel.
     device : str
@@ -459,10 +459,10 @@ _KERNEL_REACH = {"flat": 1.0, "gaussian": 3.0}
 #: Seeds per owned sample point of a cube, relative to the global path's n_seeds / max_points.
 #: Measured on the bundled 3D model's embeddings of bench_scaling's volumes at 4V and 8V (true
 #: nuclei matched one to one by a cluster at IoU > 0.5, recall / precision; block 16, a halo of
-#: 1.5 bandwidths): 1x gives
-#: 0.988 / 0.993 and 0.985 / 0.993, 2x 0.991 / 0.991 and 0.990 / 0.992, 4x 0.993 / 0.988 and
-#: 0.991 / 0.990; 1000 seeds per cube 0.993 / 0.970 and 0.990 / 0.974; before (32-unit cubes,
-#: 1000 seeds each, a halo of 2.5 bandwidths) 0.993 / 0.992 and 0.987 / 0.993.
+#: 1.5 bandwidths): 1x gives 0.988 / 0.993 and 0.985 / 0.993, 2x 0.991 / 0.991 and 0.990 /
+#: 0.992, 4x 0.993 / 0.988 and 0.991 / 0.990; 1000 seeds per cube 0.993 / 0.970 and 0.990 /
+#: 0.974; before (32-unit cubes, 1000 seeds each, a halo of 2.5 bandwidths) 0.993 / 0.992 and
+#: 0.987 / 0.993.
 _SEED_SHARE = 2.0
 
 
@@ -548,7 +548,7 @@ def _blockwise(first: _Sample, density: float, scales: tuple[float, ...], shape:
     # Seeds in proportion to the points a cube owns (_SEED_SHARE): a fixed n_seeds per cube
     # would seed a small cube so densely that tails and plateaus get modes of their own.
     owned = np.bincount(_owner(position, side, grid), minlength=math.prod(grid))
-    seeds = np.maximum(1, np.ceil(run.pop("seed_share") * owned)).astype(int)
+    seeds = np.minimum(run["n_seeds"], np.maximum(1, np.ceil(run["seed_share"] * owned))).astype(int)
     found, support = [], []
     for c in range(math.prod(grid)):
         members = point[bounds[c]:bounds[c + 1]]
@@ -557,8 +557,7 @@ def _blockwise(first: _Sample, density: float, scales: tuple[float, ...], shape:
         points = vectors[members]
         # A seed per cube from the run's seed and the cube: the cubes are fixed in embedding
         # space, so this too is independent of the chunking.
-        modes = mean_shift(points, bandwidth, n_seeds=int(min(seeds[c], run["n_seeds"])),
-                           seed=run["seed"] * 1_000_003 + c,
+        modes = mean_shift(points, bandwidth, n_seeds=int(seeds[c]), seed=run["seed"] * 1_000_003 + c,
                            kernel=run["kernel"], device=run["device"], inside=_Cube(c, d, side, grid))
         if modes.shape[0]:
             found.append(modes)

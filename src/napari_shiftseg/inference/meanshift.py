@@ -41,11 +41,6 @@ _ASSIGN_CHUNK_ELEMENTS = 2**22
 _TREE_MIN_MODES = 256
 # Points per k-d tree query (float64 copies of 65,536 points: a few MB).
 _TREE_CHUNK = 2**16
-# _assign_local: points sampled to size the neighbourhood, its reach in multiples of their
-# largest nearest-mode distance, and the share of the modes above which it measures them all.
-_LOCAL_SAMPLE = 512
-_LOCAL_REACH = 1.5
-_LOCAL_SHARE = 0.5
 # Relative gap (of squared distances) under which the tree's two nearest modes, or the nearest
 # and max_distance, count as a near-tie that float32 rounding in the brute-force arithmetic
 # (relative error ~1e-6 for a few dimensions) could decide differently: measured brute force.
@@ -371,7 +366,7 @@ def mean_shift(
 
 
 def _region_mask(inside: Callable[[np.ndarray], np.ndarray], x: torch.Tensor) -> torch.Tensor:
-    """``inside`` (module-level numpy callable) applied to a tensor of vectors."""
+    """``inside`` (a numpy callable) applied to a tensor of vectors, as a mask on its device."""
     mask = np.asarray(inside(x.cpu().numpy()), dtype=bool)
     if mask.shape != (x.shape[0],):
         raise ShiftSegError(f"inside() must return one bool per vector, got shape {mask.shape}")
@@ -540,49 +535,12 @@ def assign_to_modes(
     if centres.shape[0] == 0:
         return np.zeros(data.shape[0], dtype=np.int64)
     if centres.shape[0] >= _TREE_MIN_MODES and centres.device.type == "cpu" and chunk_size is None:
-        return _assign_local(data, centres, max_distance)
+        return _assign_by_tree(data, centres, max_distance)
     return _assign_brute_force(data, centres, max_distance, chunk_size, device)
 
 
-def _assign_local(data: torch.Tensor, centres: torch.Tensor, max_distance) -> np.ndarray:
-    """The labels of :func:`_assign_by_tree`, measuring only the modes near the points.
-
-    A block of a spatial embedding sees a few hundred of the image's modes: the rest lie far
-    away in the positional channels. Every mode outside the points' bounding box grown by
-    ``reach`` (in every channel) is further than ``reach`` from every point, so a point whose
-    nearest mode *inside* is closer than ``reach`` has that mode as its nearest of all. ``reach``
-    is 1.5x the largest nearest-mode distance of a sample of the points; the few points beyond
-    it are measured against all modes. Same labels, ties included; the cost per block no longer
-    grows with the image's mode count (issue 27).
-    """
-    if data.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    from scipy.spatial import cKDTree
-
-    sample = data[:: max(1, data.shape[0] // _LOCAL_SAMPLE)].double().numpy()
-    reach = _LOCAL_REACH * float(cKDTree(centres.double().numpy()).query(sample, k=1)[0].max())
-    low, high = data.min(dim=0).values - reach, data.max(dim=0).values + reach
-    near = torch.nonzero(((centres >= low) & (centres <= high)).all(dim=1)).flatten()
-    if near.numel() == 0 or near.numel() > _LOCAL_SHARE * centres.shape[0]:
-        return _assign_by_tree(data, centres, max_distance)
-    subset = centres[near]
-    if near.numel() >= 2:  # the tree asks for the two nearest
-        labels, nearest = _assign_by_tree(data, subset, max_distance, with_distance=True)
-    else:
-        labels, nearest = _assign_brute_force(data, subset, max_distance, None, "cpu", with_distance=True)
-    lookup = np.concatenate([[0], near.numpy() + 1])
-    labels = lookup[labels]
-    # A margin for float rounding: only points clearly inside reach trust the subset.
-    unsure = ~(nearest < reach * (1.0 - _TIE_TOLERANCE))
-    if unsure.any():
-        rows = np.flatnonzero(unsure)
-        labels[rows] = _assign_by_tree(data[torch.from_numpy(rows)], centres, max_distance)
-    return labels
-
-
-def _assign_brute_force(data, centres, max_distance, chunk_size, device, with_distance: bool = False):
+def _assign_brute_force(data, centres, max_distance, chunk_size, device) -> np.ndarray:
     labels = np.zeros(data.shape[0], dtype=np.int64)
-    distances = np.zeros(data.shape[0], dtype=np.float64)
     if chunk_size is None:
         chunk_size = max(1, _ASSIGN_CHUNK_ELEMENTS // centres.shape[0])
     for part in _chunks(data.shape[0], chunk_size):
@@ -598,11 +556,10 @@ def _assign_brute_force(data, centres, max_distance, chunk_size, device, with_di
         if max_distance is not None:
             chunk_labels[nearest.sqrt() > max_distance] = 0
         labels[part] = chunk_labels.cpu().numpy()
-        distances[part] = nearest.sqrt().double().cpu().numpy()
-    return (labels, distances) if with_distance else labels
+    return labels
 
 
-def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance, with_distance: bool = False):
+def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance) -> np.ndarray:
     """The labels of :func:`_assign_brute_force`, from a k-d tree over the modes.
 
     The tree gives each point its two nearest modes in float64. Where the second is clearly
@@ -615,12 +572,10 @@ def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance, wit
 
     tree = cKDTree(centres.double().numpy())
     labels = np.zeros(data.shape[0], dtype=np.int64)
-    distances = np.zeros(data.shape[0], dtype=np.float64)
     for part in _chunks(data.shape[0], _TREE_CHUNK):
         points = data[part].double().numpy()
         distance, index = tree.query(points, k=2)
         d1, d2 = distance[:, 0], distance[:, 1]
-        distances[part] = d1
         unsure = d2 * d2 - d1 * d1 <= _TIE_TOLERANCE * d2 * d2
         chunk_labels = index[:, 0] + 1
         if max_distance is not None:
@@ -631,4 +586,4 @@ def _assign_by_tree(data: torch.Tensor, centres: torch.Tensor, max_distance, wit
             chunk_labels[unsure] = _assign_brute_force(data[part][rows], centres, max_distance,
                                                        None, "cpu")
         labels[part] = chunk_labels
-    return (labels, distances) if with_distance else labels
+    return labels
