@@ -29,6 +29,10 @@ CLI's defaults: bundled 3D model, ``--diameter auto``, tile 128, device auto) th
   resampled) and the label statistics: stage ``labels`` until ``segment_to_zarr`` returns.
   (``write_instances`` alone is also recorded in ``--json``.)
 
+A second table looks inside: the sample read and mean-shift (the global one, or every cube's)
+inside ``clustering``, and the CPU seconds (all threads) of ``clustering`` and ``labels``,
+which tell the work apart from the waiting for a core under ``--load``.
+
 ``end-to-end`` is the ``shiftseg segment`` call; Python start-up and imports (constant) are
 left out and recorded in ``--json``. Peak RSS is the child's ``VmHWM`` (/proc/self/status), read
 at its end. Resampling, if the size estimate asked for it, happens lazily inside ``tiles`` and
@@ -106,6 +110,7 @@ def child(spec: dict) -> None:
     # The package first: its thread defaults (OMP_WAIT_POLICY) go into the environment before
     # torch loads its OpenMP runtime.
     import napari_shiftseg.imaging.sizing as nsizing
+    import napari_shiftseg.inference.clustering as nclustering
     import napari_shiftseg.inference.instances as ninstances
     import napari_shiftseg.inference.segment as nsegment
     from napari_shiftseg.cli import main
@@ -138,7 +143,25 @@ def child(spec: dict) -> None:
 
     nsizing.estimate_size = timed_estimate
 
+    # Inside the clustering phase: reading the sample (every read segment's clustering makes)
+    # and mean-shift (the global one, or every cube's).
+    inner = {"sample_read": 0.0, "mean_shift": 0.0}
+
+    def timed(name, function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                inner[name] += time.perf_counter() - start
+        return call
+
+    make_reader = nclustering._reader
+    nclustering._reader = lambda *args, **kwargs: timed("sample_read", make_reader(*args, **kwargs))
+    nclustering.mean_shift = timed("mean_shift", nclustering.mean_shift)
+
     stamps: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     threads: dict[str, int] = {}
     returned: dict = {}
     segment_to_zarr = nsegment.segment_to_zarr
@@ -146,12 +169,14 @@ def child(spec: dict) -> None:
     def timed_segment(*args, stage=None, **kwargs):  # the CLI imports it at call time
         def timed_stage(name):
             stamps.setdefault(name, time.perf_counter())
+            cpu.setdefault(name, time.process_time())
             threads[name] = torch.get_num_threads()
             if stage is not None:
                 stage(name)
 
         group = segment_to_zarr(*args, stage=timed_stage, **kwargs)
         returned["time"] = time.perf_counter()
+        returned["cpu"] = time.process_time()
         returned["info"] = dict(group.attrs[nsegment.ATTRS])
         return group
 
@@ -189,6 +214,10 @@ def child(spec: dict) -> None:
             "clustering": stamps["labels"] - stamps["clustering"],
             "labels": returned["time"] - stamps["labels"],
             "write_instances": written["seconds"],
+            **inner,
+            # CPU seconds of all this process's threads: the work, apart from waiting for a core.
+            "clustering_cpu": cpu["labels"] - cpu["clustering"],
+            "labels_cpu": returned["cpu"] - cpu["labels"],
             "end_to_end": end - start,
             "objects": info.get("n_objects"),
             "per_slice": bool(info.get("embedding_args", {}).get("per_slice")),
@@ -337,6 +366,24 @@ def report(rows: dict, scales: list[int], inputs: dict, header: str, min_phase: 
                 factor, *_, judged = growth[p][i]
                 cells.append(f"×{factor:.2f}" if judged else f"(×{factor:.2f})")
             print(f"| {name[a]} → {name[b]} | {' | '.join(cells)} |")
+
+    inner = ("sample_read", "mean_shift", "clustering_cpu", "labels_cpu")
+    if all(k in r for s in scales for r in rows[s] for k in inner):
+        print()
+        print("Inside the phases (medians; growth per doubling from the size before): the sample "
+              "read and mean-shift inside clustering, and the CPU seconds of clustering and labels "
+              "(all threads: the work, apart from waiting for a core):")
+        print()
+        print("| size | sample read s | mean-shift s | clustering CPU s | labels CPU s |")
+        print("|---|---|---|---|---|")
+        for i, s in enumerate(scales):
+            cells = []
+            for k in inner:
+                value = statistics.median(r[k] for r in rows[s])
+                before = statistics.median(r[k] for r in rows[scales[i - 1]]) if i else 0.0
+                step = (value / before) ** (1 / math.log2(s / scales[i - 1])) if i and before > 0 else None
+                cells.append(f"{value:.2f}" + (f" (×{step:.2f})" if step else ""))
+            print(f"| {name[s]} | {' | '.join(cells)} |")
 
     # Where the notes of the run differ from "3D model, as imaged", say so.
     print()

@@ -270,7 +270,9 @@ def test_cubes_hold_exactly_the_points_of_their_grown_box(data, d, side, grow):
         hi = np.where(np.asarray(c) == np.asarray(grid) - 1, np.inf, (np.asarray(c) + 1) * side + grow)
         inside = np.all((position >= lo) & (position < hi), axis=1)
         expected |= {(int(p), int(np.ravel_multi_index(c, grid))) for p in np.flatnonzero(inside)}
-    assert got == expected
+    assert got == expected and len(got) == point.size  # each pair once
+    # sorted by cube, then point (a cube's members are one slice, in raster order)
+    assert np.array_equal(np.lexsort((point, cube)), np.arange(point.size))
     # every point owned by exactly one cube, one it belongs to
     owner = _owner(position, side, grid)
     assert all((p, int(o)) in got for p, o in enumerate(owner))

@@ -141,19 +141,44 @@ def test_min_size_removes_small_objects_across_chunks():
     assert (result > 0).sum() == 15 and (result[5:8, 4:9] == 1).all()
 
 
-def test_write_instances_to_zarr_equals_lazy(tmp_path):
-    centres = [(6, 6), (6, 30), (25, 18), (30, 33)]
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_write_instances_to_zarr_equals_lazy(tmp_path, monkeypatch, connectivity):
+    """Face connectivity links the faces from each block's outer planes, read once per block
+    (issue 27); diagonal connectivity reads the slab pieces. Both give label_instances' labels."""
+    import napari_shiftseg.inference.instances as instances
+
+    reads = []
+    planes = instances._stage_planes
+    monkeypatch.setattr(instances, "_stage_planes",
+                        lambda out, region, offset: reads.append(str(region)) or planes(out, region, offset))
+    centres = [(6, 6), (6, 30), (25, 18), (30, 33), (17, 6)]
     gt = disks((37, 41), centres, 5)
-    emb = synthetic_embeddings(gt, [[0, 0, 0], [6, 0, 0], [1, 0, 0], [0, 0, 6]], noise=0.05)
+    emb = synthetic_embeddings(gt, [[0, 0, 0], [6, 0, 0], [1, 0, 0], [0, 0, 6], [6, 6, 0]], noise=0.05)
     emb_z = zarr.create_array(tmp_path / "e.zarr", shape=emb.shape, chunks=(3, 10, 12), dtype="f4")
     emb_z[...] = emb
     clustering = cluster_embeddings(emb_z, bandwidth=2.0, n_seeds=100)
     out = zarr.create_array(tmp_path / "l.zarr", shape=gt.shape, chunks=(10, 12), dtype="i4")
-    count = write_instances(emb_z, clustering, out, min_size=3, connectivity=2)
-    lazy = label_instances(da.from_zarr(emb_z), clustering, min_size=3, connectivity=2).compute()
+    count = write_instances(emb_z, clustering, out, min_size=3, connectivity=connectivity)
+    lazy = label_instances(da.from_zarr(emb_z), clustering, min_size=3, connectivity=connectivity).compute()
     np.testing.assert_array_equal(out[...], lazy)
-    assert count == lazy.max() == 4
+    assert count == lazy.max() == 5
     assert_same_labeling(gt, lazy)
+    # 4 x 4 blocks, each read once for its planes; none with diagonal connectivity.
+    assert len(reads) == len(set(reads)) == (16 if connectivity == 1 else 0)
+
+
+def test_write_instances_links_faces_along_every_axis_in_3d(tmp_path):
+    """Balls cut by chunk faces along z, y and x (uneven last chunks): one object each."""
+    grid = np.indices((13, 22, 19)).transpose(1, 2, 3, 0)
+    gt = np.zeros((13, 22, 19), np.int32)
+    for k, centre in enumerate([(6, 5, 5), (6, 10, 14), (3, 17, 8), (9, 16, 16)], start=1):
+        gt[((grid - centre) ** 2).sum(-1) <= 9] = k
+    codes = np.array([[0, 0], [6, 0], [0, 6], [6, 6], [12, 0]], np.float32)
+    emb = np.concatenate([codes[gt].transpose(3, 0, 1, 2), np.where(gt > 0, 6.0, -6.0)[None]]).astype(np.float32)
+    out = zarr.create_array(tmp_path / "l.zarr", shape=gt.shape, chunks=(5, 7, 6), dtype="i4")
+    count = write_instances(da.from_array(emb, chunks=(3, 5, 7, 6)), Clustering(codes[1:], 2.0), out)
+    assert count == 4
+    assert_same_labeling(gt, out[...])
 
 
 def test_without_foreground_channel_the_largest_cluster_is_background():

@@ -263,3 +263,63 @@ def test_the_tree_assigns_exactly_as_brute_force(seed, dims, max_distance, on_gr
     brute = _assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
                                 None, "cpu")
     np.testing.assert_array_equal(tree, brute)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.sampled_from([None, 0.5, 2.0]),
+       st.booleans(), st.booleans())
+def test_local_assignment_equals_brute_force(seed, dims, max_distance, on_grid, outliers):
+    """A block of a spatial embedding is measured against the modes near it only (issue 27):
+    the labels must still be brute force's, ties, max_distance and far stray points included,
+    and fewer modes than all must have been measured."""
+    import napari_shiftseg.inference.meanshift as ms
+
+    rng = np.random.default_rng(seed)
+    k = ms._TREE_MIN_MODES + int(rng.integers(0, 300))
+    # Like a spatial head: the first (at most two) channels spread over the image, the others
+    # narrow; the points are one block's.
+    spread = np.where(np.arange(dims) < 2, 60.0, 4.0)
+    centre = np.where(np.arange(dims) < 2, 25.0, 2.0)
+    if on_grid:  # exact ties: points halfway between modes, duplicated modes
+        modes = np.floor(rng.random((k, dims)) * spread).astype(np.float32)
+        points = (np.round(centre + rng.normal(size=(2000, dims)) * 2) + rng.integers(0, 2, (2000, dims)) / 2)
+    else:
+        modes = rng.random((k, dims)) * spread
+        points = centre + rng.normal(size=(2000, dims)) * 2
+    modes, points = modes.astype(np.float32), points.astype(np.float32)
+    if outliers:
+        points[:7] = rng.uniform(-40, 100, (7, dims))
+    measured = []
+    subset = ms._assign_subset
+
+    def spy(data, centres, near, max_distance):
+        measured.append(near.size)
+        return subset(data, centres, near, max_distance)
+
+    ms._assign_subset = spy
+    try:
+        local = assign_to_modes(points, modes, max_distance=max_distance)
+    finally:
+        ms._assign_subset = subset
+    brute = ms._assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), max_distance,
+                                   None, "cpu")
+    np.testing.assert_array_equal(local, brute)
+    if not outliers and dims >= 2:
+        assert measured and max(measured) < k / 2
+
+
+def test_local_assignment_measures_again_what_its_neighbourhood_cannot_decide():
+    """A point in a hole of the modes, at the block's edge: its nearest mode lies outside the
+    first neighbourhood, so the second round must find it (tied modes: the lower index)."""
+    import napari_shiftseg.inference.meanshift as ms
+
+    x, y = np.meshgrid(np.arange(0, 100, 2.0), np.arange(0, 100, 2.0), indexing="ij")
+    modes = np.stack([x.ravel(), y.ravel()], axis=1)
+    modes = modes[np.hypot(modes[:, 0] - 30, modes[:, 1] - 45) >= 8].astype(np.float32)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(40, 50, (600, 2)).astype(np.float32)
+    points[1] = (30, 45)  # not among the points that size the neighbourhood
+    local = assign_to_modes(points, modes)
+    brute = ms._assign_brute_force(torch.from_numpy(points), torch.from_numpy(modes), None, None, "cpu")
+    np.testing.assert_array_equal(local, brute)
+    assert tuple(modes[local[1] - 1]) == (22.0, 44.0)  # first of the modes sqrt(65) away

@@ -476,18 +476,27 @@ def _halo(bandwidth: float, kernel: str = "flat") -> float:
 def _cubes(position: np.ndarray, side: float, grow: float, grid: tuple[int, ...]):
     """(point, cube) pairs: every cube (flat index in ``grid``) whose box grown by ``grow`` holds
     the point's ``position`` (N, d); the outermost cubes reach to infinity. Sorted by cube,
-    then point."""
+    then point.
+
+    Each point's cubes are a box of cells (``span`` along each axis), enumerated per point: the
+    cost follows the pairs, not the points times the largest box (which doubled where an axis
+    gained its first cube border: issue 27).
+    """
     last = np.asarray(grid) - 1
     lo = np.clip(np.floor((position - grow) / side), 0, last).astype(np.int64)
     hi = np.clip(np.floor((position + grow) / side), 0, last).astype(np.int64)
     span = hi - lo + 1
-    points, cubes = [], []
-    for step in np.ndindex(*span.max(axis=0)):
-        ok = np.all(span > np.asarray(step), axis=1)
-        points.append(np.flatnonzero(ok))
-        cubes.append(np.ravel_multi_index(tuple((lo[ok] + step).T), grid))
-    point, cube = np.concatenate(points), np.concatenate(cubes)
-    order = np.lexsort((point, cube))
+    counts = span.prod(axis=1)
+    point = np.repeat(np.arange(position.shape[0]), counts)
+    # Which of its point's cells a pair is, as a mixed-radix number (last axis fastest).
+    rank = np.arange(point.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    cells = []
+    for axis in reversed(range(position.shape[1])):
+        width = span[point, axis]
+        cells.append(lo[point, axis] + rank % width)
+        rank //= width
+    cube = np.ravel_multi_index(tuple(reversed(cells)), grid)
+    order = np.argsort(cube, kind="stable")  # points ascend already: by cube, then point
     return point[order], cube[order]
 
 
