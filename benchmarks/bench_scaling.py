@@ -20,6 +20,8 @@ CLI's defaults: bundled 3D model, ``--diameter auto``, tile 128, device auto) th
 ``napari_shiftseg.cli.main``, in process, with hooks that only take timestamps:
 
 - ``estimate``: :func:`napari_shiftseg.imaging.sizing.estimate_size` (wrapped; every call segment makes);
+- ``size_check``: :func:`napari_shiftseg.inference.size_check.refine_diameter`, the model's check
+  of the estimate on a central crop of at most 2^20 network voxels (constant in the volume);
 - ``setup``: the rest until the ``tiles`` stage: reading metadata, the model, the image
   fingerprint (it reads every voxel), creating the output;
 - ``tiles``: the network over all tiles (reading the input, writing embeddings), stage
@@ -79,7 +81,7 @@ from pathlib import Path
 from _load import busy  # noqa: E402 (benchmarks/ is on sys.path)
 
 #: Columns of the phase tables, in run order.
-PHASES = ("estimate", "setup", "tiles", "clustering", "labels")
+PHASES = ("estimate", "size_check", "setup", "tiles", "clustering", "labels")
 #: Nuclei radius range (px) and seed of the synthetic volumes: the median diameter is ~14 px,
 #: the bundled 3D model's (checked at 32x128x128 to 64x256x512: the estimate says 12 px, true
 #: 14.0-14.1 px, ~234 nuclei per Mvoxel). The seed is outside ``synth.TEST_SEEDS``.
@@ -113,6 +115,7 @@ def child(spec: dict) -> None:
     import napari_shiftseg.inference.clustering as nclustering
     import napari_shiftseg.inference.instances as ninstances
     import napari_shiftseg.inference.segment as nsegment
+    import napari_shiftseg.inference.size_check as nsize_check
     from napari_shiftseg.cli import main
 
     wait_policy = os.environ.get("OMP_WAIT_POLICY")
@@ -143,18 +146,24 @@ def child(spec: dict) -> None:
 
     nsizing.estimate_size = timed_estimate
 
-    # Inside the clustering phase: reading the sample (every read segment's clustering makes)
-    # and mean-shift (the global one, or every cube's).
+    # Seconds spent in wrapped functions, by name. Inside the clustering phase: reading the
+    # sample (every read segment's clustering makes) and mean-shift (the global one, or every
+    # cube's); apart: the model's check of the estimate on a central crop (a 3D model's runs, of
+    # constant cost: the crop is bounded), counted apart from setup, and write_instances.
     inner = {"sample_read": 0.0, "mean_shift": 0.0}
+    spent = {"size_check": 0.0, "write_instances": 0.0}
 
-    def timed(name, function):
+    def timed(name, function, into=inner):
         def call(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                inner[name] += time.perf_counter() - start
+                into[name] += time.perf_counter() - start
         return call
+
+    nsize_check.refine_diameter = timed("size_check", nsize_check.refine_diameter, spent)
+    ninstances.write_instances = timed("write_instances", ninstances.write_instances, spent)
 
     make_reader = nclustering._reader
     nclustering._reader = lambda *args, **kwargs: timed("sample_read", make_reader(*args, **kwargs))
@@ -182,18 +191,6 @@ def child(spec: dict) -> None:
 
     nsegment.segment_to_zarr = timed_segment
 
-    written = {"seconds": 0.0}
-    write_instances = ninstances.write_instances
-
-    def timed_write(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return write_instances(*args, **kwargs)
-        finally:
-            written["seconds"] += time.perf_counter() - start
-
-    ninstances.write_instances = timed_write
-
     argv = ["segment", spec["image"], "-o", spec["output"], "--quiet", *spec["extra"]]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -209,11 +206,12 @@ def child(spec: dict) -> None:
         info = returned["info"]
         result.update({
             "estimate": estimate["seconds"],
-            "setup": stamps["tiles"] - start - estimate["seconds"],
+            "size_check": spent["size_check"],
+            "setup": stamps["tiles"] - start - estimate["seconds"] - spent["size_check"],
             "tiles": stamps["clustering"] - stamps["tiles"],
             "clustering": stamps["labels"] - stamps["clustering"],
             "labels": returned["time"] - stamps["labels"],
-            "write_instances": written["seconds"],
+            "write_instances": spent["write_instances"],
             **inner,
             # CPU seconds of all this process's threads: the work, apart from waiting for a core.
             "clustering_cpu": cpu["labels"] - cpu["clustering"],
@@ -323,13 +321,13 @@ def report(rows: dict, scales: list[int], inputs: dict, header: str, min_phase: 
 
     print(header)
     print()
-    print("| size | shape | voxels | nuclei | objects | estimate s | setup s | tiles s | clustering s "
+    print("| size | shape | voxels | nuclei | objects | estimate s | size check s | setup s | tiles s | clustering s "
           "| labels s | end-to-end s | peak RSS MiB | Mvoxel/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in scales:
         runs, info = rows[s], inputs[s]
         objects = sorted({r["objects"] for r in runs})
-        cells = [_fmt([r[p] for r in runs], 2 if p in ("estimate", "setup") else 1) for p in PHASES]
+        cells = [_fmt([r[p] for r in runs], 2 if p in ("estimate", "size_check", "setup") else 1) for p in PHASES]
         print(f"| {name[s]} | {'x'.join(map(str, info['shape']))} | {info['voxels'] / 1e6:.2f} M "
               f"| {info['nuclei']} | {'/'.join(map(str, objects))} | {' | '.join(cells)} "
               f"| {_fmt([r['end_to_end'] for r in runs])} | {_fmt([r['peak_mib'] for r in runs], 0)} "
@@ -338,9 +336,9 @@ def report(rows: dict, scales: list[int], inputs: dict, header: str, min_phase: 
     print()
     print(f"Ratios to {name[ref]} (medians):")
     print()
-    print("| size | voxels | estimate | setup | tiles | clustering | labels | end-to-end | peak RSS "
+    print("| size | voxels | " + " | ".join(p.replace("_", " ") for p in PHASES) + " | end-to-end | peak RSS "
           "| voxels/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|" + "---|" * (len(PHASES) + 3))
     for s in scales:
         cells = [f"×{med[s][k] / med[ref][k]:.2f}" if med[ref][k] > 0 else "–"
                  for k in (*PHASES, "end_to_end", "peak_mib", "voxels_s")]

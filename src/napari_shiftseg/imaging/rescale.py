@@ -250,7 +250,7 @@ def anisotropic(voxel_size, ndim: int) -> bool:
 
 
 def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic="auto",
-                    lead: int = 0, estimate=None) -> Resampling:
+                    lead: int = 0, estimate=None, refine=None) -> Resampling:
     """The one rule for how a run resamples ``image`` for ``model`` (segment_to_zarr, the
     widgets and evaluate ask it).
 
@@ -260,8 +260,11 @@ def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic
       are). A stack's slice axis (``lead``) is never resampled.
     * **Object size.** ``diameter`` in pixels of the finest in-plane axis, or ``"auto"``:
       measured from the image itself (:func:`napari_shiftseg.imaging.sizing.estimate_size`, with the
-      voxel size), never from a first segmentation pass; ``estimate`` may pass one made
-      already. The image is resampled by ``model diameter / image diameter`` (:data:`LIMITS`),
+      voxel size), never from a first segmentation pass alone; ``estimate`` may pass one made
+      already. ``refine(diameter, factors)``, when given, checks a measured diameter with the
+      model itself (:mod:`napari_shiftseg.inference.size_check`: a pass on a central crop at
+      that scale, bounded around the image's estimate) and returns the diameter to use, or None
+      to keep it. The image is resampled by ``model diameter / image diameter`` (:data:`LIMITS`),
       down as well as up.
     """
     from . import sizing
@@ -290,6 +293,11 @@ def plan_resampling(image, model, diameter="auto", *, voxel_size=None, isotropic
         else:
             found = estimate.diameter
             notes.append(estimate.describe())
+            if refine is not None and not lead:
+                checked = refine(found, axis_factors(scale_for(found, target), ndim, lead, iso))
+                if checked is not None:
+                    notes[-1] += f", {checked:.0f} px as the model sees a central crop"
+                    found = checked
     elif isinstance(diameter, float):
         found = diameter
         notes.append(f"nuclei {diameter:g} px across (given)")

@@ -70,6 +70,7 @@ from ..network.devices import resolve_tile
 from ..network.settings import SegmentationSettings
 from ..network.tiling import TilePlan, tile_plan
 from ..util._errors import ShiftSegError
+from . import size_check
 from .cluster import check_resources, runner, tile_threads
 from .segment_options import ClusterOptions, SegmentOptions, settings_and_clustering
 
@@ -519,10 +520,12 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
     resampling = None
     net_image = image
     if not lead:
+        usable = _usable_voxel_size(voxel_size, image.ndim)
         resampling = rescale.plan_resampling(
-            image, model, diameter, voxel_size=_usable_voxel_size(voxel_size, image.ndim),
-            isotropic=isotropic, lead=int(bool(per_slice)),
-            estimate=estimate if estimate is not None and (not per_slice or estimate.thin) else None)
+            image, model, diameter, voxel_size=usable, isotropic=isotropic, lead=int(bool(per_slice)),
+            estimate=estimate if estimate is not None and (not per_slice or estimate.thin) else None,
+            refine=None if per_slice else size_check.refiner(
+                image, model, options.with_overrides(voxel_size=usable), cancel))
         if not resampling.identity:
             import dask.array as da
 
@@ -615,6 +618,9 @@ def segment_to_zarr(image, out_path, model=None, options: SegmentOptions | None 
                      **({"tile_note": plan.message} if plan.message else {}),
                      # what the run decided about voxels and object size, in words
                      **({"size_note": size_note} if size_note else {}),
+                     # the object diameter (px) the run resampled for, when it measured one
+                     **({"object_diameter": resampling.diameter}
+                        if resampling is not None and resampling.diameter else {}),
                      **({"expected_object_voxels": expected} if expected else {})}
             group = _create_output(target, layout, attrs)
         else:

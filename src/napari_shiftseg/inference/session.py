@@ -40,7 +40,7 @@ from ..network.spatial import position_grid
 from ..util import progress
 from ..util._errors import ShiftSegError
 from ..util.region import Region
-from . import diagnostics, instances, predict
+from . import diagnostics, instances, predict, size_check
 from .proofread import EditHistory, merge_objects
 from .results import (
     LargeResult,
@@ -257,10 +257,11 @@ class Session:
         assert self.result is not None  # checked by _labels
         self.result.labels = after
 
-    def resampling(self, lead: int):
-        """The run's resampling plan (object size from the whole image, cubic voxels): made once
-        per image, also for every preview of it (:class:`PlanCache`)."""
-        return _PLANS.get(self.image, self.model, self.options, lead)
+    def resampling(self, lead: int, cancel: threading.Event | None = None):
+        """The run's resampling plan (object size from the whole image, checked by the model on
+        a central crop for 3D models, cubic voxels): made once per image, also for every preview
+        of it (:class:`PlanCache`)."""
+        return _PLANS.get(self.image, self.model, self.options, lead, cancel)
 
     def _compute(self, region, report, cancel, maps: bool) -> SegmentResult:
         image, model = self.image, self.model
@@ -279,7 +280,7 @@ class Session:
         # The one rule of every run (rescale.plan_resampling), measured on the WHOLE image, also
         # for a preview, so that a preview resamples by Run's factor (measured on the previewed
         # slab it could differ: x1.84 against x1.46 on a crop of the spheres sample).
-        plan = self.resampling(lead)
+        plan = self.resampling(lead, cancel)
         result = self._resampled(report, cancel, region, plan.factors, plan.factor, maps)
         notes = [plan.note] if plan.note else []
         warning = _warning(result.labels, plan.diameter, ndim, self.options.voxel_size, lead)
@@ -401,7 +402,7 @@ class PlanCache:
         self._lock = threading.Lock()
         self._entry: tuple | None = None  # (image ref, key, plan)
 
-    def get(self, image, model, options: SegmentOptions, lead: int):
+    def get(self, image, model, options: SegmentOptions, lead: int, cancel=None):
         # The model by what the plan reads of it: a model trained again under the same name may
         # record another object diameter.
         key = (tuple(image.shape), str(model.path), rescale.model_diameter(model), model.geometry,
@@ -411,7 +412,8 @@ class PlanCache:
                 ref, stored, plan = self._entry
                 if stored == key and ref() is image:
                     return plan
-        plan = rescale.plan_resampling(image, model, options.diameter, voxel_size=options.voxel_size, lead=lead)
+        plan = rescale.plan_resampling(image, model, options.diameter, voxel_size=options.voxel_size, lead=lead,
+                                       refine=None if lead else size_check.refiner(image, model, options, cancel))
         try:
             ref = weakref.ref(image)
         except TypeError:  # not weakly referable: keep nothing rather than the data alive
