@@ -106,3 +106,44 @@ def test_a_run_records_the_checked_size_and_reclusters_on_the_same_grid(tmp_path
     assert again["object_diameter"] == first["object_diameter"]
     assert again["embedding_args"] == first["embedding_args"] and again["cluster_args"] != first["cluster_args"]
     assert zarr.open_group(str(out), mode="r")["labels/instances/0"].shape == stack.image.shape
+
+
+def test_cancel_stops_the_crop_pass():
+    import threading
+
+    from napari_shiftseg.util import progress
+
+    cancel = threading.Event()
+    cancel.set()
+    stack = synth_stacks.microscope_stack(16.0, 1.0, 13, extent=(2.0, 4.0, 4.0))
+    refine = size_check.refiner(stack.image, load_bundled(3), SegmentOptions(device="cpu"), cancel)
+    with pytest.raises(progress.Cancelled):
+        refine(16.0, (1.0, 1.0, 1.0))
+
+
+def test_the_checked_size_and_the_labels_do_not_depend_on_the_tile(tmp_path):
+    """The crop's run has its own fixed tile, so the size (hence the resampled grid) and the
+    exact tiled labels are the same whatever tile the user asks for."""
+    import zarr
+
+    from napari_shiftseg.inference.segment import ATTRS, segment_to_zarr
+
+    stack = synth_stacks.microscope_stack(20.0, 2.0, 14, extent=(2.0, 4.0, 4.0))
+    runs = []
+    for tile in (32, 96):
+        out = tmp_path / f"t{tile}.zarr"
+        group = segment_to_zarr(stack.image, out, None, diameter="auto", device="cpu", tile=tile,
+                                voxel_size=stack.voxel_size)
+        runs.append((group.attrs[ATTRS]["object_diameter"],
+                     np.asarray(zarr.open_group(str(out), mode="r")["labels/instances/0"])))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1].max() > 5
+    np.testing.assert_array_equal(_partition(runs[0][1]), _partition(runs[1][1]))  # ids may differ
+
+
+def _partition(labels) -> np.ndarray:
+    """Labels renumbered by first appearance: equal partitions give equal arrays."""
+    ids, first, inverse = np.unique(labels.ravel(), return_index=True, return_inverse=True)
+    rank = np.empty(ids.size, np.int64)
+    rank[np.argsort(first)] = np.arange(ids.size)
+    return rank[inverse].reshape(labels.shape)
