@@ -66,20 +66,19 @@ def crop_region(shape, factors, limit: int = CROP_VOXELS) -> tuple[slice, ...]:
 def median_diameter_px(labels: np.ndarray, voxel_size=None) -> tuple[float, int]:
     """(median equivalent diameter in px of the finest in-plane axis, object count) of a 3D
     label image whose voxels are ``voxel_size`` (z, y, x; None: cubic)."""
-    sizes = np.bincount(np.asarray(labels).ravel())[1:]
-    sizes = sizes[sizes > 0]
-    if not sizes.size:
-        return 0.0, 0
+    from ..imaging.metrics import median_diameter
+
+    count = int(np.count_nonzero(np.bincount(np.asarray(labels).ravel())[1:]))
     ratio = 1.0
     if voxel_size is not None:
         z, y, x = (float(v) for v in voxel_size)
         ratio = z * y * x / min(y, x) ** 3  # one voxel in px³ of the finest in-plane axis
-    volume = float(np.median(sizes)) * ratio
-    return 2 * (3 * volume / (4 * np.pi)) ** (1 / 3), int(sizes.size)
+    return median_diameter([labels]) * ratio ** (1 / 3), count
 
 
-def crop_labels(crop: np.ndarray, model, factors, device: str = "auto", cancel=None) -> np.ndarray:
-    """Instances of ``crop`` resampled by ``factors`` (on that grid), as a run segments them:
+def crop_labels(crop, model, factors, device: str = "auto", cancel=None) -> np.ndarray:
+    """Instances of ``crop`` (a dask array, kept lazy: at a factor of 0.1 the image's crop is
+    1000x the network's voxels) resampled by ``factors`` (on that grid), as a run segments them:
     the model's recorded normalisation and settings, default mean-shift seeding, exact tiles of
     :data:`CROP_TILE`. The session is not used here: it plans its resampling with this module."""
     import dask.array as da
@@ -92,9 +91,9 @@ def crop_labels(crop: np.ndarray, model, factors, device: str = "auto", cancel=N
     from . import instances, predict
     from .segment_options import ClusterOptions
 
-    working = crop
+    working = da.asarray(crop)
     if any(f != 1.0 for f in factors):
-        working = rescale.resize_image(da.asarray(crop), shape=rescale.working_shape(crop.shape, factors))
+        working = rescale.resize_image(working, shape=rescale.working_shape(crop.shape, factors))
     norm = recorded_normalization(working, model.meta, model.name)
     lazy = predict.predict_embeddings(working, model, tile=CROP_TILE, device=device, normalization=norm)
     (embeddings,) = progress.compute(lazy, cancel=cancel or threading.Event())
@@ -118,8 +117,10 @@ def refine_diameter(image, model, diameter: float, factors, voxel_size=None, dev
     than :data:`MIN_OBJECTS` objects. The model's recorded settings, not the run's: the size
     decides the resampled image, hence the embeddings, which must not change when only the
     clustering settings do."""
+    import dask.array as da
+
     region = crop_region(tuple(image.shape), factors)
-    labels = crop_labels(np.asarray(image[region]), model, factors, device, cancel)
+    labels = crop_labels(da.asarray(image)[region], model, factors, device, cancel)
     _release_memory()
     voxel = np.ones(3) if voxel_size is None else np.asarray([float(v) for v in voxel_size])
     working = voxel / np.asarray(factors, dtype=float)  # a voxel of the grid the labels are on
