@@ -76,7 +76,7 @@ MAX_OBJECT_DIAMETER = 10_000.0
 #: The recorded min_size may be at most the voxels of a ball this many times the recorded object
 #: diameter (or :data:`MAX_OBJECT_DIAMETER` where none is recorded): a larger one drops every
 #: object (``min_size: 1e30`` gave 0 objects without a word, issue 25). The bundled models keep
-#: 1-3 % of that (34 of 1257 px in 2D, 143 of 11494 voxels in 3D); tuning never goes past 35 %
+#: 1-3 % of that (34 of 1257 px in 2D, 303 of 11494 voxels in 3D); tuning never goes past 35 %
 #: of the median object.
 MIN_SIZE_DIAMETERS = 2.0
 
