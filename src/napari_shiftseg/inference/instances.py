@@ -443,14 +443,15 @@ if label_instances.__doc__:  # None under python -OO
     label_instances.__doc__ = label_instances.__doc__.replace("{post}", _POST_DOC)
 
 
-def segment_instances(embeddings, settings=None, clustering=None, foreground: bool = True,
-                      **overrides) -> tuple[da.Array, Clustering]:
+def segment_instances(embeddings, settings=None, clustering=None, foreground: bool = True, *,
+                      position_scale=None, device: str = "cpu", **overrides) -> tuple[da.Array, Clustering]:
     """:func:`cluster_embeddings` then :func:`label_instances`; returns (labels, clustering).
 
     ``settings``: a :class:`~napari_shiftseg.network.settings.SegmentationSettings` (default: its
     defaults with no smallest-object filter); ``clustering``: a
     :class:`~napari_shiftseg.inference.segment_options.ClusterOptions`; ``overrides`` change fields of
-    either by name (``bandwidth=1.0``, ``n_seeds=200``).
+    either by name (``bandwidth=1.0``, ``n_seeds=200``). ``position_scale`` and ``device`` go to
+    :func:`cluster_embeddings` (a spatial model's ``config.positions``; where mean-shift runs).
     """
     from ..network.settings import SegmentationSettings
     from .segment_options import settings_and_clustering
@@ -460,7 +461,8 @@ def segment_instances(embeddings, settings=None, clustering=None, foreground: bo
     merge = settings.merge_distance or None  # 0 switches merging off
     _post.post_options(merge, settings.absorb_small, settings.fill_holes, settings.min_size)  # fail before clustering
     c = clustering
-    found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, foreground, c)
+    found = cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold, foreground, c,
+                               device=device, position_scale=position_scale)
     labels = label_instances(embeddings, found, settings.min_size, c.connectivity, merge_distance=merge,
                              absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
     return labels, found

@@ -97,14 +97,9 @@ def crop_labels(crop, model, factors, device: str = "auto", cancel=None) -> np.n
     norm = recorded_normalization(working, model.meta, model.name)
     lazy = predict.predict_embeddings(working, model, tile=CROP_TILE, device=device, normalization=norm)
     (embeddings,) = progress.compute(lazy, cancel=cancel or threading.Event())
-    settings, seeding = SegmentationSettings.of(model), ClusterOptions()
-    found = instances.cluster_embeddings(embeddings, settings.bandwidth, settings.fg_threshold,
-                                         model.config.foreground_head, seeding,
-                                         device=str(resolve_device(device)),
-                                         position_scale=model.config.positions)
-    labels = instances.label_instances(embeddings, found, settings.min_size, seeding.connectivity,
-                                       merge_distance=settings.merge_distance or None,
-                                       absorb_small=settings.absorb_small, fill_holes=settings.fill_holes)
+    labels, _ = instances.segment_instances(embeddings, SegmentationSettings.of(model), ClusterOptions(),
+                                            model.config.foreground_head, device=str(resolve_device(device)),
+                                            position_scale=model.config.positions)
     (labels,) = progress.compute(labels, cancel=cancel or threading.Event())
     return np.asarray(labels)
 
